@@ -1,0 +1,200 @@
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::config::{Config, Manager};
+use crate::envfile;
+use crate::git::{self, GitError};
+use crate::plan::Plan;
+use crate::secrets;
+use crate::service;
+use crate::status::{GitStatus, Outcome, Recorder, ServiceStatus};
+use crate::Error;
+
+const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// Resolve identity and print the plan; change nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl BootArgs {
+    pub fn run(self, config: &Config) -> Result<(), Error> {
+        // SAFETY: no thread has been started yet; the runtime below starts them.
+        unsafe { git::set_network_timeouts(config.git.timeout) };
+        let runtime = super::runtime()?;
+        if self.dry_run {
+            let plan = runtime.block_on(super::plan::resolve(config))?;
+            super::plan::print_json(&plan);
+            return Ok(());
+        }
+        runtime.block_on(boot(config))
+    }
+}
+
+async fn boot(config: &Config) -> Result<(), Error> {
+    let started = Instant::now();
+    let deadline = config.boot.deadline;
+    let run_dir = &config.paths.run_dir;
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| Error::io(format!("failed to create {}", run_dir.display()), e))?;
+    envfile::check_memory_backed(run_dir, config.paths.allow_persistent_env_file)?;
+    let _lock = lock(&run_dir.join("boot.lock"), deadline).await?;
+
+    let mut recorder = Recorder::start(&run_dir.join("status.json"));
+    recorder.save()?;
+    let remaining = deadline.saturating_sub(started.elapsed());
+    let result = match tokio::time::timeout(remaining, steps(config, &mut recorder)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Deadline {
+            phase: "boot",
+            limit: humantime::format_duration(deadline).to_string(),
+        }),
+    };
+    recorder.finish(result.as_ref().err())?;
+    result
+}
+
+/// The boot proper. Secrets are fetched and checked before the checkout, and the env file is
+/// written only after it, so a failure at any step leaves the previous env file in place.
+async fn steps(config: &Config, recorder: &mut Recorder) -> Result<(), Error> {
+    recorder.begin("identity");
+    let plan = super::plan::resolve(config).await?;
+    recorder.status.identity = Some(plan.identity.clone());
+    recorder.end(Outcome::Succeeded)?;
+
+    recorder.begin("secrets");
+    let client = secrets::client(&plan.identity.region, config.secrets.timeout).await;
+    let secret = within(
+        "secrets",
+        config.secrets.timeout,
+        secrets::fetch_main(&client, &plan.identity.region, &plan.secrets),
+    )
+    .await??;
+    recorder.status.secrets.push(secret.version.clone());
+    let environment = envfile::compose(&plan.env, &secret)?;
+    drop(secret);
+    recorder.end(Outcome::Succeeded)?;
+
+    recorder.begin("git");
+    let checkout = checkout(config, &plan).await?;
+    recorder.status.git = Some(GitStatus {
+        url: git::redact(plan.git.url.as_deref().unwrap_or_default()),
+        reference: plan.git.reference.clone(),
+        dir: plan.git.dir.clone(),
+        commit: checkout.commit.clone(),
+        action: checkout.action.as_str().to_string(),
+    });
+    recorder.end(Outcome::Succeeded)?;
+
+    recorder.begin("env_file");
+    let env_changed = envfile::write(&plan.env_file, &envfile::render_systemd(&environment))?;
+    recorder.end(Outcome::Succeeded)?;
+
+    recorder.begin("service");
+    match plan.service.manager {
+        Manager::Systemd => {
+            let code_changed = checkout.action != git::Action::Unchanged;
+            let report = within(
+                "service",
+                config.service.start_timeout + Duration::from_secs(5),
+                service::start_systemd(
+                    &plan,
+                    env_changed,
+                    code_changed,
+                    config.service.start_timeout,
+                ),
+            )
+            .await??;
+            recorder.status.service = Some(ServiceStatus {
+                manager: Manager::Systemd,
+                unit: plan.service.unit.clone(),
+                state: report.state,
+                restarted: report.restarted,
+            });
+            recorder.end(Outcome::Succeeded)?;
+            Ok(())
+        }
+        Manager::Exec => {
+            let command = service::prepare_exec(&plan, &environment)?;
+            drop(environment);
+            recorder.status.service = Some(ServiceStatus {
+                manager: Manager::Exec,
+                unit: plan.service.unit.clone(),
+                state: "exec".into(),
+                restarted: true,
+            });
+            // The status must say "succeeded" before this process becomes the service; should
+            // exec fail, the caller records that failure over it.
+            recorder.finish(None)?;
+            Err(command.exec().into())
+        }
+    }
+}
+
+async fn checkout(config: &Config, plan: &Plan) -> Result<git::Checkout, Error> {
+    let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
+        tag: config.identity.repository_tag.clone(),
+    })?;
+    let git_plan = plan.git.clone();
+    let work = tokio::task::spawn_blocking(move || git::sync(&git_plan, &url));
+    let joined = within("git", config.git.timeout, work).await?;
+    let result = joined.map_err(|e| Error::io("the git task failed", std::io::Error::other(e)))?;
+    Ok(result?)
+}
+
+async fn within<T>(
+    phase: &'static str,
+    limit: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| Error::Deadline {
+            phase,
+            limit: humantime::format_duration(limit).to_string(),
+        })
+}
+
+/// One boot at a time: cloud-init and the boot unit may both start one. Waits for the other to
+/// finish, up to `wait`.
+async fn lock(path: &Path, wait: Duration) -> Result<Flock<File>, Error> {
+    let started = Instant::now();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(|e| Error::io(format!("failed to open the lock {}", path.display()), e))?;
+    let mut announced = false;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((returned, nix::errno::Errno::EWOULDBLOCK)) => file = returned,
+            Err((_, errno)) => {
+                return Err(Error::io(
+                    format!("failed to lock {}", path.display()),
+                    errno.into(),
+                ))
+            }
+        }
+        if started.elapsed() >= wait {
+            return Err(Error::Locked {
+                path: path.display().to_string(),
+                waited: humantime::format_duration(wait).to_string(),
+            });
+        }
+        if !announced {
+            tracing::info!(lock = %path.display(), "another boot is running, waiting for it");
+            announced = true;
+        }
+        tokio::time::sleep(LOCK_POLL_INTERVAL).await;
+    }
+}

@@ -1,0 +1,65 @@
+//! The command line: one module per command, each a clap struct with `run`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::Error;
+
+mod boot;
+mod plan;
+mod status;
+
+#[derive(Debug, Parser)]
+#[command(name = "bootagent", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file; drop-ins are read from config.d/ beside it
+    /// [default: /etc/bootagent/config.toml]
+    #[arg(long, global = true, env = "BOOTAGENT_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log debug detail
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bring this instance to its service, branch and secrets, running
+    Boot(boot::BootArgs),
+    /// Resolve identity from instance metadata and print the plan as JSON
+    Plan(plan::PlanArgs),
+    /// Show the last boot's status
+    Status(status::StatusArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> Result<(), Error> {
+        let config = crate::config::load(self.config.as_deref())?;
+        match self.command {
+            Command::Boot(args) => args.run(&config),
+            Command::Plan(args) => args.run(&config),
+            Command::Status(args) => args.run(&config),
+        }
+    }
+}
+
+/// One thread is plenty for a boot; libgit2's blocking work gets a thread of its own.
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("failed to start the async runtime", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,96 @@
+use clap::Args;
+
+use crate::config::Config;
+use crate::status::{self, Outcome, Status};
+use crate::Error;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print status.json as it is
+    #[arg(long)]
+    json: bool,
+}
+
+impl StatusArgs {
+    /// Exits with the last boot's exit code, so scripts can test the result directly.
+    pub fn run(self, config: &Config) -> Result<(), Error> {
+        let status = status::read(&config.paths.run_dir.join("status.json"))?;
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).expect("status serializes")
+            );
+        } else {
+            print!("{}", render(&status));
+        }
+        match &status.error {
+            Some(error) if status.outcome == Outcome::Failed => Err(Error::LastBootFailed {
+                exit_code: error.exit_code,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn render(status: &Status) -> String {
+    let mut lines = vec![format!(
+        "boot:     {:?} (started {}{})",
+        status.outcome,
+        status.started_at,
+        status
+            .finished_at
+            .as_ref()
+            .map(|at| format!(", finished {at}"))
+            .unwrap_or_default()
+    )
+    .to_lowercase()];
+    if let Some(id) = &status.identity {
+        lines.push(format!(
+            "identity: service {}, environment {} (tag {:?}), instance {} in {}",
+            id.service, id.env, id.env_tag, id.instance_id, id.region
+        ));
+    }
+    for secret in &status.secrets {
+        lines.push(format!(
+            "secret:   {} version {}",
+            secret.id,
+            secret.version_id.as_deref().unwrap_or("-")
+        ));
+    }
+    if let Some(git) = &status.git {
+        lines.push(format!(
+            "git:      {} {} at {} ({}) in {}",
+            git.url,
+            git.reference,
+            git.commit,
+            git.action,
+            git.dir.display()
+        ));
+    }
+    if let Some(service) = &status.service {
+        lines.push(format!(
+            "service:  {} {}{}",
+            service.unit,
+            service.state,
+            if service.restarted {
+                " (restarted)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let phases: Vec<String> = status
+        .phases
+        .iter()
+        .map(|p| format!("{} {} ms", p.name, p.duration_ms))
+        .collect();
+    lines.push(format!("phases:   {}", phases.join(", ")));
+    if let Some(error) = &status.error {
+        lines.push(format!(
+            "error:    {} (exit code {})",
+            error.message, error.exit_code
+        ));
+    }
+    lines.push(String::new());
+    lines.join("\n")
+}

@@ -1,0 +1,338 @@
+//! Layered configuration: the shipped defaults (`packaging/defaults.toml`), then the main file,
+//! then `config.d/*.toml` drop-ins in lexical order, merged key by key and validated into typed
+//! settings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::identity::is_valid_name;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/bootagent/config.toml";
+const DEFAULTS: &str = include_str!("../packaging/defaults.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub identity: IdentityConfig,
+    pub environments: BTreeMap<String, Vec<String>>,
+    pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub env: BTreeMap<String, BTreeMap<String, String>>,
+    pub paths: PathsConfig,
+    pub git: GitConfig,
+    pub service: ServiceConfig,
+    pub boot: BootConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub service_tag: String,
+    pub environment_tag: String,
+    pub repository_tag: String,
+    #[serde(deserialize_with = "duration")]
+    pub tag_wait: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub imds_deadline: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    pub main: String,
+    pub version_stage: String,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    pub run_dir: PathBuf,
+    pub systemd_runtime_dir: PathBuf,
+    pub allow_persistent_env_file: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    pub url: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub dir: String,
+    pub depth: u32,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Manager {
+    Systemd,
+    Exec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub manager: Manager,
+    pub unit: String,
+    pub user: String,
+    pub command: Vec<String>,
+    #[serde(deserialize_with = "duration")]
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    #[serde(deserialize_with = "duration")]
+    pub deadline: Duration,
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration ({e})")))
+}
+
+/// Where configuration comes from: an explicit file (which must exist) or the default location
+/// (which may be absent: the defaults then serve the common pattern).
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    let (main, required) = match explicit {
+        Some(path) => (path.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let mut merged = parse_layer(Path::new("<built-in defaults>"), DEFAULTS)?;
+    match std::fs::read_to_string(&main) {
+        Ok(text) => merge(&mut merged, parse_layer(&main, &text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+        Err(source) => return Err(ConfigError::Read { path: main, source }),
+    }
+    for path in drop_ins(&main)? {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        merge(&mut merged, parse_layer(&path, &text)?);
+    }
+    let config = Config::deserialize(merged).map_err(|e| ConfigError::Parse {
+        path: main.clone(),
+        message: e.message().to_string(),
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// `config.d/*.toml` beside the main file, in lexical order.
+fn drop_ins(main: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = main.parent().unwrap_or(Path::new(".")).join("config.d");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ConfigError::Read { path: dir, source }),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|source| ConfigError::Read {
+                path: dir.clone(),
+                source,
+            })?
+            .path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// Parses one layer and checks it on its own, so an unknown key is reported with the file it
+/// is in rather than after merging.
+fn parse_layer(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })?;
+    check_known_keys(path, &table)?;
+    Ok(table)
+}
+
+/// Rejects keys no version of the config knows, naming the file and the dotted key.
+fn check_known_keys(path: &Path, table: &toml::Table) -> Result<(), ConfigError> {
+    let mut probe: toml::Table = toml::from_str(DEFAULTS).expect("built-in defaults parse");
+    merge(&mut probe, table.clone());
+    Config::deserialize(probe)
+        .map(drop)
+        .map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })
+}
+
+/// Later layers win key by key; tables merge recursively, everything else is replaced.
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (key, value) in layer {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => {
+                merge(existing, incoming)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (canonical, aliases) in &self.environments {
+            if !is_valid_name(canonical) {
+                return Err(ConfigError::Invalid(format!(
+                    "environment name {canonical:?} must match [a-z0-9][a-z0-9_-]*"
+                )));
+            }
+            for alias in std::iter::once(canonical).chain(aliases) {
+                if let Some(other) = seen.insert(alias, canonical) {
+                    if other != canonical {
+                        return Err(ConfigError::Invalid(format!(
+                            "tag value {alias:?} is listed under both environments.{other} and environments.{canonical}"
+                        )));
+                    }
+                }
+            }
+        }
+        for section in self.env.keys() {
+            if section != "all" && !self.environments.contains_key(section) {
+                return Err(ConfigError::Invalid(format!(
+                    "[env.{section}] names no environment; use [env.all] or one of: {}",
+                    self.environments
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        if self.git.depth == 0 {
+            return Err(ConfigError::Invalid(
+                "git.depth must be at least 1 (1 is a shallow clone)".into(),
+            ));
+        }
+        if self.service.manager == Manager::Exec && self.service.command.is_empty() {
+            return Err(ConfigError::Invalid(
+                "service.manager = \"exec\" needs service.command (the argv to run)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_serve_the_common_pattern_without_any_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load(Some(&write(dir.path(), "config.toml", ""))).unwrap();
+        assert_eq!(config.identity.service_tag, "Service");
+        assert_eq!(config.secrets.main, "{service}_env_{env}");
+        assert_eq!(config.git.reference, "{env}");
+        assert_eq!(config.identity.tag_wait, Duration::from_secs(30));
+        assert_eq!(config.environments["prod"], ["prod", "production"]);
+    }
+
+    #[test]
+    fn drop_ins_override_in_lexical_order_and_keep_other_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "config.toml", "[git]\ndepth = 5\n");
+        write(
+            dir.path(),
+            "config.d/20-b.toml",
+            "[git]\nref = \"release\"\n",
+        );
+        write(
+            dir.path(),
+            "config.d/10-a.toml",
+            "[git]\nref = \"main\"\ndepth = 3\n",
+        );
+        write(dir.path(), "config.d/ignored.txt", "not toml at all [");
+        write(
+            dir.path(),
+            "config.d/30-env.toml",
+            "[environments]\nqa = [\"qa\"]\n",
+        );
+        let config = load(Some(&main)).unwrap();
+        assert_eq!(config.git.reference, "release");
+        assert_eq!(config.git.depth, 3);
+        assert_eq!(config.git.dir, "/srv/{service}");
+        assert_eq!(config.environments.len(), 4, "qa is added, not substituted");
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "config.toml", "");
+        let bad = write(dir.path(), "config.d/10.toml", "[git]\nbranch = \"x\"\n");
+        let err = load(Some(&main)).unwrap_err().to_string();
+        assert!(err.contains(&bad.display().to_string()), "{err}");
+        assert!(err.contains("branch"), "{err}");
+    }
+
+    #[test]
+    fn explicit_config_file_must_exist() {
+        let err = load(Some(Path::new("/nonexistent/bootagent.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn alias_in_two_environments_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[environments]\nqa = [\"staging\"]\n",
+        );
+        let err = load(Some(&main)).unwrap_err().to_string();
+        assert!(err.contains("\"staging\""), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[identity]\ntag_wait = \"soon\"\n",
+        );
+        let err = load(Some(&main)).unwrap_err().to_string();
+        assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    }
+}

@@ -1,0 +1,164 @@
+//! The service's environment: config variables and secret variables, rendered for systemd's
+//! `EnvironmentFile=` and written only to memory-backed storage.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+use zeroize::Zeroizing;
+
+use crate::secrets::{LoadedSecret, SecretsError};
+
+/// linux/magic.h; nix names no constant for ramfs.
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+pub type Environment = BTreeMap<String, Zeroizing<String>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvFileError {
+    #[error(
+        "{dir} is not on tmpfs or ramfs, so secrets written there would reach persistent disk; \
+         point paths.run_dir at a tmpfs (such as /run/bootagent) or set \
+         paths.allow_persistent_env_file = true"
+    )]
+    NotMemoryBacked { dir: PathBuf },
+    #[error("failed to {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Config variables plus the secret's. A name set by both is refused rather than silently
+/// resolved, because either choice would surprise someone.
+pub fn compose(
+    config_vars: &BTreeMap<String, String>,
+    secret: &LoadedSecret,
+) -> Result<Environment, SecretsError> {
+    let mut environment: Environment = config_vars
+        .iter()
+        .map(|(name, value)| (name.clone(), Zeroizing::new(value.clone())))
+        .collect();
+    for (name, value) in &secret.vars {
+        if environment.insert(name.clone(), value.clone()).is_some() {
+            return Err(SecretsError::Conflict {
+                id: secret.version.id.clone(),
+                key: name.clone(),
+            });
+        }
+    }
+    Ok(environment)
+}
+
+/// `NAME="value"` lines. systemd keeps a real newline inside double quotes and unescapes only
+/// `\"` and `\\` there, expanding neither `$` nor `%`, so escaping those two carries any text.
+pub fn render_systemd(environment: &Environment) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::new());
+    for (name, value) in environment {
+        out.push_str(name);
+        out.push_str("=\"");
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push_str("\"\n");
+    }
+    out
+}
+
+/// Refuses a directory whose storage survives a reboot, unless config allows it.
+pub fn check_memory_backed(dir: &Path, allow_persistent: bool) -> Result<(), EnvFileError> {
+    if allow_persistent {
+        return Ok(());
+    }
+    let fs = statfs(dir).map_err(|errno| EnvFileError::Io {
+        action: "inspect the file system of",
+        path: dir.to_path_buf(),
+        source: errno.into(),
+    })?;
+    let kind = fs.filesystem_type();
+    if kind == TMPFS_MAGIC || kind.0 as u64 == RAMFS_MAGIC {
+        Ok(())
+    } else {
+        Err(EnvFileError::NotMemoryBacked {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+/// Writes the env file (mode 0600) atomically. Returns whether its content changed.
+pub fn write(path: &Path, rendered: &str) -> Result<bool, EnvFileError> {
+    let previous = std::fs::read(path).ok().map(Zeroizing::new);
+    if previous.as_deref().map(Vec::as_slice) == Some(rendered.as_bytes()) {
+        return Ok(false);
+    }
+    crate::atomic::write_file(path, rendered.as_bytes(), 0o600).map_err(|source| {
+        EnvFileError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::SecretVersion;
+
+    fn secret(pairs: &[(&str, &str)]) -> LoadedSecret {
+        LoadedSecret {
+            version: SecretVersion {
+                id: "calendar_env_test".into(),
+                version_id: Some("v1".into()),
+            },
+            vars: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn quotes_and_backslashes_are_escaped_newlines_kept() {
+        let env = compose(
+            &BTreeMap::new(),
+            &secret(&[
+                ("A", "say \"hi\"\\n"),
+                ("PEM", "line1\nline2"),
+                ("C", "$HOME %h #"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            render_systemd(&env).as_str(),
+            "A=\"say \\\"hi\\\"\\\\n\"\nC=\"$HOME %h #\"\nPEM=\"line1\nline2\"\n"
+        );
+    }
+
+    #[test]
+    fn a_variable_set_twice_names_both_sources() {
+        let config = BTreeMap::from([("LOG_LEVEL".to_string(), "info".to_string())]);
+        let err = compose(&config, &secret(&[("LOG_LEVEL", "debug")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("LOG_LEVEL") && err.contains("calendar_env_test"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn disk_backed_directory_is_refused_unless_allowed() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let err = check_memory_backed(dir.path(), false).unwrap_err();
+        assert!(matches!(err, EnvFileError::NotMemoryBacked { .. }), "{err}");
+        check_memory_backed(dir.path(), true).unwrap();
+        check_memory_backed(Path::new("/dev/shm"), false).unwrap();
+    }
+}

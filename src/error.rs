@@ -1,0 +1,113 @@
+//! The top-level error, the exit code each failure maps to, and how the chain is printed.
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+
+use crate::config::ConfigError;
+use crate::envfile::EnvFileError;
+use crate::git::GitError;
+use crate::identity::IdentityError;
+use crate::imds::ImdsError;
+use crate::secrets::SecretsError;
+use crate::service::ServiceError;
+use crate::status::StatusError;
+
+/// Exit codes are part of the contract (README "Exit codes"): a caller — cloud-init, an ASG
+/// lifecycle script, an operator — decides from them whether retrying can help.
+pub mod exit {
+    pub const SUCCESS: u8 = 0;
+    /// A bug or an unexpected local failure.
+    pub const INTERNAL: u8 = 1;
+    /// Bad command line or configuration.
+    pub const USAGE: u8 = 2;
+    /// A required tag is missing or invalid, or names an unknown environment.
+    pub const IDENTITY: u8 = 3;
+    /// Instance tags are not exposed in instance metadata.
+    pub const TAGS_DISABLED: u8 = 4;
+    /// The secret does not exist or may not be read.
+    pub const SECRET_UNAVAILABLE: u8 = 5;
+    /// The secret exists but its content cannot become an environment.
+    pub const SECRET_MALFORMED: u8 = 6;
+    /// The git checkout could not be brought to the planned commit.
+    pub const GIT: u8 = 7;
+    /// The service did not start or did not stay up.
+    pub const SERVICE: u8 = 8;
+    /// A local file system problem: run dir not on tmpfs, disk full, permissions.
+    pub const LOCAL: u8 = 9;
+    /// Another `bootagent boot` held the lock for longer than the boot deadline.
+    pub const LOCKED: u8 = 10;
+    /// Retries or a deadline ran out on something that may work later (EX_TEMPFAIL).
+    pub const TRANSIENT: u8 = 75;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("failed to read instance metadata")]
+    Imds(#[from] ImdsError),
+    #[error("failed to resolve the instance's identity")]
+    Identity(#[from] IdentityError),
+    #[error("failed to load secrets")]
+    Secrets(#[from] SecretsError),
+    #[error("failed to write the env file")]
+    EnvFile(#[from] EnvFileError),
+    #[error("failed to check out the service's code")]
+    Git(#[from] GitError),
+    #[error("failed to start the service")]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    #[error("another bootagent boot holds {path} (waited {waited}); it is still running or hung")]
+    Locked { path: String, waited: String },
+    #[error("the last boot failed")]
+    LastBootFailed { exit_code: u8 },
+    #[error("the {phase} step did not finish within {limit}")]
+    Deadline { phase: &'static str, limit: String },
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => exit::USAGE,
+            Error::Imds(e) if e.is_tags_disabled() => exit::TAGS_DISABLED,
+            Error::Imds(e) if e.is_transient() => exit::TRANSIENT,
+            Error::Imds(_) => exit::INTERNAL,
+            Error::Identity(_) => exit::IDENTITY,
+            Error::Secrets(e) if e.is_transient() => exit::TRANSIENT,
+            Error::Secrets(e) if e.is_malformed() => exit::SECRET_MALFORMED,
+            Error::Secrets(_) => exit::SECRET_UNAVAILABLE,
+            Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) => exit::LOCAL,
+            Error::Git(e) if e.is_transient() => exit::TRANSIENT,
+            Error::Git(_) => exit::GIT,
+            Error::Service(_) => exit::SERVICE,
+            Error::Locked { .. } => exit::LOCKED,
+            Error::Deadline { .. } => exit::TRANSIENT,
+            Error::LastBootFailed { exit_code } => *exit_code,
+        }
+    }
+
+    /// `first line` then one ` -> cause` line per source, as operators read it over SSM.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = self.source();
+        while let Some(cause) = source {
+            let _ = write!(text, "\n -> {cause}");
+            source = cause.source();
+        }
+        text
+    }
+}

@@ -1,0 +1,261 @@
+//! Who this instance is: service and environment from instance tags, validated strictly because a
+//! tag value ends up in paths, unit names and secret ids.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::imds::{round_to_ms, ImdsClient};
+
+const MAX_NAME_LEN: usize = 64;
+const TAG_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub service: String,
+    /// Canonical environment name (`test`, `stage`, `prod` by default).
+    pub env: String,
+    /// The environment tag as written on the instance (`production`).
+    pub env_tag: String,
+    pub repository: Option<String>,
+    pub instance_id: String,
+    pub region: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "instance tag {tag} is missing (waited {waited} for it to appear); tag the instance \
+         (launch template TagSpecifications) with {tag}=<value>, or set identity.{setting} to the \
+         tag your instances carry"
+    )]
+    MissingTag {
+        tag: String,
+        setting: &'static str,
+        waited: String,
+    },
+    #[error(
+        "instance tag {tag}={value:?} is not a valid name: use 1 to 64 lower-case letters, digits, \
+         '-' and '_', starting with a letter or digit"
+    )]
+    InvalidTag { tag: String, value: String },
+    #[error(
+        "instance tag {tag}={value:?} names no known environment; known: {known}; fix the tag or \
+         add the value under [environments] in the config"
+    )]
+    UnknownEnvironment {
+        tag: String,
+        value: String,
+        known: String,
+    },
+    #[error("instance tag {tag} holds a value with whitespace or control characters, which is not a repository URL")]
+    InvalidRepository { tag: String },
+    #[error("instance metadata returned an implausible {what} {value:?}")]
+    InvalidMetadata { what: &'static str, value: String },
+}
+
+/// `[a-z0-9][a-z0-9_-]*`, at most 64 bytes: safe in a path, a unit name and a secret id.
+pub fn is_valid_name(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_NAME_LEN
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
+}
+
+/// Reads instance id, region and the identity tags from IMDS, waiting up to
+/// `identity.tag_wait` for tags that lag a fresh launch.
+pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, crate::Error> {
+    let instance_id = imds.get_required("meta-data/instance-id").await?;
+    let region = imds.get_required("meta-data/placement/region").await?;
+    let ids = &config.identity;
+    let keys = [
+        ids.service_tag.as_str(),
+        ids.environment_tag.as_str(),
+        ids.repository_tag.as_str(),
+    ];
+    let start = Instant::now();
+    loop {
+        let tags = imds.tags(&keys).await?;
+        let waited = start.elapsed();
+        match resolve(config, &tags, &instance_id, &region, waited) {
+            Err(IdentityError::MissingTag { tag, .. }) if waited < ids.tag_wait => {
+                tracing::info!(%tag, "instance tag not present yet, waiting");
+                tokio::time::sleep(TAG_POLL_INTERVAL.min(ids.tag_wait - waited)).await;
+            }
+            result => return result.map_err(Into::into),
+        }
+    }
+}
+
+/// Pure part of [`fetch`]: tags and metadata to a validated identity.
+pub fn resolve(
+    config: &Config,
+    tags: &BTreeMap<String, String>,
+    instance_id: &str,
+    region: &str,
+    waited: Duration,
+) -> Result<Identity, IdentityError> {
+    let ids = &config.identity;
+    let required = |tag: &str, setting: &'static str| {
+        tags.get(tag).ok_or_else(|| IdentityError::MissingTag {
+            tag: tag.to_string(),
+            setting,
+            waited: humantime::format_duration(round_to_ms(waited)).to_string(),
+        })
+    };
+    let service = required(&ids.service_tag, "service_tag")?;
+    let env_tag = required(&ids.environment_tag, "environment_tag")?;
+    for (tag, value) in [(&ids.service_tag, service), (&ids.environment_tag, env_tag)] {
+        if !is_valid_name(value) {
+            return Err(IdentityError::InvalidTag {
+                tag: tag.clone(),
+                value: shorten(value),
+            });
+        }
+    }
+    let env = canonical_environment(config, env_tag).ok_or_else(|| {
+        IdentityError::UnknownEnvironment {
+            tag: ids.environment_tag.clone(),
+            value: env_tag.clone(),
+            known: config
+                .environments
+                .iter()
+                .map(|(name, aliases)| format!("{name} ({})", aliases.join(", ")))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    })?;
+    let repository = tags.get(&ids.repository_tag).cloned();
+    if let Some(url) = &repository {
+        if url.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(IdentityError::InvalidRepository {
+                tag: ids.repository_tag.clone(),
+            });
+        }
+    }
+    for (what, value) in [("instance id", instance_id), ("region", region)] {
+        if !is_valid_name(value) {
+            return Err(IdentityError::InvalidMetadata {
+                what,
+                value: shorten(value),
+            });
+        }
+    }
+    Ok(Identity {
+        service: service.clone(),
+        env: env.to_string(),
+        env_tag: env_tag.clone(),
+        repository,
+        instance_id: instance_id.to_string(),
+        region: region.to_string(),
+    })
+}
+
+fn canonical_environment<'a>(config: &'a Config, tag_value: &str) -> Option<&'a str> {
+    config
+        .environments
+        .iter()
+        .find(|(name, aliases)| *name == tag_value || aliases.iter().any(|a| a == tag_value))
+        .map(|(name, _)| name.as_str())
+}
+
+/// Untrusted text quoted in a message: bounded so a huge tag cannot flood the journal.
+fn shorten(value: &str) -> String {
+    match value.char_indices().nth(MAX_NAME_LEN) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        crate::config::load(Some(std::path::Path::new("/dev/null"))).unwrap()
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn resolve_tags(pairs: &[(&str, &str)]) -> Result<Identity, IdentityError> {
+        resolve(
+            &config(),
+            &tags(pairs),
+            "i-0abc",
+            "eu-west-1",
+            Duration::from_secs(30),
+        )
+    }
+
+    #[test]
+    fn aliases_map_to_canonical_environment() {
+        for (tag, canonical) in [
+            ("production", "prod"),
+            ("staging", "stage"),
+            ("dev", "test"),
+            ("test", "test"),
+        ] {
+            let id = resolve_tags(&[("Service", "calendar"), ("Environment", tag)]).unwrap();
+            assert_eq!((id.env.as_str(), id.env_tag.as_str()), (canonical, tag));
+        }
+    }
+
+    #[test]
+    fn path_traversal_in_service_tag_is_refused() {
+        let err = resolve_tags(&[("Service", "../../etc"), ("Environment", "prod")]).unwrap_err();
+        assert!(matches!(err, IdentityError::InvalidTag { .. }), "{err}");
+        assert!(err.to_string().contains("\"../../etc\""), "{err}");
+    }
+
+    #[test]
+    fn names_are_strict() {
+        for good in ["calendar", "a", "mht-api", "svc_2", "0day"] {
+            assert!(is_valid_name(good), "{good}");
+        }
+        let long = "a".repeat(65);
+        for bad in ["", "Calendar", "-x", "_x", "a/b", "a.b", "a b", "ä", &long] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_environment_lists_known_ones() {
+        let err = resolve_tags(&[("Service", "calendar"), ("Environment", "qa")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Environment=\"qa\""), "{err}");
+        assert!(err.contains("prod (prod, production)"), "{err}");
+    }
+
+    #[test]
+    fn missing_tag_names_tag_and_setting() {
+        let err = resolve_tags(&[("Environment", "prod")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("instance tag Service is missing"), "{err}");
+        assert!(err.contains("identity.service_tag"), "{err}");
+    }
+
+    #[test]
+    fn repository_tag_is_optional_but_checked() {
+        let id = resolve_tags(&[("Service", "calendar"), ("Environment", "prod")]).unwrap();
+        assert_eq!(id.repository, None);
+        let err = resolve_tags(&[
+            ("Service", "calendar"),
+            ("Environment", "prod"),
+            ("Repository", "git://h/x y"),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, IdentityError::InvalidRepository { .. }));
+    }
+}

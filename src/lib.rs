@@ -1,0 +1,19 @@
+//! bootagent: from "just booted" to "the right service, on the right branch, with the right
+//! secrets, running". `main.rs` only parses arguments and maps errors to exit codes.
+
+mod atomic;
+pub mod cli;
+pub mod config;
+pub mod envfile;
+mod error;
+pub mod git;
+pub mod identity;
+pub mod imds;
+pub mod logging;
+pub mod plan;
+pub mod secrets;
+pub mod service;
+pub mod status;
+mod template;
+
+pub use error::{exit, Error};

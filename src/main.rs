@@ -1,0 +1,15 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = bootagent::cli::Cli::parse();
+    bootagent::logging::init(cli.verbose);
+    match cli.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", error.chain());
+            ExitCode::from(error.exit_code())
+        }
+    }
+}

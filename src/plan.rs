@@ -1,0 +1,214 @@
+//! The plan: every template rendered against the identity. Pure data; `bootagent plan` prints it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, Manager};
+use crate::identity::Identity;
+use crate::template::{render, render_required, TemplateVars};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub identity: Identity,
+    pub secrets: SecretsPlan,
+    /// Non-secret variables: `[env.all]`, `[env.<env>]` and the `BOOTAGENT_*` ones.
+    pub env: BTreeMap<String, String>,
+    pub env_file: PathBuf,
+    pub status_file: PathBuf,
+    pub lock_file: PathBuf,
+    pub git: GitPlan,
+    pub service: ServicePlan,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretsPlan {
+    pub main: String,
+    pub version_stage: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GitPlan {
+    /// `None` when the URL template uses an unset value (no `Repository` tag).
+    pub url: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub dir: PathBuf,
+    pub depth: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServicePlan {
+    pub manager: Manager,
+    pub unit: String,
+    pub user: String,
+    pub command: Vec<String>,
+    /// systemd mode: the runtime drop-in that points the unit at the env file and checkout.
+    pub drop_in: Option<PathBuf>,
+}
+
+pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> {
+    let vars: TemplateVars = BTreeMap::from([
+        ("service", Some(identity.service.clone())),
+        ("env", Some(identity.env.clone())),
+        ("env_tag", Some(identity.env_tag.clone())),
+        ("region", Some(identity.region.clone())),
+        ("instance_id", Some(identity.instance_id.clone())),
+        ("repository", identity.repository.clone()),
+    ]);
+    let required = |key: &str, template: &str| render_required(key, template, &vars);
+
+    let mut env = BTreeMap::new();
+    for section in ["all", identity.env.as_str()] {
+        for (name, template) in config.env.get(section).into_iter().flatten() {
+            env.insert(
+                name.clone(),
+                required(&format!("env.{section}.{name}"), template)?,
+            );
+        }
+    }
+    env.insert("BOOTAGENT_SERVICE".into(), identity.service.clone());
+    env.insert("BOOTAGENT_ENV".into(), identity.env.clone());
+
+    let unit = required("service.unit", &config.service.unit)?;
+    if !is_unit_name(&unit) {
+        return Err(ConfigError::Invalid(format!(
+            "service.unit renders to {unit:?}, which is not a systemd service unit name"
+        )));
+    }
+    let git_dir = PathBuf::from(required("git.dir", &config.git.dir)?);
+    if !git_dir.is_absolute() {
+        return Err(ConfigError::Invalid(format!(
+            "git.dir renders to {}, which is not an absolute path",
+            git_dir.display()
+        )));
+    }
+    let run_dir = &config.paths.run_dir;
+    let drop_in = (config.service.manager == Manager::Systemd).then(|| {
+        config
+            .paths
+            .systemd_runtime_dir
+            .join(format!("{unit}.d"))
+            .join("50-bootagent.conf")
+    });
+    let command = config
+        .service
+        .command
+        .iter()
+        .enumerate()
+        .map(|(i, arg)| required(&format!("service.command[{i}]"), arg))
+        .collect::<Result<_, _>>()?;
+
+    Ok(Plan {
+        secrets: SecretsPlan {
+            main: required("secrets.main", &config.secrets.main)?,
+            version_stage: config.secrets.version_stage.clone(),
+        },
+        env,
+        env_file: run_dir.join(format!("{}.env", identity.service)),
+        status_file: run_dir.join("status.json"),
+        lock_file: run_dir.join("boot.lock"),
+        git: GitPlan {
+            url: render("git.url", &config.git.url, &vars)?,
+            reference: required("git.ref", &config.git.reference)?,
+            dir: git_dir,
+            depth: config.git.depth,
+        },
+        service: ServicePlan {
+            manager: config.service.manager,
+            user: required("service.user", &config.service.user)?,
+            unit,
+            command,
+            drop_in,
+        },
+        identity: identity.clone(),
+    })
+}
+
+fn is_unit_name(name: &str) -> bool {
+    name.strip_suffix(".service").is_some_and(|stem| {
+        !stem.is_empty()
+            && stem
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(env: &str, env_tag: &str) -> Identity {
+        Identity {
+            service: "calendar".into(),
+            env: env.into(),
+            env_tag: env_tag.into(),
+            repository: Some("git://git.example/calendar.git".into()),
+            instance_id: "i-0abc".into(),
+            region: "eu-west-1".into(),
+        }
+    }
+
+    fn config(extra: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, extra).unwrap();
+        crate::config::load(Some(&path)).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_common_pattern() {
+        let plan = build(&config(""), &identity("stage", "staging")).unwrap();
+        assert_eq!(plan.secrets.main, "calendar_env_stage");
+        assert_eq!(plan.git.reference, "stage");
+        assert_eq!(
+            plan.git.url.as_deref(),
+            Some("git://git.example/calendar.git")
+        );
+        assert_eq!(plan.git.dir, PathBuf::from("/srv/calendar"));
+        assert_eq!(plan.env_file, PathBuf::from("/run/bootagent/calendar.env"));
+        assert_eq!(plan.service.unit, "calendar.service");
+        assert_eq!(
+            plan.service.drop_in,
+            Some(PathBuf::from(
+                "/run/systemd/system/calendar.service.d/50-bootagent.conf"
+            ))
+        );
+        assert_eq!(plan.env["BOOTAGENT_ENV"], "stage");
+    }
+
+    #[test]
+    fn missing_repository_leaves_url_unset() {
+        let mut id = identity("prod", "production");
+        id.repository = None;
+        let plan = build(&config(""), &id).unwrap();
+        assert_eq!(plan.git.url, None);
+    }
+
+    #[test]
+    fn per_environment_variables_override_all() {
+        let cfg = config(
+            "[env.all]\nLOG_LEVEL = \"info\"\nPUBLIC_URL = \"https://{env}.domain.com/{service}\"\n\
+             [env.test]\nLOG_LEVEL = \"debug\"\n",
+        );
+        let test = build(&cfg, &identity("test", "dev")).unwrap();
+        assert_eq!(test.env["LOG_LEVEL"], "debug");
+        assert_eq!(test.env["PUBLIC_URL"], "https://test.domain.com/calendar");
+        let prod = build(&cfg, &identity("prod", "prod")).unwrap();
+        assert_eq!(prod.env["LOG_LEVEL"], "info");
+    }
+
+    #[test]
+    fn long_environment_name_layouts_work() {
+        let cfg = config("[secrets]\nmain = \"taskmanager/{env_tag}/app\"\n");
+        let plan = build(&cfg, &identity("prod", "production")).unwrap();
+        assert_eq!(plan.secrets.main, "taskmanager/production/app");
+    }
+
+    #[test]
+    fn unit_template_must_render_to_a_service_unit() {
+        let cfg = config("[service]\nunit = \"{service}\"\n");
+        assert!(build(&cfg, &identity("prod", "prod")).is_err());
+    }
+}

@@ -1,0 +1,364 @@
+//! Secrets Manager: the main secret, a JSON object, becomes one variable per key.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_secretsmanager::config::{AppName, BehaviorVersion, Region};
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::plan::SecretsPlan;
+
+/// Variable values hold secret bytes: they are wiped when dropped.
+pub type SecretVars = BTreeMap<String, Zeroizing<String>>;
+
+#[derive(Debug)]
+pub struct LoadedSecret {
+    pub version: SecretVersion,
+    pub vars: SecretVars,
+}
+
+/// What status.json records of a secret: which version, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVersion {
+    pub id: String,
+    pub version_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error(
+        "secret {id} was not found in region {region} (or has no version labelled {stage}); \
+         create it, or fix secrets.main or the instance's Service/Environment tags"
+    )]
+    NotFound {
+        id: String,
+        region: String,
+        stage: String,
+    },
+    #[error(
+        "reading secret {id} in region {region} was denied{detail}; grant the instance role \
+         secretsmanager:GetSecretValue on this secret"
+    )]
+    AccessDenied {
+        id: String,
+        region: String,
+        detail: String,
+    },
+    #[error(
+        "secret {id} in region {region} could not be decrypted; grant the instance role \
+         kms:Decrypt on the secret's KMS key"
+    )]
+    Decryption { id: String, region: String },
+    #[error("Secrets Manager refused to return secret {id} in region {region}: {code}: {message}")]
+    Refused {
+        id: String,
+        region: String,
+        code: String,
+        message: String,
+    },
+    #[error(
+        "Secrets Manager could not be reached for secret {id} in region {region} after retries: \
+         {detail}; check network access to the endpoint and the instance's credentials"
+    )]
+    Unreachable {
+        id: String,
+        region: String,
+        detail: String,
+    },
+    #[error(
+        "secret {id} sets variable {key}, which the config also sets under [env]; remove it from \
+         one of them"
+    )]
+    Conflict { id: String, key: String },
+    #[error("secret {id} holds binary data; store the variables as a JSON object in SecretString")]
+    Binary { id: String },
+    #[error(
+        "secret {id} is not valid JSON (syntax error at line {line}, column {column}); store the \
+         variables as a JSON object: {{\"NAME\": \"value\"}}"
+    )]
+    NotJson {
+        id: String,
+        line: usize,
+        column: usize,
+    },
+    #[error(
+        "secret {id} is {found}, not a JSON object; store the variables as a JSON object: \
+         {{\"NAME\": \"value\"}}"
+    )]
+    NotObject { id: String, found: &'static str },
+    #[error(
+        "secret {id}: key {key:?} holds {found}; a variable's value must be a string, number or \
+         boolean"
+    )]
+    BadValue {
+        id: String,
+        key: String,
+        found: &'static str,
+    },
+    #[error(
+        "secret {id}: key {key:?} is not a valid variable name (letters, digits and '_', not \
+         starting with a digit)"
+    )]
+    BadKey { id: String, key: String },
+}
+
+impl SecretsError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SecretsError::Unreachable { .. })
+    }
+
+    pub fn is_malformed(&self) -> bool {
+        matches!(
+            self,
+            SecretsError::Binary { .. }
+                | SecretsError::Conflict { .. }
+                | SecretsError::NotJson { .. }
+                | SecretsError::NotObject { .. }
+                | SecretsError::BadValue { .. }
+                | SecretsError::BadKey { .. }
+        )
+    }
+}
+
+/// A Secrets Manager client for `region`, with endpoint and credentials from the SDK's usual
+/// sources (`AWS_ENDPOINT_URL_SECRETS_MANAGER`, the default credential chain).
+pub async fn client(region: &str, timeout: Duration) -> aws_sdk_secretsmanager::Client {
+    let sdk_config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .app_name(AppName::new("bootagent").expect("a valid app name"))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(timeout)
+                .connect_timeout(Duration::from_secs(3))
+                .build(),
+        )
+        .load()
+        .await;
+    aws_sdk_secretsmanager::Client::new(&sdk_config)
+}
+
+pub async fn fetch_main(
+    client: &aws_sdk_secretsmanager::Client,
+    region: &str,
+    plan: &SecretsPlan,
+) -> Result<LoadedSecret, SecretsError> {
+    let id = &plan.main;
+    let output = client
+        .get_secret_value()
+        .secret_id(id)
+        .version_stage(&plan.version_stage)
+        .send()
+        .await
+        .map_err(|e| classify(e, id, region, &plan.version_stage))?;
+    let text = match output.secret_string() {
+        Some(text) => Zeroizing::new(text.to_string()),
+        None => return Err(SecretsError::Binary { id: id.clone() }),
+    };
+    Ok(LoadedSecret {
+        version: SecretVersion {
+            id: id.clone(),
+            version_id: output.version_id().map(str::to_string),
+        },
+        vars: parse_object(id, &text)?,
+    })
+}
+
+/// One place decides what a failed call means. moto answers "not found" with 404 where AWS says
+/// 400, and a denial reaches the Rust SDK as a bare 403: match codes first, then status.
+fn classify(
+    error: SdkError<GetSecretValueError>,
+    id: &str,
+    region: &str,
+    stage: &str,
+) -> SecretsError {
+    let (id, region) = (id.to_string(), region.to_string());
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    match &error {
+        SdkError::ServiceError(service) => match service.err() {
+            GetSecretValueError::ResourceNotFoundException(_) => SecretsError::NotFound {
+                id,
+                region,
+                stage: stage.to_string(),
+            },
+            GetSecretValueError::DecryptionFailure(_) => SecretsError::Decryption { id, region },
+            other => {
+                let code = other.code().unwrap_or_default();
+                let message = other.message().unwrap_or_default().to_string();
+                if code == "AccessDeniedException" || status == Some(403) {
+                    let detail = if message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({message})")
+                    };
+                    SecretsError::AccessDenied { id, region, detail }
+                } else if is_retryable_code(code) || status.is_some_and(|s| s >= 500) {
+                    SecretsError::Unreachable {
+                        id,
+                        region,
+                        detail: format!("{code}: {message}"),
+                    }
+                } else {
+                    SecretsError::Refused {
+                        id,
+                        region,
+                        code: code.to_string(),
+                        message,
+                    }
+                }
+            }
+        },
+        // These carry no response body, so their text cannot hold secret bytes.
+        SdkError::TimeoutError(_)
+        | SdkError::DispatchFailure(_)
+        | SdkError::ConstructionFailure(_) => SecretsError::Unreachable {
+            id,
+            region,
+            detail: DisplayErrorContext(&error).to_string(),
+        },
+        // A response that did not parse may echo the secret: report only its status.
+        _ => SecretsError::Unreachable {
+            id,
+            region,
+            detail: match status {
+                Some(status) => format!("unreadable response with HTTP {status}"),
+                None => "unreadable response".to_string(),
+            },
+        },
+    }
+}
+
+fn is_retryable_code(code: &str) -> bool {
+    matches!(
+        code,
+        "ThrottlingException" | "Throttling" | "TooManyRequestsException" | "InternalServiceError"
+    )
+}
+
+/// A JSON object of strings, numbers and booleans to variables. Errors name keys and JSON kinds
+/// but never quote the input, which is secret.
+pub fn parse_object(id: &str, text: &str) -> Result<SecretVars, SecretsError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| SecretsError::NotJson {
+            id: id.to_string(),
+            line: e.line(),
+            column: e.column(),
+        })?;
+    let serde_json::Value::Object(object) = value else {
+        return Err(SecretsError::NotObject {
+            id: id.to_string(),
+            found: kind(&value),
+        });
+    };
+    let mut vars = SecretVars::new();
+    for (key, value) in object {
+        if !is_variable_name(&key) {
+            return Err(SecretsError::BadKey {
+                id: id.to_string(),
+                key,
+            });
+        }
+        let text = match value {
+            serde_json::Value::String(text) => text,
+            serde_json::Value::Number(number) => number.to_string(),
+            serde_json::Value::Bool(flag) => flag.to_string(),
+            other => {
+                return Err(SecretsError::BadValue {
+                    id: id.to_string(),
+                    key,
+                    found: kind(&other),
+                })
+            }
+        };
+        vars.insert(key, Zeroizing::new(text));
+    }
+    Ok(vars)
+}
+
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a JSON string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+pub fn is_variable_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANARY: &str = "canary-7f3a9";
+
+    #[test]
+    fn scalars_become_strings() {
+        let vars = parse_object(
+            "s",
+            r#"{"A": "x", "PORT": 8080, "RATIO": 0.5, "ON": true, "EMPTY": ""}"#,
+        )
+        .unwrap();
+        let plain: BTreeMap<_, _> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            plain,
+            BTreeMap::from([
+                ("A", "x"),
+                ("EMPTY", ""),
+                ("ON", "true"),
+                ("PORT", "8080"),
+                ("RATIO", "0.5")
+            ])
+        );
+    }
+
+    #[test]
+    fn nested_values_are_refused_by_key() {
+        for (json, found) in [
+            (r#"{"DB": {"user": "x"}}"#, "an object"),
+            (r#"{"DB": [1]}"#, "an array"),
+            (r#"{"DB": null}"#, "null"),
+        ] {
+            let err = parse_object("s", json).unwrap_err().to_string();
+            assert!(err.contains("\"DB\"") && err.contains(found), "{err}");
+        }
+    }
+
+    #[test]
+    fn errors_never_quote_the_secret() {
+        let inputs = [
+            format!("\"{CANARY}\""),
+            format!("{{\"A\": \"{CANARY}\""),
+            format!("[\"{CANARY}\"]"),
+            format!("{{\"A\": [\"{CANARY}\"]}}"),
+            CANARY.to_string(),
+            format!("{{\"A\": \"{CANARY}\"}} trailing"),
+        ];
+        for input in inputs {
+            let err = parse_object("s", &input).unwrap_err().to_string();
+            assert!(!err.contains(CANARY), "{input} gave {err}");
+        }
+    }
+
+    #[test]
+    fn keys_must_be_variable_names() {
+        let err = parse_object("s", r#"{"DB-URL": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"DB-URL\" is not a valid variable name"),
+            "{err}"
+        );
+        assert!(is_variable_name("_A1") && !is_variable_name("1A") && !is_variable_name(""));
+    }
+}

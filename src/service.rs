@@ -1,0 +1,250 @@
+//! Starting the service: under systemd (a runtime drop-in, then restart and wait), or by
+//! replacing bootagent with the service's command (containers, tests).
+
+use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::unistd::{Gid, Uid, User};
+
+use crate::envfile::Environment;
+use crate::plan::Plan;
+
+const SYSTEMCTL: &str = "systemctl";
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("user {user} does not exist; create it in the image or set service.user")]
+    UnknownUser { user: String },
+    #[error("cannot run the service as {user}: bootagent runs unprivileged as uid {uid}; run it as root")]
+    CannotSwitchUser { user: String, uid: u32 },
+    #[error("failed to write the systemd drop-in {path}")]
+    DropIn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`systemctl {args}` failed: {message}")]
+    Systemctl { args: String, message: String },
+    #[error(
+        "{unit} is {state} (result: {result}) after its start; see `journalctl -u {unit}` for \
+         why it stopped"
+    )]
+    NotActive {
+        unit: String,
+        state: String,
+        result: String,
+    },
+    #[error("{unit} was still {state} after {waited}; see `journalctl -u {unit}`")]
+    StartTimeout {
+        unit: String,
+        state: String,
+        waited: String,
+    },
+    #[error("failed to run {program}")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The outcome of a systemd-mode start.
+#[derive(Debug)]
+pub struct UnitReport {
+    pub state: String,
+    pub restarted: bool,
+}
+
+/// Writes the drop-in, reloads systemd if it changed, and restarts the unit when anything it
+/// runs with changed or it is not active. Waits until the unit is active or has failed.
+pub async fn start_systemd(
+    plan: &Plan,
+    env_changed: bool,
+    code_changed: bool,
+    timeout: Duration,
+) -> Result<UnitReport, ServiceError> {
+    let unit = &plan.service.unit;
+    let drop_in = plan
+        .service
+        .drop_in
+        .as_deref()
+        .expect("systemd mode has a drop-in");
+    let drop_in_changed = write_drop_in(drop_in, &render_drop_in(plan))?;
+    if drop_in_changed {
+        systemctl(&["daemon-reload"]).await?;
+    }
+    let active = unit_state(unit).await?.0 == "active";
+    let restart = !active || env_changed || code_changed || drop_in_changed;
+    if restart {
+        tracing::info!(%unit, "restarting the unit");
+        systemctl(&["restart", unit]).await?;
+    }
+    let start = Instant::now();
+    loop {
+        let (state, result) = unit_state(unit).await?;
+        match state.as_str() {
+            "active" => {
+                return Ok(UnitReport {
+                    state,
+                    restarted: restart,
+                })
+            }
+            "activating" | "reloading" if start.elapsed() < timeout => {
+                tokio::time::sleep(POLL_INTERVAL).await
+            }
+            "activating" | "reloading" => {
+                return Err(ServiceError::StartTimeout {
+                    unit: unit.clone(),
+                    state,
+                    waited: humantime::format_duration(timeout).to_string(),
+                })
+            }
+            _ => {
+                return Err(ServiceError::NotActive {
+                    unit: unit.clone(),
+                    state,
+                    result,
+                })
+            }
+        }
+    }
+}
+
+fn render_drop_in(plan: &Plan) -> String {
+    format!(
+        "# Written by bootagent at boot; removed with /run at shutdown.\n\
+         [Service]\n\
+         EnvironmentFile={}\n\
+         WorkingDirectory={}\n\
+         User={}\n",
+        plan.env_file.display(),
+        plan.git.dir.display(),
+        plan.service.user
+    )
+}
+
+fn write_drop_in(path: &Path, contents: &str) -> Result<bool, ServiceError> {
+    let error = |source| ServiceError::DropIn {
+        path: path.to_path_buf(),
+        source,
+    };
+    if std::fs::read_to_string(path).ok().as_deref() == Some(contents) {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(path.parent().expect("a drop-in lives in a directory"))
+        .map_err(error)?;
+    crate::atomic::write_file(path, contents.as_bytes(), 0o644).map_err(error)?;
+    Ok(true)
+}
+
+/// ActiveState and Result of the unit.
+async fn unit_state(unit: &str) -> Result<(String, String), ServiceError> {
+    let out = systemctl(&["show", "--property=ActiveState,Result", unit]).await?;
+    let value = |key: &str| {
+        out.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or("unknown")
+            .to_string()
+    };
+    Ok((value("ActiveState"), value("Result")))
+}
+
+async fn systemctl(args: &[&str]) -> Result<String, ServiceError> {
+    let failed = |message: String| ServiceError::Systemctl {
+        args: args.join(" "),
+        message,
+    };
+    let output = tokio::process::Command::new(SYSTEMCTL)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if !output.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Exec mode: the service's command, ready to replace this process.
+pub struct ExecCommand {
+    command: Command,
+    program: String,
+    target: User,
+}
+
+pub fn prepare_exec(plan: &Plan, environment: &Environment) -> Result<ExecCommand, ServiceError> {
+    let user_name = &plan.service.user;
+    let target =
+        User::from_name(user_name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| ServiceError::UnknownUser {
+                user: user_name.clone(),
+            })?;
+    let current = Uid::current();
+    if !current.is_root() && current != target.uid {
+        return Err(ServiceError::CannotSwitchUser {
+            user: user_name.clone(),
+            uid: current.as_raw(),
+        });
+    }
+    let (program, args) = plan
+        .service
+        .command
+        .split_first()
+        .expect("config validation requires a command in exec mode");
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(&plan.git.dir)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", &target.dir)
+        .env("USER", &target.name)
+        .env("LOGNAME", &target.name)
+        .envs(
+            environment
+                .iter()
+                .map(|(name, value)| (OsStr::new(name), OsStr::new(value.as_str()))),
+        );
+    Ok(ExecCommand {
+        command,
+        program: program.clone(),
+        target,
+    })
+}
+
+impl ExecCommand {
+    /// Drops to the service user and replaces this process. Returns only on failure.
+    pub fn exec(mut self) -> ServiceError {
+        if let Err(errno) = drop_privileges(&self.target) {
+            return ServiceError::Exec {
+                program: self.program,
+                source: errno.into(),
+            };
+        }
+        let source = self.command.exec();
+        ServiceError::Exec {
+            program: self.program,
+            source,
+        }
+    }
+}
+
+/// Supplementary groups, then group, then user: the order in which each step is still allowed.
+fn drop_privileges(user: &User) -> nix::Result<()> {
+    if Uid::current() == user.uid && Gid::current() == user.gid {
+        return Ok(());
+    }
+    nix::unistd::setgroups(&[user.gid])?;
+    nix::unistd::setgid(user.gid)?;
+    nix::unistd::setuid(user.uid)
+}

@@ -1,0 +1,187 @@
+//! `status.json`: what the last boot did, step by step. Health, doctor and lifecycle read it.
+//! It holds secret ids and VersionIds, never values.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+use crate::secrets::SecretVersion;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("failed to write the boot status to {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no boot status at {path}: bootagent boot has not run since this instance started")]
+    Missing { path: PathBuf },
+    #[error("failed to read the boot status at {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the boot status at {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub schema: u32,
+    pub bootagent_version: String,
+    pub pid: u32,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub outcome: Outcome,
+    pub phases: Vec<Phase>,
+    pub identity: Option<Identity>,
+    pub secrets: Vec<SecretVersion>,
+    pub git: Option<GitStatus>,
+    pub service: Option<ServiceStatus>,
+    pub error: Option<ErrorReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub duration_ms: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GitStatus {
+    pub url: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub dir: PathBuf,
+    pub commit: String,
+    /// `cloned`, `fetched` or `unchanged`.
+    pub action: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub manager: crate::config::Manager,
+    pub unit: String,
+    /// systemd's ActiveState, or `exec` once the command replaced bootagent.
+    pub state: String,
+    pub restarted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorReport {
+    pub message: String,
+    pub exit_code: u8,
+}
+
+/// Keeps status.json current while a boot runs: each phase is recorded as it ends.
+pub struct Recorder {
+    path: PathBuf,
+    pub status: Status,
+    phase_started: Option<(String, Instant)>,
+}
+
+impl Recorder {
+    pub fn start(path: &Path) -> Self {
+        Recorder {
+            path: path.to_path_buf(),
+            status: Status {
+                schema: SCHEMA_VERSION,
+                bootagent_version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id(),
+                started_at: timestamp(SystemTime::now()),
+                finished_at: None,
+                outcome: Outcome::Running,
+                phases: Vec::new(),
+                identity: None,
+                secrets: Vec::new(),
+                git: None,
+                service: None,
+                error: None,
+            },
+            phase_started: None,
+        }
+    }
+
+    pub fn begin(&mut self, name: &str) {
+        self.phase_started = Some((name.to_string(), Instant::now()));
+    }
+
+    /// Ends the current phase and saves the status.
+    pub fn end(&mut self, outcome: Outcome) -> Result<(), StatusError> {
+        if let Some((name, started)) = self.phase_started.take() {
+            self.status.phases.push(Phase {
+                name,
+                duration_ms: millis(started.elapsed()),
+                outcome,
+            });
+        }
+        self.save()
+    }
+
+    pub fn finish(&mut self, error: Option<&crate::Error>) -> Result<(), StatusError> {
+        self.status.finished_at = Some(timestamp(SystemTime::now()));
+        self.status.error = error.map(|e| ErrorReport {
+            message: e.chain(),
+            exit_code: e.exit_code(),
+        });
+        self.status.outcome = if error.is_some() {
+            Outcome::Failed
+        } else {
+            Outcome::Succeeded
+        };
+        self.end(self.status.outcome)
+    }
+
+    pub fn save(&self) -> Result<(), StatusError> {
+        let mut json = serde_json::to_vec_pretty(&self.status).expect("status serializes");
+        json.push(b'\n');
+        crate::atomic::write_file(&self.path, &json, 0o644).map_err(|source| StatusError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+pub fn read(path: &Path) -> Result<Status, StatusError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StatusError::Missing {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(StatusError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| StatusError::Invalid {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn timestamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}

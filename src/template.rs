@@ -1,0 +1,104 @@
+//! `{name}` placeholders in config values, rendered against the resolved identity.
+
+use std::collections::BTreeMap;
+
+use crate::config::ConfigError;
+
+/// Values a template may use. `None` is a known placeholder with no value (an absent
+/// `Repository` tag): a template using it renders to "unset" rather than to a wrong string.
+pub type TemplateVars = BTreeMap<&'static str, Option<String>>;
+
+/// Renders `template` (the value of config key `key`). Returns `Ok(None)` when it uses a
+/// placeholder whose value is unset.
+pub fn render(
+    key: &str,
+    template: &str,
+    vars: &TemplateVars,
+) -> Result<Option<String>, ConfigError> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    let mut unset = false;
+    while let Some(open) = rest.find(['{', '}']) {
+        out.push_str(&rest[..open]);
+        if rest[open..].starts_with('}') {
+            return Err(unbalanced(key, template));
+        }
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or_else(|| unbalanced(key, template))?;
+        let name = &after[..close];
+        match vars.get(name) {
+            Some(Some(value)) => out.push_str(value),
+            Some(None) => unset = true,
+            None => {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = {template:?} uses unknown placeholder {{{name}}}; known: {}",
+                    vars.keys()
+                        .map(|k| format!("{{{k}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok((!unset).then_some(out))
+}
+
+/// Like [`render`], for keys that cannot work without a value.
+pub fn render_required(
+    key: &str,
+    template: &str,
+    vars: &TemplateVars,
+) -> Result<String, ConfigError> {
+    render(key, template, vars)?.ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "{key} = {template:?} uses a placeholder that has no value on this instance"
+        ))
+    })
+}
+
+fn unbalanced(key: &str, template: &str) -> ConfigError {
+    ConfigError::Invalid(format!("{key} = {template:?} has an unbalanced brace"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> TemplateVars {
+        BTreeMap::from([
+            ("service", Some("calendar".to_string())),
+            ("env", Some("stage".to_string())),
+            ("repository", None),
+        ])
+    }
+
+    #[test]
+    fn placeholders_are_replaced() {
+        let out = render("secrets.main", "{service}_env_{env}", &vars()).unwrap();
+        assert_eq!(out.as_deref(), Some("calendar_env_stage"));
+    }
+
+    #[test]
+    fn unset_placeholder_makes_the_value_unset() {
+        assert_eq!(render("git.url", "{repository}", &vars()).unwrap(), None);
+        let err = render_required("git.url", "{repository}", &vars()).unwrap_err();
+        assert!(err.to_string().contains("git.url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_placeholder_is_named_with_its_key() {
+        let err = render("git.dir", "/srv/{servce}", &vars())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("git.dir") && err.contains("{servce}"), "{err}");
+        assert!(err.contains("{service}"), "lists the known ones: {err}");
+    }
+
+    #[test]
+    fn unbalanced_braces_are_refused() {
+        assert!(render("k", "a{service", &vars()).is_err());
+        assert!(render("k", "a}b", &vars()).is_err());
+    }
+}
