@@ -99,10 +99,15 @@ pub enum SecretsError {
         found: &'static str,
     },
     #[error(
-        "secret {id}: key {key:?} is not a valid variable name (letters, digits and '_', not \
-         starting with a digit)"
+        "secret {id}: key {position} of {count} (in sorted order) is not a valid variable name \
+         (letters, digits and '_', not starting with a digit); it is not shown, since a \
+         malformed key may be a pasted secret"
     )]
-    BadKey { id: String, key: String },
+    BadKey {
+        id: String,
+        position: usize,
+        count: usize,
+    },
 }
 
 impl SecretsError {
@@ -253,11 +258,13 @@ pub fn parse_object(id: &str, text: &str) -> Result<SecretVars, SecretsError> {
         });
     };
     let mut vars = SecretVars::new();
-    for (key, value) in object {
+    let count = object.len();
+    for (index, (key, value)) in object.into_iter().enumerate() {
         if !is_variable_name(&key) {
             return Err(SecretsError::BadKey {
                 id: id.to_string(),
-                key,
+                position: index + 1,
+                count,
             });
         }
         let text = match value {
@@ -343,6 +350,7 @@ mod tests {
             format!("{{\"A\": [\"{CANARY}\"]}}"),
             CANARY.to_string(),
             format!("{{\"A\": \"{CANARY}\"}} trailing"),
+            format!("{{\"{CANARY}\": \"x\"}}"),
         ];
         for input in inputs {
             let err = parse_object("s", &input).unwrap_err().to_string();
@@ -352,13 +360,14 @@ mod tests {
 
     #[test]
     fn keys_must_be_variable_names() {
-        let err = parse_object("s", r#"{"DB-URL": "x"}"#)
+        let err = parse_object("s", r#"{"A": "x", "DB-URL": "x"}"#)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("\"DB-URL\" is not a valid variable name"),
+            err.contains("key 2 of 2 (in sorted order) is not a valid"),
             "{err}"
         );
+        assert!(!err.contains("DB-URL"), "{err}");
         assert!(is_variable_name("_A1") && !is_variable_name("1A") && !is_variable_name(""));
     }
 }

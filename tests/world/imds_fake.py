@@ -18,7 +18,8 @@ The world it describes comes from a JSON file (--state) and can be changed while
 State keys: instance_id, region, availability_zone, account_id, tags (object, or null for tags
 in metadata disabled), tags_delay (seconds after start before tags appear), lifecycle_state,
 spot_action (object or null), tokens_required (bool), disabled (bool), delay (seconds added to
-every answer), fail_next (count of requests to answer with 500).
+every answer), fail_next (count of requests to answer with 500), expire_tokens_after (after this
+many answered GETs every issued token goes stale once, as when IMDS restarts mid-boot).
 """
 
 import argparse
@@ -43,6 +44,7 @@ DEFAULT_STATE = {
     "disabled": False,
     "delay": 0,
     "fail_next": 0,
+    "expire_tokens_after": None,
 }
 
 
@@ -64,6 +66,16 @@ class World:
         with self.lock:
             expiry = self.tokens.get(token)
         return expiry is not None and time.monotonic() < expiry
+
+    def count_answered_get(self):
+        with self.lock:
+            left = self.state["expire_tokens_after"]
+            if left is None:
+                return
+            left -= 1
+            self.state["expire_tokens_after"] = left if left > 0 else None
+            if left <= 0:
+                self.tokens.clear()
 
     def tags(self):
         with self.lock:
@@ -190,6 +202,7 @@ class Handler(BaseHTTPRequestHandler):
         if token is None and self.world.state["tokens_required"]:
             return self.answer(401, "Unauthorized")
         body = self.world.metadata(self.path[len("/latest/"):].rstrip("/"))
+        self.world.count_answered_get()
         if body is None:
             return self.answer(404, "Not Found")
         self.answer(200, body)

@@ -161,3 +161,14 @@ def test_disabled_endpoint_answers_403(imds):
 def test_unknown_path_is_404(imds):
     base = imds()
     assert get(base, "meta-data/no-such-thing", token(base))[0] == 404
+
+
+def test_expire_tokens_after_makes_tokens_stale_once(imds):
+    base = imds(expire_tokens_after=2)
+    tok = token(base)
+    assert get(base, "meta-data/instance-id", tok)[0] == 200
+    assert get(base, "meta-data/instance-id", tok)[0] == 200
+    assert get(base, "meta-data/instance-id", tok)[0] == 401
+    fresh = token(base)
+    for _ in range(3):
+        assert get(base, "meta-data/instance-id", fresh)[0] == 200

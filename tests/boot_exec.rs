@@ -1,0 +1,513 @@
+//! `bootagent boot` in exec mode on the host, against moto, a git daemon and the IMDS fake.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A service with a secret per environment (each holding its own canary) and a sample repo.
+struct Service {
+    name: String,
+    repo: SampleRepo,
+    canaries: BTreeMap<&'static str, String>,
+}
+
+impl Service {
+    fn create() -> Service {
+        let name = unique("svc");
+        let repo = SampleRepo::create(&name);
+        let mut canaries = BTreeMap::new();
+        for env in ["test", "stage", "prod"] {
+            let canary = canary();
+            let secret = serde_json::json!({
+                "DB_PASSWORD": canary,
+                "PORT": 8080,
+                "DEBUG": env == "test",
+                "MULTI": "line one\nline \"two\" \\ $HOME %h",
+            });
+            create_secret(&format!("{name}_env_{env}"), &secret.to_string());
+            canaries.insert(env, canary);
+        }
+        Service {
+            name,
+            repo,
+            canaries,
+        }
+    }
+
+    fn imds(&self, env_tag: &str) -> Imds {
+        Imds::with_tags(&[
+            ("Service", &self.name),
+            ("Environment", env_tag),
+            ("Repository", &self.repo.url),
+        ])
+    }
+}
+
+#[test]
+fn each_environment_gets_its_secret_branch_and_variables() {
+    let service = Service::create();
+    for (tag, env) in [
+        ("test", "test"),
+        ("stage", "stage"),
+        ("prod", "prod"),
+        ("production", "prod"),
+    ] {
+        let instance = Instance::exec_mode("");
+        let imds = service.imds(tag);
+        let run = instance.run(&imds, &["boot"]);
+        run.expect(0);
+
+        let canary = &service.canaries[env];
+        let env_file = instance.env_file(&service.name);
+        let text = std::fs::read_to_string(&env_file).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "BOOTAGENT_ENV=\"{env}\"\nBOOTAGENT_SERVICE=\"{name}\"\nDB_PASSWORD=\"{canary}\"\n\
+                 DEBUG=\"{debug}\"\nMULTI=\"line one\nline \\\"two\\\" \\\\ $HOME %h\"\nPORT=\"8080\"\n",
+                name = service.name,
+                debug = env == "test",
+            ),
+            "env file for tag {tag}"
+        );
+        let meta = std::fs::metadata(&env_file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+        let checkout = instance.checkout(&service.name);
+        assert_eq!(
+            git(&checkout, &["rev-parse", "HEAD"]),
+            service.repo.commits[env]
+        );
+
+        let received = instance.service_env();
+        assert_eq!(received["DB_PASSWORD"], *canary);
+        assert_eq!(received["PORT"], "8080");
+        assert_eq!(received["MULTI"], "line one\nline \"two\" \\ $HOME %h");
+        assert_eq!(received["BOOTAGENT_ENV"], env);
+        assert_eq!(received["BOOTAGENT_SERVICE"], service.name);
+        assert_eq!(instance.service_saw("cwd"), checkout.display().to_string());
+        assert_eq!(instance.service_saw("uid"), NOBODY_UID);
+        assert_eq!(instance.service_saw("version"), format!("{env} build 1"));
+
+        let status = instance.status();
+        assert_eq!(status["outcome"], "succeeded");
+        assert_eq!(status["identity"]["env"], env);
+        assert_eq!(status["identity"]["env_tag"], tag);
+        assert_eq!(status["git"]["commit"], service.repo.commits[env].as_str());
+        assert!(status["secrets"][0]["version_id"].is_string());
+        assert_no_canary(
+            canary,
+            &[
+                ("stdout", &run.stdout()),
+                ("stderr", &run.stderr()),
+                ("status.json", &instance.status_text()),
+            ],
+        );
+    }
+}
+
+#[test]
+fn second_boot_does_not_reclone_and_follows_a_new_commit() {
+    let mut service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("stage");
+    instance.run(&imds, &["boot"]).expect(0);
+    let git_dir = instance.checkout(&service.name).join(".git");
+    let inode = std::fs::metadata(&git_dir).unwrap().ino();
+    assert_eq!(instance.status()["git"]["action"], "cloned");
+
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.status()["git"]["action"], "unchanged");
+    assert_eq!(std::fs::metadata(&git_dir).unwrap().ino(), inode);
+
+    let new_commit = service.repo.push_version("stage", "stage build 2\n");
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.status()["git"]["action"], "fetched");
+    assert_eq!(
+        git(&instance.checkout(&service.name), &["rev-parse", "HEAD"]),
+        new_commit
+    );
+    assert_eq!(instance.service_saw("version"), "stage build 2");
+    assert_eq!(std::fs::metadata(&git_dir).unwrap().ino(), inode);
+}
+
+#[test]
+fn concurrent_boots_take_turns() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("prod");
+    let first = instance.command(&imds, &["boot"]).spawn().unwrap();
+    let second = instance.command(&imds, &["boot"]).spawn().unwrap();
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(instance.status()["outcome"], "succeeded");
+    assert_eq!(
+        git(&instance.checkout(&service.name), &["rev-parse", "HEAD"]),
+        service.repo.commits["prod"]
+    );
+}
+
+#[test]
+fn a_held_lock_ends_the_boot_at_its_deadline() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("prod");
+    let lock = instance.run.path().join("boot.lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    while !lock.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let config = std::fs::read_to_string(&instance.config)
+        .unwrap()
+        .replace("deadline = \"60s\"", "deadline = \"1s\"");
+    std::fs::write(&instance.config, config).unwrap();
+    let run = instance.run(&imds, &["boot"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    run.expect(10).stderr_has("another bootagent boot holds");
+    assert!(!instance.env_file(&service.name).exists());
+}
+
+#[test]
+fn stale_token_is_replaced_after_401() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = Imds::start(serde_json::json!({
+        "tags": {"Service": service.name, "Environment": "test", "Repository": service.repo.url},
+        "expire_tokens_after": 2,
+    }));
+    instance.run(&imds, &["boot"]).expect(0);
+    let requests = imds.requests();
+    let puts = requests.iter().filter(|r| r.starts_with("PUT ")).count();
+    assert!(requests.iter().any(|r| r.ends_with(" 401")), "{requests:?}");
+    assert_eq!(
+        puts, 2,
+        "one token, then one more after the 401: {requests:?}"
+    );
+}
+
+#[test]
+fn tags_arriving_late_are_waited_for() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = Imds::start(serde_json::json!({
+        "tags": {"Service": service.name, "Environment": "test", "Repository": service.repo.url},
+        "tags_delay": 1,
+    }));
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.status()["identity"]["service"], service.name);
+}
+
+#[test]
+fn plan_needs_no_credentials_and_shows_an_unset_repository() {
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "staging")]);
+    let run = Run(instance
+        .command(&imds, &["plan"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .unwrap());
+    run.expect(0);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    assert_eq!(plan["secrets"]["main"], "calendar_env_stage");
+    assert_eq!(plan["git"]["ref"], "stage");
+    assert_eq!(plan["git"]["url"], serde_json::Value::Null);
+    assert_eq!(plan["identity"]["env_tag"], "staging");
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("prod");
+    let run = instance.run(&imds, &["boot", "--dry-run"]);
+    run.expect(0);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    assert_eq!(plan["git"]["url"], service.repo.url.as_str());
+    assert_eq!(std::fs::read_dir(instance.run.path()).unwrap().count(), 0);
+    assert!(!instance.checkout(&service.name).exists());
+}
+
+#[test]
+fn status_command_reports_the_last_boot() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("stage");
+    instance
+        .run(&imds, &["status"])
+        .expect(9)
+        .stderr_has("has not run");
+    instance.run(&imds, &["boot"]).expect(0);
+    let run = instance.run(&imds, &["status"]);
+    run.expect(0);
+    let text = run.stdout();
+    assert!(text.contains("boot:     succeeded"), "{text}");
+    assert!(text.contains(&service.repo.commits["stage"]), "{text}");
+    assert_no_canary(&service.canaries["stage"], &[("status", &text)]);
+    let json = instance.run(&imds, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    assert_eq!(status["outcome"], "succeeded");
+}
+
+/// A failed boot leaves the previous env file exactly as it was.
+struct Earlier {
+    path: std::path::PathBuf,
+}
+
+impl Earlier {
+    const CONTENT: &'static str = "OLD=\"kept\"\n";
+
+    fn plant(instance: &Instance, service: &str) -> Earlier {
+        let path = instance.env_file(service);
+        std::fs::write(&path, Self::CONTENT).unwrap();
+        Earlier { path }
+    }
+
+    fn assert_intact(&self) {
+        assert_eq!(std::fs::read_to_string(&self.path).unwrap(), Self::CONTENT);
+    }
+}
+
+fn failing_boot(
+    instance: &Instance,
+    imds: &Imds,
+    service: &str,
+    code: i32,
+    needles: &[&str],
+    canary: Option<&str>,
+) {
+    let earlier = Earlier::plant(instance, service);
+    let run = instance.run(imds, &["boot"]);
+    run.expect(code);
+    for needle in needles {
+        run.stderr_has(needle);
+    }
+    earlier.assert_intact();
+    let status = instance.status();
+    assert_eq!(status["outcome"], "failed");
+    assert_eq!(status["error"]["exit_code"], code);
+    if let Some(canary) = canary {
+        assert_no_canary(
+            canary,
+            &[
+                ("stdout", &run.stdout()),
+                ("stderr", &run.stderr()),
+                ("status.json", &instance.status_text()),
+            ],
+        );
+    }
+}
+
+#[test]
+fn tags_in_metadata_disabled_is_named_as_such() {
+    let instance = Instance::exec_mode("");
+    let imds = Imds::start(serde_json::json!({ "tags": null }));
+    failing_boot(
+        &instance,
+        &imds,
+        "any",
+        4,
+        &[
+            "tags in metadata are disabled",
+            "--instance-metadata-tags enabled",
+        ],
+        None,
+    );
+}
+
+#[test]
+fn missing_service_tag_names_the_tag_and_the_fix() {
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[("Environment", "prod")]);
+    let started = Instant::now();
+    failing_boot(
+        &instance,
+        &imds,
+        "any",
+        3,
+        &["instance tag Service is missing", "identity.service_tag"],
+        None,
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited tag_wait"
+    );
+}
+
+#[test]
+fn unknown_environment_lists_the_known_ones() {
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "qa")]);
+    failing_boot(
+        &instance,
+        &imds,
+        "calendar",
+        3,
+        &[
+            "Environment=\"qa\"",
+            "stage (stage, staging)",
+            "[environments]",
+        ],
+        None,
+    );
+}
+
+#[test]
+fn path_traversal_in_a_tag_is_refused() {
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[("Service", "../../etc"), ("Environment", "prod")]);
+    failing_boot(
+        &instance,
+        &imds,
+        "any",
+        3,
+        &["Service=\"../../etc\" is not a valid name"],
+        None,
+    );
+    assert!(!instance.root.path().join("etc").exists());
+}
+
+#[test]
+fn missing_secret_names_its_id_and_region() {
+    let name = unique("nosecret");
+    let repo = SampleRepo::create(&name);
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "stage"),
+        ("Repository", &repo.url),
+    ]);
+    failing_boot(
+        &instance,
+        &imds,
+        &name,
+        5,
+        &[&format!(
+            "secret {name}_env_stage was not found in region us-east-1"
+        )],
+        None,
+    );
+}
+
+#[test]
+fn secret_that_is_not_a_json_object_is_refused_without_echoing_it() {
+    let canary = canary();
+    for (value, found) in [
+        (format!("\"{canary}\""), "is a JSON string"),
+        (format!("{{\"A\": \"{canary}\""), "is not valid JSON"),
+        (
+            format!("{{\"A\": {{\"B\": \"{canary}\"}}}}"),
+            "holds an object",
+        ),
+        (
+            format!("{{\"{canary}\": [1]}}"),
+            "is not a valid variable name",
+        ),
+    ] {
+        let name = unique("badsecret");
+        create_secret(&format!("{name}_env_prod"), &value);
+        let instance = Instance::exec_mode("");
+        let imds = Imds::with_tags(&[("Service", &name), ("Environment", "prod")]);
+        failing_boot(&instance, &imds, &name, 6, &[found], Some(&canary));
+    }
+}
+
+#[test]
+fn imds_down_fails_within_its_deadline() {
+    let instance = Instance::exec_mode("");
+    // A port nothing listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let earlier = Earlier::plant(&instance, "any");
+    let started = Instant::now();
+    let run = Run(instance
+        .command(&Imds::with_tags(&[]), &["boot"])
+        .env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .output()
+        .unwrap());
+    let elapsed = started.elapsed();
+    run.expect(75)
+        .stderr_has("did not answer meta-data/instance-id within")
+        .stderr_has("Connection refused");
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    earlier.assert_intact();
+}
+
+#[test]
+fn git_remote_down_keeps_the_earlier_env_file() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let dead_url = format!(
+        "git://127.0.0.1:{}/x.git",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let imds = Imds::with_tags(&[
+        ("Service", &service.name),
+        ("Environment", "test"),
+        ("Repository", &dead_url),
+    ]);
+    failing_boot(
+        &instance,
+        &imds,
+        &service.name,
+        75,
+        &["cannot reach git remote", &dead_url],
+        Some(&service.canaries["test"]),
+    );
+}
+
+#[test]
+fn missing_branch_names_remote_and_ref() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("[git]\nref = \"release-{env}\"\n");
+    let imds = service.imds("prod");
+    failing_boot(
+        &instance,
+        &imds,
+        &service.name,
+        7,
+        &["has no branch or tag release-prod", &service.repo.url],
+        Some(&service.canaries["prod"]),
+    );
+}
+
+#[test]
+fn run_dir_on_persistent_disk_is_refused() {
+    let instance = Instance::exec_mode("");
+    let on_disk = instance.root.path().join("run");
+    let config = std::fs::read_to_string(&instance.config).unwrap().replace(
+        &instance.run.path().display().to_string(),
+        &on_disk.display().to_string(),
+    );
+    std::fs::write(&instance.config, config).unwrap();
+    let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "prod")]);
+    instance
+        .run(&imds, &["boot"])
+        .expect(9)
+        .stderr_has("is not on tmpfs or ramfs")
+        .stderr_has("allow_persistent_env_file");
+    assert!(!on_disk.join("calendar.env").exists());
+}

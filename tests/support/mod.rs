@@ -1,0 +1,388 @@
+//! The local world for integration tests: the real `bootagent` binary, moto for Secrets
+//! Manager, a git daemon, the IMDS fake and (for systemd mode) a container booted with nspawn.
+//! `scripts/test` starts moto and the git daemon and exports `BOOTAGENT_WORLD_*`.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bootagent");
+pub const NOBODY_UID: &str = "65534";
+
+pub fn world(name: &str) -> String {
+    let key = format!("BOOTAGENT_WORLD_{name}");
+    std::env::var(&key).unwrap_or_else(|_| {
+        panic!("{key} is not set: run the integration tests through scripts/test")
+    })
+}
+
+/// A name no other test in this run uses (services, secrets and repos share moto and git).
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A secret value no test output may ever contain.
+pub fn canary() -> String {
+    unique("canary-c4n4ry-")
+}
+
+/// A temp dir that the unprivileged service user can traverse.
+pub fn open_tempdir(base: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("bootagent-test-")
+        .tempdir_in(base)
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+pub struct Imds {
+    child: Child,
+    pub url: String,
+}
+
+impl Imds {
+    /// Starts the IMDS fake with `state` (see tests/world/imds_fake.py for its keys).
+    pub fn start(state: serde_json::Value) -> Imds {
+        let dir = tempfile::tempdir().unwrap();
+        let state_file = dir.path().join("state.json");
+        std::fs::write(&state_file, state.to_string()).unwrap();
+        let mut child = Command::new(world("PYTHON"))
+            .arg(world("IMDS_FAKE"))
+            .arg("--state")
+            .arg(&state_file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("IMDS fake said {line:?}"))
+            .to_string();
+        Imds { child, url }
+    }
+
+    pub fn with_tags(tags: &[(&str, &str)]) -> Imds {
+        let tags: BTreeMap<_, _> = tags.iter().copied().collect();
+        Imds::start(serde_json::json!({ "tags": tags }))
+    }
+
+    /// The requests it served, as "METHOD PATH STATUS" lines.
+    pub fn requests(&self) -> Vec<String> {
+        let out = curl(&["-sf", &format!("{}/fake/requests", self.url)]);
+        out.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Imds {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Calls a Secrets Manager action on moto (JSON protocol) and returns the JSON answer.
+pub fn secretsmanager(action: &str, body: serde_json::Value) -> serde_json::Value {
+    let out = curl(&[
+        "-sS",
+        "-X",
+        "POST",
+        "-H",
+        &format!("X-Amz-Target: secretsmanager.{action}"),
+        "-H",
+        "Content-Type: application/x-amz-json-1.1",
+        "-H",
+        "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=0",
+        "--data-binary",
+        &body.to_string(),
+        &format!("{}/", world("MOTO")),
+    ]);
+    serde_json::from_str(&out).unwrap_or_else(|_| panic!("moto {action} answered {out}"))
+}
+
+pub fn create_secret(name: &str, value: &str) -> String {
+    let answer = secretsmanager(
+        "CreateSecret",
+        serde_json::json!({ "Name": name, "SecretString": value }),
+    );
+    answer["VersionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("CreateSecret {name}: {answer}"))
+        .to_string()
+}
+
+/// A repository on the git daemon with `test`, `stage` and `prod` branches that differ.
+pub struct SampleRepo {
+    pub url: String,
+    pub path: PathBuf,
+    pub commits: BTreeMap<String, String>,
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl SampleRepo {
+    pub fn create(name: &str) -> SampleRepo {
+        let path = PathBuf::from(world("GIT_ROOT")).join(format!("{name}.git"));
+        git(
+            Path::new("/"),
+            &["init", "-q", "--bare", path.to_str().unwrap()],
+        );
+        let work = tempfile::tempdir().unwrap();
+        git(work.path(), &["init", "-q", "-b", "test"]);
+        std::fs::write(work.path().join("README"), "sample service\n").unwrap();
+        git(work.path(), &["add", "."]);
+        git(work.path(), &["commit", "-q", "-m", "base"]);
+        let mut repo = SampleRepo {
+            url: format!("{}/{name}.git", world("GIT_URL")),
+            path,
+            commits: BTreeMap::new(),
+        };
+        for env in ["test", "stage", "prod"] {
+            git(work.path(), &["checkout", "-q", "-B", env, "test"]);
+            repo.commit_on(work.path(), env, &format!("{env} build 1\n"));
+        }
+        repo
+    }
+
+    /// Commits a new VERSION on `branch` and pushes it; returns the commit id.
+    pub fn push_version(&mut self, branch: &str, version: &str) -> String {
+        let work = tempfile::tempdir().unwrap();
+        git(
+            Path::new("/"),
+            &[
+                "clone",
+                "-q",
+                "-b",
+                branch,
+                self.path.to_str().unwrap(),
+                work.path().to_str().unwrap(),
+            ],
+        );
+        self.commit_on(work.path(), branch, version)
+    }
+
+    fn commit_on(&mut self, work: &Path, branch: &str, version: &str) -> String {
+        std::fs::write(work.join("VERSION"), version).unwrap();
+        git(work, &["add", "VERSION"]);
+        git(work, &["commit", "-q", "-m", version.trim()]);
+        git(
+            work,
+            &[
+                "push",
+                "-q",
+                self.path.to_str().unwrap(),
+                &format!("{branch}:{branch}"),
+            ],
+        );
+        let commit = git(work, &["rev-parse", "HEAD"]);
+        self.commits.insert(branch.to_string(), commit.clone());
+        commit
+    }
+}
+
+/// One instance's files: config, run dir on tmpfs, checkout and the service's output.
+pub struct Instance {
+    pub root: tempfile::TempDir,
+    pub run: tempfile::TempDir,
+    pub config: PathBuf,
+    pub out: PathBuf,
+}
+
+impl Instance {
+    /// An exec-mode instance whose service is the recorder, run as `nobody`. `extra`, if any,
+    /// becomes a config drop-in.
+    pub fn exec_mode(extra: &str) -> Instance {
+        let root = open_tempdir("/tmp");
+        let run = open_tempdir("/dev/shm");
+        let out = root.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let recorder = root.path().join("recorder.sh");
+        std::fs::copy(world("RECORDER"), &recorder).unwrap();
+        let config = root.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[identity]
+tag_wait = "2s"
+imds_deadline = "3s"
+
+[paths]
+run_dir = "{run}"
+systemd_runtime_dir = "{root}/systemd"
+
+[git]
+dir = "{root}/srv/{{service}}"
+
+[service]
+manager = "exec"
+user = "nobody"
+command = ["{recorder}", "{out}"]
+
+[boot]
+deadline = "60s"
+"#,
+                run = run.path().display(),
+                root = root.path().display(),
+                recorder = recorder.display(),
+                out = out.display(),
+            ),
+        )
+        .unwrap();
+        if !extra.is_empty() {
+            let drop_ins = root.path().join("config.d");
+            std::fs::create_dir(&drop_ins).unwrap();
+            std::fs::write(drop_ins.join("50-test.toml"), extra).unwrap();
+        }
+        Instance {
+            root,
+            run,
+            config,
+            out,
+        }
+    }
+
+    pub fn env_file(&self, service: &str) -> PathBuf {
+        self.run.path().join(format!("{service}.env"))
+    }
+
+    pub fn checkout(&self, service: &str) -> PathBuf {
+        self.root.path().join("srv").join(service)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.run.path().join("status.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub fn status_text(&self) -> String {
+        std::fs::read_to_string(self.run.path().join("status.json")).unwrap_or_default()
+    }
+
+    /// The environment the recorder service was started with.
+    pub fn service_env(&self) -> BTreeMap<String, String> {
+        let raw = std::fs::read(self.out.join("env")).expect("the service ran");
+        raw.split(|b| *b == 0)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let entry = String::from_utf8(entry.to_vec()).unwrap();
+                let (name, value) = entry.split_once('=').unwrap();
+                (name.to_string(), value.to_string())
+            })
+            .collect()
+    }
+
+    pub fn service_saw(&self, file: &str) -> String {
+        std::fs::read_to_string(self.out.join(file))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn command(&self, imds: &Imds, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("BOOTAGENT_CONFIG", &self.config)
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.url)
+            .env("AWS_ENDPOINT_URL", world("MOTO"))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing");
+        command
+    }
+
+    pub fn run(&self, imds: &Imds, args: &[&str]) -> Run {
+        Run(self.command(imds, args).output().unwrap())
+    }
+}
+
+/// A finished run of the binary.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    /// Asserts the exit code, printing both streams when it differs.
+    pub fn expect(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr().contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr()
+        );
+        self
+    }
+}
+
+/// Asserts that none of `outputs` contains `canary`.
+pub fn assert_no_canary(canary: &str, outputs: &[(&str, &str)]) {
+    for (what, text) in outputs {
+        assert!(
+            !text.contains(canary),
+            "the canary leaked into {what}:\n{text}"
+        );
+    }
+}
