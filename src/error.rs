@@ -89,6 +89,7 @@ impl Error {
             Error::Identity(_) => exit::IDENTITY,
             Error::Secrets(e) if e.is_transient() => exit::TRANSIENT,
             Error::Secrets(e) if e.is_malformed() => exit::SECRET_MALFORMED,
+            Error::Secrets(e) if e.is_local() => exit::LOCAL,
             Error::Secrets(_) => exit::SECRET_UNAVAILABLE,
             Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) => exit::LOCAL,
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,

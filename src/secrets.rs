@@ -73,6 +73,11 @@ pub enum SecretsError {
          one of them"
     )]
     Conflict { id: String, key: String },
+    #[error(
+        "no CA certificates were found to verify AWS endpoints with ({detail}); install the \
+         ca-certificates package in the image, or point SSL_CERT_FILE at a CA bundle"
+    )]
+    NoTrustRoots { detail: String },
     #[error("secret {id} holds binary data; store the variables as a JSON object in SecretString")]
     Binary { id: String },
     #[error(
@@ -115,6 +120,11 @@ impl SecretsError {
         matches!(self, SecretsError::Unreachable { .. })
     }
 
+    /// A problem of this machine rather than of the secret or of AWS.
+    pub fn is_local(&self) -> bool {
+        matches!(self, SecretsError::NoTrustRoots { .. })
+    }
+
     pub fn is_malformed(&self) -> bool {
         matches!(
             self,
@@ -130,7 +140,11 @@ impl SecretsError {
 
 /// A Secrets Manager client for `region`, with endpoint and credentials from the SDK's usual
 /// sources (`AWS_ENDPOINT_URL_SECRETS_MANAGER`, the default credential chain).
-pub async fn client(region: &str, timeout: Duration) -> aws_sdk_secretsmanager::Client {
+pub async fn client(
+    region: &str,
+    timeout: Duration,
+) -> Result<aws_sdk_secretsmanager::Client, SecretsError> {
+    check_trust_roots()?;
     let sdk_config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .app_name(AppName::new("bootagent").expect("a valid app name"))
@@ -142,7 +156,23 @@ pub async fn client(region: &str, timeout: Duration) -> aws_sdk_secretsmanager::
         )
         .load()
         .await;
-    aws_sdk_secretsmanager::Client::new(&sdk_config)
+    Ok(aws_sdk_secretsmanager::Client::new(&sdk_config))
+}
+
+/// The SDK trusts the system's CA store; without one every HTTPS call fails with a certificate
+/// error that does not say why. Say why.
+fn check_trust_roots() -> Result<(), SecretsError> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        let detail = found
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(SecretsError::NoTrustRoots { detail });
+    }
+    Ok(())
 }
 
 pub async fn fetch_main(

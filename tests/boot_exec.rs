@@ -511,3 +511,21 @@ fn run_dir_on_persistent_disk_is_refused() {
         .stderr_has("allow_persistent_env_file");
     assert!(!on_disk.join("calendar.env").exists());
 }
+
+#[test]
+fn missing_ca_store_is_named_instead_of_failing_obscurely() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("test");
+    let earlier = Earlier::plant(&instance, &service.name);
+    let run = Run(instance
+        .command(&imds, &["boot"])
+        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        .env("SSL_CERT_DIR", "/nonexistent")
+        .output()
+        .unwrap());
+    run.expect(9)
+        .stderr_has("no CA certificates were found")
+        .stderr_has("ca-certificates");
+    earlier.assert_intact();
+}

@@ -70,7 +70,7 @@ async fn steps(config: &Config, recorder: &mut Recorder) -> Result<(), Error> {
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("secrets");
-    let client = secrets::client(&plan.identity.region, config.secrets.timeout).await;
+    let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
     let secret = within(
         "secrets",
         config.secrets.timeout,

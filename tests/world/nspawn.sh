@@ -24,22 +24,20 @@ start() {
         exec systemd-nspawn -q -b -D "$rootfs" -M "$name" --register=no --keep-unit \
             --console=passive --volatile=overlay --bind="$share:/share" </dev/null
     ) >"$log" 2>&1 &
-    local nspawn=$! leader=""
-    for _ in $(seq 100); do
-        leader=$(pgrep -P "$nspawn" | head -n1 || true)
-        [ -n "$leader" ] && break
+    local nspawn=$! leader="" state=""
+    for _ in $(seq 300); do
         kill -0 "$nspawn" 2>/dev/null || { cat "$log" >&2; exit 1; }
+        # nspawn forks an intermediate child before PID 1: wait for the one that became systemd.
+        leader=$(pgrep -P "$nspawn" -x systemd | head -n1 || true)
+        if [ -n "$leader" ]; then
+            state=$(nsenter -t "$leader" -a -- systemctl is-system-running 2>/dev/null || true)
+            case "$state" in running|degraded) echo "$leader"; return 0 ;; esac
+        fi
         sleep 0.1
     done
-    [ -n "$leader" ] || { echo "nspawn: no container process" >&2; cat "$log" >&2; exit 1; }
-    local state=""
-    for _ in $(seq 150); do
-        state=$(nsenter -t "$leader" -a -- systemctl is-system-running 2>/dev/null || true)
-        case "$state" in running|degraded) echo "$leader"; return 0 ;; esac
-        sleep 0.1
-    done
-    echo "nspawn: systemd in $name did not come up (state: ${state:-none})" >&2
+    echo "nspawn: systemd in $name did not come up (leader: ${leader:-none}, state: ${state:-none})" >&2
     cat "$log" >&2
+    kill "$nspawn" 2>/dev/null || true
     exit 1
 }
 

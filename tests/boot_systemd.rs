@@ -1,0 +1,222 @@
+//! `bootagent boot` in systemd mode against a real systemd (PID 1 of an nspawn container), with
+//! moto, the git daemon and the IMDS fake reached over the shared loopback.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::*;
+
+struct Container {
+    name: String,
+    leader: String,
+    share: tempfile::TempDir,
+}
+
+impl Container {
+    /// Boots a container with the binary, the recorder and `config` under /share.
+    fn boot(config: &str) -> Container {
+        let share = open_tempdir("/tmp");
+        std::fs::set_permissions(share.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::copy(BIN, share.path().join("bootagent")).unwrap();
+        std::fs::copy(world("RECORDER"), share.path().join("recorder.sh")).unwrap();
+        std::fs::write(share.path().join("config.toml"), config).unwrap();
+        let out = share.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let name = unique("ba");
+        let started = Command::new(world("NSPAWN"))
+            .args(["start", &name, &world("ROOTFS")])
+            .arg(share.path())
+            .output()
+            .unwrap();
+        assert!(
+            started.status.success(),
+            "nspawn: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let leader = String::from_utf8(started.stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        Container {
+            name,
+            leader,
+            share,
+        }
+    }
+
+    fn exec(&self, argv: &[&str]) -> Output {
+        Command::new(world("NSPAWN"))
+            .args(["run", &self.leader])
+            .args(argv)
+            .output()
+            .unwrap()
+    }
+
+    fn sh(&self, script: &str) -> String {
+        let out = self.exec(&["sh", "-c", script]);
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn install_unit(&self, unit: &str, service_section: &str) {
+        self.sh(&format!(
+            "printf '[Unit]\\nDescription=sample service\\n[Service]\\n{service_section}\\n' \
+             > /etc/systemd/system/{unit} && systemctl daemon-reload"
+        ));
+    }
+
+    fn bootagent(&self, imds: &Imds, args: &[&str]) -> Run {
+        let imds_endpoint = format!("AWS_EC2_METADATA_SERVICE_ENDPOINT={}", imds.url);
+        let moto = format!("AWS_ENDPOINT_URL={}", world("MOTO"));
+        let mut argv = vec![
+            "env",
+            "-i",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "BOOTAGENT_CONFIG=/share/config.toml",
+            "AWS_ACCESS_KEY_ID=testing",
+            "AWS_SECRET_ACCESS_KEY=testing",
+            &imds_endpoint,
+            &moto,
+            "/share/bootagent",
+        ];
+        argv.extend_from_slice(args);
+        Run(self.exec(&argv))
+    }
+
+    fn show(&self, unit: &str, property: &str) -> String {
+        self.sh(&format!("systemctl show --value -p {property} {unit}"))
+            .trim()
+            .to_string()
+    }
+
+    fn out(&self) -> &Path {
+        self.share.path()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new(world("NSPAWN"))
+            .args(["stop", &self.name, &self.leader])
+            .status();
+    }
+}
+
+const CONFIG: &str = r#"[identity]
+tag_wait = "2s"
+
+[service]
+user = "nobody"
+start_timeout = "20s"
+"#;
+
+#[test]
+fn systemd_unit_runs_with_the_env_file_and_checkout() {
+    let name = unique("sd");
+    let repo = SampleRepo::create(&name);
+    let canary = canary();
+    create_secret(
+        &format!("{name}_env_stage"),
+        &serde_json::json!({"DB_PASSWORD": canary, "PEM": "-----BEGIN-----\nabc\n-----END-----"})
+            .to_string(),
+    );
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "staging"),
+        ("Repository", &repo.url),
+    ]);
+    let container = Container::boot(CONFIG);
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
+
+    let run = container.bootagent(&imds, &["boot"]);
+    run.expect(0);
+
+    assert_eq!(container.show(&unit, "ActiveState"), "active");
+    let drop_in = format!("/run/systemd/system/{unit}.d/50-bootagent.conf");
+    assert!(
+        container.show(&unit, "DropInPaths").contains(&drop_in),
+        "drop-in listed"
+    );
+    let env_mode = container.sh(&format!("stat -c %a:%U /run/bootagent/{name}.env"));
+    assert_eq!(env_mode.trim(), "600:root");
+
+    let raw = std::fs::read(container.out().join("out/env")).expect("the unit ran");
+    let received: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect();
+    for expected in [
+        format!("DB_PASSWORD={canary}"),
+        "PEM=-----BEGIN-----\nabc\n-----END-----".to_string(),
+        "BOOTAGENT_ENV=stage".to_string(),
+        format!("BOOTAGENT_SERVICE={name}"),
+    ] {
+        assert!(
+            received.contains(&expected),
+            "{expected:?} not in {received:?}"
+        );
+    }
+    let saw = |file: &str| {
+        std::fs::read_to_string(container.out().join("out").join(file))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(saw("cwd"), format!("/srv/{name}"));
+    assert_eq!(saw("uid"), NOBODY_UID);
+    assert_eq!(saw("version"), "stage build 1");
+    let head = container.sh(&format!("cat /srv/{name}/.git/HEAD"));
+    assert_eq!(head.trim(), repo.commits["stage"]);
+
+    // A second boot with nothing changed leaves the running service alone.
+    let pid = container.show(&unit, "MainPID");
+    container.bootagent(&imds, &["boot"]).expect(0);
+    assert_eq!(container.show(&unit, "MainPID"), pid);
+    let status: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
+    assert_eq!(status["service"]["state"], "active");
+    assert_eq!(status["service"]["restarted"], false);
+
+    let journal = container.sh("journalctl --no-pager -o cat");
+    assert_no_canary(
+        &canary,
+        &[
+            ("stdout", &run.stdout()),
+            ("stderr", &run.stderr()),
+            ("journal", &journal),
+            ("status.json", &status.to_string()),
+        ],
+    );
+}
+
+#[test]
+fn a_unit_that_cannot_start_is_reported_with_exit_code_8() {
+    let name = unique("sdfail");
+    let repo = SampleRepo::create(&name);
+    create_secret(&format!("{name}_env_test"), r#"{"A": "1"}"#);
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "test"),
+        ("Repository", &repo.url),
+    ]);
+    let container = Container::boot(CONFIG);
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "Type=exec\\nExecStart=/nonexistent/service");
+    container
+        .bootagent(&imds, &["boot"])
+        .expect(8)
+        .stderr_has(&format!("systemctl restart {unit}"));
+    let status: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
+    assert_eq!(status["outcome"], "failed");
+    assert_eq!(status["error"]["exit_code"], 8);
+}
