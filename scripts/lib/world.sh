@@ -34,7 +34,8 @@ world_start() {
     export BOOTAGENT_WORLD_MOTO=http://127.0.0.1:$moto_port
 
     git_port=$(free_port)
-    git daemon --reuseaddr --export-all --base-path="$state/git" --listen=127.0.0.1 \
+    # The daemon itself, not the git wrapper, so that world_stop's kill reaches it.
+    "$(git --exec-path)/git-daemon" --reuseaddr --export-all --base-path="$state/git" --listen=127.0.0.1 \
         --port="$git_port" "$state/git" >"$state/git-daemon.log" 2>&1 &
     WORLD_PIDS="$WORLD_PIDS $!"
     export BOOTAGENT_WORLD_GIT_ROOT=$state/git
@@ -46,6 +47,6 @@ world_start() {
 
 world_stop() {
     # shellcheck disable=SC2086
-    [ -n "${WORLD_PIDS:-}" ] && kill $WORLD_PIDS 2>/dev/null
+    kill ${WORLD_PIDS:-} 2>/dev/null || true
     WORLD_PIDS=""
 }
