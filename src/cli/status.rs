@@ -1,6 +1,6 @@
 use clap::Args;
 
-use crate::config::Config;
+use crate::config::{Config, Manager};
 use crate::status::{self, Outcome, Status};
 use crate::Error;
 
@@ -33,17 +33,20 @@ impl StatusArgs {
 }
 
 fn render(status: &Status) -> String {
+    let outcome = match status.outcome {
+        Outcome::Running => "running",
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+    };
     let mut lines = vec![format!(
-        "boot:     {:?} (started {}{})",
-        status.outcome,
+        "boot:     {outcome} (started {}{})",
         status.started_at,
         status
             .finished_at
             .as_ref()
             .map(|at| format!(", finished {at}"))
             .unwrap_or_default()
-    )
-    .to_lowercase()];
+    )];
     if let Some(id) = &status.identity {
         lines.push(format!(
             "identity: service {}, environment {} (tag {:?}), instance {} in {}",
@@ -67,17 +70,21 @@ fn render(status: &Status) -> String {
             git.dir.display()
         ));
     }
-    if let Some(service) = &status.service {
-        lines.push(format!(
+    match &status.service {
+        Some(service) if service.manager == Manager::Exec => {
+            lines.push("service:  started in exec mode (bootagent became the service)".into())
+        }
+        Some(service) => lines.push(format!(
             "service:  {} {}{}",
             service.unit,
             service.state,
             if service.restarted {
                 " (restarted)"
             } else {
-                ""
+                " (left running)"
             }
-        ));
+        )),
+        None => {}
     }
     let phases: Vec<String> = status
         .phases
