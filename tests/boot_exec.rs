@@ -529,3 +529,18 @@ fn missing_ca_store_is_named_instead_of_failing_obscurely() {
         .stderr_has("ca-certificates");
     earlier.assert_intact();
 }
+
+#[test]
+fn aws_region_overrides_the_region_from_imds() {
+    let instance = Instance::exec_mode("[secrets]\nmain = \"{service}-{region}\"\n");
+    let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "test")]);
+    let run = Run(instance
+        .command(&imds, &["plan"])
+        .env("AWS_REGION", "eu-central-1")
+        .output()
+        .unwrap());
+    run.expect(0);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    assert_eq!(plan["identity"]["region"], "eu-central-1");
+    assert_eq!(plan["secrets"]["main"], "calendar-eu-central-1");
+}

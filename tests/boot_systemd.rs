@@ -119,23 +119,33 @@ start_timeout = "20s"
 "#;
 
 #[test]
-fn systemd_unit_runs_with_the_env_file_and_checkout() {
+fn each_environment_runs_under_systemd_with_its_env_file_and_checkout() {
+    let container = Container::boot(CONFIG);
+    for (tag, env) in [("test", "test"), ("staging", "stage"), ("prod", "prod")] {
+        boot_one_environment(&container, tag, env);
+    }
+}
+
+/// Boots a fresh service for `env` in `container` and checks what its unit received; then boots
+/// again and checks that nothing was restarted.
+fn boot_one_environment(container: &Container, tag: &str, env: &str) {
     let name = unique("sd");
     let repo = SampleRepo::create(&name);
     let canary = canary();
     create_secret(
-        &format!("{name}_env_stage"),
+        &format!("{name}_env_{env}"),
         &serde_json::json!({"DB_PASSWORD": canary, "PEM": "-----BEGIN-----\nabc\n-----END-----"})
             .to_string(),
     );
     let imds = Imds::with_tags(&[
         ("Service", &name),
-        ("Environment", "staging"),
+        ("Environment", tag),
         ("Repository", &repo.url),
     ]);
-    let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
-    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
+    let out = format!("/share/out/{name}");
+    container.sh(&format!("mkdir -m 777 {out}"));
+    container.install_unit(&unit, &format!("ExecStart=/share/recorder.sh {out} --stay"));
 
     let run = container.bootagent(&imds, &["boot"]);
     run.expect(0);
@@ -149,7 +159,8 @@ fn systemd_unit_runs_with_the_env_file_and_checkout() {
     let env_mode = container.sh(&format!("stat -c %a:%U /run/bootagent/{name}.env"));
     assert_eq!(env_mode.trim(), "600:root");
 
-    let raw = std::fs::read(container.out().join("out/env")).expect("the unit ran");
+    let host_out = container.out().join("out").join(&name);
+    let raw = std::fs::read(host_out.join("env")).expect("the unit ran");
     let received: Vec<String> = raw
         .split(|b| *b == 0)
         .map(|e| String::from_utf8_lossy(e).into_owned())
@@ -157,7 +168,7 @@ fn systemd_unit_runs_with_the_env_file_and_checkout() {
     for expected in [
         format!("DB_PASSWORD={canary}"),
         "PEM=-----BEGIN-----\nabc\n-----END-----".to_string(),
-        "BOOTAGENT_ENV=stage".to_string(),
+        format!("BOOTAGENT_ENV={env}"),
         format!("BOOTAGENT_SERVICE={name}"),
     ] {
         assert!(
@@ -166,16 +177,16 @@ fn systemd_unit_runs_with_the_env_file_and_checkout() {
         );
     }
     let saw = |file: &str| {
-        std::fs::read_to_string(container.out().join("out").join(file))
+        std::fs::read_to_string(host_out.join(file))
             .unwrap()
             .trim()
             .to_string()
     };
     assert_eq!(saw("cwd"), format!("/srv/{name}"));
     assert_eq!(saw("uid"), NOBODY_UID);
-    assert_eq!(saw("version"), "stage build 1");
+    assert_eq!(saw("version"), format!("{env} build 1"));
     let head = container.sh(&format!("cat /srv/{name}/.git/HEAD"));
-    assert_eq!(head.trim(), repo.commits["stage"]);
+    assert_eq!(head.trim(), repo.commits[env]);
 
     // A second boot with nothing changed leaves the running service alone.
     let pid = container.show(&unit, "MainPID");
@@ -219,4 +230,60 @@ fn a_unit_that_cannot_start_is_reported_with_exit_code_8() {
         serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
     assert_eq!(status["outcome"], "failed");
     assert_eq!(status["error"]["exit_code"], 8);
+}
+
+#[test]
+fn shipped_boot_unit_boots_the_service_under_its_hardening() {
+    let name = unique("unit");
+    let repo = SampleRepo::create(&name);
+    let canary = canary();
+    create_secret(
+        &format!("{name}_env_prod"),
+        &serde_json::json!({ "TOKEN": canary }).to_string(),
+    );
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "production"),
+        ("Repository", &repo.url),
+    ]);
+    let container = Container::boot(CONFIG);
+    let unit_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/bootagent-boot.service"
+    );
+    std::fs::copy(unit_file, container.out().join("bootagent-boot.service")).unwrap();
+    container.install_unit(
+        &format!("{name}.service"),
+        "ExecStart=/share/recorder.sh /share/out --stay",
+    );
+    container.sh(&format!(
+        "set -e
+         mkdir -p /etc/bootagent /usr/local/bin /etc/systemd/system/bootagent-boot.service.d
+         cp /share/bootagent /usr/local/bin/bootagent
+         cp /share/config.toml /etc/bootagent/config.toml
+         cp /share/bootagent-boot.service /etc/systemd/system/
+         printf '[Service]\\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds} AWS_ENDPOINT_URL={moto} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\\n' \
+             > /etc/systemd/system/bootagent-boot.service.d/test-world.conf
+         systemctl daemon-reload
+         systemctl start bootagent-boot.service",
+        imds = imds.url,
+        moto = world("MOTO"),
+    ));
+    assert_eq!(
+        container.show("bootagent-boot.service", "ActiveState"),
+        "active"
+    );
+    assert_eq!(
+        container.show(&format!("{name}.service"), "ActiveState"),
+        "active"
+    );
+    let env = std::fs::read(container.out().join("out/env")).expect("the service ran");
+    assert!(String::from_utf8_lossy(&env).contains(&format!("TOKEN={canary}")));
+
+    let journal = container.sh("journalctl --no-pager -o verbose");
+    assert!(
+        journal.contains("SYSLOG_IDENTIFIER=bootagent"),
+        "bootagent logged to the journal with its identifier"
+    );
+    assert_no_canary(&canary, &[("journal", &journal)]);
 }
