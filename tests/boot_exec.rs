@@ -99,14 +99,7 @@ fn each_environment_gets_its_secret_branch_and_variables() {
         assert_eq!(status["identity"]["env_tag"], tag);
         assert_eq!(status["git"]["commit"], service.repo.commits[env].as_str());
         assert!(status["secrets"][0]["version_id"].is_string());
-        assert_no_canary(
-            canary,
-            &[
-                ("stdout", &run.stdout()),
-                ("stderr", &run.stderr()),
-                ("status.json", &instance.status_text()),
-            ],
-        );
+        instance.assert_no_canary(canary, &run);
     }
 }
 
@@ -300,14 +293,7 @@ fn failing_boot(
     assert_eq!(status["outcome"], "failed");
     assert_eq!(status["error"]["exit_code"], code);
     if let Some(canary) = canary {
-        assert_no_canary(
-            canary,
-            &[
-                ("stdout", &run.stdout()),
-                ("stderr", &run.stderr()),
-                ("status.json", &instance.status_text()),
-            ],
-        );
+        instance.assert_no_canary(canary, &run);
     }
 }
 

@@ -320,6 +320,18 @@ deadline = "60s"
             .to_string()
     }
 
+    /// Asserts that `canary` is in none of what `run` printed and not in status.json.
+    pub fn assert_no_canary(&self, canary: &str, run: &Run) {
+        assert_no_canary(
+            canary,
+            &[
+                ("stdout", &run.stdout()),
+                ("stderr", &run.stderr()),
+                ("status.json", &self.status_text()),
+            ],
+        );
+    }
+
     pub fn command(&self, imds: &Imds, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command
