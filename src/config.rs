@@ -58,8 +58,22 @@ pub struct IdentityConfig {
 pub struct SecretsConfig {
     pub main: String,
     pub version_stage: String,
+    pub version_id: String,
+    pub format: EnvFileFormat,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// The syntax of the env file: what reads it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvFileFormat {
+    /// systemd's `EnvironmentFile=`.
+    Systemd,
+    /// python-dotenv / docker compose `env_file`.
+    Dotenv,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +244,14 @@ impl Config {
                         .cloned()
                         .collect::<Vec<_>>()
                         .join(", ")
+                )));
+            }
+        }
+        for name in self.secrets.vars.keys() {
+            if !crate::secrets::is_variable_name(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "secrets.vars.{name}: not a valid variable name (letters, digits and '_', not \
+                     starting with a digit)"
                 )));
             }
         }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use nix::sys::statfs::{statfs, TMPFS_MAGIC};
 use zeroize::Zeroizing;
 
-use crate::secrets::{LoadedSecret, SecretsError};
+use crate::config::EnvFileFormat;
+use crate::secrets::{LoadedSecrets, SecretsError};
 
 /// linux/magic.h; nix names no constant for ramfs.
 const RAMFS_MAGIC: u64 = 0x8584_58f6;
@@ -22,6 +23,11 @@ pub enum EnvFileError {
          paths.allow_persistent_env_file = true"
     )]
     NotMemoryBacked { dir: PathBuf },
+    #[error(
+        "variable {name} holds {what}, which the dotenv format cannot carry; use \
+         secrets.format = \"systemd\" or change the value"
+    )]
+    Unrepresentable { name: String, what: &'static str },
     #[error("failed to {action} {path}")]
     Io {
         action: &'static str,
@@ -31,41 +37,75 @@ pub enum EnvFileError {
     },
 }
 
-/// Config variables plus the secret's. A name set by both is refused rather than silently
+/// Config variables plus the secrets'. A name set twice is refused rather than silently
 /// resolved, because either choice would surprise someone.
 pub fn compose(
     config_vars: &BTreeMap<String, String>,
-    secret: &LoadedSecret,
+    secrets: LoadedSecrets,
 ) -> Result<Environment, SecretsError> {
     let mut environment: Environment = config_vars
         .iter()
         .map(|(name, value)| (name.clone(), Zeroizing::new(value.clone())))
         .collect();
-    for (name, value) in &secret.vars {
-        if environment.insert(name.clone(), value.clone()).is_some() {
+    for (name, var) in secrets.vars {
+        if environment.contains_key(&name) {
             return Err(SecretsError::Conflict {
-                id: secret.version.id.clone(),
-                key: name.clone(),
+                name,
+                first: "the config's [env] tables".into(),
+                second: var.source,
             });
         }
+        environment.insert(name, var.value);
     }
     Ok(environment)
 }
 
+pub fn render(
+    environment: &Environment,
+    format: EnvFileFormat,
+) -> Result<Zeroizing<String>, EnvFileError> {
+    match format {
+        EnvFileFormat::Systemd => Ok(render_systemd(environment)),
+        EnvFileFormat::Dotenv => render_dotenv(environment),
+    }
+}
+
 /// `NAME="value"` lines. systemd keeps a real newline inside double quotes and unescapes only
 /// `\"` and `\\` there, expanding neither `$` nor `%`, so escaping those two carries any text.
-pub fn render_systemd(environment: &Environment) -> Zeroizing<String> {
+fn render_systemd(environment: &Environment) -> Zeroizing<String> {
+    render_quoted(environment, '"')
+}
+
+/// `NAME='value'` lines, as python-dotenv writes them itself: in single quotes only `\'` and
+/// `\\` are escapes, and docker compose takes such values literally. python-dotenv reads files
+/// with universal newlines, so a carriage return cannot survive: such values are refused.
+fn render_dotenv(environment: &Environment) -> Result<Zeroizing<String>, EnvFileError> {
+    if let Some(name) = environment
+        .iter()
+        .find_map(|(name, value)| value.contains('\r').then_some(name))
+    {
+        return Err(EnvFileError::Unrepresentable {
+            name: name.clone(),
+            what: "a carriage return",
+        });
+    }
+    Ok(render_quoted(environment, '\''))
+}
+
+fn render_quoted(environment: &Environment, quote: char) -> Zeroizing<String> {
     let mut out = Zeroizing::new(String::new());
     for (name, value) in environment {
         out.push_str(name);
-        out.push_str("=\"");
+        out.push('=');
+        out.push(quote);
         for c in value.chars() {
-            if c == '"' || c == '\\' {
+            if c == quote || c == '\\' {
                 out.push('\\');
             }
             out.push(c);
         }
-        out.push_str("\"\n");
+        out.push(quote);
+        out.push('\n');
     }
     out
 }
@@ -109,48 +149,68 @@ pub fn write(path: &Path, rendered: &str) -> Result<bool, EnvFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::SecretVersion;
+    use crate::secrets::SecretVar;
 
-    fn secret(pairs: &[(&str, &str)]) -> LoadedSecret {
-        LoadedSecret {
-            version: SecretVersion {
-                id: "calendar_env_test".into(),
-                version_id: Some("v1".into()),
-            },
+    fn secrets(pairs: &[(&str, &str)]) -> LoadedSecrets {
+        LoadedSecrets {
+            versions: Vec::new(),
             vars: pairs
                 .iter()
-                .map(|(k, v)| (k.to_string(), Zeroizing::new(v.to_string())))
+                .map(|(k, v)| {
+                    let var = SecretVar {
+                        value: Zeroizing::new(v.to_string()),
+                        source: "secret calendar_env_test".into(),
+                    };
+                    (k.to_string(), var)
+                })
                 .collect(),
         }
     }
 
+    fn environment(pairs: &[(&str, &str)]) -> Environment {
+        compose(&BTreeMap::new(), secrets(pairs)).unwrap()
+    }
+
     #[test]
-    fn quotes_and_backslashes_are_escaped_newlines_kept() {
-        let env = compose(
-            &BTreeMap::new(),
-            &secret(&[
-                ("A", "say \"hi\"\\n"),
-                ("PEM", "line1\nline2"),
-                ("C", "$HOME %h #"),
-            ]),
-        )
-        .unwrap();
+    fn systemd_quotes_and_backslashes_are_escaped_newlines_kept() {
+        let env = environment(&[
+            ("A", "say \"hi\"\\n"),
+            ("PEM", "line1\nline2"),
+            ("C", "$HOME %h #'"),
+        ]);
         assert_eq!(
-            render_systemd(&env).as_str(),
-            "A=\"say \\\"hi\\\"\\\\n\"\nC=\"$HOME %h #\"\nPEM=\"line1\nline2\"\n"
+            render(&env, EnvFileFormat::Systemd).unwrap().as_str(),
+            "A=\"say \\\"hi\\\"\\\\n\"\nC=\"$HOME %h #'\"\nPEM=\"line1\nline2\"\n"
+        );
+    }
+
+    #[test]
+    fn dotenv_uses_single_quotes_and_refuses_carriage_returns() {
+        let env = environment(&[("A", "it's \\ \"x\" ${HOME}"), ("B", "")]);
+        assert_eq!(
+            render(&env, EnvFileFormat::Dotenv).unwrap().as_str(),
+            "A='it\\'s \\\\ \"x\" ${HOME}'\nB=''\n"
+        );
+        let err = render(&environment(&[("KEY", "a\rb")]), EnvFileFormat::Dotenv)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("variable KEY holds a carriage return"),
+            "{err}"
         );
     }
 
     #[test]
     fn a_variable_set_twice_names_both_sources() {
         let config = BTreeMap::from([("LOG_LEVEL".to_string(), "info".to_string())]);
-        let err = compose(&config, &secret(&[("LOG_LEVEL", "debug")]))
+        let err = compose(&config, secrets(&[("LOG_LEVEL", "debug")]))
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("LOG_LEVEL") && err.contains("calendar_env_test"),
             "{err}"
         );
+        assert!(err.contains("[env]"), "{err}");
     }
 
     #[test]

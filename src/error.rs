@@ -91,6 +91,7 @@ impl Error {
             Error::Secrets(e) if e.is_malformed() => exit::SECRET_MALFORMED,
             Error::Secrets(e) if e.is_local() => exit::LOCAL,
             Error::Secrets(_) => exit::SECRET_UNAVAILABLE,
+            Error::EnvFile(EnvFileError::Unrepresentable { .. }) => exit::SECRET_MALFORMED,
             Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) => exit::LOCAL,
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
             Error::Git(_) => exit::GIT,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, Manager};
+use crate::config::{Config, ConfigError, EnvFileFormat, Manager};
 use crate::identity::Identity;
 use crate::template::{render, render_required, TemplateVars};
 
@@ -24,8 +24,36 @@ pub struct Plan {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SecretsPlan {
-    pub main: String,
+    /// The JSON-object secret whose keys become variables, if any.
+    pub main: Option<String>,
     pub version_stage: String,
+    /// Pins the main secret to one version.
+    pub version_id: Option<String>,
+    /// Variables taken from one secret each (a whole plain value or one JSON field).
+    pub vars: BTreeMap<String, SecretRef>,
+    pub format: EnvFileFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecretRef {
+    pub id: String,
+    pub field: Option<String>,
+}
+
+impl SecretRef {
+    /// `secret-id` or `secret-id#field`.
+    fn parse(text: &str) -> SecretRef {
+        match text.rsplit_once('#') {
+            Some((id, field)) => SecretRef {
+                id: id.to_string(),
+                field: Some(field.to_string()),
+            },
+            None => SecretRef {
+                id: text.to_string(),
+                field: None,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,8 +130,19 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
 
     Ok(Plan {
         secrets: SecretsPlan {
-            main: required("secrets.main", &config.secrets.main)?,
+            main: Some(required("secrets.main", &config.secrets.main)?).filter(|id| !id.is_empty()),
             version_stage: config.secrets.version_stage.clone(),
+            version_id: Some(config.secrets.version_id.clone()).filter(|id| !id.is_empty()),
+            vars: config
+                .secrets
+                .vars
+                .iter()
+                .map(|(name, template)| {
+                    let rendered = required(&format!("secrets.vars.{name}"), template)?;
+                    Ok((name.clone(), SecretRef::parse(&rendered)))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+            format: config.secrets.format,
         },
         env,
         env_file: run_dir.join(format!("{}.env", identity.service)),
@@ -160,7 +199,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_common_pattern() {
         let plan = build(&config(""), &identity("stage", "staging")).unwrap();
-        assert_eq!(plan.secrets.main, "calendar_env_stage");
+        assert_eq!(plan.secrets.main.as_deref(), Some("calendar_env_stage"));
         assert_eq!(plan.git.reference, "stage");
         assert_eq!(
             plan.git.url.as_deref(),
@@ -201,9 +240,27 @@ mod tests {
 
     #[test]
     fn long_environment_name_layouts_work() {
-        let cfg = config("[secrets]\nmain = \"taskmanager/{env_tag}/app\"\n");
+        let cfg = config(
+            "[secrets]\nmain = \"\"\n[secrets.vars]\n\
+             DATABASE_URL = \"taskmanager/{env_tag}/database-url\"\n\
+             JWT_SECRET_KEY = \"taskmanager/{env_tag}/app#jwt\"\n",
+        );
         let plan = build(&cfg, &identity("prod", "production")).unwrap();
-        assert_eq!(plan.secrets.main, "taskmanager/production/app");
+        assert_eq!(plan.secrets.main, None);
+        assert_eq!(
+            plan.secrets.vars["DATABASE_URL"],
+            SecretRef {
+                id: "taskmanager/production/database-url".into(),
+                field: None
+            }
+        );
+        assert_eq!(
+            plan.secrets.vars["JWT_SECRET_KEY"],
+            SecretRef {
+                id: "taskmanager/production/app".into(),
+                field: Some("jwt".into())
+            }
+        );
     }
 
     #[test]

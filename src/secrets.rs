@@ -14,10 +14,37 @@ use crate::plan::SecretsPlan;
 /// Variable values hold secret bytes: they are wiped when dropped.
 pub type SecretVars = BTreeMap<String, Zeroizing<String>>;
 
+/// A variable and where it came from, so that a name set twice can be reported by both sources.
 #[derive(Debug)]
-pub struct LoadedSecret {
-    pub version: SecretVersion,
-    pub vars: SecretVars,
+pub struct SecretVar {
+    pub value: Zeroizing<String>,
+    pub source: String,
+}
+
+#[derive(Debug, Default)]
+pub struct LoadedSecrets {
+    /// Every secret read, with the version that was used.
+    pub versions: Vec<SecretVersion>,
+    pub vars: BTreeMap<String, SecretVar>,
+}
+
+impl LoadedSecrets {
+    fn insert(
+        &mut self,
+        name: String,
+        value: Zeroizing<String>,
+        source: String,
+    ) -> Result<(), SecretsError> {
+        if let Some(existing) = self.vars.get(&name) {
+            return Err(SecretsError::Conflict {
+                name,
+                first: existing.source.clone(),
+                second: source,
+            });
+        }
+        self.vars.insert(name, SecretVar { value, source });
+        Ok(())
+    }
 }
 
 /// What status.json records of a secret: which version, never the value.
@@ -30,13 +57,13 @@ pub struct SecretVersion {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
     #[error(
-        "secret {id} was not found in region {region} (or has no version labelled {stage}); \
-         create it, or fix secrets.main or the instance's Service/Environment tags"
+        "secret {id} was not found in region {region} (or has no version {version}); create it, \
+         or fix secrets.main / secrets.vars or the instance's Service/Environment tags"
     )]
     NotFound {
         id: String,
         region: String,
-        stage: String,
+        version: String,
     },
     #[error(
         "reading secret {id} in region {region} was denied{detail}; grant the instance role \
@@ -68,11 +95,14 @@ pub enum SecretsError {
         region: String,
         detail: String,
     },
-    #[error(
-        "secret {id} sets variable {key}, which the config also sets under [env]; remove it from \
-         one of them"
-    )]
-    Conflict { id: String, key: String },
+    #[error("variable {name} is set both by {first} and by {second}; keep one of them")]
+    Conflict {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("secret {id} has no field {field:?}; add it, or fix the #field in secrets.vars")]
+    MissingField { id: String, field: String },
     #[error(
         "no CA certificates were found to verify AWS endpoints with ({detail}); install the \
          ca-certificates package in the image, or point SSL_CERT_FILE at a CA bundle"
@@ -130,6 +160,7 @@ impl SecretsError {
             self,
             SecretsError::Binary { .. }
                 | SecretsError::Conflict { .. }
+                | SecretsError::MissingField { .. }
                 | SecretsError::NotJson { .. }
                 | SecretsError::NotObject { .. }
                 | SecretsError::BadValue { .. }
@@ -175,29 +206,91 @@ fn check_trust_roots() -> Result<(), SecretsError> {
     Ok(())
 }
 
-pub async fn fetch_main(
+/// Which version of a secret to read.
+enum Version<'a> {
+    Stage(&'a str),
+    Id(&'a str),
+}
+
+impl Version<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Version::Stage(stage) => format!("labelled {stage}"),
+            Version::Id(id) => format!("with VersionId {id}"),
+        }
+    }
+}
+
+struct Fetched {
+    version: SecretVersion,
+    text: Zeroizing<String>,
+}
+
+/// Reads every secret the plan names, each once, and turns them into variables: the main
+/// secret's keys, then each of `secrets.vars`.
+pub async fn load(
     client: &aws_sdk_secretsmanager::Client,
     region: &str,
     plan: &SecretsPlan,
-) -> Result<LoadedSecret, SecretsError> {
-    let id = &plan.main;
-    let output = client
-        .get_secret_value()
-        .secret_id(id)
-        .version_stage(&plan.version_stage)
+) -> Result<LoadedSecrets, SecretsError> {
+    let mut fetched: BTreeMap<String, Fetched> = BTreeMap::new();
+    let mut loaded = LoadedSecrets::default();
+    if let Some(id) = &plan.main {
+        let version = match &plan.version_id {
+            Some(version_id) => Version::Id(version_id),
+            None => Version::Stage(&plan.version_stage),
+        };
+        let secret = fetch(client, region, id, version).await?;
+        for (name, value) in parse_object(id, &secret.text)? {
+            loaded.insert(name, value, format!("secret {id}"))?;
+        }
+        fetched.insert(id.clone(), secret);
+    }
+    for (name, reference) in &plan.vars {
+        let id = &reference.id;
+        if !fetched.contains_key(id) {
+            let secret = fetch(client, region, id, Version::Stage(&plan.version_stage)).await?;
+            fetched.insert(id.clone(), secret);
+        }
+        let text = &fetched[id].text;
+        let (value, source) = match &reference.field {
+            None => (text.clone(), format!("secrets.vars ({id})")),
+            Some(field) => (
+                json_field(id, text, field)?,
+                format!("secrets.vars ({id}#{field})"),
+            ),
+        };
+        loaded.insert(name.clone(), value, source)?;
+    }
+    loaded.versions = fetched.into_values().map(|f| f.version).collect();
+    Ok(loaded)
+}
+
+async fn fetch(
+    client: &aws_sdk_secretsmanager::Client,
+    region: &str,
+    id: &str,
+    version: Version<'_>,
+) -> Result<Fetched, SecretsError> {
+    let request = client.get_secret_value().secret_id(id);
+    let request = match version {
+        Version::Stage(stage) => request.version_stage(stage),
+        Version::Id(version_id) => request.version_id(version_id),
+    };
+    let output = request
         .send()
         .await
-        .map_err(|e| classify(e, id, region, &plan.version_stage))?;
+        .map_err(|e| classify(e, id, region, version.describe()))?;
     let text = match output.secret_string() {
         Some(text) => Zeroizing::new(text.to_string()),
-        None => return Err(SecretsError::Binary { id: id.clone() }),
+        None => return Err(SecretsError::Binary { id: id.to_string() }),
     };
-    Ok(LoadedSecret {
+    Ok(Fetched {
         version: SecretVersion {
-            id: id.clone(),
+            id: id.to_string(),
             version_id: output.version_id().map(str::to_string),
         },
-        vars: parse_object(id, &text)?,
+        text,
     })
 }
 
@@ -207,7 +300,7 @@ fn classify(
     error: SdkError<GetSecretValueError>,
     id: &str,
     region: &str,
-    stage: &str,
+    version: String,
 ) -> SecretsError {
     let (id, region) = (id.to_string(), region.to_string());
     let status = error.raw_response().map(|r| r.status().as_u16());
@@ -216,7 +309,7 @@ fn classify(
             GetSecretValueError::ResourceNotFoundException(_) => SecretsError::NotFound {
                 id,
                 region,
-                stage: stage.to_string(),
+                version,
             },
             GetSecretValueError::DecryptionFailure(_) => SecretsError::Decryption { id, region },
             other => {
@@ -297,21 +390,51 @@ pub fn parse_object(id: &str, text: &str) -> Result<SecretVars, SecretsError> {
                 count,
             });
         }
-        let text = match value {
-            serde_json::Value::String(text) => text,
-            serde_json::Value::Number(number) => number.to_string(),
-            serde_json::Value::Bool(flag) => flag.to_string(),
-            other => {
-                return Err(SecretsError::BadValue {
-                    id: id.to_string(),
-                    key,
-                    found: kind(&other),
-                })
-            }
-        };
-        vars.insert(key, Zeroizing::new(text));
+        let value = scalar(id, &key, value)?;
+        vars.insert(key, value);
     }
     Ok(vars)
+}
+
+/// One field of a JSON-object secret, as a variable value.
+fn json_field(id: &str, text: &str, field: &str) -> Result<Zeroizing<String>, SecretsError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| SecretsError::NotJson {
+            id: id.to_string(),
+            line: e.line(),
+            column: e.column(),
+        })?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err(SecretsError::NotObject {
+            id: id.to_string(),
+            found: kind(&value),
+        });
+    };
+    let value = object
+        .remove(field)
+        .ok_or_else(|| SecretsError::MissingField {
+            id: id.to_string(),
+            field: field.to_string(),
+        })?;
+    scalar(id, field, value)
+}
+
+/// Strings as they are, numbers and booleans as their JSON text; anything else is refused.
+fn scalar(
+    id: &str,
+    key: &str,
+    value: serde_json::Value,
+) -> Result<Zeroizing<String>, SecretsError> {
+    match value {
+        serde_json::Value::String(text) => Ok(Zeroizing::new(text)),
+        serde_json::Value::Number(number) => Ok(Zeroizing::new(number.to_string())),
+        serde_json::Value::Bool(flag) => Ok(Zeroizing::new(flag.to_string())),
+        other => Err(SecretsError::BadValue {
+            id: id.to_string(),
+            key: key.to_string(),
+            found: kind(&other),
+        }),
+    }
 }
 
 fn kind(value: &serde_json::Value) -> &'static str {

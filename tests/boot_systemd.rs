@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -68,7 +69,7 @@ impl Container {
 
     fn install_unit(&self, unit: &str, service_section: &str) {
         self.sh(&format!(
-            "printf '[Unit]\\nDescription=sample service\\n[Service]\\n{service_section}\\n' \
+            "printf '[Unit]\\nDescription=sample service\\nStartLimitIntervalSec=0\\n[Service]\\n{service_section}\\n' \
              > /etc/systemd/system/{unit} && systemctl daemon-reload"
         ));
     }
@@ -286,4 +287,56 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
         "bootagent logged to the journal with its identifier"
     );
     assert_no_canary(&canary, &[("journal", &journal)]);
+}
+
+#[test]
+fn generated_values_reach_the_unit_exactly_through_its_environment_file() {
+    let mut rng = Rng::from_env();
+    let name = unique("rt");
+    let repo = SampleRepo::create(&name);
+    let secret = format!("{name}_env_test");
+    create_secret(&secret, "{}");
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "test"),
+        ("Repository", &repo.url),
+    ]);
+    let container = Container::boot(CONFIG);
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
+    let recorded = container.out().join("out/env");
+    for round in 0..25 {
+        let values = rng.nasty_map(12, true);
+        put_secret_value(&secret, &serde_json::to_string(&values).unwrap());
+        let _ = std::fs::remove_file(&recorded);
+        container.bootagent(&imds, &["boot"]).expect(0);
+        let raw = wait_for_file(&recorded);
+        let received: BTreeMap<String, String> = raw
+            .split(|b| *b == 0)
+            .filter_map(|entry| {
+                let entry = String::from_utf8(entry.to_vec()).unwrap();
+                entry
+                    .split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        for (key, value) in &values {
+            assert_eq!(
+                received.get(key),
+                Some(value),
+                "round {round}: {key} as the unit got it"
+            );
+        }
+    }
+}
+
+/// The recorder writes its file just after the unit becomes active: wait for it, boundedly.
+fn wait_for_file(path: &Path) -> Vec<u8> {
+    for _ in 0..100 {
+        if let Ok(bytes) = std::fs::read(path) {
+            return bytes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{} did not appear", path.display());
 }

@@ -71,15 +71,15 @@ async fn steps(config: &Config, recorder: &mut Recorder) -> Result<(), Error> {
 
     recorder.begin("secrets");
     let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
-    let secret = within(
+    let loaded = within(
         "secrets",
         config.secrets.timeout,
-        secrets::fetch_main(&client, &plan.identity.region, &plan.secrets),
+        secrets::load(&client, &plan.identity.region, &plan.secrets),
     )
     .await??;
-    recorder.status.secrets.push(secret.version.clone());
-    let environment = envfile::compose(&plan.env, &secret)?;
-    drop(secret);
+    recorder.status.secrets = loaded.versions.clone();
+    let environment = envfile::compose(&plan.env, loaded)?;
+    let rendered = envfile::render(&environment, plan.secrets.format)?;
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("git");
@@ -94,7 +94,7 @@ async fn steps(config: &Config, recorder: &mut Recorder) -> Result<(), Error> {
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("env_file");
-    let env_changed = envfile::write(&plan.env_file, &envfile::render_systemd(&environment))?;
+    let env_changed = envfile::write(&plan.env_file, &rendered)?;
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("service");

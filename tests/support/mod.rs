@@ -105,8 +105,12 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Calls a Secrets Manager action on moto (JSON protocol) and returns the JSON answer.
+/// Calls a Secrets Manager action on the shared moto (JSON protocol); returns the JSON answer.
 pub fn secretsmanager(action: &str, body: serde_json::Value) -> serde_json::Value {
+    secretsmanager_at(&world("MOTO"), action, body)
+}
+
+fn secretsmanager_at(url: &str, action: &str, body: serde_json::Value) -> serde_json::Value {
     let out = curl(&[
         "-sS",
         "-X",
@@ -119,7 +123,7 @@ pub fn secretsmanager(action: &str, body: serde_json::Value) -> serde_json::Valu
         "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=0",
         "--data-binary",
         &body.to_string(),
-        &format!("{}/", world("MOTO")),
+        &format!("{url}/"),
     ]);
     serde_json::from_str(&out).unwrap_or_else(|_| panic!("moto {action} answered {out}"))
 }
@@ -133,6 +137,171 @@ pub fn create_secret(name: &str, value: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("CreateSecret {name}: {answer}"))
         .to_string()
+}
+
+pub fn put_secret_value(name: &str, value: &str) -> String {
+    let answer = secretsmanager(
+        "PutSecretValue",
+        serde_json::json!({ "SecretId": name, "SecretString": value }),
+    );
+    answer["VersionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("PutSecretValue {name}: {answer}"))
+        .to_string()
+}
+
+/// A moto of one test's own, for what would disturb the shared one (switching auth on).
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub fn start_private() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let python = PathBuf::from(world("PYTHON"));
+        let child = Command::new(python.with_file_name("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return moto;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("moto did not start on port {port}");
+    }
+
+    pub fn create_secret(&self, name: &str, value: &str) {
+        let answer = secretsmanager_at(
+            &self.url,
+            "CreateSecret",
+            serde_json::json!({ "Name": name, "SecretString": value }),
+        );
+        assert!(answer["VersionId"].is_string(), "{answer}");
+    }
+
+    /// From now on moto checks signatures and IAM: the test credentials have no permissions.
+    pub fn require_auth(&self) {
+        curl(&[
+            "-sSf",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            "0",
+            &format!("{}/moto-api/reset-auth", self.url),
+        ]);
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Small deterministic random numbers for generated test data; the seed is printed so a failure
+/// can be replayed with BOOTAGENT_TEST_SEED.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env() -> Rng {
+        let seed = std::env::var("BOOTAGENT_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("random test data from BOOTAGENT_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    }
+
+    /// A value built from pieces that break naive quoting: quotes, backslashes, newlines,
+    /// `$` and `%` expansions, comment signs, multi-byte UTF-8, edge whitespace, or nothing.
+    pub fn nasty_value(&mut self, carriage_returns: bool) -> String {
+        const PIECES: &[&str] = &[
+            "\n",
+            "\"",
+            "'",
+            "\\",
+            "\\n",
+            "\\\"",
+            "$",
+            "${HOME}",
+            "$HOME",
+            "$$",
+            "%",
+            "%h",
+            "%%",
+            "#",
+            " # x",
+            "=",
+            " ",
+            "\t",
+            "`id`",
+            "é",
+            "日本",
+            "😀",
+            "a",
+            "Z",
+            "0",
+            "-----BEGIN KEY-----\n",
+            ";",
+            "&&",
+            "\\'",
+            "''",
+            "\"\"",
+        ];
+        let mut value = String::new();
+        if self.below(8) == 0 {
+            return value;
+        }
+        if self.below(4) == 0 {
+            value.push_str("  ");
+        }
+        for _ in 0..self.below(12) + 1 {
+            value.push_str(PIECES[self.below(PIECES.len())]);
+            if carriage_returns && self.below(20) == 0 {
+                value.push('\r');
+            }
+        }
+        if self.below(4) == 0 {
+            value.push(' ');
+        }
+        value
+    }
+
+    pub fn nasty_map(&mut self, size: usize, carriage_returns: bool) -> BTreeMap<String, String> {
+        (0..size)
+            .map(|i| (format!("VAR_{i}"), self.nasty_value(carriage_returns)))
+            .collect()
+    }
 }
 
 /// A repository on the git daemon with `test`, `stage` and `prod` branches that differ.
