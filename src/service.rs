@@ -78,8 +78,13 @@ pub async fn start_systemd(
     if drop_in_changed {
         systemctl(&["daemon-reload"]).await?;
     }
-    let active = unit_state(unit).await?.0 == "active";
-    let restart = !active || env_changed || code_changed || drop_in_changed;
+    let (state, _) = unit_state(unit).await?;
+    let restart = state != "active" || env_changed || code_changed || drop_in_changed;
+    if state == "failed" {
+        // A unit that crashed repeatedly may have hit its start limit; a new boot deserves a
+        // fresh count, as an operator running `systemctl reset-failed` would give it.
+        systemctl(&["reset-failed", unit]).await?;
+    }
     if restart {
         tracing::info!(%unit, "restarting the unit");
         systemctl(&["restart", unit]).await?;

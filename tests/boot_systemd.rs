@@ -340,3 +340,28 @@ fn wait_for_file(path: &Path) -> Vec<u8> {
     }
     panic!("{} did not appear", path.display());
 }
+
+#[test]
+fn a_unit_that_failed_gets_a_fresh_start_limit_on_the_next_boot() {
+    let name = unique("limit");
+    let repo = SampleRepo::create(&name);
+    create_secret(&format!("{name}_env_test"), r#"{"A": "1"}"#);
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "test"),
+        ("Repository", &repo.url),
+    ]);
+    let container = Container::boot(CONFIG);
+    let unit = format!("{name}.service");
+    // One start a minute at most, and the first one fails until /share/ready exists.
+    container.sh(&format!(
+        "printf '[Unit]\\nStartLimitBurst=1\\nStartLimitIntervalSec=60\\n[Service]\\n\
+         Type=oneshot\\nRemainAfterExit=yes\\nExecStart=/usr/bin/test -e /share/ready\\n' \
+         > /etc/systemd/system/{unit} && systemctl daemon-reload"
+    ));
+    container.bootagent(&imds, &["boot"]).expect(8);
+    assert_eq!(container.show(&unit, "ActiveState"), "failed");
+    std::fs::write(container.out().join("ready"), "").unwrap();
+    container.bootagent(&imds, &["boot"]).expect(0);
+    assert_eq!(container.show(&unit, "ActiveState"), "active");
+}
