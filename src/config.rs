@@ -38,7 +38,15 @@ pub struct Config {
     pub paths: PathsConfig,
     pub git: GitConfig,
     pub service: ServiceConfig,
+    pub refresh: RefreshConfig,
     pub boot: BootConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

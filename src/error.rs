@@ -60,6 +60,8 @@ pub enum Error {
     Status(#[from] StatusError),
     #[error("another bootagent boot holds {path} (waited {waited}); it is still running or hung")]
     Locked { path: String, waited: String },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("the last boot failed")]
     LastBootFailed { exit_code: u8 },
     #[error("the {phase} step did not finish within {limit}")]
@@ -99,6 +101,7 @@ impl Error {
             Error::Locked { .. } => exit::LOCKED,
             Error::Deadline { .. } => exit::TRANSIENT,
             Error::LastBootFailed { exit_code } => *exit_code,
+            Error::Unsupported(_) => exit::USAGE,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Structured logs: to the journal when systemd connected our stderr to it (`JOURNAL_STREAM`),
 //! so fields stay queryable; to stderr otherwise.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -22,6 +24,8 @@ pub fn init(verbose: bool) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    // SSM Run Command and log collectors capture stderr: colour only on a TTY.
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_target(false)
                     .with_filter(level),
             )

@@ -1,11 +1,10 @@
 //! Secrets Manager: the main secret, a JSON object, becomes one variable per key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::config::{AppName, BehaviorVersion, Region};
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -266,6 +265,59 @@ pub async fn load(
     Ok(loaded)
 }
 
+/// The ids of secrets whose version in use (`recorded`, from status.json) is no longer the one
+/// the plan would read now, plus any the plan reads that were not read at all.
+pub async fn changed(
+    client: &aws_sdk_secretsmanager::Client,
+    region: &str,
+    plan: &SecretsPlan,
+    recorded: &[SecretVersion],
+) -> Result<Vec<String>, SecretsError> {
+    let wanted: BTreeSet<&str> = plan
+        .main
+        .iter()
+        .chain(plan.vars.values().map(|r| &r.id))
+        .map(String::as_str)
+        .collect();
+    let mut changed: Vec<String> = wanted
+        .iter()
+        .filter(|id| !recorded.iter().any(|v| v.id == **id))
+        .map(|id| id.to_string())
+        .collect();
+    for version in recorded {
+        let pinned = plan.version_id.is_some() && plan.main.as_deref() == Some(version.id.as_str());
+        if pinned || !wanted.contains(version.id.as_str()) {
+            continue;
+        }
+        let current = current_version(client, region, &version.id, &plan.version_stage).await?;
+        if current != version.version_id {
+            changed.push(version.id.clone());
+        }
+    }
+    Ok(changed)
+}
+
+/// The VersionId that carries `stage`, from DescribeSecret: metadata only, no secret value.
+async fn current_version(
+    client: &aws_sdk_secretsmanager::Client,
+    region: &str,
+    id: &str,
+    stage: &str,
+) -> Result<Option<String>, SecretsError> {
+    let output = client
+        .describe_secret()
+        .secret_id(id)
+        .send()
+        .await
+        .map_err(|e| classify(e, id, region, format!("labelled {stage}")))?;
+    Ok(output.version_ids_to_stages().and_then(|versions| {
+        versions
+            .iter()
+            .find(|(_, stages)| stages.iter().any(|s| s == stage))
+            .map(|(version_id, _)| version_id.clone())
+    }))
+}
+
 async fn fetch(
     client: &aws_sdk_secretsmanager::Client,
     region: &str,
@@ -296,48 +348,47 @@ async fn fetch(
 
 /// One place decides what a failed call means. moto answers "not found" with 404 where AWS says
 /// 400, and a denial reaches the Rust SDK as a bare 403: match codes first, then status.
-fn classify(
-    error: SdkError<GetSecretValueError>,
-    id: &str,
-    region: &str,
-    version: String,
-) -> SecretsError {
+fn classify<E>(error: SdkError<E>, id: &str, region: &str, version: String) -> SecretsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let (id, region) = (id.to_string(), region.to_string());
     let status = error.raw_response().map(|r| r.status().as_u16());
     match &error {
-        SdkError::ServiceError(service) => match service.err() {
-            GetSecretValueError::ResourceNotFoundException(_) => SecretsError::NotFound {
-                id,
-                region,
-                version,
-            },
-            GetSecretValueError::DecryptionFailure(_) => SecretsError::Decryption { id, region },
-            other => {
-                let code = other.code().unwrap_or_default();
-                let message = other.message().unwrap_or_default().to_string();
-                if code == "AccessDeniedException" || status == Some(403) {
+        SdkError::ServiceError(service) => {
+            let service = service.err();
+            let code = service.code().unwrap_or_default();
+            let message = service.message().unwrap_or_default().to_string();
+            match code {
+                "ResourceNotFoundException" => SecretsError::NotFound {
+                    id,
+                    region,
+                    version,
+                },
+                "DecryptionFailure" => SecretsError::Decryption { id, region },
+                _ if code == "AccessDeniedException" || status == Some(403) => {
                     let detail = if message.is_empty() {
                         String::new()
                     } else {
                         format!(" ({message})")
                     };
                     SecretsError::AccessDenied { id, region, detail }
-                } else if is_retryable_code(code) || status.is_some_and(|s| s >= 500) {
+                }
+                _ if is_retryable_code(code) || status.is_some_and(|s| s >= 500) => {
                     SecretsError::Unreachable {
                         id,
                         region,
                         detail: format!("{code}: {message}"),
                     }
-                } else {
-                    SecretsError::Refused {
-                        id,
-                        region,
-                        code: code.to_string(),
-                        message,
-                    }
                 }
+                _ => SecretsError::Refused {
+                    id,
+                    region,
+                    code: code.to_string(),
+                    message,
+                },
             }
-        },
+        }
         // These carry no response body, so their text cannot hold secret bytes.
         SdkError::TimeoutError(_)
         | SdkError::DispatchFailure(_)

@@ -248,23 +248,29 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
         ("Repository", &repo.url),
     ]);
     let container = Container::boot(CONFIG);
-    let unit_file = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/bootagent-boot.service"
-    );
-    std::fs::copy(unit_file, container.out().join("bootagent-boot.service")).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    for unit_file in [
+        "bootagent-boot.service",
+        "bootagent-refresh.service",
+        "bootagent-refresh.timer",
+    ] {
+        std::fs::copy(shipped.join(unit_file), container.out().join(unit_file)).unwrap();
+    }
     container.install_unit(
         &format!("{name}.service"),
         "ExecStart=/share/recorder.sh /share/out --stay",
     );
     container.sh(&format!(
         "set -e
-         mkdir -p /etc/bootagent /usr/local/bin /etc/systemd/system/bootagent-boot.service.d
+         mkdir -p /etc/bootagent /usr/local/bin
          cp /share/bootagent /usr/local/bin/bootagent
          cp /share/config.toml /etc/bootagent/config.toml
-         cp /share/bootagent-boot.service /etc/systemd/system/
-         printf '[Service]\\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds} AWS_ENDPOINT_URL={moto} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\\n' \
-             > /etc/systemd/system/bootagent-boot.service.d/test-world.conf
+         cp /share/bootagent-*.service /share/bootagent-*.timer /etc/systemd/system/
+         for unit in boot refresh; do
+             mkdir -p /etc/systemd/system/bootagent-$unit.service.d
+             printf '[Service]\\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds} AWS_ENDPOINT_URL={moto} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\\n' \
+                 > /etc/systemd/system/bootagent-$unit.service.d/test-world.conf
+         done
          systemctl daemon-reload
          systemctl start bootagent-boot.service",
         imds = imds.url,
@@ -276,6 +282,29 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
     );
     assert_eq!(
         container.show(&format!("{name}.service"), "ActiveState"),
+        "active"
+    );
+    let verify = container.exec(&[
+        "systemd-analyze",
+        "verify",
+        "bootagent-boot.service",
+        "bootagent-refresh.service",
+        "bootagent-refresh.timer",
+    ]);
+    // verify exits 0 on unknown keys and bad values: any complaint on stderr counts.
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    container.sh("systemctl start bootagent-refresh.service");
+    assert_eq!(
+        container.show("bootagent-refresh.service", "Result"),
+        "success"
+    );
+    container.sh("systemctl enable --now bootagent-refresh.timer");
+    assert_eq!(
+        container.show("bootagent-refresh.timer", "ActiveState"),
         "active"
     );
     let env = std::fs::read(container.out().join("out/env")).expect("the service ran");
@@ -364,4 +393,50 @@ fn a_unit_that_failed_gets_a_fresh_start_limit_on_the_next_boot() {
     std::fs::write(container.out().join("ready"), "").unwrap();
     container.bootagent(&imds, &["boot"]).expect(0);
     assert_eq!(container.show(&unit, "ActiveState"), "active");
+}
+
+#[test]
+fn refresh_restarts_the_unit_only_after_a_secret_changed() {
+    let name = unique("refresh");
+    let repo = SampleRepo::create(&name);
+    let secret = format!("{name}_env_prod");
+    create_secret(&secret, r#"{"RELEASE": "one"}"#);
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "prod"),
+        ("Repository", &repo.url),
+    ]);
+    let container = Container::boot(&format!("{CONFIG}\n[refresh]\nwindow = \"2s\"\n"));
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
+    container.bootagent(&imds, &["boot"]).expect(0);
+    let pid = container.show(&unit, "MainPID");
+
+    container
+        .bootagent(&imds, &["refresh"])
+        .expect(0)
+        .stderr_has("secrets unchanged");
+    assert_eq!(
+        container.show(&unit, "MainPID"),
+        pid,
+        "no change, no restart"
+    );
+
+    let recorded = container.out().join("out/env");
+    std::fs::remove_file(&recorded).unwrap();
+    let new_version = put_secret_value(&secret, r#"{"RELEASE": "two"}"#);
+    let started = std::time::Instant::now();
+    container
+        .bootagent(&imds, &["refresh"])
+        .expect(0)
+        .stderr_has(&format!(
+            "secrets have new versions, booting again after the delay secrets={secret}"
+        ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_ne!(container.show(&unit, "MainPID"), pid, "restarted");
+    let env = String::from_utf8(wait_for_file(&recorded)).unwrap();
+    assert!(env.contains("RELEASE=two"), "{env:?}");
+    let status: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
+    assert_eq!(status["secrets"][0]["version_id"], new_version.as_str());
 }

@@ -252,3 +252,13 @@ impl Drop for Unmount {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+#[test]
+fn refresh_in_exec_mode_says_what_to_do_instead() {
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "test")]);
+    instance
+        .run(&imds, &["refresh"])
+        .expect(2)
+        .stderr_has("refresh restarts services under systemd");
+}

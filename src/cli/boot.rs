@@ -38,7 +38,8 @@ impl BootArgs {
     }
 }
 
-async fn boot(config: &Config) -> Result<(), Error> {
+/// The whole boot under the lock, recorded in status.json.
+pub(super) async fn boot(config: &Config) -> Result<(), Error> {
     let started = Instant::now();
     let deadline = config.boot.deadline;
     let run_dir = &config.paths.run_dir;

@@ -8,6 +8,7 @@ use crate::Error;
 
 mod boot;
 mod plan;
+mod refresh;
 mod status;
 
 #[derive(Debug, Parser)]
@@ -32,6 +33,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Show the last boot's status
     Status(status::StatusArgs),
+    /// Re-render the env file and restart the service when a secret has a new version
+    Refresh(refresh::RefreshArgs),
 }
 
 impl Cli {
@@ -41,6 +44,7 @@ impl Cli {
             Command::Boot(args) => args.run(&config),
             Command::Plan(args) => args.run(&config),
             Command::Status(args) => args.run(&config),
+            Command::Refresh(args) => args.run(&config),
         }
     }
 }

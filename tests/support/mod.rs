@@ -536,13 +536,19 @@ impl Run {
         String::from_utf8_lossy(&self.0.stderr).into_owned()
     }
 
-    /// Asserts the exit code, printing both streams when it differs.
+    /// Asserts the exit code, printing both streams when it differs, and that nothing was
+    /// coloured: the output is not a terminal (SSM Run Command, log collectors).
     pub fn expect(&self, code: i32) -> &Self {
         assert_eq!(
             self.code(),
             code,
             "exit code\n--- stdout\n{}\n--- stderr\n{}",
             self.stdout(),
+            self.stderr()
+        );
+        assert!(
+            !self.stderr().contains('\u{1b}') && !self.stdout().contains('\u{1b}'),
+            "escape sequences in output that is not a terminal:\n{}",
             self.stderr()
         );
         self

@@ -1,0 +1,67 @@
+use std::io::Read;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::{Config, Manager};
+use crate::secrets;
+use crate::status;
+use crate::Error;
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// Act at once instead of after a random delay within refresh.window
+    #[arg(long)]
+    now: bool,
+}
+
+impl RefreshArgs {
+    /// Compares the secret versions in use (status.json) with the current ones (DescribeSecret,
+    /// which returns no values); when one changed, waits a random part of the window and runs
+    /// the boot again, which re-renders the env file and restarts the unit.
+    pub fn run(self, config: &Config) -> Result<(), Error> {
+        if config.service.manager == Manager::Exec {
+            return Err(Error::Unsupported(
+                "refresh restarts services under systemd; in exec mode, restart the container or \
+                 process to pick up new secrets"
+                    .into(),
+            ));
+        }
+        let last = status::read(&config.paths.run_dir.join("status.json"))?;
+        let runtime = super::runtime()?;
+        runtime.block_on(async {
+            let plan = super::plan::resolve(config).await?;
+            let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
+            let changed =
+                secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets)
+                    .await?;
+            if changed.is_empty() {
+                tracing::info!("secrets unchanged, nothing to do");
+                return Ok(());
+            }
+            let delay = if self.now {
+                Duration::ZERO
+            } else {
+                random_part_of(config.refresh.window)
+            };
+            tracing::info!(
+                secrets = %changed.join(", "),
+                delay = %humantime::format_duration(delay),
+                "secrets have new versions, booting again after the delay"
+            );
+            tokio::time::sleep(delay).await;
+            super::boot::boot(config).await
+        })
+    }
+}
+
+/// A uniformly spread delay in `[0, window)`, so that a fleet does not restart at once.
+fn random_part_of(window: Duration) -> Duration {
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map(|()| u64::from_ne_bytes(bytes))
+        .unwrap_or_else(|_| u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let millis = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(random % millis)
+}
