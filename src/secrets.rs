@@ -86,8 +86,9 @@ pub enum SecretsError {
         message: String,
     },
     #[error(
-        "Secrets Manager could not be reached for secret {id} in region {region} after retries: \
-         {detail}; check network access to the endpoint and the instance's credentials"
+        "Secrets Manager did not return secret {id} in region {region}, retries included: \
+         {detail}; this is usually temporary (throttling, network): boot again later, and check \
+         network access to the endpoint and the instance's credentials if it persists"
     )]
     Unreachable {
         id: String,

@@ -262,3 +262,29 @@ fn refresh_in_exec_mode_says_what_to_do_instead() {
         .expect(2)
         .stderr_has("refresh restarts services under systemd");
 }
+
+#[test]
+fn throttling_is_retried_then_reported_as_transient() {
+    let name = unique("throttled");
+    let (_repo, imds) = repo_and_imds(&name, "test");
+    let throttling = AwsError::start("ThrottlingException", 400, "Rate exceeded");
+    let instance = Instance::exec_mode("");
+    let earlier = instance.env_file(&name);
+    std::fs::write(&earlier, "OLD=\"kept\"\n").unwrap();
+    let run = Run(instance
+        .command(&imds, &["boot"])
+        .env("AWS_ENDPOINT_URL", &throttling.url)
+        .output()
+        .unwrap());
+    run.expect(75)
+        .stderr_has(&format!(
+            "Secrets Manager could not be reached for secret {name}_env_test"
+        ))
+        .stderr_has("ThrottlingException: Rate exceeded");
+    assert!(
+        throttling.calls() >= 3,
+        "retried: {} calls",
+        throttling.calls()
+    );
+    assert_eq!(std::fs::read_to_string(&earlier).unwrap(), "OLD=\"kept\"\n");
+}

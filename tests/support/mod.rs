@@ -51,28 +51,33 @@ pub struct Imds {
     pub url: String,
 }
 
+/// Starts one of the Python fakes in tests/world, which print "listening on URL" first.
+fn start_fake(script: &str, args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(world("PYTHON"))
+        .arg(world(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{script} said {line:?}"))
+        .to_string();
+    (child, url)
+}
+
 impl Imds {
     /// Starts the IMDS fake with `state` (see tests/world/imds_fake.py for its keys).
     pub fn start(state: serde_json::Value) -> Imds {
         let dir = tempfile::tempdir().unwrap();
         let state_file = dir.path().join("state.json");
         std::fs::write(&state_file, state.to_string()).unwrap();
-        let mut child = Command::new(world("PYTHON"))
-            .arg(world("IMDS_FAKE"))
-            .arg("--state")
-            .arg(&state_file)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("IMDS fake said {line:?}"))
-            .to_string();
+        let (child, url) = start_fake("IMDS_FAKE", &["--state", state_file.to_str().unwrap()]);
         Imds { child, url }
     }
 
@@ -148,6 +153,37 @@ pub fn put_secret_value(name: &str, value: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("PutSecretValue {name}: {answer}"))
         .to_string()
+}
+
+/// An AWS endpoint that answers every call with one error (tests/world/aws_error_endpoint.py).
+pub struct AwsError {
+    child: Child,
+    pub url: String,
+}
+
+impl AwsError {
+    pub fn start(code: &str, status: u16, message: &str) -> AwsError {
+        let status = status.to_string();
+        let (child, url) = start_fake(
+            "AWS_ERROR",
+            &["--code", code, "--status", &status, "--message", message],
+        );
+        AwsError { child, url }
+    }
+
+    pub fn calls(&self) -> usize {
+        curl(&["-sf", &format!("{}/fake/requests", self.url)])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for AwsError {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A moto of one test's own, for what would disturb the shared one (switching auth on).
