@@ -278,7 +278,7 @@ fn throttling_is_retried_then_reported_as_transient() {
         .unwrap());
     run.expect(75)
         .stderr_has(&format!(
-            "Secrets Manager could not be reached for secret {name}_env_test"
+            "Secrets Manager did not return secret {name}_env_test in region us-east-1"
         ))
         .stderr_has("ThrottlingException: Rate exceeded");
     assert!(
