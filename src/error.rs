@@ -36,6 +36,8 @@ pub mod exit {
     pub const LOCAL: u8 = 9;
     /// Another `bootagent boot` held the lock for longer than the boot deadline.
     pub const LOCKED: u8 = 10;
+    /// `env diff`: the environments define different variables.
+    pub const DIFFERENT: u8 = 11;
     /// Retries or a deadline ran out on something that may work later (EX_TEMPFAIL).
     pub const TRANSIENT: u8 = 75;
 }
@@ -62,6 +64,8 @@ pub enum Error {
     Locked { path: String, waited: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error("the environments' secrets define different variables")]
+    EnvironmentsDiffer,
     #[error("the last boot failed")]
     LastBootFailed { exit_code: u8 },
     #[error("the {phase} step did not finish within {limit}")]
@@ -102,6 +106,7 @@ impl Error {
             Error::Deadline { .. } => exit::TRANSIENT,
             Error::LastBootFailed { exit_code } => *exit_code,
             Error::Unsupported(_) => exit::USAGE,
+            Error::EnvironmentsDiffer => exit::DIFFERENT,
         }
     }
 

@@ -122,18 +122,8 @@ pub fn resolve(
             });
         }
     }
-    let env = canonical_environment(config, env_tag).ok_or_else(|| {
-        IdentityError::UnknownEnvironment {
-            tag: ids.environment_tag.clone(),
-            value: env_tag.clone(),
-            known: config
-                .environments
-                .iter()
-                .map(|(name, aliases)| format!("{name} ({})", aliases.join(", ")))
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-    })?;
+    let env = canonical_environment(config, env_tag)
+        .ok_or_else(|| unknown_environment(config, env_tag))?;
     let repository = tags.get(&ids.repository_tag).cloned();
     if let Some(url) = &repository {
         if url.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -158,6 +148,33 @@ pub fn resolve(
         instance_id: instance_id.to_string(),
         region: region.to_string(),
     })
+}
+
+impl Identity {
+    /// The same instance seen as belonging to another environment (`stage`, or an alias such as
+    /// `production`), for comparing environments.
+    pub fn in_environment(&self, config: &Config, name: &str) -> Result<Identity, IdentityError> {
+        let env =
+            canonical_environment(config, name).ok_or_else(|| unknown_environment(config, name))?;
+        Ok(Identity {
+            env: env.to_string(),
+            env_tag: name.to_string(),
+            ..self.clone()
+        })
+    }
+}
+
+fn unknown_environment(config: &Config, value: &str) -> IdentityError {
+    IdentityError::UnknownEnvironment {
+        tag: config.identity.environment_tag.clone(),
+        value: shorten(value),
+        known: config
+            .environments
+            .iter()
+            .map(|(name, aliases)| format!("{name} ({})", aliases.join(", ")))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 fn canonical_environment<'a>(config: &'a Config, tag_value: &str) -> Option<&'a str> {

@@ -288,3 +288,45 @@ fn throttling_is_retried_then_reported_as_transient() {
     );
     assert_eq!(std::fs::read_to_string(&earlier).unwrap(), "OLD=\"kept\"\n");
 }
+
+#[test]
+fn env_diff_names_variables_one_environment_lacks_without_values() {
+    let name = unique("parity");
+    let canary = canary();
+    create_secret(
+        &format!("{name}_env_stage"),
+        &serde_json::json!({"DB_URL": canary, "NEW_FLAG": canary, "SHARED": "1"}).to_string(),
+    );
+    create_secret(
+        &format!("{name}_env_prod"),
+        &serde_json::json!({"DB_URL": canary, "LEGACY_KEY": canary, "SHARED": "2"}).to_string(),
+    );
+    create_secret(
+        &format!("{name}_env_test"),
+        &serde_json::json!({"DB_URL": "x", "SHARED": "y", "NEW_FLAG": "z"}).to_string(),
+    );
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[("Service", &name), ("Environment", "test")]);
+
+    let run = instance.run(&imds, &["env", "diff", "staging", "production"]);
+    run.expect(11);
+    assert_eq!(
+        run.stdout(),
+        format!(
+            "service {name}: 2 variable(s) in both staging and production\n\
+             only in staging: NEW_FLAG\nonly in production: LEGACY_KEY\n"
+        )
+    );
+    instance.assert_no_canary(&canary, &run);
+
+    let json = instance.run(&imds, &["env", "diff", "stage", "prod", "--json"]);
+    let comparison: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    assert_eq!(comparison["only_in_a"], serde_json::json!(["NEW_FLAG"]));
+    assert_eq!(comparison["only_in_b"], serde_json::json!(["LEGACY_KEY"]));
+
+    instance.run(&imds, &["env", "diff", "test", "stage"]).expect(0);
+    instance
+        .run(&imds, &["env", "diff", "test", "qa"])
+        .expect(3)
+        .stderr_has("\"qa\" names no known environment");
+}

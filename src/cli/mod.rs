@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::Error;
 
 mod boot;
+mod env;
 mod plan;
 mod refresh;
 mod status;
@@ -35,6 +36,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Re-render the env file and restart the service when a secret has a new version
     Refresh(refresh::RefreshArgs),
+    /// Compare environments' secrets (names only)
+    Env(env::EnvArgs),
 }
 
 impl Cli {
@@ -45,6 +48,7 @@ impl Cli {
             Command::Plan(args) => args.run(&config),
             Command::Status(args) => args.run(&config),
             Command::Refresh(args) => args.run(&config),
+            Command::Env(args) => args.run(&config),
         }
     }
 }
