@@ -420,18 +420,7 @@ fn is_retryable_code(code: &str) -> bool {
 /// A JSON object of strings, numbers and booleans to variables. Errors name keys and JSON kinds
 /// but never quote the input, which is secret.
 pub fn parse_object(id: &str, text: &str) -> Result<SecretVars, SecretsError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| SecretsError::NotJson {
-            id: id.to_string(),
-            line: e.line(),
-            column: e.column(),
-        })?;
-    let serde_json::Value::Object(object) = value else {
-        return Err(SecretsError::NotObject {
-            id: id.to_string(),
-            found: kind(&value),
-        });
-    };
+    let object = json_object(id, text)?;
     let mut vars = SecretVars::new();
     let count = object.len();
     for (index, (key, value)) in object.into_iter().enumerate() {
@@ -450,18 +439,7 @@ pub fn parse_object(id: &str, text: &str) -> Result<SecretVars, SecretsError> {
 
 /// One field of a JSON-object secret, as a variable value.
 fn json_field(id: &str, text: &str, field: &str) -> Result<Zeroizing<String>, SecretsError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| SecretsError::NotJson {
-            id: id.to_string(),
-            line: e.line(),
-            column: e.column(),
-        })?;
-    let serde_json::Value::Object(mut object) = value else {
-        return Err(SecretsError::NotObject {
-            id: id.to_string(),
-            found: kind(&value),
-        });
-    };
+    let mut object = json_object(id, text)?;
     let value = object
         .remove(field)
         .ok_or_else(|| SecretsError::MissingField {
@@ -469,6 +447,26 @@ fn json_field(id: &str, text: &str, field: &str) -> Result<Zeroizing<String>, Se
             field: field.to_string(),
         })?;
     scalar(id, field, value)
+}
+
+/// The secret's text as a JSON object; errors give positions and kinds, never content.
+fn json_object(
+    id: &str,
+    text: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, SecretsError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| SecretsError::NotJson {
+            id: id.to_string(),
+            line: e.line(),
+            column: e.column(),
+        })?;
+    match value {
+        serde_json::Value::Object(object) => Ok(object),
+        other => Err(SecretsError::NotObject {
+            id: id.to_string(),
+            found: kind(&other),
+        }),
+    }
 }
 
 /// Strings as they are, numbers and booleans as their JSON text; anything else is refused.

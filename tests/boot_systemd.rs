@@ -212,14 +212,7 @@ fn boot_one_environment(container: &Container, tag: &str, env: &str) {
 
 #[test]
 fn a_unit_that_cannot_start_is_reported_with_exit_code_8() {
-    let name = unique("sdfail");
-    let repo = SampleRepo::create(&name);
-    create_secret(&format!("{name}_env_test"), r#"{"A": "1"}"#);
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", "test"),
-        ("Repository", &repo.url),
-    ]);
+    let (name, _repo, imds) = small_service("sdfail");
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
     container.install_unit(&unit, "Type=exec\\nExecStart=/nonexistent/service");
@@ -359,6 +352,19 @@ fn generated_values_reach_the_unit_exactly_through_its_environment_file() {
     }
 }
 
+/// A service in `test` with a one-variable secret and a sample repo: name, repo, IMDS.
+fn small_service(prefix: &str) -> (String, SampleRepo, Imds) {
+    let name = unique(prefix);
+    let repo = SampleRepo::create(&name);
+    create_secret(&format!("{name}_env_test"), r#"{"A": "1"}"#);
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "test"),
+        ("Repository", &repo.url),
+    ]);
+    (name, repo, imds)
+}
+
 /// The recorder writes its file just after the unit becomes active: wait for it, boundedly.
 fn wait_for_file(path: &Path) -> Vec<u8> {
     for _ in 0..100 {
@@ -372,14 +378,7 @@ fn wait_for_file(path: &Path) -> Vec<u8> {
 
 #[test]
 fn a_unit_that_failed_gets_a_fresh_start_limit_on_the_next_boot() {
-    let name = unique("limit");
-    let repo = SampleRepo::create(&name);
-    create_secret(&format!("{name}_env_test"), r#"{"A": "1"}"#);
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", "test"),
-        ("Repository", &repo.url),
-    ]);
+    let (name, _repo, imds) = small_service("limit");
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
     // One start a minute at most, and the first one fails until /share/ready exists.

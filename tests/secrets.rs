@@ -324,7 +324,9 @@ fn env_diff_names_variables_one_environment_lacks_without_values() {
     assert_eq!(comparison["only_in_a"], serde_json::json!(["NEW_FLAG"]));
     assert_eq!(comparison["only_in_b"], serde_json::json!(["LEGACY_KEY"]));
 
-    instance.run(&imds, &["env", "diff", "test", "stage"]).expect(0);
+    instance
+        .run(&imds, &["env", "diff", "test", "stage"])
+        .expect(0);
     instance
         .run(&imds, &["env", "diff", "test", "qa"])
         .expect(3)
