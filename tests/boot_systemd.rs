@@ -327,7 +327,7 @@ fn generated_values_reach_the_unit_exactly_through_its_environment_file() {
     let unit = format!("{name}.service");
     container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
     let recorded = container.out().join("out/env");
-    for round in 0..25 {
+    for round in 0..100 {
         let values = rng.nasty_map(12, true);
         put_secret_value(&secret, &serde_json::to_string(&values).unwrap());
         let _ = std::fs::remove_file(&recorded);

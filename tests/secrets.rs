@@ -147,7 +147,7 @@ fn dotenv_values_round_trip_through_python_dotenv() {
     let secret = format!("{name}_env_test");
     create_secret(&secret, "{}");
     let instance = Instance::exec_mode("[secrets]\nformat = \"dotenv\"\n");
-    for round in 0..30 {
+    for round in 0..100 {
         let values = rng.nasty_map(12, false);
         put_secret_value(&secret, &serde_json::to_string(&values).unwrap());
         instance.run(&imds, &["boot"]).expect(0);
@@ -331,4 +331,27 @@ fn env_diff_names_variables_one_environment_lacks_without_values() {
         .run(&imds, &["env", "diff", "test", "qa"])
         .expect(3)
         .stderr_has("\"qa\" names no known environment");
+}
+
+#[test]
+fn a_kms_decryption_failure_names_the_permission() {
+    let name = unique("kms");
+    let (_repo, imds) = repo_and_imds(&name, "prod");
+    let kms = AwsError::start(
+        "DecryptionFailure",
+        400,
+        "Secrets Manager can't decrypt the protected secret text using the provided KMS key.",
+    );
+    let instance = Instance::exec_mode("");
+    let run = Run(instance
+        .command(&imds, &["boot"])
+        .env("AWS_ENDPOINT_URL", &kms.url)
+        .output()
+        .unwrap());
+    run.expect(5)
+        .stderr_has(&format!(
+            "secret {name}_env_prod in region us-east-1 could not be decrypted"
+        ))
+        .stderr_has("kms:Decrypt");
+    assert_eq!(kms.calls(), 1, "a permanent error is not retried");
 }
