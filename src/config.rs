@@ -38,8 +38,21 @@ pub struct Config {
     pub paths: PathsConfig,
     pub git: GitConfig,
     pub service: ServiceConfig,
+    pub health: HealthConfig,
     pub refresh: RefreshConfig,
     pub boot: BootConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    pub listen: String,
+    pub app_url: String,
+    #[serde(deserialize_with = "duration")]
+    pub app_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    pub max_connections: std::num::NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

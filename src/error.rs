@@ -38,6 +38,8 @@ pub mod exit {
     pub const LOCKED: u8 = 10;
     /// `env diff`: the environments define different variables.
     pub const DIFFERENT: u8 = 11;
+    /// `health-report`: the instance is not healthy.
+    pub const UNHEALTHY: u8 = 12;
     /// Retries or a deadline ran out on something that may work later (EX_TEMPFAIL).
     pub const TRANSIENT: u8 = 75;
 }
@@ -66,6 +68,8 @@ pub enum Error {
     Unsupported(String),
     #[error("the environments' secrets define different variables")]
     EnvironmentsDiffer,
+    #[error("the instance is not healthy")]
+    Unhealthy,
     #[error("the last boot failed")]
     LastBootFailed { exit_code: u8 },
     #[error("the {phase} step did not finish within {limit}")]
@@ -107,6 +111,7 @@ impl Error {
             Error::LastBootFailed { exit_code } => *exit_code,
             Error::Unsupported(_) => exit::USAGE,
             Error::EnvironmentsDiffer => exit::DIFFERENT,
+            Error::Unhealthy => exit::UNHEALTHY,
         }
     }
 

@@ -7,6 +7,8 @@ pub mod config;
 pub mod envfile;
 mod error;
 pub mod git;
+pub mod health;
+mod health_server;
 pub mod identity;
 pub mod imds;
 pub mod logging;

@@ -148,7 +148,7 @@ fn write_drop_in(path: &Path, contents: &str) -> Result<bool, ServiceError> {
 }
 
 /// ActiveState and Result of the unit.
-async fn unit_state(unit: &str) -> Result<(String, String), ServiceError> {
+pub async fn unit_state(unit: &str) -> Result<(String, String), ServiceError> {
     let out = systemctl(&["show", "--property=ActiveState,Result", unit]).await?;
     let value = |key: &str| {
         out.lines()

@@ -8,6 +8,7 @@ use crate::Error;
 
 mod boot;
 mod env;
+mod health_report;
 mod plan;
 mod refresh;
 mod status;
@@ -38,6 +39,8 @@ enum Command {
     Refresh(refresh::RefreshArgs),
     /// Compare environments' secrets (names only)
     Env(env::EnvArgs),
+    /// Report health: the last boot succeeded, the service runs, the app answers
+    HealthReport(health_report::HealthReportArgs),
 }
 
 impl Cli {
@@ -49,6 +52,7 @@ impl Cli {
             Command::Status(args) => args.run(&config),
             Command::Refresh(args) => args.run(&config),
             Command::Env(args) => args.run(&config),
+            Command::HealthReport(args) => args.run(&config),
         }
     }
 }

@@ -475,17 +475,33 @@ deadline = "60s"
             ),
         )
         .unwrap();
-        if !extra.is_empty() {
-            let drop_ins = root.path().join("config.d");
-            std::fs::create_dir(&drop_ins).unwrap();
-            std::fs::write(drop_ins.join("50-test.toml"), extra).unwrap();
-        }
-        Instance {
+        let instance = Instance {
             root,
             run,
             config,
             out,
+        };
+        if !extra.is_empty() {
+            instance.add_config("50-test.toml", extra);
         }
+        instance
+    }
+
+    /// Adds a config drop-in (config.d/NAME).
+    pub fn add_config(&self, name: &str, text: &str) {
+        let drop_ins = self.root.path().join("config.d");
+        std::fs::create_dir_all(&drop_ins).unwrap();
+        std::fs::write(drop_ins.join(name), text).unwrap();
+    }
+
+    /// The recorder's command line in config, for a drop-in that changes it.
+    pub fn recorder_command(&self, extra_args: &[&str]) -> String {
+        let mut argv = vec![
+            self.root.path().join("recorder.sh").display().to_string(),
+            self.out.display().to_string(),
+        ];
+        argv.extend(extra_args.iter().map(|a| a.to_string()));
+        serde_json::to_string(&argv).unwrap()
     }
 
     pub fn env_file(&self, service: &str) -> PathBuf {

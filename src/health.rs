@@ -1,0 +1,135 @@
+//! Is this instance healthy? The last boot succeeded, the service is up, the app's own health URL
+//! (if configured) answers, and the instance is not draining. Read by `health-report`, one-shot
+//! or served to the ALB.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{Config, Manager};
+use crate::status::{self, Outcome, StatusError};
+
+/// Present while the instance drains before termination: health answers 503 from then on.
+pub const DRAINING_MARKER: &str = "draining";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub healthy: bool,
+    /// `healthy`, `draining`, `booting`, `boot-failed`, `service-down`, `app-unhealthy`.
+    pub state: &'static str,
+    /// Why it is not healthy; short, and nothing an ALB's neighbours should not see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Health {
+    fn ok() -> Health {
+        Health {
+            healthy: true,
+            state: "healthy",
+            reason: None,
+        }
+    }
+
+    fn not(state: &'static str, reason: impl Into<String>) -> Health {
+        Health {
+            healthy: false,
+            state,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+pub struct Checker {
+    run_dir: PathBuf,
+    app_url: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Checker {
+    pub fn new(config: &Config) -> Checker {
+        let http = reqwest::Client::builder()
+            .timeout(config.health.app_timeout)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a plain HTTP client builds");
+        Checker {
+            run_dir: config.paths.run_dir.clone(),
+            app_url: Some(config.health.app_url.clone()).filter(|url| !url.is_empty()),
+            http,
+        }
+    }
+
+    pub async fn check(&self) -> Health {
+        if self.run_dir.join(DRAINING_MARKER).exists() {
+            return Health::not("draining", "the instance is draining before termination");
+        }
+        let status = match status::read(&self.run_dir.join("status.json")) {
+            Ok(status) => status,
+            Err(StatusError::Missing { .. }) => {
+                return Health::not("booting", "no boot has run yet")
+            }
+            Err(_) => return Health::not("boot-failed", "the boot status cannot be read"),
+        };
+        match (&status.outcome, &status.error) {
+            (Outcome::Running, _) => return Health::not("booting", "the boot is still running"),
+            (Outcome::Failed, error) => {
+                let code = error.as_ref().map_or(0, |e| e.exit_code);
+                return Health::not(
+                    "boot-failed",
+                    format!("the last boot failed (exit code {code})"),
+                );
+            }
+            (Outcome::Succeeded, _) => {}
+        }
+        if let Some(down) = service_down(&status).await {
+            return down;
+        }
+        match &self.app_url {
+            Some(url) => self.check_app(url).await,
+            None => Health::ok(),
+        }
+    }
+
+    async fn check_app(&self, url: &str) -> Health {
+        match self.http.get(url).send().await {
+            Ok(response) if response.status().is_success() => Health::ok(),
+            Ok(response) => Health::not(
+                "app-unhealthy",
+                format!(
+                    "the app's health URL answered HTTP {}",
+                    response.status().as_u16()
+                ),
+            ),
+            Err(e) if e.is_timeout() => Health::not(
+                "app-unhealthy",
+                "the app's health URL did not answer in time",
+            ),
+            Err(_) => Health::not("app-unhealthy", "the app's health URL could not be reached"),
+        }
+    }
+}
+
+/// The service as the last boot left it: a systemd unit's state, or in exec mode the process
+/// bootagent became.
+async fn service_down(status: &status::Status) -> Option<Health> {
+    let service = status.service.as_ref()?;
+    match service.manager {
+        Manager::Systemd => match crate::service::unit_state(&service.unit).await {
+            Ok((state, _)) if state == "active" => None,
+            Ok((state, _)) => Some(Health::not(
+                "service-down",
+                format!("{} is {state}", service.unit),
+            )),
+            Err(_) => Some(Health::not(
+                "service-down",
+                format!("the state of {} cannot be read", service.unit),
+            )),
+        },
+        Manager::Exec => {
+            let alive = Path::new(&format!("/proc/{}", status.pid)).exists();
+            (!alive).then(|| Health::not("service-down", "the service process has exited"))
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The health endpoint for the ALB: a deliberately small HTTP/1.1 server. Each connection gets
+//! one answer and is closed; request heads are bounded in size and time, connections in number,
+//! so slow or hostile clients cannot starve the load balancer's checks.
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::health::{Checker, Health};
+use crate::status::{self, Outcome};
+
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// ALB checks come every 5 s at the fastest; a result this fresh is reused, so a flood of
+/// requests costs no more than one check a second.
+const CACHE_FOR: Duration = Duration::from_secs(1);
+
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+pub struct Server {
+    checker: Checker,
+    status_file: std::path::PathBuf,
+    cached: Mutex<Option<(Instant, Health)>>,
+    header_timeout: Duration,
+}
+
+/// Serves until the process is stopped. Tells systemd it is ready once listening.
+pub async fn serve(
+    listener: TcpListener,
+    checker: Checker,
+    status_file: std::path::PathBuf,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let server = Arc::new(Server {
+        checker,
+        status_file,
+        cached: Mutex::new(None),
+        header_timeout: limits.header_timeout,
+    });
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    notify_ready();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of file descriptors and the like: wait a little rather than spin.
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a health connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: refuse at once instead of queueing behind slow clients.
+            drop(stream);
+            continue;
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            server.answer(stream).await;
+            drop(slot);
+        });
+    }
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    allow: bool,
+}
+
+impl Server {
+    async fn answer(&self, mut stream: TcpStream) {
+        let head = match tokio::time::timeout(self.header_timeout, read_head(&mut stream)).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(HeadError::TooLarge)) => {
+                return write(&mut stream, plain(431, "request header too large"), false).await
+            }
+            Ok(Err(HeadError::Closed)) | Err(_) => return,
+        };
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let (method, path) = match request.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => (
+                request.method.unwrap_or_default().to_string(),
+                request.path.unwrap_or_default().to_string(),
+            ),
+            _ => return write(&mut stream, plain(400, "bad request"), false).await,
+        };
+        let head_only = method == "HEAD";
+        let path = path.split('?').next().unwrap_or_default();
+        let response = match (method.as_str(), path) {
+            ("GET" | "HEAD", "/" | "/health") => {
+                let health = self.health().await;
+                Response {
+                    status: if health.healthy { 200 } else { 503 },
+                    content_type: "application/json",
+                    body: serde_json::to_string(&health).expect("health serializes") + "\n",
+                    allow: false,
+                }
+            }
+            ("GET" | "HEAD", "/metrics") => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: self.metrics().await,
+                allow: false,
+            },
+            (_, "/" | "/health" | "/metrics") => Response {
+                allow: true,
+                ..plain(405, "method not allowed")
+            },
+            _ => plain(404, "not found"),
+        };
+        write(&mut stream, response, head_only).await;
+    }
+
+    async fn health(&self) -> Health {
+        let mut cached = self.cached.lock().await;
+        if let Some((at, health)) = cached.as_ref() {
+            if at.elapsed() < CACHE_FOR {
+                return health.clone();
+            }
+        }
+        let health = self.checker.check().await;
+        *cached = Some((Instant::now(), health.clone()));
+        health
+    }
+
+    /// Prometheus text: current health and the last boot's phases.
+    async fn metrics(&self) -> String {
+        let health = self.health().await;
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            for (labels, value) in samples {
+                out.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        gauge(
+            "bootagent_healthy",
+            "1 when the health check passes.",
+            &[(String::new(), f64::from(u8::from(health.healthy)))],
+        );
+        if let Ok(status) = status::read(&self.status_file) {
+            gauge(
+                "bootagent_boot_succeeded",
+                "1 when the last boot succeeded.",
+                &[(
+                    String::new(),
+                    f64::from(u8::from(status.outcome == Outcome::Succeeded)),
+                )],
+            );
+            let phases: Vec<(String, f64)> = status
+                .phases
+                .iter()
+                .map(|p| {
+                    (
+                        format!("{{phase=\"{}\"}}", p.name),
+                        p.duration_ms as f64 / 1000.0,
+                    )
+                })
+                .collect();
+            gauge(
+                "bootagent_boot_phase_duration_seconds",
+                "How long each phase of the last boot took.",
+                &phases,
+            );
+        }
+        out
+    }
+}
+
+fn plain(status: u16, text: &str) -> Response {
+    Response {
+        status,
+        content_type: "text/plain",
+        body: format!("{text}\n"),
+        allow: false,
+    }
+}
+
+enum HeadError {
+    TooLarge,
+    Closed,
+}
+
+/// Reads up to the blank line that ends a request head.
+async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| HeadError::Closed)?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(head);
+        }
+        if head.len() > MAX_HEAD_BYTES {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+async fn write(stream: &mut TcpStream, response: Response, head_only: bool) {
+    let reason = match response.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        response.status,
+        response.content_type,
+        response.body.len()
+    );
+    if response.allow {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    if !head_only {
+        out.push_str(&response.body);
+    }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(out.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// `READY=1` to systemd for a `Type=notify` unit; nothing when not started by one.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
+        }
+        None => socket.send_to(b"READY=1", &path),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not tell systemd the health server is ready");
+    }
+}

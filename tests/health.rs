@@ -1,0 +1,355 @@
+//! `bootagent health-report`, one-shot and served to the ALB, on the host in exec mode.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A booted exec-mode instance whose service (the recorder) keeps running.
+struct Booted {
+    instance: Instance,
+    imds: Imds,
+    service: Child,
+}
+
+impl Booted {
+    fn start(extra: &str) -> Booted {
+        let name = unique("health");
+        let repo = SampleRepo::create(&name);
+        create_secret(&format!("{name}_env_test"), r#"{"A": "1"}"#);
+        let imds = Imds::with_tags(&[
+            ("Service", &name),
+            ("Environment", "test"),
+            ("Repository", &repo.url),
+        ]);
+        let instance = Instance::exec_mode(extra);
+        instance.add_config(
+            "60-stay.toml",
+            &format!(
+                "[service]\ncommand = {}\n",
+                instance.recorder_command(&["--stay"])
+            ),
+        );
+        let service = instance
+            .command(&imds, &["boot"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !instance.out.join("env").exists() {
+            assert!(Instant::now() < deadline, "the service did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Booted {
+            instance,
+            imds,
+            service,
+        }
+    }
+
+    fn report(&self) -> (i32, serde_json::Value) {
+        let run = self.instance.run(&self.imds, &["health-report"]);
+        let json = serde_json::from_str(&run.stdout())
+            .unwrap_or_else(|_| panic!("not JSON: {}", run.stdout()));
+        (run.code(), json)
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        let _ = self.service.kill();
+        let _ = self.service.wait();
+    }
+}
+
+/// A stand-in for the app's own health URL: python's http.server on a directory.
+struct App {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl App {
+    fn start() -> App {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("health"), "ok").unwrap();
+        let port = free_port();
+        let child = Command::new(world("PYTHON"))
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let app = App { child, dir, port };
+        wait_for_port(port);
+        app
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/health", self.port)
+    }
+
+    fn fail(&self) {
+        std::fs::remove_file(self.dir.path().join("health")).unwrap();
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {port}");
+}
+
+#[test]
+fn one_shot_report_follows_boot_service_app_and_draining() {
+    let app = App::start();
+    let booted = Booted::start(&format!("[health]\napp_url = \"{}\"\n", app.url()));
+    let (code, health) = booted.report();
+    assert_eq!(
+        (code, &health),
+        (0, &serde_json::json!({"healthy": true, "state": "healthy"}))
+    );
+
+    app.fail();
+    let (code, health) = booted.report();
+    assert_eq!(code, 12);
+    assert_eq!(health["state"], "app-unhealthy");
+    assert_eq!(health["reason"], "the app's health URL answered HTTP 404");
+
+    std::fs::write(booted.instance.run.path().join("draining"), "").unwrap();
+    assert_eq!(booted.report().1["state"], "draining");
+}
+
+#[test]
+fn one_shot_report_sees_a_missing_boot_and_a_dead_service() {
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[]);
+    let run = instance.run(&imds, &["health-report"]);
+    run.expect(12);
+    assert!(
+        run.stdout().contains("\"state\":\"booting\""),
+        "{}",
+        run.stdout()
+    );
+
+    let mut booted = Booted::start("");
+    assert_eq!(booted.report().0, 0);
+    booted.service.kill().unwrap();
+    booted.service.wait().unwrap();
+    let (code, health) = booted.report();
+    assert_eq!(code, 12);
+    assert_eq!(health["state"], "service-down");
+}
+
+#[test]
+fn a_failed_boot_is_unhealthy_with_its_exit_code() {
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[("Service", "nosuch"), ("Environment", "qa")]);
+    instance.run(&imds, &["boot"]).expect(3);
+    let run = instance.run(&imds, &["health-report"]);
+    run.expect(12);
+    assert!(
+        run.stdout().contains("the last boot failed (exit code 3)"),
+        "{}",
+        run.stdout()
+    );
+}
+
+/// The server closed the connection (FIN, or RST when our unread bytes were still queued)
+/// without a byte of answer, within 5 s.
+fn assert_closed_without_answer(mut stream: TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection closed, got {other:?}"),
+    }
+}
+
+/// A running `health-report --listen`.
+struct HealthServer {
+    child: Child,
+    port: u16,
+}
+
+impl HealthServer {
+    fn start(booted: &Booted) -> HealthServer {
+        let port = free_port();
+        let child = booted
+            .instance
+            .command(
+                &booted.imds,
+                &["health-report", "--listen", &format!("127.0.0.1:{port}")],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Ready once it has answered a request; a bare connect probe would hold a slot.
+        let server = HealthServer { child, port };
+        for _ in 0..200 {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = stream.write_all(b"GET /health HTTP/1.1\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 ") {
+                    return server;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the health server did not answer on {port}");
+    }
+
+    /// Sends `request` as it is and returns the whole answer.
+    fn raw(&self, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    }
+}
+
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_alb_sees_200_then_503_within_one_interval_of_draining() {
+    let booted = Booted::start("");
+    let server = HealthServer::start(&booted);
+    let answer = server.get("/health");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("{\"healthy\":true,\"state\":\"healthy\"}\n"),
+        "{answer}"
+    );
+
+    std::fs::write(booted.instance.run.path().join("draining"), "").unwrap();
+    let started = Instant::now();
+    while !server.get("/").starts_with("HTTP/1.1 503") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still 200 after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let metrics = server.get("/metrics");
+    assert!(
+        metrics.contains("\r\n\r\n# HELP bootagent_healthy"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("\nbootagent_healthy 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("bootagent_boot_phase_duration_seconds{phase=\"git\"} "),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_health_server_refuses_what_it_does_not_serve() {
+    let booted = Booted::start("");
+    let server = HealthServer::start(&booted);
+    assert!(server.get("/secrets").starts_with("HTTP/1.1 404"));
+    let post = server.raw(b"POST /health HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
+    assert!(
+        post.starts_with("HTTP/1.1 405") && post.contains("Allow: GET, HEAD\r\n"),
+        "{post}"
+    );
+    let head = server.raw(b"HEAD /health HTTP/1.1\r\n\r\n");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(server.raw(huge.as_bytes()).starts_with("HTTP/1.1 431"));
+    assert!(server
+        .raw(b"\x16\x03\x01garbage\r\n\r\n")
+        .starts_with("HTTP/1.1 400"));
+}
+
+#[test]
+fn slow_clients_cannot_starve_the_health_check() {
+    let booted = Booted::start("[health]\nheader_timeout = \"1s\"\nmax_connections = 4\n");
+    let server = HealthServer::start(&booted);
+    // Three slowloris clients: a partial request each, never finished.
+    let slow: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ").unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    assert!(server.get("/health").starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "answered while slow clients wait"
+    );
+
+    // The slow ones are cut off after the header timeout.
+    for stream in slow {
+        assert_closed_without_answer(stream);
+    }
+
+    // Past max_connections, new connections are closed at once rather than queued.
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let _ = extra.write_all(b"GET /health HTTP/1.1\r\n\r\n");
+    assert_closed_without_answer(extra);
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        server.get("/health").starts_with("HTTP/1.1 200"),
+        "slots freed"
+    );
+}
