@@ -122,10 +122,13 @@ async fn service_down(status: &status::Status) -> Option<Health> {
                 "service-down",
                 format!("{} is {state}", service.unit),
             )),
-            Err(_) => Some(Health::not(
-                "service-down",
-                format!("the state of {} cannot be read", service.unit),
-            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the unit's state failed");
+                Some(Health::not(
+                    "service-down",
+                    format!("the state of {} cannot be read", service.unit),
+                ))
+            }
         },
         Manager::Exec => {
             let alive = Path::new(&format!("/proc/{}", status.pid)).exists();

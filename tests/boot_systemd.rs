@@ -241,9 +241,15 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
         ("Repository", &repo.url),
     ]);
     let container = Container::boot(CONFIG);
+    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     for unit_file in [
         "bootagent-boot.service",
+        "bootagent-health.service",
         "bootagent-refresh.service",
         "bootagent-refresh.timer",
     ] {
@@ -264,11 +270,31 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
              printf '[Service]\\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds} AWS_ENDPOINT_URL={moto} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\\n' \
                  > /etc/systemd/system/bootagent-$unit.service.d/test-world.conf
          done
+         mkdir -p /etc/systemd/system/bootagent-health.service.d
+         printf '[Service]\\nExecStart=\\nExecStart=/usr/local/bin/bootagent health-report --listen 127.0.0.1:{health_port}\\n' \
+             > /etc/systemd/system/bootagent-health.service.d/test-port.conf
          systemctl daemon-reload
-         systemctl start bootagent-boot.service",
+         systemctl start bootagent-health.service",
         imds = imds.url,
         moto = world("MOTO"),
     ));
+    // Type=notify: started means it told systemd it listens.
+    assert_eq!(
+        container.show("bootagent-health.service", "ActiveState"),
+        "active"
+    );
+    let health = format!("http://127.0.0.1:{health_port}/health");
+    assert_eq!(http_status(&health), "503", "booting");
+    container.sh("systemctl start bootagent-boot.service");
+    // Answers are cached for a second: the next one after that sees the boot.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let body = Command::new("curl").args(["-s", &health]).output().unwrap();
+    assert_eq!(
+        http_status(&health),
+        "200",
+        "booted: {}",
+        String::from_utf8_lossy(&body.stdout)
+    );
     assert_eq!(
         container.show("bootagent-boot.service", "ActiveState"),
         "active"
@@ -277,10 +303,16 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
         container.show(&format!("{name}.service"), "ActiveState"),
         "active"
     );
+    container.sh(&format!("systemctl stop {name}.service"));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(http_status(&health), "503", "the service stopped");
+    container.sh(&format!("systemctl start {name}.service"));
+
     let verify = container.exec(&[
         "systemd-analyze",
         "verify",
         "bootagent-boot.service",
+        "bootagent-health.service",
         "bootagent-refresh.service",
         "bootagent-refresh.timer",
     ]);
@@ -350,6 +382,24 @@ fn generated_values_reach_the_unit_exactly_through_its_environment_file() {
             );
         }
     }
+}
+
+/// The HTTP status code curl gets for `url`.
+fn http_status(url: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A service in `test` with a one-variable secret and a sample repo: name, repo, IMDS.
