@@ -40,6 +40,8 @@ pub mod exit {
     pub const DIFFERENT: u8 = 11;
     /// `health-report`: the instance is not healthy.
     pub const UNHEALTHY: u8 = 12;
+    /// `doctor`: at least one check failed.
+    pub const CHECKS_FAILED: u8 = 13;
     /// Retries or a deadline ran out on something that may work later (EX_TEMPFAIL).
     pub const TRANSIENT: u8 = 75;
 }
@@ -68,6 +70,8 @@ pub enum Error {
     Unsupported(String),
     #[error("the environments' secrets define different variables")]
     EnvironmentsDiffer,
+    #[error("some checks failed")]
+    ChecksFailed,
     #[error("the instance is not healthy")]
     Unhealthy,
     #[error("the last boot failed")]
@@ -112,6 +116,7 @@ impl Error {
             Error::Unsupported(_) => exit::USAGE,
             Error::EnvironmentsDiffer => exit::DIFFERENT,
             Error::Unhealthy => exit::UNHEALTHY,
+            Error::ChecksFailed => exit::CHECKS_FAILED,
         }
     }
 

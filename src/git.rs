@@ -79,7 +79,6 @@ pub unsafe fn set_network_timeouts(timeout: Duration) {
 /// Blocking: brings `plan.dir` to the commit `plan.reference` names on `url`. The tree is only
 /// touched after every object has arrived, so a failed fetch leaves the last checkout as it was.
 pub fn sync(plan: &GitPlan, url: &str) -> Result<Checkout, GitError> {
-    let shown = redact(url);
     let (repo, fresh) = open_or_init(&plan.dir)?;
     let local = |action: &'static str| {
         let dir = plan.dir.clone();
@@ -93,18 +92,7 @@ pub fn sync(plan: &GitPlan, url: &str) -> Result<Checkout, GitError> {
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(local("set up the remote"))?;
-    let (source_ref, advertised) = {
-        let connection = remote
-            .connect_auth(Direction::Fetch, None, None)
-            .map_err(|e| network_error(e, &shown, url))?;
-        let heads = connection
-            .list()
-            .map_err(|e| network_error(e, &shown, url))?;
-        find_ref(heads, &plan.reference).ok_or_else(|| GitError::RefNotFound {
-            url: shown.clone(),
-            reference: plan.reference.clone(),
-        })?
-    };
+    let (source_ref, advertised) = advertised_ref(&mut remote, url, &plan.reference)?;
 
     if !fresh && head_commit(&repo) == Some(advertised) {
         return Ok(Checkout {
@@ -122,7 +110,7 @@ pub fn sync(plan: &GitPlan, url: &str) -> Result<Checkout, GitError> {
             Some(&mut options),
             None,
         )
-        .map_err(|e| network_error(e, &shown, url))?;
+        .map_err(|e| network_error(e, url))?;
     let commit = repo
         .find_reference(tracking)
         .and_then(|r| r.peel_to_commit())
@@ -141,6 +129,29 @@ pub fn sync(plan: &GitPlan, url: &str) -> Result<Checkout, GitError> {
         } else {
             Action::Fetched
         },
+    })
+}
+
+/// The commit `reference` names on the remote, asking the remote alone (like `git ls-remote`):
+/// no checkout is touched.
+pub fn remote_commit(url: &str, reference: &str) -> Result<String, GitError> {
+    let mut remote = git2::Remote::create_detached(url).map_err(|e| network_error(e, url))?;
+    Ok(advertised_ref(&mut remote, url, reference)?.1.to_string())
+}
+
+/// Connects, lists the remote's refs and finds `reference` among them.
+fn advertised_ref(
+    remote: &mut git2::Remote<'_>,
+    url: &str,
+    reference: &str,
+) -> Result<(String, Oid), GitError> {
+    let connection = remote
+        .connect_auth(Direction::Fetch, None, None)
+        .map_err(|e| network_error(e, url))?;
+    let heads = connection.list().map_err(|e| network_error(e, url))?;
+    find_ref(heads, reference).ok_or_else(|| GitError::RefNotFound {
+        url: redact(url),
+        reference: reference.to_string(),
     })
 }
 
@@ -194,8 +205,9 @@ fn find_ref(heads: &[git2::RemoteHead<'_>], reference: &str) -> Option<(String, 
     None
 }
 
-fn network_error(error: git2::Error, shown: &str, url: &str) -> GitError {
-    let message = error.message().replace(url, shown);
+fn network_error(error: git2::Error, url: &str) -> GitError {
+    let shown = redact(url);
+    let message = error.message().replace(url, &shown);
     if error.code() == git2::ErrorCode::Auth {
         GitError::Denied {
             url: shown.to_string(),

@@ -4,6 +4,7 @@
 mod atomic;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod envfile;
 mod error;
 pub mod git;

@@ -489,3 +489,29 @@ fn refresh_restarts_the_unit_only_after_a_secret_changed() {
         serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
     assert_eq!(status["secrets"][0]["version_id"], new_version.as_str());
 }
+
+#[test]
+fn doctor_shows_a_failed_unit_with_its_last_journal_lines() {
+    let (name, _repo, imds) = small_service("docunit");
+    let container = Container::boot(CONFIG);
+    let unit = format!("{name}.service");
+    container.install_unit(
+        &unit,
+        "ExecStart=/bin/sh -c \"echo about to crash: marker-7ce1; sleep 0.3; exit 3\"",
+    );
+    container.bootagent(&imds, &["boot"]).expect(0);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let run = container.bootagent(&imds, &["doctor", "--json"]);
+    run.expect(13);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "unit")
+        .unwrap();
+    assert_eq!(check["verdict"], "fail");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("{unit} is failed")), "{detail}");
+    assert!(detail.contains("about to crash: marker-7ce1"), "{detail}");
+}

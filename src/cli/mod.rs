@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::Error;
 
 mod boot;
+mod doctor;
 mod env;
 mod health_report;
 mod plan;
@@ -41,6 +42,8 @@ enum Command {
     Env(env::EnvArgs),
     /// Report health: the last boot succeeded, the service runs, the app answers
     HealthReport(health_report::HealthReportArgs),
+    /// Check every link of the boot chain, in parallel, with a fix for each problem
+    Doctor(doctor::DoctorArgs),
 }
 
 impl Cli {
@@ -53,6 +56,7 @@ impl Cli {
             Command::Refresh(args) => args.run(&config),
             Command::Env(args) => args.run(&config),
             Command::HealthReport(args) => args.run(&config),
+            Command::Doctor(args) => args.run(&config),
         }
     }
 }

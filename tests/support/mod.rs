@@ -163,10 +163,24 @@ pub struct AwsError {
 
 impl AwsError {
     pub fn start(code: &str, status: u16, message: &str) -> AwsError {
-        let status = status.to_string();
+        Self::start_skewed(code, status, message, 0)
+    }
+
+    /// Its Date header runs `offset_seconds` ahead of this machine's clock.
+    pub fn start_skewed(code: &str, status: u16, message: &str, offset_seconds: i64) -> AwsError {
+        let (status, offset) = (status.to_string(), offset_seconds.to_string());
         let (child, url) = start_fake(
             "AWS_ERROR",
-            &["--code", code, "--status", &status, "--message", message],
+            &[
+                "--code",
+                code,
+                "--status",
+                &status,
+                "--message",
+                message,
+                "--date-offset",
+                &offset,
+            ],
         );
         AwsError { child, url }
     }

@@ -6,18 +6,24 @@ The error has the documented shape of the JSON protocol (awsJson1_1, used by Sec
 the HTTP status, an `x-amzn-ErrorType` header and a body {"__type": CODE, "message": TEXT}.
 
   aws_error_endpoint.py --code ThrottlingException --status 400 --message "Rate exceeded"
+With --date-offset SECONDS its Date header runs that far ahead (or behind), to stand for a
+skewed local clock.
 prints "listening on http://127.0.0.1:PORT"; GET /fake/requests returns the number of calls so far.
 """
 
 import argparse
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+
+    def date_time_string(self, timestamp=None):
+        return super().date_time_string(time.time() + self.server.args.date_offset)
 
     def log_message(self, fmt, *args):
         pass
@@ -59,6 +65,7 @@ def main():
     parser.add_argument("--code", required=True)
     parser.add_argument("--status", type=int, default=400)
     parser.add_argument("--message", default="")
+    parser.add_argument("--date-offset", type=float, default=0)
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

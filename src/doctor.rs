@@ -1,0 +1,598 @@
+//! `bootagent doctor`: every link of the boot chain as a check, run in parallel, each bounded in
+//! time, each failure with a hint. Read-only: it changes nothing on the instance.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_sdk_secretsmanager::config::interceptors::BeforeDeserializationInterceptorContextRef;
+use aws_sdk_secretsmanager::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_secretsmanager::primitives::{DateTime, DateTimeFormat};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, Manager};
+use crate::imds::ImdsClient;
+use crate::plan::Plan;
+use crate::{envfile, git, identity, secrets, status};
+
+/// SigV4 requests are refused past 5 minutes of skew; warn well before.
+const SKEW_FAIL: Duration = Duration::from_secs(300);
+const SKEW_WARN: Duration = Duration::from_secs(60);
+const LOW_SPACE_BYTES: u64 = 100 * 1024 * 1024;
+const JOURNAL_LINES: &str = "10";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+/// What a check found, before it is timed and named.
+struct Finding {
+    verdict: Verdict,
+    detail: String,
+    hint: Option<String>,
+}
+
+fn ok(detail: impl Into<String>) -> Finding {
+    Finding {
+        verdict: Verdict::Ok,
+        detail: detail.into(),
+        hint: None,
+    }
+}
+
+fn fail(detail: impl Into<String>, hint: impl Into<String>) -> Finding {
+    Finding {
+        verdict: Verdict::Fail,
+        detail: detail.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+fn warn(detail: impl Into<String>, hint: impl Into<String>) -> Finding {
+    Finding {
+        verdict: Verdict::Warn,
+        detail: detail.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+fn skip(detail: impl Into<String>) -> Finding {
+    Finding {
+        verdict: Verdict::Skip,
+        detail: detail.into(),
+        hint: None,
+    }
+}
+
+/// The order checks are listed in, whatever order they finish in.
+const ORDER: &[&str] = &[
+    "imds",
+    "tags",
+    "identity",
+    "credentials",
+    "secret",
+    "isolation",
+    "clock",
+    "git",
+    "env-file",
+    "unit",
+    "disk",
+    "last-boot",
+];
+
+pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
+    let mut checks = Vec::new();
+    let imds = Arc::new(ImdsClient::from_env(
+        config.identity.imds_deadline.min(timeout),
+    ));
+
+    // The chain's head: everything that needs to know who this instance is waits for it.
+    let started = Instant::now();
+    let token = bounded(timeout, check_imds(&imds)).await;
+    checks.push(named("imds", started, token));
+    let started = Instant::now();
+    let tags = bounded(timeout, check_tags(&imds, &config)).await;
+    checks.push(named("tags", started, tags));
+    let started = Instant::now();
+    let (identity_finding, plan) = match bounded_plan(timeout, &imds, &config).await {
+        Ok(plan) => (
+            ok(format!(
+                "service {}, environment {} (tag {:?}), {} in {}",
+                plan.identity.service,
+                plan.identity.env,
+                plan.identity.env_tag,
+                plan.identity.instance_id,
+                plan.identity.region
+            )),
+            Some(Arc::new(plan)),
+        ),
+        Err(finding) => (finding, None),
+    };
+    checks.push(named("identity", started, identity_finding));
+
+    let mut set: JoinSet<Vec<Check>> = JoinSet::new();
+    match &plan {
+        Some(plan) => {
+            let date = Arc::new(Mutex::new(None));
+            let client = secrets_client(&plan.identity.region, timeout, date.clone()).await;
+            spawn(
+                &mut set,
+                "credentials",
+                timeout,
+                Box::pin(check_credentials(plan.clone())),
+            );
+            // The clock is judged from the Date header of the secret check's answers.
+            let (secret_plan, secret_client) = (plan.clone(), client.clone());
+            set.spawn(async move {
+                let started = Instant::now();
+                let secret = bounded(timeout, check_secret(&secret_client, &secret_plan)).await;
+                let secret = named("secret", started, secret);
+                vec![secret, named("clock", started, check_clock(&date))]
+            });
+            spawn(
+                &mut set,
+                "isolation",
+                timeout,
+                Box::pin(check_isolation(config.clone(), plan.clone(), client)),
+            );
+            spawn(&mut set, "git", timeout, Box::pin(check_git(plan.clone())));
+            spawn(
+                &mut set,
+                "env-file",
+                timeout,
+                Box::pin(check_env_file(config.clone(), plan.clone())),
+            );
+            spawn(
+                &mut set,
+                "unit",
+                timeout,
+                Box::pin(check_unit(plan.clone())),
+            );
+        }
+        None => {
+            for name in [
+                "credentials",
+                "secret",
+                "isolation",
+                "clock",
+                "git",
+                "env-file",
+                "unit",
+            ] {
+                let finding = skip("needs the instance's identity, which failed");
+                checks.push(named(name, Instant::now(), finding));
+            }
+        }
+    }
+    spawn(
+        &mut set,
+        "disk",
+        timeout,
+        Box::pin(check_disk(config.clone(), plan.clone())),
+    );
+    spawn(
+        &mut set,
+        "last-boot",
+        timeout,
+        Box::pin(check_last_boot(config.clone())),
+    );
+    while let Some(joined) = set.join_next().await {
+        if let Ok(found) = joined {
+            checks.extend(found);
+        }
+    }
+    checks.sort_by_key(|c| ORDER.iter().position(|n| *n == c.name));
+    Report {
+        schema: 1,
+        ok: checks.iter().all(|c| c.verdict != Verdict::Fail),
+        checks,
+    }
+}
+
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = Finding> + Send>>;
+
+fn spawn(set: &mut JoinSet<Vec<Check>>, name: &'static str, timeout: Duration, work: Work) {
+    set.spawn(async move {
+        let started = Instant::now();
+        vec![named(name, started, bounded(timeout, work).await)]
+    });
+}
+
+fn named(name: &'static str, started: Instant, finding: Finding) -> Check {
+    Check {
+        name,
+        verdict: finding.verdict,
+        detail: finding.detail,
+        hint: finding.hint,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+fn timed_out(limit: Duration) -> Finding {
+    fail(
+        format!("no answer within {}", humantime::format_duration(limit)),
+        "the service behind this check is slow or unreachable; rerun with a longer --timeout to see more",
+    )
+}
+
+async fn bounded(limit: Duration, work: impl std::future::Future<Output = Finding>) -> Finding {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| timed_out(limit))
+}
+
+async fn check_imds(imds: &ImdsClient) -> Finding {
+    match imds.get("meta-data/instance-id").await {
+        Ok(Some(id)) => ok(format!("IMDSv2 token obtained, instance {id}")),
+        Ok(None) => fail(
+            "no instance-id in instance metadata",
+            "this does not look like EC2",
+        ),
+        Err(e) if e.is_transient() => fail(
+            e.to_string(),
+            "a token PUT that times out usually means the hop limit is too low for a container: \
+             set HttpPutResponseHopLimit to 2",
+        ),
+        Err(e) => fail(
+            e.to_string(),
+            "enable the metadata service (HttpEndpoint=enabled)",
+        ),
+    }
+}
+
+async fn check_tags(imds: &ImdsClient, config: &Config) -> Finding {
+    match imds.tags(&[]).await {
+        Ok(_) => ok("instance tags are readable in instance metadata"),
+        Err(e) if e.is_tags_disabled() => fail(
+            "tags in instance metadata are disabled",
+            format!(
+                "aws ec2 modify-instance-metadata-options --instance-id ID --instance-metadata-tags enabled \
+                 (or InstanceMetadataTags=enabled in the launch template); bootagent reads the {} tag from there",
+                config.identity.service_tag
+            ),
+        ),
+        Err(e) => fail(e.to_string(), "fix the imds check first"),
+    }
+}
+
+async fn bounded_plan(
+    limit: Duration,
+    imds: &ImdsClient,
+    config: &Config,
+) -> Result<Plan, Finding> {
+    // Tags that lag a launch are a boot-time matter; the doctor looks once.
+    let mut once = config.clone();
+    once.identity.tag_wait = Duration::ZERO;
+    let work = async {
+        let identity = identity::fetch(imds, &once).await.map_err(|e| {
+            fail(
+                e.chain().replace('\n', " "),
+                "tag the instance with valid Service and Environment tags (see the message)",
+            )
+        })?;
+        crate::plan::build(config, &identity)
+            .map_err(|e| fail(e.to_string(), "fix the configuration named in the message"))
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(limit)))
+}
+
+/// Captures the Date header of Secrets Manager's answers, to measure the clock against AWS's.
+#[derive(Debug)]
+struct DateCapture(Arc<Mutex<Option<String>>>);
+
+impl Intercept for DateCapture {
+    fn name(&self) -> &'static str {
+        "bootagent-date-capture"
+    }
+
+    fn read_after_transmit(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_secretsmanager::error::BoxError> {
+        if let Some(date) = context.response().headers().get("date") {
+            *self.0.lock().expect("date lock") = Some(date.to_string());
+        }
+        Ok(())
+    }
+}
+
+async fn secrets_client(
+    region: &str,
+    timeout: Duration,
+    date: Arc<Mutex<Option<String>>>,
+) -> Option<aws_sdk_secretsmanager::Client> {
+    let client = secrets::client(region, timeout).await.ok()?;
+    let config = client
+        .config()
+        .to_builder()
+        .interceptor(DateCapture(date))
+        .build();
+    Some(aws_sdk_secretsmanager::Client::from_conf(config))
+}
+
+async fn check_credentials(plan: Arc<Plan>) -> Finding {
+    use aws_sdk_secretsmanager::config::ProvideCredentials;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(plan.identity.region.clone()))
+        .load()
+        .await;
+    let Some(provider) = sdk.credentials_provider() else {
+        return fail(
+            "no credentials provider",
+            "attach an instance profile to the instance",
+        );
+    };
+    match provider.provide_credentials().await {
+        Ok(credentials) => ok(format!(
+            "credentials found, region {}{}",
+            plan.identity.region,
+            credentials
+                .expiry()
+                .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                .map(|left| format!(
+                    ", expiring in {}",
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                ))
+                .unwrap_or_default()
+        )),
+        Err(e) => fail(
+            format!("no AWS credentials: {e}"),
+            "attach an instance profile (IAM role) to the instance",
+        ),
+    }
+}
+
+async fn check_secret(client: &Option<aws_sdk_secretsmanager::Client>, plan: &Plan) -> Finding {
+    let Some(client) = client else {
+        return fail(
+            "no CA certificates to verify AWS endpoints with",
+            "install the ca-certificates package",
+        );
+    };
+    match secrets::load(client, &plan.identity.region, &plan.secrets).await {
+        Ok(loaded) => ok(format!(
+            "{} secret(s) readable, {} variable(s)",
+            loaded.versions.len(),
+            loaded.vars.len()
+        )),
+        Err(e) => fail(e.to_string(), secret_hint(&e)),
+    }
+}
+
+fn secret_hint(error: &secrets::SecretsError) -> &'static str {
+    if error.is_malformed() {
+        "store the secret as a JSON object of strings, numbers and booleans"
+    } else if error.is_transient() {
+        "check network access to Secrets Manager and retry"
+    } else {
+        "create the secret or grant the instance role secretsmanager:GetSecretValue on it"
+    }
+}
+
+fn check_clock(date: &Mutex<Option<String>>) -> Finding {
+    let Some(header) = date.lock().expect("date lock").clone() else {
+        return skip("no answer from Secrets Manager carried a Date header");
+    };
+    let Ok(theirs) = DateTime::from_str(&header, DateTimeFormat::HttpDate) else {
+        return skip(format!("unreadable Date header {header:?}"));
+    };
+    let ours = DateTime::from(SystemTime::now());
+    let skew = Duration::from_secs(ours.secs().abs_diff(theirs.secs()));
+    let detail = format!("{} from AWS's clock", humantime::format_duration(skew));
+    let hint = "synchronise the clock (chrony with the Amazon Time Sync Service, 169.254.169.123)";
+    if skew >= SKEW_FAIL {
+        fail(format!("{detail}: SigV4 requests will be refused"), hint)
+    } else if skew >= SKEW_WARN {
+        warn(detail, hint)
+    } else {
+        ok(detail)
+    }
+}
+
+/// Another environment's secret should not be readable from here: a test instance able to read
+/// prod's secrets is one compromise away from a prod leak.
+async fn check_isolation(
+    config: Arc<Config>,
+    plan: Arc<Plan>,
+    client: Option<aws_sdk_secretsmanager::Client>,
+) -> Finding {
+    let Some(client) = client else {
+        return skip("no Secrets Manager client");
+    };
+    let mut readable = Vec::new();
+    for env in config
+        .environments
+        .keys()
+        .filter(|e| **e != plan.identity.env)
+    {
+        let Ok(identity) = plan.identity.in_environment(&config, env) else {
+            continue;
+        };
+        let Ok(other) = crate::plan::build(&config, &identity) else {
+            continue;
+        };
+        let Some(id) = other.secrets.main else {
+            continue;
+        };
+        let probe = crate::plan::SecretsPlan {
+            main: Some(id.clone()),
+            vars: Default::default(),
+            version_id: None,
+            ..other.secrets
+        };
+        if secrets::load(&client, &identity.region, &probe)
+            .await
+            .is_ok()
+        {
+            readable.push(format!("{id} ({env})"));
+        }
+    }
+    if readable.is_empty() {
+        ok("other environments' secrets are not readable from here")
+    } else {
+        warn(
+            format!("this instance can read other environments' secrets: {}", readable.join(", ")),
+            "scope the instance role's secretsmanager:GetSecretValue to its own environment's secrets",
+        )
+    }
+}
+
+async fn check_git(plan: Arc<Plan>) -> Finding {
+    let Some(url) = plan.git.url.clone() else {
+        return fail(
+            "no git repository configured",
+            "set git.url, or tag the instance with Repository=<url>",
+        );
+    };
+    let reference = plan.git.reference.clone();
+    let shown = git::redact(&url);
+    let answer = tokio::task::spawn_blocking(move || git::remote_commit(&url, &reference)).await;
+    match answer {
+        Ok(Ok(commit)) => ok(format!("{shown} {} is at {commit}", plan.git.reference)),
+        Ok(Err(e)) => fail(
+            e.to_string(),
+            "check the remote, its credentials and git.ref",
+        ),
+        Err(e) => fail(format!("the git check failed: {e}"), "report this as a bug"),
+    }
+}
+
+async fn check_env_file(config: Arc<Config>, plan: Arc<Plan>) -> Finding {
+    use std::os::unix::fs::MetadataExt;
+    let path = &plan.env_file;
+    let dir = path.parent().unwrap_or(&config.paths.run_dir);
+    if let Err(e) = envfile::check_memory_backed(dir, config.paths.allow_persistent_env_file) {
+        return fail(
+            e.to_string(),
+            "point paths.run_dir at a tmpfs such as /run/bootagent",
+        );
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.mode() & 0o077 != 0 => fail(
+            format!(
+                "{} has mode {:o}: others can read the secrets",
+                path.display(),
+                meta.mode() & 0o777
+            ),
+            format!("chmod 600 {}, and run bootagent boot again", path.display()),
+        ),
+        Ok(meta) => ok(format!(
+            "{} on tmpfs, mode {:o}, owner uid {}",
+            path.display(),
+            meta.mode() & 0o777,
+            meta.uid()
+        )),
+        Err(_) => fail(
+            format!("{} does not exist", path.display()),
+            "run bootagent boot; see the last-boot check",
+        ),
+    }
+}
+
+async fn check_unit(plan: Arc<Plan>) -> Finding {
+    if plan.service.manager != Manager::Systemd {
+        return skip("exec mode: no unit");
+    }
+    let unit = &plan.service.unit;
+    match crate::service::unit_state(unit).await {
+        Ok((state, _)) if state == "active" => ok(format!("{unit} is active")),
+        Ok((state, result)) => {
+            let journal = tokio::process::Command::new("journalctl")
+                .args(["--no-pager", "-o", "cat", "-n", JOURNAL_LINES, "-u", unit])
+                .output()
+                .await
+                .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+                .unwrap_or_default();
+            fail(
+                format!("{unit} is {state} (result {result}); last journal lines:\n{journal}"),
+                format!("see journalctl -u {unit}; then bootagent boot"),
+            )
+        }
+        Err(e) => fail(e.to_string(), "is systemd running here?"),
+    }
+}
+
+async fn check_disk(config: Arc<Config>, plan: Option<Arc<Plan>>) -> Finding {
+    let mut paths = vec![config.paths.run_dir.clone()];
+    if let Some(plan) = &plan {
+        // The checkout's nearest existing ancestor: its file system is where clones land.
+        let mut dir = plan.git.dir.clone();
+        while !dir.exists() && dir.pop() {}
+        paths.push(dir);
+    }
+    let mut low = Vec::new();
+    let mut report = Vec::new();
+    for path in paths.iter().filter(|p| p.exists()) {
+        let Ok(stats) = nix::sys::statvfs::statvfs(path) else {
+            continue;
+        };
+        let free = stats.blocks_available() * stats.fragment_size();
+        report.push(format!(
+            "{} {} MiB free",
+            path.display(),
+            free / (1024 * 1024)
+        ));
+        if free < LOW_SPACE_BYTES {
+            low.push(path.display().to_string());
+        }
+    }
+    if low.is_empty() {
+        ok(report.join(", "))
+    } else {
+        fail(
+            format!("low free space: {}", report.join(", ")),
+            format!("free space on {}", low.join(", ")),
+        )
+    }
+}
+
+async fn check_last_boot(config: Arc<Config>) -> Finding {
+    match status::read(&config.paths.run_dir.join("status.json")) {
+        Ok(s) => match (&s.outcome, &s.error) {
+            (status::Outcome::Succeeded, _) => ok(format!(
+                "succeeded at {}",
+                s.finished_at.unwrap_or_default()
+            )),
+            (status::Outcome::Running, _) => warn(
+                format!("running since {}", s.started_at),
+                "wait for it, or look at bootagent status",
+            ),
+            (status::Outcome::Failed, Some(error)) => fail(
+                format!(
+                    "failed with exit code {}: {}",
+                    error.exit_code,
+                    error.message.replace('\n', " ")
+                ),
+                "fix the cause named, then bootagent boot",
+            ),
+            (status::Outcome::Failed, None) => fail("failed", "see bootagent status"),
+        },
+        Err(e) => fail(e.to_string(), "run bootagent boot"),
+    }
+}

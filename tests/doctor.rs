@@ -1,0 +1,346 @@
+//! `bootagent doctor`: for each check, break exactly that link and see it fail with its hint.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use support::*;
+
+/// A booted exec-mode instance whose every link works.
+struct World {
+    name: String,
+    repo: SampleRepo,
+    instance: Instance,
+}
+
+impl World {
+    fn booted() -> World {
+        let name = unique("doc");
+        let repo = SampleRepo::create(&name);
+        create_secret(&format!("{name}_env_test"), r#"{"A": "1", "B": "2"}"#);
+        let instance = Instance::exec_mode("");
+        let world = World {
+            name,
+            repo,
+            instance,
+        };
+        world.instance.run(&world.imds(), &["boot"]).expect(0);
+        world
+    }
+
+    fn imds(&self) -> Imds {
+        self.imds_with(&[])
+    }
+
+    fn imds_with(&self, changes: &[(&str, &str)]) -> Imds {
+        let mut tags = BTreeMap::from([
+            ("Service", self.name.as_str()),
+            ("Environment", "test"),
+            ("Repository", self.repo.url.as_str()),
+        ]);
+        tags.extend(changes.iter().copied());
+        Imds::start(serde_json::json!({ "tags": tags }))
+    }
+
+    /// Runs doctor --json with `imds` and `env` changes; returns exit code and verdicts.
+    fn doctor(&self, imds: &Imds, env: &[(&str, Option<&str>)]) -> (i32, Report) {
+        let mut command = self
+            .instance
+            .command(imds, &["doctor", "--json", "--timeout", "4s"]);
+        for (key, value) in env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let run = Run(command.output().unwrap());
+        let json: serde_json::Value = serde_json::from_str(&run.stdout())
+            .unwrap_or_else(|_| panic!("not JSON: {}\n{}", run.stdout(), run.stderr()));
+        validate_against_schema(&run.stdout());
+        (run.code(), Report(json))
+    }
+}
+
+struct Report(serde_json::Value);
+
+impl Report {
+    fn check(&self, name: &str) -> &serde_json::Value {
+        self.0["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name} in {}", self.0))
+    }
+
+    fn verdict(&self, name: &str) -> &str {
+        self.check(name)["verdict"].as_str().unwrap()
+    }
+
+    fn verdicts(&self) -> BTreeMap<String, String> {
+        self.0["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["verdict"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// `name` failed, its hint contains `hint`, and every check not in `affected` passed.
+    fn only_fails(&self, name: &str, hint: &str, affected: &[&str]) {
+        assert_eq!(self.verdict(name), "fail", "{}", self.0);
+        let given = self.check(name)["hint"].as_str().unwrap_or_default();
+        assert!(
+            given.contains(hint),
+            "{name}'s hint {given:?} lacks {hint:?}"
+        );
+        for (check, verdict) in self.verdicts() {
+            if check != name && !affected.contains(&check.as_str()) {
+                assert!(
+                    verdict == "ok" || (check == "unit" && verdict == "skip"),
+                    "{check} should pass when only {name} is broken: {}",
+                    self.0
+                );
+            }
+        }
+    }
+}
+
+fn validate_against_schema(json: &str) {
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/doctor.schema.json");
+    let out = Command::new(world("PYTHON"))
+        .args([
+            "-c",
+            "import json, sys, jsonschema; \
+             jsonschema.validate(json.loads(sys.stdin.read()), json.load(open(sys.argv[1])))",
+            schema,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(json.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "doctor --json does not match its schema: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_working_chain_passes_every_check() {
+    let world = World::booted();
+    let (code, report) = world.doctor(&world.imds(), &[]);
+    assert_eq!(code, 0, "{}", report.0);
+    for (check, verdict) in report.verdicts() {
+        let expected = if check == "unit" { "skip" } else { "ok" };
+        assert_eq!(verdict, expected, "{check}: {}", report.0);
+    }
+    assert!(report.check("secret")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("2 variable(s)"));
+
+    let text = world.instance.run(&world.imds(), &["doctor"]);
+    text.expect(0);
+    assert!(
+        text.stdout().ends_with("all checks passed\n"),
+        "{}",
+        text.stdout()
+    );
+}
+
+#[test]
+fn imds_unreachable_fails_with_the_hop_limit_hint() {
+    let world = World::booted();
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let (code, report) = world.doctor(
+        &world.imds(),
+        &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", Some(&dead))],
+    );
+    assert_eq!(code, 13);
+    let dependent = [
+        "tags",
+        "identity",
+        "credentials",
+        "secret",
+        "isolation",
+        "clock",
+        "git",
+        "env-file",
+        "unit",
+    ];
+    report.only_fails("imds", "HttpPutResponseHopLimit", &dependent);
+    assert_eq!(report.verdict("git"), "skip");
+}
+
+#[test]
+fn disabled_tags_fail_the_tags_check() {
+    let world = World::booted();
+    let imds = Imds::start(serde_json::json!({ "tags": null }));
+    let (code, report) = world.doctor(&imds, &[]);
+    assert_eq!(code, 13);
+    let dependent = [
+        "identity",
+        "credentials",
+        "secret",
+        "isolation",
+        "clock",
+        "git",
+        "env-file",
+        "unit",
+    ];
+    report.only_fails("tags", "--instance-metadata-tags enabled", &dependent);
+}
+
+#[test]
+fn an_unknown_environment_fails_the_identity_check() {
+    let world = World::booted();
+    let (_, report) = world.doctor(&world.imds_with(&[("Environment", "qa")]), &[]);
+    let dependent = [
+        "credentials",
+        "secret",
+        "isolation",
+        "clock",
+        "git",
+        "env-file",
+        "unit",
+    ];
+    report.only_fails("identity", "Environment tags", &dependent);
+}
+
+#[test]
+fn missing_credentials_fail_the_credentials_check() {
+    let world = World::booted();
+    let (_, report) = world.doctor(
+        &world.imds(),
+        &[("AWS_ACCESS_KEY_ID", None), ("AWS_SECRET_ACCESS_KEY", None)],
+    );
+    // Without credentials the secret cannot be read either, nor the clock compared.
+    report.only_fails(
+        "credentials",
+        "instance profile",
+        &["secret", "isolation", "clock"],
+    );
+}
+
+#[test]
+fn a_missing_secret_fails_the_secret_check() {
+    let world = World::booted();
+    let (_, report) = world.doctor(&world.imds(), &[]);
+    assert_eq!(report.verdict("secret"), "ok");
+    let instance = &world.instance;
+    instance.add_config(
+        "70-secret.toml",
+        "[secrets]\nmain = \"{service}_env_{env}_missing\"\n",
+    );
+    let (code, report) = world.doctor(&world.imds(), &[]);
+    assert_eq!(code, 13);
+    report.only_fails("secret", "secretsmanager:GetSecretValue", &["env-file"]);
+}
+
+#[test]
+fn a_readable_secret_of_another_environment_is_a_loud_warning() {
+    let world = World::booted();
+    create_secret(&format!("{}_env_prod", world.name), r#"{"A": "prod"}"#);
+    let (code, report) = world.doctor(&world.imds(), &[]);
+    assert_eq!(code, 0, "a warning does not fail");
+    assert_eq!(report.verdict("isolation"), "warn");
+    let detail = report.check("isolation")["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("{}_env_prod (prod)", world.name)),
+        "{detail}"
+    );
+}
+
+#[test]
+fn a_skewed_clock_fails_the_clock_check() {
+    let world = World::booted();
+    let ahead = AwsError::start_skewed("InternalServiceError", 500, "down", 600);
+    let (_, report) = world.doctor(&world.imds(), &[("AWS_ENDPOINT_URL", Some(&ahead.url))]);
+    assert_eq!(report.verdict("clock"), "fail", "{}", report.0);
+    let hint = report.check("clock")["hint"].as_str().unwrap();
+    assert!(hint.contains("Amazon Time Sync"), "{hint}");
+}
+
+#[test]
+fn an_unreachable_remote_fails_the_git_check() {
+    let world = World::booted();
+    let dead = format!(
+        "git://127.0.0.1:{}/x.git",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let (_, report) = world.doctor(&world.imds_with(&[("Repository", &dead)]), &[]);
+    report.only_fails("git", "check the remote", &[]);
+}
+
+#[test]
+fn a_readable_env_file_fails_the_env_file_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::booted();
+    let env_file = world.instance.env_file(&world.name);
+    std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_, report) = world.doctor(&world.imds(), &[]);
+    report.only_fails("env-file", "chmod 600", &[]);
+}
+
+#[test]
+fn low_free_space_fails_the_disk_check() {
+    let world = World::booted();
+    let run_dir = world.instance.run.path();
+    // Keep the boot's files: mount a tiny tmpfs over the run dir with copies of them.
+    let saved = tempfile::tempdir_in("/dev/shm").unwrap();
+    for entry in std::fs::read_dir(run_dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), saved.path().join(entry.file_name())).unwrap();
+    }
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=755", "tmpfs"])
+        .arg(run_dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    for entry in std::fs::read_dir(saved.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), run_dir.join(entry.file_name())).unwrap();
+    }
+    std::fs::set_permissions(
+        world.instance.env_file(&world.name),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (_, report) = world.doctor(&world.imds(), &[]);
+    let _ = Command::new("umount").arg(run_dir).status();
+    report.only_fails("disk", "free space on", &[]);
+}
+
+#[test]
+fn a_failed_last_boot_fails_the_last_boot_check() {
+    let world = World::booted();
+    let missing = world.imds_with(&[("Repository", "git://127.0.0.1:1/none.git")]);
+    world.instance.run(&missing, &["boot"]).expect(75);
+    let (_, report) = world.doctor(&world.imds(), &[]);
+    report.only_fails("last-boot", "then bootagent boot", &[]);
+}
