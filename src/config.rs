@@ -39,8 +39,24 @@ pub struct Config {
     pub git: GitConfig,
     pub service: ServiceConfig,
     pub health: HealthConfig,
+    pub lifecycle: LifecycleConfig,
     pub refresh: RefreshConfig,
     pub boot: BootConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    pub launch_hook: String,
+    pub termination_hook: String,
+    pub group: String,
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub health_wait: Duration,
+    pub abandon_on_failure: bool,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +295,13 @@ impl Config {
         if self.git.depth == 0 {
             return Err(ConfigError::Invalid(
                 "git.depth must be at least 1 (1 is a shallow clone)".into(),
+            ));
+        }
+        if self.service.manager == Manager::Exec && !self.lifecycle.launch_hook.is_empty() {
+            return Err(ConfigError::Invalid(
+                "lifecycle.launch_hook needs service.manager = \"systemd\": in exec mode bootagent \
+                 becomes the service and cannot complete the hook after it starts"
+                    .into(),
             ));
         }
         if self.service.manager == Manager::Exec && self.service.command.is_empty() {

@@ -3,6 +3,7 @@
 use std::error::Error as StdError;
 use std::fmt::Write as _;
 
+use crate::autoscaling::LifecycleError;
 use crate::config::ConfigError;
 use crate::envfile::EnvFileError;
 use crate::git::GitError;
@@ -42,6 +43,8 @@ pub mod exit {
     pub const UNHEALTHY: u8 = 12;
     /// `doctor`: at least one check failed.
     pub const CHECKS_FAILED: u8 = 13;
+    /// Auto Scaling refused a lifecycle call.
+    pub const LIFECYCLE: u8 = 14;
     /// Retries or a deadline ran out on something that may work later (EX_TEMPFAIL).
     pub const TRANSIENT: u8 = 75;
 }
@@ -64,6 +67,8 @@ pub enum Error {
     Service(#[from] ServiceError),
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error("failed to answer the lifecycle hook")]
+    Lifecycle(#[from] LifecycleError),
     #[error("another bootagent boot holds {path} (waited {waited}); it is still running or hung")]
     Locked { path: String, waited: String },
     #[error("{0}")]
@@ -110,6 +115,10 @@ impl Error {
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
             Error::Git(_) => exit::GIT,
             Error::Service(_) => exit::SERVICE,
+            Error::Lifecycle(LifecycleError::NoTrustRoots(_)) => exit::LOCAL,
+            Error::Lifecycle(LifecycleError::NoGroup) => exit::USAGE,
+            Error::Lifecycle(e) if e.is_transient() => exit::TRANSIENT,
+            Error::Lifecycle(_) => exit::LIFECYCLE,
             Error::Locked { .. } => exit::LOCKED,
             Error::Deadline { .. } => exit::TRANSIENT,
             Error::LastBootFailed { exit_code } => *exit_code,

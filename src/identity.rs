@@ -11,6 +11,7 @@ use crate::imds::{round_to_ms, ImdsClient};
 
 const MAX_NAME_LEN: usize = 64;
 const TAG_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const ASG_GROUP_TAG: &str = "aws:autoscaling:groupName";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -20,6 +21,8 @@ pub struct Identity {
     /// The environment tag as written on the instance (`production`).
     pub env_tag: String,
     pub repository: Option<String>,
+    /// The Auto Scaling group, from the tag Auto Scaling puts on its instances.
+    pub asg_group: Option<String>,
     pub instance_id: String,
     pub region: String,
 }
@@ -81,6 +84,7 @@ pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, crate
         ids.service_tag.as_str(),
         ids.environment_tag.as_str(),
         ids.repository_tag.as_str(),
+        ASG_GROUP_TAG,
     ];
     let start = Instant::now();
     loop {
@@ -145,6 +149,7 @@ pub fn resolve(
         env: env.to_string(),
         env_tag: env_tag.clone(),
         repository,
+        asg_group: tags.get(ASG_GROUP_TAG).cloned(),
         instance_id: instance_id.to_string(),
         region: region.to_string(),
     })

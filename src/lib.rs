@@ -2,6 +2,8 @@
 //! secrets, running". `main.rs` only parses arguments and maps errors to exit codes.
 
 mod atomic;
+pub mod autoscaling;
+mod aws;
 pub mod cli;
 pub mod config;
 pub mod doctor;

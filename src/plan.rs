@@ -184,6 +184,7 @@ mod tests {
             env: env.into(),
             env_tag: env_tag.into(),
             repository: Some("git://git.example/calendar.git".into()),
+            asg_group: None,
             instance_id: "i-0abc".into(),
             region: "eu-west-1".into(),
         }

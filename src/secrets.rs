@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use aws_sdk_secretsmanager::config::{AppName, BehaviorVersion, Region};
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -103,11 +102,8 @@ pub enum SecretsError {
     },
     #[error("secret {id} has no field {field:?}; add it, or fix the #field in secrets.vars")]
     MissingField { id: String, field: String },
-    #[error(
-        "no CA certificates were found to verify AWS endpoints with ({detail}); install the \
-         ca-certificates package in the image, or point SSL_CERT_FILE at a CA bundle"
-    )]
-    NoTrustRoots { detail: String },
+    #[error(transparent)]
+    NoTrustRoots(#[from] crate::aws::NoTrustRoots),
     #[error("secret {id} holds binary data; store the variables as a JSON object in SecretString")]
     Binary { id: String },
     #[error(
@@ -152,7 +148,7 @@ impl SecretsError {
 
     /// A problem of this machine rather than of the secret or of AWS.
     pub fn is_local(&self) -> bool {
-        matches!(self, SecretsError::NoTrustRoots { .. })
+        matches!(self, SecretsError::NoTrustRoots(_))
     }
 
     pub fn is_malformed(&self) -> bool {
@@ -169,41 +165,13 @@ impl SecretsError {
     }
 }
 
-/// A Secrets Manager client for `region`, with endpoint and credentials from the SDK's usual
-/// sources (`AWS_ENDPOINT_URL_SECRETS_MANAGER`, the default credential chain).
+/// A Secrets Manager client for `region`.
 pub async fn client(
     region: &str,
     timeout: Duration,
 ) -> Result<aws_sdk_secretsmanager::Client, SecretsError> {
-    check_trust_roots()?;
-    let sdk_config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(region.to_string()))
-        .app_name(AppName::new("bootagent").expect("a valid app name"))
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .operation_timeout(timeout)
-                .connect_timeout(Duration::from_secs(3))
-                .build(),
-        )
-        .load()
-        .await;
+    let sdk_config = crate::aws::load(region, timeout).await?;
     Ok(aws_sdk_secretsmanager::Client::new(&sdk_config))
-}
-
-/// The SDK trusts the system's CA store; without one every HTTPS call fails with a certificate
-/// error that does not say why. Say why.
-fn check_trust_roots() -> Result<(), SecretsError> {
-    let found = rustls_native_certs::load_native_certs();
-    if found.certs.is_empty() {
-        let detail = found
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(SecretsError::NoTrustRoots { detail });
-    }
-    Ok(())
 }
 
 /// Which version of a secret to read.

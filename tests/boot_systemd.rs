@@ -75,6 +75,11 @@ impl Container {
     }
 
     fn bootagent(&self, imds: &Imds, args: &[&str]) -> Run {
+        self.bootagent_with(imds, &[], args)
+    }
+
+    /// Runs bootagent inside with the test world's endpoints plus `env` (NAME=value).
+    fn bootagent_with(&self, imds: &Imds, env: &[&str], args: &[&str]) -> Run {
         let imds_endpoint = format!("AWS_EC2_METADATA_SERVICE_ENDPOINT={}", imds.url);
         let moto = format!("AWS_ENDPOINT_URL={}", world("MOTO"));
         let mut argv = vec![
@@ -86,8 +91,9 @@ impl Container {
             "AWS_SECRET_ACCESS_KEY=testing",
             &imds_endpoint,
             &moto,
-            "/share/bootagent",
         ];
+        argv.extend_from_slice(env);
+        argv.push("/share/bootagent");
         argv.extend_from_slice(args);
         Run(self.exec(&argv))
     }
@@ -514,4 +520,77 @@ fn doctor_shows_a_failed_unit_with_its_last_journal_lines() {
     let detail = check["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("{unit} is failed")), "{detail}");
     assert!(detail.contains("about to crash: marker-7ce1"), "{detail}");
+}
+
+const INSTANCE_ID: &str = "i-0123456789abcdef0";
+
+/// A launch through a lifecycle hook: the service's unit takes `start_seconds` to start.
+fn launch(prefix: &str, secret: Option<&str>, start_seconds: &str) -> (Container, AsgFake, Run) {
+    let name = unique(prefix);
+    let repo = SampleRepo::create(&name);
+    if let Some(value) = secret {
+        create_secret(&format!("{name}_env_prod"), value);
+    }
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "prod"),
+        ("Repository", &repo.url),
+        ("aws:autoscaling:groupName", "web-asg"),
+    ]);
+    let asg = AsgFake::start();
+    asg.activate("web-asg", "launching", INSTANCE_ID);
+    let container = Container::boot(&format!(
+        "{CONFIG}\n[lifecycle]\nlaunch_hook = \"launching\"\nheartbeat = \"1s\"\nhealth_wait = \"5s\"\n"
+    ));
+    container.install_unit(
+        &format!("{name}.service"),
+        &format!("ExecStartPre=/bin/sleep {start_seconds}\\nExecStart=/share/recorder.sh /share/out --stay"),
+    );
+    let endpoint = format!("AWS_ENDPOINT_URL_AUTO_SCALING={}", asg.url);
+    let run = container.bootagent_with(&imds, &[&endpoint], &["boot"]);
+    (container, asg, run)
+}
+
+#[test]
+fn a_slow_launch_sends_heartbeats_then_exactly_one_continue() {
+    let (_container, asg, run) = launch("launch", Some(r#"{"A": "1"}"#), "2.5");
+    run.expect(0);
+    let calls = asg.calls();
+    let (last, heartbeats) = calls.split_last().expect("calls were made");
+    assert_eq!(
+        last,
+        &(
+            "CompleteLifecycleAction".to_string(),
+            Some("CONTINUE".to_string())
+        ),
+        "{calls:?}"
+    );
+    assert!(
+        heartbeats.len() >= 2,
+        "heartbeats during the slow start: {calls:?}"
+    );
+    assert!(
+        heartbeats
+            .iter()
+            .all(|(action, _)| action == "RecordLifecycleActionHeartbeat"),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn a_failed_launch_is_abandoned_exactly_once() {
+    let (_container, asg, run) = launch("abandon", None, "0");
+    run.expect(5);
+    let completions: Vec<_> = asg
+        .calls()
+        .into_iter()
+        .filter(|(action, _)| action == "CompleteLifecycleAction")
+        .collect();
+    assert_eq!(
+        completions,
+        [(
+            "CompleteLifecycleAction".to_string(),
+            Some("ABANDON".to_string())
+        )]
+    );
 }

@@ -1,14 +1,17 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::autoscaling::{ActionResult, Lifecycle};
 use crate::config::{Config, Manager};
 use crate::envfile;
 use crate::git::{self, GitError};
+use crate::health::Checker;
 use crate::plan::Plan;
 use crate::secrets;
 use crate::service;
@@ -51,7 +54,9 @@ pub(super) async fn boot(config: &Config) -> Result<(), Error> {
     let mut recorder = Recorder::start(&run_dir.join("status.json"));
     recorder.save()?;
     let remaining = deadline.saturating_sub(started.elapsed());
-    let result = match tokio::time::timeout(remaining, steps(config, &mut recorder)).await {
+    let mut launch_hook = None;
+    let work = steps(config, &mut recorder, &mut launch_hook);
+    let result = match tokio::time::timeout(remaining, work).await {
         Ok(result) => result,
         Err(_) => Err(Error::Deadline {
             phase: "boot",
@@ -59,15 +64,114 @@ pub(super) async fn boot(config: &Config) -> Result<(), Error> {
         }),
     };
     recorder.finish(result.as_ref().err())?;
-    result
+    match (launch_hook, result) {
+        (Some(hook), Ok(())) => hook.finish(config, true).await,
+        (Some(hook), Err(error)) => {
+            // The boot's own error is what the caller needs; a failed ABANDON is only logged.
+            if let Err(hook_error) = hook.finish(config, false).await {
+                tracing::error!(error = %hook_error.chain(), "could not abandon the launch");
+            }
+            Err(error)
+        }
+        (None, result) => result,
+    }
+}
+
+/// The launch hook's side of a boot: heartbeats while it runs, then CONTINUE once the instance
+/// is healthy, or ABANDON when the boot failed or health stayed red.
+struct LaunchHook {
+    lifecycle: Arc<Lifecycle>,
+    hook: String,
+    heartbeats: tokio::task::JoinHandle<()>,
+}
+
+impl LaunchHook {
+    async fn start(config: &Config, plan: &Plan) -> Result<Option<LaunchHook>, Error> {
+        let hook = config.lifecycle.launch_hook.clone();
+        if hook.is_empty() {
+            return Ok(None);
+        }
+        let group = Some(config.lifecycle.group.clone())
+            .filter(|g| !g.is_empty())
+            .or(plan.identity.asg_group.clone());
+        let lifecycle = Arc::new(
+            Lifecycle::new(
+                &plan.identity.region,
+                config.lifecycle.timeout,
+                group,
+                &plan.identity.instance_id,
+            )
+            .await?,
+        );
+        let every = config.lifecycle.heartbeat;
+        let heartbeats = tokio::spawn({
+            let (lifecycle, hook) = (lifecycle.clone(), hook.clone());
+            async move {
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    ticks.tick().await;
+                    if let Err(e) = lifecycle.heartbeat(&hook).await {
+                        tracing::warn!(error = %e, "a lifecycle heartbeat failed");
+                    }
+                }
+            }
+        });
+        Ok(Some(LaunchHook {
+            lifecycle,
+            hook,
+            heartbeats,
+        }))
+    }
+
+    async fn finish(self, config: &Config, booted: bool) -> Result<(), Error> {
+        let healthy = booted && wait_until_healthy(config).await;
+        self.heartbeats.abort();
+        let result = match (booted, healthy) {
+            (true, true) => ActionResult::Continue,
+            (false, _) if !config.lifecycle.abandon_on_failure => return Ok(()),
+            _ => ActionResult::Abandon,
+        };
+        self.lifecycle.complete(&self.hook, result).await?;
+        if booted && !healthy {
+            return Err(Error::Unhealthy);
+        }
+        Ok(())
+    }
+}
+
+/// Polls the health report until it is green or `lifecycle.health_wait` has passed.
+async fn wait_until_healthy(config: &Config) -> bool {
+    let checker = Checker::new(config);
+    let started = Instant::now();
+    loop {
+        let health = checker.check().await;
+        if health.healthy {
+            return true;
+        }
+        if started.elapsed() >= config.lifecycle.health_wait {
+            tracing::error!(
+                state = health.state,
+                reason = health.reason.as_deref().unwrap_or_default(),
+                "the instance did not turn healthy in time; abandoning the launch"
+            );
+            return false;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The boot proper. Secrets are fetched and checked before the checkout, and the env file is
 /// written only after it, so a failure at any step leaves the previous env file in place.
-async fn steps(config: &Config, recorder: &mut Recorder) -> Result<(), Error> {
+async fn steps(
+    config: &Config,
+    recorder: &mut Recorder,
+    launch_hook: &mut Option<LaunchHook>,
+) -> Result<(), Error> {
     recorder.begin("identity");
     let plan = super::plan::resolve(config).await?;
     recorder.status.identity = Some(plan.identity.clone());
+    *launch_hook = LaunchHook::start(config, &plan).await?;
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("secrets");

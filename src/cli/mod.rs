@@ -10,6 +10,7 @@ mod boot;
 mod doctor;
 mod env;
 mod health_report;
+mod lifecycle;
 mod plan;
 mod refresh;
 mod status;
@@ -44,6 +45,8 @@ enum Command {
     HealthReport(health_report::HealthReportArgs),
     /// Check every link of the boot chain, in parallel, with a fix for each problem
     Doctor(doctor::DoctorArgs),
+    /// Answer ASG lifecycle hooks
+    Lifecycle(lifecycle::LifecycleArgs),
 }
 
 impl Cli {
@@ -57,6 +60,7 @@ impl Cli {
             Command::Env(args) => args.run(&config),
             Command::HealthReport(args) => args.run(&config),
             Command::Doctor(args) => args.run(&config),
+            Command::Lifecycle(args) => args.run(&config),
         }
     }
 }

@@ -200,6 +200,65 @@ impl Drop for AwsError {
     }
 }
 
+/// The Auto Scaling lifecycle fake (tests/world/autoscaling_fake.py).
+pub struct AsgFake {
+    child: Child,
+    pub url: String,
+}
+
+impl AsgFake {
+    pub fn start() -> AsgFake {
+        let (child, url) = start_fake("ASG_FAKE", &[]);
+        AsgFake { child, url }
+    }
+
+    /// A lifecycle action for this instance and hook becomes active, as at a launch.
+    pub fn activate(&self, group: &str, hook: &str, instance: &str) {
+        curl(&[
+            "-sSf",
+            "-X",
+            "POST",
+            "--data-binary",
+            &serde_json::json!({"group": group, "hook": hook, "instance": instance}).to_string(),
+            &format!("{}/fake/actions", self.url),
+        ]);
+    }
+
+    /// The next `count` calls are answered with Throttling.
+    pub fn throttle(&self, count: u32) {
+        curl(&[
+            "-sSf",
+            "-X",
+            "POST",
+            "--data-binary",
+            &serde_json::json!({ "count": count }).to_string(),
+            &format!("{}/fake/throttle", self.url),
+        ]);
+    }
+
+    /// The calls received so far: (Action, LifecycleActionResult if any).
+    pub fn calls(&self) -> Vec<(String, Option<String>)> {
+        let out = curl(&["-sSf", &format!("{}/fake/calls", self.url)]);
+        let calls: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        calls
+            .iter()
+            .map(|c| {
+                (
+                    c["Action"].as_str().unwrap().to_string(),
+                    c["LifecycleActionResult"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for AsgFake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A moto of one test's own, for what would disturb the shared one (switching auth on).
 pub struct Moto {
     child: Child,

@@ -1,0 +1,109 @@
+//! `bootagent lifecycle complete|heartbeat` against the Auto Scaling fake, through the real SDK.
+
+mod support;
+
+use support::*;
+
+const INSTANCE_ID: &str = "i-0123456789abcdef0";
+
+fn instance_in_group(group: Option<&str>) -> (Instance, Imds) {
+    let mut tags = vec![("Service", "web"), ("Environment", "prod")];
+    if let Some(group) = group {
+        tags.push(("aws:autoscaling:groupName", group));
+    }
+    (Instance::exec_mode(""), Imds::with_tags(&tags))
+}
+
+fn lifecycle(instance: &Instance, imds: &Imds, asg: &AsgFake, args: &[&str]) -> Run {
+    Run(instance
+        .command(imds, &[&["lifecycle"], args].concat())
+        .env("AWS_ENDPOINT_URL_AUTO_SCALING", &asg.url)
+        .output()
+        .unwrap())
+}
+
+#[test]
+fn complete_and_heartbeat_reach_auto_scaling() {
+    let asg = AsgFake::start();
+    asg.activate("web-asg", "launching", INSTANCE_ID);
+    let (instance, imds) = instance_in_group(Some("web-asg"));
+    lifecycle(
+        &instance,
+        &imds,
+        &asg,
+        &["heartbeat", "--hook", "launching"],
+    )
+    .expect(0);
+    lifecycle(
+        &instance,
+        &imds,
+        &asg,
+        &["complete", "--hook", "launching", "--result", "continue"],
+    )
+    .expect(0);
+    assert_eq!(
+        asg.calls(),
+        [
+            ("RecordLifecycleActionHeartbeat".to_string(), None),
+            (
+                "CompleteLifecycleAction".to_string(),
+                Some("CONTINUE".to_string())
+            ),
+        ]
+    );
+}
+
+#[test]
+fn no_active_action_is_reported_not_fatal() {
+    let asg = AsgFake::start();
+    let (instance, imds) = instance_in_group(Some("web-asg"));
+    lifecycle(
+        &instance,
+        &imds,
+        &asg,
+        &["complete", "--hook", "launching", "--result", "abandon"],
+    )
+    .expect(0)
+    .stderr_has("no active lifecycle action for hook launching");
+}
+
+#[test]
+fn throttled_calls_are_retried() {
+    let asg = AsgFake::start();
+    asg.activate("web-asg", "launching", INSTANCE_ID);
+    asg.throttle(2);
+    let (instance, imds) = instance_in_group(Some("web-asg"));
+    lifecycle(
+        &instance,
+        &imds,
+        &asg,
+        &["complete", "--hook", "launching", "--result", "continue"],
+    )
+    .expect(0);
+    let calls = asg.calls();
+    assert_eq!(calls.len(), 3, "two throttled, then done: {calls:?}");
+}
+
+#[test]
+fn an_unknown_group_names_the_tag_and_the_setting() {
+    let asg = AsgFake::start();
+    let (instance, imds) = instance_in_group(None);
+    lifecycle(
+        &instance,
+        &imds,
+        &asg,
+        &["heartbeat", "--hook", "launching"],
+    )
+    .expect(2)
+    .stderr_has("no aws:autoscaling:groupName tag")
+    .stderr_has("lifecycle.group");
+    instance.add_config("70-group.toml", "[lifecycle]\ngroup = \"web-asg\"\n");
+    asg.activate("web-asg", "launching", INSTANCE_ID);
+    lifecycle(
+        &instance,
+        &imds,
+        &asg,
+        &["heartbeat", "--hook", "launching"],
+    )
+    .expect(0);
+}
