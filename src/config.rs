@@ -53,6 +53,8 @@ pub struct LifecycleConfig {
     #[serde(deserialize_with = "duration")]
     pub heartbeat: Duration,
     #[serde(deserialize_with = "duration")]
+    pub drain: Duration,
+    #[serde(deserialize_with = "duration")]
     pub health_wait: Duration,
     pub abandon_on_failure: bool,
     #[serde(deserialize_with = "duration")]

@@ -15,7 +15,8 @@ pub const DRAINING_MARKER: &str = "draining";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
     pub healthy: bool,
-    /// `healthy`, `draining`, `booting`, `boot-failed`, `service-down`, `app-unhealthy`.
+    /// `healthy`, `draining`, `booting`, `boot-failed`, `warmed`, `service-down`,
+    /// `app-unhealthy`.
     pub state: &'static str,
     /// Why it is not healthy; short, and nothing an ALB's neighbours should not see.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,6 +116,12 @@ impl Checker {
 /// bootagent became.
 async fn service_down(status: &status::Status) -> Option<Health> {
     let service = status.service.as_ref()?;
+    if service.state == status::WARMED {
+        return Some(Health::not(
+            "warmed",
+            "the instance waits in a warm pool; the service starts when it goes in service",
+        ));
+    }
     match service.manager {
         Manager::Systemd => match crate::service::unit_state(&service.unit).await {
             Ok((state, _)) if state == "active" => None,

@@ -125,6 +125,14 @@ impl ImdsClient {
         })
     }
 
+    /// Where Auto Scaling is taking this instance (`InService`, `Terminated`, `Warmed:Stopped`,
+    /// …); `None` outside an Auto Scaling group.
+    pub async fn target_lifecycle_state(&self) -> Result<Option<String>, ImdsError> {
+        self.get("meta-data/autoscaling/target-lifecycle-state")
+            .await
+            .map(|state| state.map(|s| s.trim().to_string()))
+    }
+
     /// The named instance tags that are present. The tag list answering 404 means tags in
     /// metadata are disabled, which no amount of waiting fixes.
     pub async fn tags(&self, keys: &[&str]) -> Result<BTreeMap<String, String>, ImdsError> {

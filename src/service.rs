@@ -147,6 +147,11 @@ fn write_drop_in(path: &Path, contents: &str) -> Result<bool, ServiceError> {
     Ok(true)
 }
 
+/// Stops the unit and waits for it to stop (as `systemctl stop` does).
+pub async fn stop_systemd(unit: &str) -> Result<(), ServiceError> {
+    systemctl(&["stop", unit]).await.map(drop)
+}
+
 /// ActiveState and Result of the unit.
 pub async fn unit_state(unit: &str) -> Result<(String, String), ServiceError> {
     let out = systemctl(&["show", "--property=ActiveState,Result", unit]).await?;

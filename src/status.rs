@@ -10,6 +10,7 @@ use crate::identity::Identity;
 use crate::secrets::SecretVersion;
 
 pub const SCHEMA_VERSION: u32 = 1;
+pub const WARMED: &str = "warmed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -77,7 +78,8 @@ pub struct GitStatus {
 pub struct ServiceStatus {
     pub manager: crate::config::Manager,
     pub unit: String,
-    /// systemd's ActiveState, or `exec` once the command replaced bootagent.
+    /// systemd's ActiveState, `exec` once the command replaced bootagent, or [`WARMED`] when
+    /// the instance waits in a warm pool with everything prepared but the service not started.
     pub state: String,
     pub restarted: bool,
 }

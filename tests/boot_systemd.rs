@@ -80,6 +80,10 @@ impl Container {
 
     /// Runs bootagent inside with the test world's endpoints plus `env` (NAME=value).
     fn bootagent_with(&self, imds: &Imds, env: &[&str], args: &[&str]) -> Run {
+        Run(self.bootagent_command(imds, env, args).output().unwrap())
+    }
+
+    fn bootagent_command(&self, imds: &Imds, env: &[&str], args: &[&str]) -> Command {
         let imds_endpoint = format!("AWS_EC2_METADATA_SERVICE_ENDPOINT={}", imds.url);
         let moto = format!("AWS_ENDPOINT_URL={}", world("MOTO"));
         let mut argv = vec![
@@ -95,7 +99,9 @@ impl Container {
         argv.extend_from_slice(env);
         argv.push("/share/bootagent");
         argv.extend_from_slice(args);
-        Run(self.exec(&argv))
+        let mut command = Command::new(world("NSPAWN"));
+        command.args(["run", &self.leader]).args(&argv);
+        command
     }
 
     fn show(&self, unit: &str, property: &str) -> String {
@@ -256,6 +262,7 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
     for unit_file in [
         "bootagent-boot.service",
         "bootagent-health.service",
+        "bootagent-lifecycle.service",
         "bootagent-refresh.service",
         "bootagent-refresh.timer",
     ] {
@@ -319,6 +326,7 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
         "verify",
         "bootagent-boot.service",
         "bootagent-health.service",
+        "bootagent-lifecycle.service",
         "bootagent-refresh.service",
         "bootagent-refresh.timer",
     ]);
@@ -592,5 +600,124 @@ fn a_failed_launch_is_abandoned_exactly_once() {
             "CompleteLifecycleAction".to_string(),
             Some("ABANDON".to_string())
         )]
+    );
+}
+
+/// Polls `condition` every 50 ms for up to `seconds`.
+fn eventually(seconds: u64, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn termination_drains_then_stops_then_completes_the_hook() {
+    let (name, _repo, imds) = small_service("term");
+    let asg = AsgFake::start();
+    let container = Container::boot(&format!(
+        "{CONFIG}\n[lifecycle]\ntermination_hook = \"terminating\"\ngroup = \"web-asg\"\ndrain = \"2s\"\n"
+    ));
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
+    container.bootagent(&imds, &["boot"]).expect(0);
+    asg.activate("web-asg", "terminating", INSTANCE_ID);
+    let endpoint = format!("AWS_ENDPOINT_URL_AUTO_SCALING={}", asg.url);
+    let mut watch = container
+        .bootagent_command(
+            &imds,
+            &[&endpoint],
+            &["lifecycle", "watch", "--interval", "200ms"],
+        )
+        .spawn()
+        .unwrap();
+
+    imds.set(serde_json::json!({"lifecycle_state": "Terminated"}));
+    let health = || container.bootagent(&imds, &["health-report"]).stdout();
+    eventually(5, "health to say draining", || {
+        health().contains("\"draining\"")
+    });
+    // Draining: the ALB is told, the service still serves, the hook waits.
+    assert_eq!(container.show(&unit, "ActiveState"), "active");
+    assert!(
+        asg.calls().is_empty(),
+        "completed before the drain: {:?}",
+        asg.calls()
+    );
+
+    let status = watch.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(container.show(&unit, "ActiveState"), "inactive");
+    assert_eq!(
+        asg.calls(),
+        [(
+            "CompleteLifecycleAction".to_string(),
+            Some("CONTINUE".to_string())
+        )]
+    );
+}
+
+#[test]
+fn a_warm_pool_instance_is_prepared_then_started_when_in_service() {
+    let (name, repo, imds) = small_service("warm");
+    imds.set(serde_json::json!({"lifecycle_state": "Warmed:Stopped"}));
+    let container = Container::boot(CONFIG);
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
+    container.bootagent(&imds, &["boot"]).expect(0);
+    assert_eq!(
+        container.show(&unit, "ActiveState"),
+        "inactive",
+        "not started in the pool"
+    );
+    let head = container.sh(&format!("cat /srv/{name}/.git/HEAD"));
+    assert_eq!(head.trim(), repo.commits["test"], "checked out in the pool");
+    container.sh(&format!("test -s /run/bootagent/{name}.env"));
+    let report = container.bootagent(&imds, &["health-report"]);
+    report.expect(12);
+    assert!(
+        report.stdout().contains("\"warmed\""),
+        "{}",
+        report.stdout()
+    );
+
+    let mut watch = container
+        .bootagent_command(&imds, &[], &["lifecycle", "watch", "--interval", "200ms"])
+        .spawn()
+        .unwrap();
+    imds.set(serde_json::json!({"lifecycle_state": "InService"}));
+    eventually(10, "the unit to start", || {
+        container.show(&unit, "ActiveState") == "active"
+    });
+    container.bootagent(&imds, &["health-report"]).expect(0);
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
+fn a_spot_interruption_drains_and_stops_without_a_hook() {
+    let (name, _repo, imds) = small_service("spot");
+    let container = Container::boot(&format!("{CONFIG}\n[lifecycle]\ndrain = \"1s\"\n"));
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
+    container.bootagent(&imds, &["boot"]).expect(0);
+    let mut watch = container
+        .bootagent_command(&imds, &[], &["lifecycle", "watch", "--interval", "200ms"])
+        .spawn()
+        .unwrap();
+    imds.set(serde_json::json!({
+        "spot_action": {"action": "terminate", "time": "2026-11-22T17:00:00Z"}
+    }));
+    assert!(watch.wait().unwrap().success());
+    assert_eq!(container.show(&unit, "ActiveState"), "inactive");
+    let report = container.bootagent(&imds, &["health-report"]);
+    assert!(
+        report.stdout().contains("\"draining\""),
+        "{}",
+        report.stdout()
     );
 }

@@ -12,10 +12,11 @@ use crate::config::{Config, Manager};
 use crate::envfile;
 use crate::git::{self, GitError};
 use crate::health::Checker;
+use crate::imds::ImdsClient;
 use crate::plan::Plan;
 use crate::secrets;
 use crate::service;
-use crate::status::{GitStatus, Outcome, Recorder, ServiceStatus};
+use crate::status::{GitStatus, Outcome, Recorder, ServiceStatus, WARMED};
 use crate::Error;
 
 const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -64,7 +65,14 @@ pub(super) async fn boot(config: &Config) -> Result<(), Error> {
         }),
     };
     recorder.finish(result.as_ref().err())?;
+    let warmed = recorder
+        .status
+        .service
+        .as_ref()
+        .is_some_and(|s| s.state == WARMED);
     match (launch_hook, result) {
+        // A warm pool's launch is complete once everything is prepared.
+        (Some(hook), Ok(())) if warmed => hook.complete(ActionResult::Continue).await,
         (Some(hook), Ok(())) => hook.finish(config, true).await,
         (Some(hook), Err(error)) => {
             // The boot's own error is what the caller needs; a failed ABANDON is only logged.
@@ -122,6 +130,12 @@ impl LaunchHook {
             hook,
             heartbeats,
         }))
+    }
+
+    async fn complete(self, result: ActionResult) -> Result<(), Error> {
+        self.heartbeats.abort();
+        self.lifecycle.complete(&self.hook, result).await?;
+        Ok(())
     }
 
     async fn finish(self, config: &Config, booted: bool) -> Result<(), Error> {
@@ -203,6 +217,19 @@ async fn steps(
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("service");
+    if in_warm_pool().await {
+        // Everything is ready; starting waits for the instance to go in service, when
+        // `lifecycle watch` boots again.
+        tracing::info!("the instance is in a warm pool: prepared, not starting the service");
+        recorder.status.service = Some(ServiceStatus {
+            manager: plan.service.manager,
+            unit: plan.service.unit.clone(),
+            state: WARMED.into(),
+            restarted: false,
+        });
+        recorder.end(Outcome::Succeeded)?;
+        return Ok(());
+    }
     match plan.service.manager {
         Manager::Systemd => {
             let code_changed = checkout.action != git::Action::Unchanged;
@@ -241,6 +268,13 @@ async fn steps(
             Err(command.exec().into())
         }
     }
+}
+
+/// In a warm pool (`Warmed:*`) the instance is prepared but its service must not start yet.
+/// Outside an Auto Scaling group, or when IMDS cannot say, it is not.
+async fn in_warm_pool() -> bool {
+    let imds = ImdsClient::from_env(Duration::from_secs(3));
+    matches!(imds.target_lifecycle_state().await, Ok(Some(state)) if state.starts_with("Warmed:"))
 }
 
 async fn checkout(config: &Config, plan: &Plan) -> Result<git::Checkout, Error> {

@@ -86,6 +86,18 @@ impl Imds {
         Imds::start(serde_json::json!({ "tags": tags }))
     }
 
+    /// Merges `changes` into the fake's state, as a change on the instance would.
+    pub fn set(&self, changes: serde_json::Value) {
+        curl(&[
+            "-sSf",
+            "-X",
+            "POST",
+            "--data-binary",
+            &changes.to_string(),
+            &format!("{}/fake/state", self.url),
+        ]);
+    }
+
     /// The requests it served, as "METHOD PATH STATUS" lines.
     pub fn requests(&self) -> Vec<String> {
         let out = curl(&["-sf", &format!("{}/fake/requests", self.url)]);
