@@ -149,6 +149,9 @@ pub struct ServiceConfig {
     pub unit: String,
     pub user: String,
     pub command: Vec<String>,
+    pub endpoint: String,
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, String>,
     #[serde(deserialize_with = "duration")]
     pub start_timeout: Duration,
 }
@@ -283,6 +286,13 @@ impl Config {
                         .cloned()
                         .collect::<Vec<_>>()
                         .join(", ")
+                )));
+            }
+        }
+        for env in self.service.endpoints.keys() {
+            if !self.environments.contains_key(env) {
+                return Err(ConfigError::Invalid(format!(
+                    "service.endpoints.{env} names no environment"
                 )));
             }
         }

@@ -98,6 +98,16 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
     }
     env.insert("BOOTAGENT_SERVICE".into(), identity.service.clone());
     env.insert("BOOTAGENT_ENV".into(), identity.env.clone());
+    let (endpoint_key, endpoint) = match config.service.endpoints.get(&identity.env) {
+        Some(template) => (format!("service.endpoints.{}", identity.env), template),
+        None => ("service.endpoint".to_string(), &config.service.endpoint),
+    };
+    if !endpoint.is_empty() {
+        env.insert(
+            "BOOTAGENT_ENDPOINT".into(),
+            required(&endpoint_key, endpoint)?,
+        );
+    }
 
     let unit = required("service.unit", &config.service.unit)?;
     if !is_unit_name(&unit) {
@@ -237,6 +247,26 @@ mod tests {
         assert_eq!(test.env["PUBLIC_URL"], "https://test.domain.com/calendar");
         let prod = build(&cfg, &identity("prod", "prod")).unwrap();
         assert_eq!(prod.env["LOG_LEVEL"], "info");
+    }
+
+    #[test]
+    fn the_endpoint_follows_its_pattern_with_per_environment_overrides() {
+        let cfg = config(
+            "[service]\nendpoint = \"https://{env}.domain.com/{service}\"\n\
+             [service.endpoints]\nprod = \"https://domain.com/{service}\"\n",
+        );
+        let stage = build(&cfg, &identity("stage", "staging")).unwrap();
+        assert_eq!(
+            stage.env["BOOTAGENT_ENDPOINT"],
+            "https://stage.domain.com/calendar"
+        );
+        let prod = build(&cfg, &identity("prod", "production")).unwrap();
+        assert_eq!(
+            prod.env["BOOTAGENT_ENDPOINT"],
+            "https://domain.com/calendar"
+        );
+        let none = build(&config(""), &identity("prod", "prod")).unwrap();
+        assert!(!none.env.contains_key("BOOTAGENT_ENDPOINT"));
     }
 
     #[test]

@@ -353,3 +353,26 @@ fn slow_clients_cannot_starve_the_health_check() {
         "slots freed"
     );
 }
+
+#[test]
+fn the_alb_sees_503_within_one_interval_of_the_app_failing() {
+    let app = App::start();
+    let booted = Booted::start(&format!("[health]\napp_url = \"{}\"\n", app.url()));
+    let server = HealthServer::start(&booted);
+    assert!(server.get("/health").starts_with("HTTP/1.1 200"));
+    app.fail();
+    let started = Instant::now();
+    loop {
+        let answer = server.get("/health");
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("\"state\":\"app-unhealthy\""), "{answer}");
+            break;
+        }
+        // An ALB checks every 5 s at the fastest: the next check must see it.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still 200 after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

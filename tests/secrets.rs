@@ -355,3 +355,19 @@ fn a_kms_decryption_failure_names_the_permission() {
         .stderr_has("kms:Decrypt");
     assert_eq!(kms.calls(), 1, "a permanent error is not retried");
 }
+
+#[test]
+fn the_service_receives_its_public_endpoint() {
+    let name = unique("endpoint");
+    let (_repo, imds) = repo_and_imds(&name, "production");
+    create_secret(&format!("{name}_env_prod"), r#"{"A": "1"}"#);
+    let instance = Instance::exec_mode(
+        "[service]\nendpoint = \"https://{env}.domain.com/{service}\"\n\
+         [service.endpoints]\nprod = \"https://domain.com/{service}\"\n",
+    );
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(
+        instance.service_env()["BOOTAGENT_ENDPOINT"],
+        format!("https://domain.com/{name}")
+    );
+}
