@@ -131,6 +131,7 @@ pub struct GitConfig {
     pub reference: String,
     pub dir: String,
     pub depth: u32,
+    pub keep: usize,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
 }
@@ -303,6 +304,11 @@ impl Config {
                      starting with a digit)"
                 )));
             }
+        }
+        if self.git.keep == 0 {
+            return Err(ConfigError::Invalid(
+                "git.keep must be at least 1 (the release in service)".into(),
+            ));
         }
         if self.git.depth == 0 {
             return Err(ConfigError::Invalid(

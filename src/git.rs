@@ -2,7 +2,7 @@
 //! The remote is anonymous, so its URL (and any credential in it) never lands in `.git/config`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use git2::{Direction, FetchOptions, Oid, Repository};
 
@@ -24,10 +24,6 @@ pub enum GitError {
          Environment tag)"
     )]
     RefNotFound { url: String, reference: String },
-    #[error(
-        "{dir} exists but is not a git checkout; move it away so bootagent can create the checkout"
-    )]
-    NotACheckout { dir: PathBuf },
     #[error("failed to {action} in {dir}: {message}")]
     Local {
         action: &'static str,
@@ -76,10 +72,50 @@ pub unsafe fn set_network_timeouts(timeout: Duration) {
     let _ = git2::opts::set_server_timeout_in_milliseconds(millis);
 }
 
-/// Blocking: brings `plan.dir` to the commit `plan.reference` names on `url`. The tree is only
-/// touched after every object has arrived, so a failed fetch leaves the last checkout as it was.
-pub fn sync(plan: &GitPlan, url: &str) -> Result<Checkout, GitError> {
-    let (repo, fresh) = open_or_init(&plan.dir)?;
+/// Where a service's code lives, for `git.dir = /srv/calendar`:
+///   /srv/.calendar/repo.git            bare repository: the fetched objects
+///   /srv/.calendar/releases/<commit>   one complete checkout per commit
+///   /srv/calendar -> .calendar/releases/<commit>   what the service runs in, switched atomically
+pub struct Layout {
+    pub link: PathBuf,
+    pub repo: PathBuf,
+    pub releases: PathBuf,
+}
+
+impl Layout {
+    pub fn of(dir: &Path) -> Layout {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let root = dir.with_file_name(format!(".{name}"));
+        Layout {
+            link: dir.to_path_buf(),
+            repo: root.join("repo.git"),
+            releases: root.join("releases"),
+        }
+    }
+
+    /// The commit the service runs now: the release the link points at.
+    pub fn current(&self) -> Option<Oid> {
+        let target = std::fs::read_link(&self.link).ok()?;
+        Oid::from_str(&target.file_name()?.to_string_lossy()).ok()
+    }
+}
+
+/// Who owns a release's files.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Blocking: brings the link at `plan.dir` to a release of the commit `plan.reference` names on
+/// `url`. A release is checked out in a temporary directory, synced and renamed into place, and
+/// only then does the link switch (a rename too), so whatever is killed or fails when, the link
+/// points at a complete release: the new one or the last good one.
+pub fn sync(plan: &GitPlan, url: &str, owner: Option<Owner>) -> Result<Checkout, GitError> {
+    let layout = Layout::of(&plan.dir);
     let local = |action: &'static str| {
         let dir = plan.dir.clone();
         move |e: git2::Error| GitError::Local {
@@ -88,48 +124,156 @@ pub fn sync(plan: &GitPlan, url: &str) -> Result<Checkout, GitError> {
             message: e.message().to_string(),
         }
     };
+    let io = |action: &'static str| {
+        let dir = plan.dir.clone();
+        move |e: std::io::Error| GitError::Local {
+            action,
+            dir,
+            message: e.to_string(),
+        }
+    };
+    std::fs::create_dir_all(&layout.releases).map_err(io("create the releases directory"))?;
+    let (repo, fresh) = match Repository::open_bare(&layout.repo) {
+        Ok(repo) => (repo, false),
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&layout.repo);
+            (
+                Repository::init_bare(&layout.repo).map_err(local("create the repository"))?,
+                true,
+            )
+        }
+    };
 
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(local("set up the remote"))?;
     let (source_ref, advertised) = advertised_ref(&mut remote, url, &plan.reference)?;
-
-    if !fresh && head_commit(&repo) == Some(advertised) {
+    if layout.current() == Some(advertised) {
         return Ok(Checkout {
             commit: advertised.to_string(),
             action: Action::Unchanged,
         });
     }
 
-    let tracking = "refs/bootagent/target";
-    let mut options = FetchOptions::new();
-    options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
-    remote
-        .fetch(
-            &[format!("+{source_ref}:{tracking}")],
-            Some(&mut options),
-            None,
-        )
-        .map_err(|e| network_error(e, url))?;
-    let commit = repo
-        .find_reference(tracking)
-        .and_then(|r| r.peel_to_commit())
-        .map_err(local("find the fetched commit"))?;
-
-    let mut checkout = git2::build::CheckoutBuilder::new();
-    checkout.force().remove_untracked(true);
-    repo.checkout_tree(commit.as_object(), Some(&mut checkout))
-        .map_err(local("check out the fetched commit"))?;
-    repo.set_head_detached(commit.id())
-        .map_err(local("move HEAD to the fetched commit"))?;
+    let release = layout.releases.join(advertised.to_string());
+    let mut action = Action::Fetched;
+    if !release.exists() {
+        if repo.find_commit(advertised).is_err() {
+            let tracking = "refs/bootagent/target";
+            let mut options = FetchOptions::new();
+            options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
+            remote
+                .fetch(
+                    &[format!("+{source_ref}:{tracking}")],
+                    Some(&mut options),
+                    None,
+                )
+                .map_err(|e| network_error(e, url))?;
+            if fresh {
+                action = Action::Cloned;
+            }
+        }
+        let commit = repo
+            .find_commit(advertised)
+            .map_err(local("find the fetched commit"))?;
+        let staging = layout
+            .releases
+            .join(format!(".{advertised}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let mut checkout = git2::build::CheckoutBuilder::new();
+        checkout.force().target_dir(&staging);
+        repo.checkout_tree(commit.as_object(), Some(&mut checkout))
+            .map_err(local("check out the fetched commit"))?;
+        if let Some(owner) = owner {
+            chown_tree(&staging, owner).map_err(io("give the release to the service user"))?;
+        }
+        // The rename below must not outrun the data: a crash after it would leave a release of
+        // empty files.
+        sync_filesystem(&staging).map_err(io("flush the release to disk"))?;
+        std::fs::rename(&staging, &release).map_err(io("move the release into place"))?;
+    }
+    switch_link(&layout, &release).map_err(io("switch to the new release"))?;
     Ok(Checkout {
-        commit: commit.id().to_string(),
-        action: if fresh {
-            Action::Cloned
-        } else {
-            Action::Fetched
-        },
+        commit: advertised.to_string(),
+        action,
     })
+}
+
+/// Points the link at `release` with a rename, which replaces it atomically. A directory left
+/// at the link's place by an older layout is moved aside into the releases first.
+fn switch_link(layout: &Layout, release: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(&layout.link);
+    if meta.as_ref().is_ok_and(|m| m.is_dir()) {
+        let aside = layout.releases.join(format!(
+            "previous-directory-{}",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        ));
+        std::fs::rename(&layout.link, aside)?;
+    }
+    let parent = layout.link.parent().unwrap_or(Path::new("/"));
+    let relative = release.strip_prefix(parent).unwrap_or(release);
+    let staging = layout.link.with_file_name(format!(
+        ".{}.link-{}",
+        layout
+            .link
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&staging);
+    std::os::unix::fs::symlink(relative, &staging)?;
+    std::fs::rename(&staging, &layout.link)?;
+    std::fs::File::open(parent)?.sync_all()
+}
+
+/// Removes all but the `keep` newest releases (and leftovers of interrupted checkouts), never
+/// the one the link points at. Called once the new release is in service.
+pub fn prune(dir: &Path, keep: usize) -> std::io::Result<usize> {
+    let layout = Layout::of(dir);
+    let current = std::fs::read_link(&layout.link)
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_os_string()));
+    let mut releases = Vec::new();
+    for entry in std::fs::read_dir(&layout.releases)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if Some(&name) == current.as_ref() {
+            continue;
+        }
+        if name.to_string_lossy().starts_with('.') {
+            std::fs::remove_dir_all(entry.path())?;
+            continue;
+        }
+        let modified = entry.metadata()?.modified()?;
+        releases.push((modified, entry.path()));
+    }
+    releases.sort();
+    let excess = releases.len().saturating_sub(keep.saturating_sub(1));
+    for (_, path) in releases.iter().take(excess) {
+        std::fs::remove_dir_all(path)?;
+    }
+    Ok(excess)
+}
+
+fn chown_tree(dir: &Path, owner: Owner) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&entry.path(), owner)?;
+        } else {
+            std::os::unix::fs::lchown(entry.path(), Some(owner.uid), Some(owner.gid))?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_filesystem(path: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(path)?;
+    nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
 }
 
 /// The commit `reference` names on the remote, asking the remote alone (like `git ls-remote`):
@@ -153,37 +297,6 @@ fn advertised_ref(
         url: redact(url),
         reference: reference.to_string(),
     })
-}
-
-/// Opens the checkout, or creates it when the directory is absent or empty. A checkout whose
-/// first fetch was interrupted (no HEAD yet) counts as fresh.
-fn open_or_init(dir: &Path) -> Result<(Repository, bool), GitError> {
-    let init_error = |e: git2::Error| GitError::Local {
-        action: "create the checkout",
-        dir: dir.to_path_buf(),
-        message: e.message().to_string(),
-    };
-    match Repository::open(dir) {
-        Ok(repo) => {
-            let fresh = head_commit(&repo).is_none();
-            Ok((repo, fresh))
-        }
-        Err(_) if is_absent_or_empty(dir) => Ok((Repository::init(dir).map_err(init_error)?, true)),
-        Err(_) => Err(GitError::NotACheckout {
-            dir: dir.to_path_buf(),
-        }),
-    }
-}
-
-fn is_absent_or_empty(dir: &Path) -> bool {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-    }
-}
-
-fn head_commit(repo: &Repository) -> Option<Oid> {
-    repo.head().ok()?.peel_to_commit().ok().map(|c| c.id())
 }
 
 /// The advertised ref for `reference` and the commit it points at: a branch first, then a tag

@@ -79,7 +79,7 @@ fn each_environment_gets_its_secret_branch_and_variables() {
 
         let checkout = instance.checkout(&service.name);
         assert_eq!(
-            git(&checkout, &["rev-parse", "HEAD"]),
+            instance.running_commit(&service.name),
             service.repo.commits[env]
         );
 
@@ -89,7 +89,8 @@ fn each_environment_gets_its_secret_branch_and_variables() {
         assert_eq!(received["MULTI"], "line one\nline \"two\" \\ $HOME %h");
         assert_eq!(received["BOOTAGENT_ENV"], env);
         assert_eq!(received["BOOTAGENT_SERVICE"], service.name);
-        assert_eq!(instance.service_saw("cwd"), checkout.display().to_string());
+        let release = std::fs::canonicalize(&checkout).unwrap();
+        assert_eq!(instance.service_saw("cwd"), release.display().to_string());
         assert_eq!(instance.service_saw("uid"), NOBODY_UID);
         assert_eq!(instance.service_saw("version"), format!("{env} build 1"));
 
@@ -109,7 +110,7 @@ fn second_boot_does_not_reclone_and_follows_a_new_commit() {
     let instance = Instance::exec_mode("");
     let imds = service.imds("stage");
     instance.run(&imds, &["boot"]).expect(0);
-    let git_dir = instance.checkout(&service.name).join(".git");
+    let git_dir = instance.repository(&service.name);
     let inode = std::fs::metadata(&git_dir).unwrap().ino();
     assert_eq!(instance.status()["git"]["action"], "cloned");
 
@@ -120,10 +121,7 @@ fn second_boot_does_not_reclone_and_follows_a_new_commit() {
     let new_commit = service.repo.push_version("stage", "stage build 2\n");
     instance.run(&imds, &["boot"]).expect(0);
     assert_eq!(instance.status()["git"]["action"], "fetched");
-    assert_eq!(
-        git(&instance.checkout(&service.name), &["rev-parse", "HEAD"]),
-        new_commit
-    );
+    assert_eq!(instance.running_commit(&service.name), new_commit);
     assert_eq!(instance.service_saw("version"), "stage build 2");
     assert_eq!(std::fs::metadata(&git_dir).unwrap().ino(), inode);
 }
@@ -141,7 +139,7 @@ fn concurrent_boots_take_turns() {
     }
     assert_eq!(instance.status()["outcome"], "succeeded");
     assert_eq!(
-        git(&instance.checkout(&service.name), &["rev-parse", "HEAD"]),
+        instance.running_commit(&service.name),
         service.repo.commits["prod"]
     );
 }

@@ -83,6 +83,25 @@ impl Container {
         Run(self.bootagent_command(imds, env, args).output().unwrap())
     }
 
+    /// Starts a long-running bootagent command inside; [`Container::stop_watch`] ends it.
+    fn spawn_watch(&self, imds: &Imds, env: &[&str]) -> std::process::Child {
+        self.bootagent_command(imds, env, &["lifecycle", "watch", "--interval", "200ms"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Ends a spawned command: its child inside the container (nsenter forks into the PID
+    /// namespace), then nsenter itself follows.
+    fn stop_watch(mut watch: std::process::Child) {
+        let _ = Command::new("pkill")
+            .args(["-P", &watch.id().to_string()])
+            .status();
+        let _ = watch.wait();
+    }
+
     fn bootagent_command(&self, imds: &Imds, env: &[&str], args: &[&str]) -> Command {
         let imds_endpoint = format!("AWS_EC2_METADATA_SERVICE_ENDPOINT={}", imds.url);
         let moto = format!("AWS_ENDPOINT_URL={}", world("MOTO"));
@@ -195,10 +214,14 @@ fn boot_one_environment(container: &Container, tag: &str, env: &str) {
             .trim()
             .to_string()
     };
-    assert_eq!(saw("cwd"), format!("/srv/{name}"));
+    // The unit runs in the release the link pointed at when it started.
+    assert_eq!(
+        saw("cwd"),
+        format!("/srv/.{name}/releases/{}", repo.commits[env])
+    );
     assert_eq!(saw("uid"), NOBODY_UID);
     assert_eq!(saw("version"), format!("{env} build 1"));
-    let head = container.sh(&format!("cat /srv/{name}/.git/HEAD"));
+    let head = container.sh(&format!("basename $(readlink /srv/{name})"));
     assert_eq!(head.trim(), repo.commits[env]);
 
     // A second boot with nothing changed leaves the running service alone.
@@ -627,14 +650,7 @@ fn termination_drains_then_stops_then_completes_the_hook() {
     container.bootagent(&imds, &["boot"]).expect(0);
     asg.activate("web-asg", "terminating", INSTANCE_ID);
     let endpoint = format!("AWS_ENDPOINT_URL_AUTO_SCALING={}", asg.url);
-    let mut watch = container
-        .bootagent_command(
-            &imds,
-            &[&endpoint],
-            &["lifecycle", "watch", "--interval", "200ms"],
-        )
-        .spawn()
-        .unwrap();
+    let mut watch = container.spawn_watch(&imds, &[&endpoint]);
 
     imds.set(serde_json::json!({"lifecycle_state": "Terminated"}));
     let health = || container.bootagent(&imds, &["health-report"]).stdout();
@@ -674,7 +690,7 @@ fn a_warm_pool_instance_is_prepared_then_started_when_in_service() {
         "inactive",
         "not started in the pool"
     );
-    let head = container.sh(&format!("cat /srv/{name}/.git/HEAD"));
+    let head = container.sh(&format!("basename $(readlink /srv/{name})"));
     assert_eq!(head.trim(), repo.commits["test"], "checked out in the pool");
     container.sh(&format!("test -s /run/bootagent/{name}.env"));
     let report = container.bootagent(&imds, &["health-report"]);
@@ -685,17 +701,13 @@ fn a_warm_pool_instance_is_prepared_then_started_when_in_service() {
         report.stdout()
     );
 
-    let mut watch = container
-        .bootagent_command(&imds, &[], &["lifecycle", "watch", "--interval", "200ms"])
-        .spawn()
-        .unwrap();
+    let watch = container.spawn_watch(&imds, &[]);
     imds.set(serde_json::json!({"lifecycle_state": "InService"}));
     eventually(10, "the unit to start", || {
         container.show(&unit, "ActiveState") == "active"
     });
     container.bootagent(&imds, &["health-report"]).expect(0);
-    let _ = watch.kill();
-    let _ = watch.wait();
+    Container::stop_watch(watch);
 }
 
 #[test]
@@ -705,10 +717,7 @@ fn a_spot_interruption_drains_and_stops_without_a_hook() {
     let unit = format!("{name}.service");
     container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
     container.bootagent(&imds, &["boot"]).expect(0);
-    let mut watch = container
-        .bootagent_command(&imds, &[], &["lifecycle", "watch", "--interval", "200ms"])
-        .spawn()
-        .unwrap();
+    let mut watch = container.spawn_watch(&imds, &[]);
     imds.set(serde_json::json!({
         "spot_action": {"action": "terminate", "time": "2026-11-22T17:00:00Z"}
     }));

@@ -15,7 +15,7 @@ use crate::health::Checker;
 use crate::imds::ImdsClient;
 use crate::plan::Plan;
 use crate::secrets;
-use crate::service;
+use crate::service::{self, ServiceError};
 use crate::status::{GitStatus, Outcome, Recorder, ServiceStatus, WARMED};
 use crate::Error;
 
@@ -183,7 +183,8 @@ async fn steps(
     launch_hook: &mut Option<LaunchHook>,
 ) -> Result<(), Error> {
     recorder.begin("identity");
-    let plan = super::plan::resolve(config).await?;
+    let imds = super::plan::imds_client(config);
+    let plan = super::plan::resolve_with(&imds, config).await?;
     recorder.status.identity = Some(plan.identity.clone());
     *launch_hook = LaunchHook::start(config, &plan).await?;
     recorder.end(Outcome::Succeeded)?;
@@ -217,7 +218,7 @@ async fn steps(
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("service");
-    if in_warm_pool().await {
+    if in_warm_pool(&imds).await {
         // Everything is ready; starting waits for the instance to go in service, when
         // `lifecycle watch` boots again.
         tracing::info!("the instance is in a warm pool: prepared, not starting the service");
@@ -251,11 +252,13 @@ async fn steps(
                 restarted: report.restarted,
             });
             recorder.end(Outcome::Succeeded)?;
+            prune_releases(config, &plan);
             Ok(())
         }
         Manager::Exec => {
             let command = service::prepare_exec(&plan, &environment)?;
             drop(environment);
+            prune_releases(config, &plan);
             recorder.status.service = Some(ServiceStatus {
                 manager: Manager::Exec,
                 unit: plan.service.unit.clone(),
@@ -270,10 +273,18 @@ async fn steps(
     }
 }
 
+/// Old releases go once the new one is in service; failing to remove them costs only disk.
+fn prune_releases(config: &Config, plan: &Plan) {
+    match git::prune(&plan.git.dir, config.git.keep) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "pruned old releases"),
+        Err(e) => tracing::warn!(error = %e, "could not prune old releases"),
+    }
+}
+
 /// In a warm pool (`Warmed:*`) the instance is prepared but its service must not start yet.
 /// Outside an Auto Scaling group, or when IMDS cannot say, it is not.
-async fn in_warm_pool() -> bool {
-    let imds = ImdsClient::from_env(Duration::from_secs(3));
+async fn in_warm_pool(imds: &ImdsClient) -> bool {
     matches!(imds.target_lifecycle_state().await, Ok(Some(state)) if state.starts_with("Warmed:"))
 }
 
@@ -281,8 +292,16 @@ async fn checkout(config: &Config, plan: &Plan) -> Result<git::Checkout, Error> 
     let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
         tag: config.identity.repository_tag.clone(),
     })?;
+    let user = &plan.service.user;
+    let owner = match nix::unistd::User::from_name(user) {
+        Ok(Some(found)) => git::Owner {
+            uid: found.uid.as_raw(),
+            gid: found.gid.as_raw(),
+        },
+        _ => return Err(ServiceError::UnknownUser { user: user.clone() }.into()),
+    };
     let git_plan = plan.git.clone();
-    let work = tokio::task::spawn_blocking(move || git::sync(&git_plan, &url));
+    let work = tokio::task::spawn_blocking(move || git::sync(&git_plan, &url, Some(owner)));
     let joined = within("git", config.git.timeout, work).await?;
     let result = joined.map_err(|e| Error::io("the git task failed", std::io::Error::other(e)))?;
     Ok(result?)

@@ -19,8 +19,16 @@ impl PlanArgs {
 
 /// Identity from IMDS, then the pure plan. Needs no AWS credentials.
 pub async fn resolve(config: &Config) -> Result<Plan, Error> {
-    let imds = ImdsClient::from_env(config.identity.imds_deadline);
-    let identity = identity::fetch(&imds, config).await?;
+    resolve_with(&imds_client(config), config).await
+}
+
+pub fn imds_client(config: &Config) -> ImdsClient {
+    ImdsClient::from_env(config.identity.imds_deadline)
+}
+
+/// [`resolve`] with a client the caller keeps using (and whose token it reuses).
+pub async fn resolve_with(imds: &ImdsClient, config: &Config) -> Result<Plan, Error> {
+    let identity = identity::fetch(imds, config).await?;
     Ok(crate::plan::build(config, &identity)?)
 }
 

@@ -593,8 +593,24 @@ deadline = "60s"
         self.run.path().join(format!("{service}.env"))
     }
 
+    /// The link the service runs in.
     pub fn checkout(&self, service: &str) -> PathBuf {
         self.root.path().join("srv").join(service)
+    }
+
+    /// The bare repository behind the releases.
+    pub fn repository(&self, service: &str) -> PathBuf {
+        self.root
+            .path()
+            .join("srv")
+            .join(format!(".{service}"))
+            .join("repo.git")
+    }
+
+    /// The commit of the release the checkout link points at.
+    pub fn running_commit(&self, service: &str) -> String {
+        let target = std::fs::read_link(self.checkout(service)).expect("the checkout is a link");
+        target.file_name().unwrap().to_string_lossy().into_owned()
     }
 
     pub fn status(&self) -> serde_json::Value {

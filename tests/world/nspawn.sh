@@ -44,7 +44,7 @@ start() {
 run() {
     local leader=$1
     shift
-    nsenter -t "$leader" -a -- "$@"
+    exec nsenter -t "$leader" -a -- "$@"
 }
 
 stop() {
