@@ -492,6 +492,61 @@ impl SampleRepo {
         self.commit_on(work.path(), branch, version)
     }
 
+    /// Commits `count` files of about 4 KiB each (contents depend on `round`) on `branch`,
+    /// for checkouts that take a while; returns the commit id.
+    pub fn push_many_files(&mut self, branch: &str, count: usize, round: usize) -> String {
+        let work = tempfile::tempdir().unwrap();
+        git(
+            Path::new("/"),
+            &[
+                "clone",
+                "-q",
+                "-b",
+                branch,
+                self.path.to_str().unwrap(),
+                work.path().to_str().unwrap(),
+            ],
+        );
+        let dir = work.path().join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..count {
+            let line = format!("round {round} file {i}\n");
+            std::fs::write(
+                dir.join(format!("f{i:04}.txt")),
+                line.repeat(4096 / line.len()),
+            )
+            .unwrap();
+        }
+        git(work.path(), &["add", "data"]);
+        self.commit_on(work.path(), branch, &format!("{branch} round {round}\n"))
+    }
+
+    /// The tree of `commit` extracted by git itself, to compare releases with.
+    pub fn extract(&self, commit: &str, into: &Path) {
+        let archive = Command::new("git")
+            .arg("--git-dir")
+            .arg(&self.path)
+            .args(["archive", "--format=tar", commit])
+            .output()
+            .unwrap();
+        assert!(archive.status.success());
+        std::fs::create_dir_all(into).unwrap();
+        let mut tar = Command::new("tar")
+            .arg("-x")
+            .arg("-C")
+            .arg(into)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        tar.stdin
+            .take()
+            .unwrap()
+            .write_all(&archive.stdout)
+            .unwrap();
+        assert!(tar.wait().unwrap().success());
+    }
+
     fn commit_on(&mut self, work: &Path, branch: &str, version: &str) -> String {
         std::fs::write(work.join("VERSION"), version).unwrap();
         git(work, &["add", "VERSION"]);
