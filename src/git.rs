@@ -2,7 +2,7 @@
 //! The remote is anonymous, so its URL (and any credential in it) never lands in `.git/config`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use git2::{Direction, FetchOptions, Oid, Repository};
 
@@ -42,6 +42,9 @@ impl GitError {
 pub struct Checkout {
     pub commit: String,
     pub action: Action,
+    /// What the fetch transferred (0 when nothing needed fetching).
+    pub received_objects: usize,
+    pub received_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,8 @@ impl Action {
         }
     }
 }
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Bounds every network read and connect of libgit2.
 ///
@@ -152,16 +157,37 @@ pub fn sync(plan: &GitPlan, url: &str, owner: Option<Owner>) -> Result<Checkout,
         return Ok(Checkout {
             commit: advertised.to_string(),
             action: Action::Unchanged,
+            received_objects: 0,
+            received_bytes: 0,
         });
     }
 
     let release = layout.releases.join(advertised.to_string());
     let mut action = Action::Fetched;
+    let mut received = (0, 0);
     if !release.exists() {
         if repo.find_commit(advertised).is_err() {
             let tracking = "refs/bootagent/target";
+            let mut last_report = Instant::now();
+            let mut callbacks = git2::RemoteCallbacks::new();
+            callbacks.transfer_progress(|progress| {
+                received = (progress.received_objects(), progress.received_bytes());
+                // A long transfer says how far it got, at a steady pace.
+                if last_report.elapsed() >= PROGRESS_EVERY {
+                    last_report = Instant::now();
+                    tracing::info!(
+                        objects = progress.received_objects(),
+                        total = progress.total_objects(),
+                        bytes = progress.received_bytes(),
+                        "fetching"
+                    );
+                }
+                true
+            });
             let mut options = FetchOptions::new();
-            options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
+            options
+                .depth(i32::try_from(plan.depth).unwrap_or(i32::MAX))
+                .remote_callbacks(callbacks);
             remote
                 .fetch(
                     &[format!("+{source_ref}:{tracking}")],
@@ -169,6 +195,7 @@ pub fn sync(plan: &GitPlan, url: &str, owner: Option<Owner>) -> Result<Checkout,
                     None,
                 )
                 .map_err(|e| network_error(e, url))?;
+            drop(options);
             if fresh {
                 action = Action::Cloned;
             }
@@ -196,6 +223,8 @@ pub fn sync(plan: &GitPlan, url: &str, owner: Option<Owner>) -> Result<Checkout,
     Ok(Checkout {
         commit: advertised.to_string(),
         action,
+        received_objects: received.0,
+        received_bytes: received.1,
     })
 }
 

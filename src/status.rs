@@ -72,6 +72,8 @@ pub struct GitStatus {
     pub commit: String,
     /// `cloned`, `fetched` or `unchanged`.
     pub action: String,
+    #[serde(default)]
+    pub received_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -113,9 +113,11 @@ fn second_boot_does_not_reclone_and_follows_a_new_commit() {
     let git_dir = instance.repository(&service.name);
     let inode = std::fs::metadata(&git_dir).unwrap().ino();
     assert_eq!(instance.status()["git"]["action"], "cloned");
+    assert!(instance.status()["git"]["received_bytes"].as_u64().unwrap() > 0);
 
     instance.run(&imds, &["boot"]).expect(0);
     assert_eq!(instance.status()["git"]["action"], "unchanged");
+    assert_eq!(instance.status()["git"]["received_bytes"], 0);
     assert_eq!(std::fs::metadata(&git_dir).unwrap().ino(), inode);
 
     let new_commit = service.repo.push_version("stage", "stage build 2\n");

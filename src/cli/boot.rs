@@ -210,6 +210,7 @@ async fn steps(
         dir: plan.git.dir.clone(),
         commit: checkout.commit.clone(),
         action: checkout.action.as_str().to_string(),
+        received_bytes: checkout.received_bytes,
     });
     recorder.end(Outcome::Succeeded)?;
 
