@@ -132,8 +132,19 @@ pub struct GitConfig {
     pub dir: String,
     pub depth: u32,
     pub keep: usize,
+    pub on_failure: OnGitFailure,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+}
+
+/// What a boot does when the checkout fails but a release is already in service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnGitFailure {
+    /// Go on with the release in service; status.json says why.
+    LastGood,
+    /// Fail the boot.
+    Fail,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -52,6 +52,8 @@ pub enum Action {
     Cloned,
     Fetched,
     Unchanged,
+    /// The checkout failed and the release already in service stays (`git.on_failure`).
+    Kept,
 }
 
 impl Action {
@@ -60,6 +62,7 @@ impl Action {
             Action::Cloned => "cloned",
             Action::Fetched => "fetched",
             Action::Unchanged => "unchanged",
+            Action::Kept => "kept",
         }
     }
 }
@@ -138,6 +141,7 @@ pub fn sync(plan: &GitPlan, url: &str, owner: Option<Owner>) -> Result<Checkout,
         }
     };
     std::fs::create_dir_all(&layout.releases).map_err(io("create the releases directory"))?;
+    clear_interrupted_work(&layout.repo).map_err(io("clear what an interrupted fetch left"))?;
     let (repo, fresh) = match Repository::open_bare(&layout.repo) {
         Ok(repo) => (repo, false),
         Err(_) => {
@@ -285,6 +289,47 @@ pub fn prune(dir: &Path, keep: usize) -> std::io::Result<usize> {
         std::fs::remove_dir_all(path)?;
     }
     Ok(excess)
+}
+
+/// A fetch killed mid-way leaves lock files (`shallow.lock`, `refs/…/x.lock`) that make every
+/// later fetch fail, and half-written packs. The boot lock guarantees no other fetch is running,
+/// so whatever is there is stale.
+fn clear_interrupted_work(repo: &Path) -> std::io::Result<()> {
+    fn walk(dir: &Path, stale: &dyn Fn(&str) -> bool) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if entry.file_type()?.is_dir() {
+                walk(&entry.path(), stale)?;
+            } else if stale(&name.to_string_lossy()) {
+                tracing::info!(file = %entry.path().display(), "removing what an interrupted fetch left");
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+    let lock = |name: &str| name.ends_with(".lock");
+    for top in [
+        "shallow.lock",
+        "packed-refs.lock",
+        "config.lock",
+        "HEAD.lock",
+        "FETCH_HEAD.lock",
+    ] {
+        match std::fs::remove_file(repo.join(top)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    walk(&repo.join("refs"), &lock)?;
+    walk(&repo.join("objects").join("pack"), &|name: &str| {
+        name.starts_with("pack_git2_") || name.ends_with(".lock")
+    })
 }
 
 fn chown_tree(dir: &Path, owner: Owner) -> std::io::Result<()> {

@@ -70,10 +70,13 @@ pub struct GitStatus {
     pub reference: String,
     pub dir: PathBuf,
     pub commit: String,
-    /// `cloned`, `fetched` or `unchanged`.
+    /// `cloned`, `fetched`, `unchanged` or `kept`.
     pub action: String,
     #[serde(default)]
     pub received_bytes: usize,
+    /// Why the release in service is not the planned one, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -339,8 +339,8 @@ fn low_free_space_fails_the_disk_check() {
 #[test]
 fn a_failed_last_boot_fails_the_last_boot_check() {
     let world = World::booted();
-    let missing = world.imds_with(&[("Repository", "git://127.0.0.1:1/none.git")]);
-    world.instance.run(&missing, &["boot"]).expect(75);
+    let unknown = world.imds_with(&[("Environment", "qa")]);
+    world.instance.run(&unknown, &["boot"]).expect(3);
     let (_, report) = world.doctor(&world.imds(), &[]);
     report.only_fails("last-boot", "then bootagent boot", &[]);
 }

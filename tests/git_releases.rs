@@ -139,3 +139,70 @@ fn a_killed_boot_never_leaves_a_half_written_release_in_service() {
         "only {kills} of 12 boots were killed before they ended"
     );
 }
+
+fn dead_git_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("git://127.0.0.1:{port}/gone.git")
+}
+
+#[test]
+fn a_remote_down_keeps_the_last_good_release_and_says_why() {
+    let (name, repo, imds) = service_in("stage");
+    let instance = Instance::exec_mode("");
+    instance.run(&imds, &["boot"]).expect(0);
+    let dead = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "stage"),
+        ("Repository", &dead_git_url()),
+    ]);
+    let run = instance.run(&dead, &["boot"]);
+    run.expect(0);
+    let status = instance.status();
+    assert_eq!(status["git"]["action"], "kept");
+    let note = status["git"]["note"].as_str().unwrap();
+    let good = &repo.commits["stage"];
+    assert!(
+        note.starts_with(&format!("running last good commit {good} because ")),
+        "{note}"
+    );
+    assert!(note.contains("cannot reach git remote"), "{note}");
+    assert_eq!(instance.running_commit(&name), *good);
+    assert_eq!(instance.service_saw("version"), "stage build 1");
+    let text = instance.run(&dead, &["status"]).stdout();
+    assert!(text.contains("running last good commit"), "{text}");
+}
+
+#[test]
+fn with_on_failure_fail_a_remote_down_fails_the_boot() {
+    let (name, repo, imds) = service_in("stage");
+    let instance = Instance::exec_mode("[git]\non_failure = \"fail\"\n");
+    instance.run(&imds, &["boot"]).expect(0);
+    let dead = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", "stage"),
+        ("Repository", &dead_git_url()),
+    ]);
+    instance
+        .run(&dead, &["boot"])
+        .expect(75)
+        .stderr_has("cannot reach git remote");
+    assert_eq!(instance.running_commit(&name), repo.commits["stage"]);
+}
+
+#[test]
+fn locks_left_by_a_killed_fetch_do_not_block_the_next() {
+    let (name, mut repo, imds) = service_in("test");
+    let instance = Instance::exec_mode("[git]\non_failure = \"fail\"\n");
+    instance.run(&imds, &["boot"]).expect(0);
+    let bare = instance.repository(&name);
+    std::fs::write(bare.join("shallow.lock"), "").unwrap();
+    std::fs::create_dir_all(bare.join("refs/bootagent")).unwrap();
+    std::fs::write(bare.join("refs/bootagent/target.lock"), "").unwrap();
+    let commit = repo.push_version("test", "test build 2\n");
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), commit);
+}

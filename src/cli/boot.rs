@@ -8,7 +8,7 @@ use clap::Args;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::autoscaling::{ActionResult, Lifecycle};
-use crate::config::{Config, Manager};
+use crate::config::{Config, Manager, OnGitFailure};
 use crate::envfile;
 use crate::git::{self, GitError};
 use crate::health::Checker;
@@ -203,7 +203,10 @@ async fn steps(
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("git");
-    let checkout = checkout(config, &plan).await?;
+    let (checkout, note) = match checkout(config, &plan).await {
+        Ok(checkout) => (checkout, None),
+        Err(error) => keep_last_good(config, &plan, error)?,
+    };
     recorder.status.git = Some(GitStatus {
         url: git::redact(plan.git.url.as_deref().unwrap_or_default()),
         reference: plan.git.reference.clone(),
@@ -211,6 +214,7 @@ async fn steps(
         commit: checkout.commit.clone(),
         action: checkout.action.as_str().to_string(),
         received_bytes: checkout.received_bytes,
+        note,
     });
     recorder.end(Outcome::Succeeded)?;
 
@@ -234,7 +238,8 @@ async fn steps(
     }
     match plan.service.manager {
         Manager::Systemd => {
-            let code_changed = checkout.action != git::Action::Unchanged;
+            let code_changed =
+                matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
             let report = within(
                 "service",
                 config.service.start_timeout + Duration::from_secs(5),
@@ -287,6 +292,33 @@ fn prune_releases(config: &Config, plan: &Plan) {
 /// Outside an Auto Scaling group, or when IMDS cannot say, it is not.
 async fn in_warm_pool(imds: &ImdsClient) -> bool {
     matches!(imds.target_lifecycle_state().await, Ok(Some(state)) if state.starts_with("Warmed:"))
+}
+
+/// With `git.on_failure = "last-good"`, a failed checkout lets the boot go on with the release
+/// already in service, and says so; without such a release, or with "fail", the error stands.
+fn keep_last_good(
+    config: &Config,
+    plan: &Plan,
+    error: Error,
+) -> Result<(git::Checkout, Option<String>), Error> {
+    let current = git::Layout::of(&plan.git.dir).current();
+    match (config.git.on_failure, current, &error) {
+        (OnGitFailure::LastGood, Some(commit), Error::Git(_) | Error::Deadline { .. }) => {
+            let note = format!(
+                "running last good commit {commit} because {}",
+                error.chain().replace("\n -> ", ": ")
+            );
+            tracing::warn!("{note}");
+            let kept = git::Checkout {
+                commit: commit.to_string(),
+                action: git::Action::Kept,
+                received_objects: 0,
+                received_bytes: 0,
+            };
+            Ok((kept, Some(note)))
+        }
+        _ => Err(error),
+    }
 }
 
 async fn checkout(config: &Config, plan: &Plan) -> Result<git::Checkout, Error> {

@@ -69,6 +69,9 @@ fn render(status: &Status) -> String {
             git.action,
             git.dir.display()
         ));
+        if let Some(note) = &git.note {
+            lines.push(format!("          {note}"));
+        }
     }
     match &status.service {
         Some(service) if service.manager == Manager::Exec => {
