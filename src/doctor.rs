@@ -86,6 +86,17 @@ fn skip(detail: impl Into<String>) -> Finding {
     }
 }
 
+/// The checks that need to know who the instance is.
+const NEED_IDENTITY: [&str; 7] = [
+    "credentials",
+    "secret",
+    "isolation",
+    "clock",
+    "git",
+    "env-file",
+    "unit",
+];
+
 /// The order checks are listed in, whatever order they finish in.
 const ORDER: &[&str] = &[
     "imds",
@@ -172,15 +183,7 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
             );
         }
         None => {
-            for name in [
-                "credentials",
-                "secret",
-                "isolation",
-                "clock",
-                "git",
-                "env-file",
-                "unit",
-            ] {
+            for name in NEED_IDENTITY {
                 let finding = skip("needs the instance's identity, which failed");
                 checks.push(named(name, Instant::now(), finding));
             }

@@ -415,11 +415,7 @@ fn secret_that_is_not_a_json_object_is_refused_without_echoing_it() {
 fn imds_down_fails_within_its_deadline() {
     let instance = Instance::exec_mode("");
     // A port nothing listens on: bind one, then let it go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let earlier = Earlier::plant(&instance, "any");
     let started = Instant::now();
     let run = Run(instance
@@ -442,14 +438,7 @@ fn imds_down_fails_within_its_deadline() {
 fn git_remote_down_keeps_the_earlier_env_file() {
     let service = Service::create();
     let instance = Instance::exec_mode("");
-    let dead_url = format!(
-        "git://127.0.0.1:{}/x.git",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let dead_url = format!("git://127.0.0.1:{}/x.git", free_port());
     let imds = Imds::with_tags(&[
         ("Service", &service.name),
         ("Environment", "test"),

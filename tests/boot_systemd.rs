@@ -276,11 +276,7 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
         ("Repository", &repo.url),
     ]);
     let container = Container::boot(CONFIG);
-    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let health_port = free_port();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     for unit_file in [
         "bootagent-boot.service",

@@ -7,6 +7,17 @@ use std::process::Command;
 
 use support::*;
 
+/// The checks that need the instance's identity, skipped when it fails.
+const NEED_IDENTITY: [&str; 7] = [
+    "credentials",
+    "secret",
+    "isolation",
+    "clock",
+    "git",
+    "env-file",
+    "unit",
+];
+
 /// A booted exec-mode instance whose every link works.
 struct World {
     name: String,
@@ -164,30 +175,13 @@ fn a_working_chain_passes_every_check() {
 #[test]
 fn imds_unreachable_fails_with_the_hop_limit_hint() {
     let world = World::booted();
-    let dead = format!(
-        "http://127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let dead = format!("http://127.0.0.1:{}", free_port());
     let (code, report) = world.doctor(
         &world.imds(),
         &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", Some(&dead))],
     );
     assert_eq!(code, 13);
-    let dependent = [
-        "tags",
-        "identity",
-        "credentials",
-        "secret",
-        "isolation",
-        "clock",
-        "git",
-        "env-file",
-        "unit",
-    ];
+    let dependent = [["tags", "identity"].as_slice(), &NEED_IDENTITY].concat();
     report.only_fails("imds", "HttpPutResponseHopLimit", &dependent);
     assert_eq!(report.verdict("git"), "skip");
 }
@@ -198,16 +192,7 @@ fn disabled_tags_fail_the_tags_check() {
     let imds = Imds::start(serde_json::json!({ "tags": null }));
     let (code, report) = world.doctor(&imds, &[]);
     assert_eq!(code, 13);
-    let dependent = [
-        "identity",
-        "credentials",
-        "secret",
-        "isolation",
-        "clock",
-        "git",
-        "env-file",
-        "unit",
-    ];
+    let dependent = [["identity"].as_slice(), &NEED_IDENTITY].concat();
     report.only_fails("tags", "--instance-metadata-tags enabled", &dependent);
 }
 
@@ -215,16 +200,7 @@ fn disabled_tags_fail_the_tags_check() {
 fn an_unknown_environment_fails_the_identity_check() {
     let world = World::booted();
     let (_, report) = world.doctor(&world.imds_with(&[("Environment", "qa")]), &[]);
-    let dependent = [
-        "credentials",
-        "secret",
-        "isolation",
-        "clock",
-        "git",
-        "env-file",
-        "unit",
-    ];
-    report.only_fails("identity", "Environment tags", &dependent);
+    report.only_fails("identity", "Environment tags", &NEED_IDENTITY);
 }
 
 #[test]
@@ -284,14 +260,7 @@ fn a_skewed_clock_fails_the_clock_check() {
 #[test]
 fn an_unreachable_remote_fails_the_git_check() {
     let world = World::booted();
-    let dead = format!(
-        "git://127.0.0.1:{}/x.git",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let dead = format!("git://127.0.0.1:{}/x.git", free_port());
     let (_, report) = world.doctor(&world.imds_with(&[("Repository", &dead)]), &[]);
     report.only_fails("git", "check the remote", &[]);
 }

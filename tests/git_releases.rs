@@ -141,11 +141,7 @@ fn a_killed_boot_never_leaves_a_half_written_release_in_service() {
 }
 
 fn dead_git_url() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     format!("git://127.0.0.1:{port}/gone.git")
 }
 

@@ -46,8 +46,27 @@ pub fn open_tempdir(base: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A child process that is killed and reaped when the guard goes.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Imds {
-    child: Child,
+    _process: Reaped,
     pub url: String,
 }
 
@@ -78,7 +97,10 @@ impl Imds {
         let state_file = dir.path().join("state.json");
         std::fs::write(&state_file, state.to_string()).unwrap();
         let (child, url) = start_fake("IMDS_FAKE", &["--state", state_file.to_str().unwrap()]);
-        Imds { child, url }
+        Imds {
+            _process: Reaped(child),
+            url,
+        }
     }
 
     pub fn with_tags(tags: &[(&str, &str)]) -> Imds {
@@ -102,13 +124,6 @@ impl Imds {
     pub fn requests(&self) -> Vec<String> {
         let out = curl(&["-sf", &format!("{}/fake/requests", self.url)]);
         out.lines().map(str::to_string).collect()
-    }
-}
-
-impl Drop for Imds {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -169,7 +184,7 @@ pub fn put_secret_value(name: &str, value: &str) -> String {
 
 /// An AWS endpoint that answers every call with one error (tests/world/aws_error_endpoint.py).
 pub struct AwsError {
-    child: Child,
+    _process: Reaped,
     pub url: String,
 }
 
@@ -194,7 +209,10 @@ impl AwsError {
                 &offset,
             ],
         );
-        AwsError { child, url }
+        AwsError {
+            _process: Reaped(child),
+            url,
+        }
     }
 
     pub fn calls(&self) -> usize {
@@ -205,23 +223,19 @@ impl AwsError {
     }
 }
 
-impl Drop for AwsError {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The Auto Scaling lifecycle fake (tests/world/autoscaling_fake.py).
 pub struct AsgFake {
-    child: Child,
+    _process: Reaped,
     pub url: String,
 }
 
 impl AsgFake {
     pub fn start() -> AsgFake {
         let (child, url) = start_fake("ASG_FAKE", &[]);
-        AsgFake { child, url }
+        AsgFake {
+            _process: Reaped(child),
+            url,
+        }
     }
 
     /// A lifecycle action for this instance and hook becomes active, as at a launch.
@@ -264,26 +278,15 @@ impl AsgFake {
     }
 }
 
-impl Drop for AsgFake {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A moto of one test's own, for what would disturb the shared one (switching auth on).
 pub struct Moto {
-    child: Child,
+    _process: Reaped,
     pub url: String,
 }
 
 impl Moto {
     pub fn start_private() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let python = PathBuf::from(world("PYTHON"));
         let child = Command::new(python.with_file_name("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -292,7 +295,7 @@ impl Moto {
             .spawn()
             .unwrap();
         let moto = Moto {
-            child,
+            _process: Reaped(child),
             url: format!("http://127.0.0.1:{port}"),
         };
         for _ in 0..200 {
@@ -325,13 +328,6 @@ impl Moto {
             "0",
             &format!("{}/moto-api/reset-auth", self.url),
         ]);
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
