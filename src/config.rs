@@ -133,6 +133,8 @@ pub struct GitConfig {
     pub depth: u32,
     pub keep: usize,
     pub on_failure: OnGitFailure,
+    pub username: String,
+    pub token: String,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
 }

@@ -166,9 +166,18 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
                 &mut set,
                 "isolation",
                 timeout,
-                Box::pin(check_isolation(config.clone(), plan.clone(), client)),
+                Box::pin(check_isolation(
+                    config.clone(),
+                    plan.clone(),
+                    client.clone(),
+                )),
             );
-            spawn(&mut set, "git", timeout, Box::pin(check_git(plan.clone())));
+            spawn(
+                &mut set,
+                "git",
+                timeout,
+                Box::pin(check_git(config.clone(), plan.clone(), client)),
+            );
             spawn(
                 &mut set,
                 "env-file",
@@ -466,16 +475,27 @@ async fn check_isolation(
     }
 }
 
-async fn check_git(plan: Arc<Plan>) -> Finding {
+async fn check_git(
+    config: Arc<Config>,
+    plan: Arc<Plan>,
+    client: Option<aws_sdk_secretsmanager::Client>,
+) -> Finding {
     let Some(url) = plan.git.url.clone() else {
         return fail(
             "no git repository configured",
             "set git.url, or tag the instance with Repository=<url>",
         );
     };
+    let credentials = match git_credentials(&config, &plan, client).await {
+        Ok(credentials) => credentials,
+        Err(finding) => return finding,
+    };
     let reference = plan.git.reference.clone();
     let shown = git::redact(&url);
-    let answer = tokio::task::spawn_blocking(move || git::remote_commit(&url, &reference)).await;
+    let answer = tokio::task::spawn_blocking(move || {
+        git::remote_commit(&url, &reference, credentials.as_ref())
+    })
+    .await;
     match answer {
         Ok(Ok(commit)) => ok(format!("{shown} {} is at {commit}", plan.git.reference)),
         Ok(Err(e)) => fail(
@@ -484,6 +504,27 @@ async fn check_git(plan: Arc<Plan>) -> Finding {
         ),
         Err(e) => fail(format!("the git check failed: {e}"), "report this as a bug"),
     }
+}
+
+/// The deploy token as a boot would use it; reading a secret for it only when configured so.
+async fn git_credentials(
+    config: &Config,
+    plan: &Plan,
+    client: Option<aws_sdk_secretsmanager::Client>,
+) -> Result<Option<git::Credentials>, Finding> {
+    let mut loaded = secrets::LoadedSecrets::default();
+    if config.git.token.starts_with("secret:") {
+        let Some(client) = client else {
+            return Err(skip(
+                "the token is in a secret, and Secrets Manager is not reachable",
+            ));
+        };
+        loaded = secrets::load(&client, &plan.identity.region, &plan.secrets)
+            .await
+            .map_err(|_| skip("the token is in a secret, which the secret check could not read"))?;
+    }
+    git::Credentials::from_config(&config.git.username, &config.git.token, &mut loaded)
+        .map_err(|e| fail(e.to_string(), "fix git.token"))
 }
 
 async fn check_env_file(config: Arc<Config>, plan: Arc<Plan>) -> Finding {

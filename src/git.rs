@@ -24,6 +24,8 @@ pub enum GitError {
          Environment tag)"
     )]
     RefNotFound { url: String, reference: String },
+    #[error("{message}; fix git.token")]
+    Token { message: String },
     #[error("failed to {action} in {dir}: {message}")]
     Local {
         action: &'static str,
@@ -111,6 +113,70 @@ impl Layout {
     }
 }
 
+/// HTTP credentials for the remote: a deploy token as the password. Never written to disk or to
+/// `.git/config`; the token is wiped when dropped.
+pub struct Credentials {
+    pub username: String,
+    pub token: zeroize::Zeroizing<String>,
+}
+
+impl Credentials {
+    /// The token named by `git.token`: `secret:NAME` takes the variable NAME out of the loaded
+    /// secrets (so the service does not receive the deploy token), a path reads that file, and
+    /// an empty value means none.
+    pub fn from_config(
+        username: &str,
+        token: &str,
+        secrets: &mut crate::secrets::LoadedSecrets,
+    ) -> Result<Option<Credentials>, GitError> {
+        let token = match token.strip_prefix("secret:") {
+            _ if token.is_empty() => return Ok(None),
+            Some(name) => secrets
+                .vars
+                .remove(name)
+                .map(|var| var.value)
+                .ok_or_else(|| GitError::Token {
+                    message: format!(
+                        "git.token names secret variable {name}, which no secret defines"
+                    ),
+                })?,
+            None => std::fs::read_to_string(token)
+                .map(|text| zeroize::Zeroizing::new(text.trim().to_string()))
+                .map_err(|e| GitError::Token {
+                    message: format!("cannot read the token file {token}: {e}"),
+                })?,
+        };
+        Ok(Some(Credentials {
+            username: username.to_string(),
+            token,
+        }))
+    }
+}
+
+/// Callbacks that offer `credentials` once per connection: libgit2 asks again after a refusal,
+/// and offering the same token again would loop.
+fn remote_callbacks(credentials: Option<&Credentials>) -> git2::RemoteCallbacks<'_> {
+    let mut callbacks = git2::RemoteCallbacks::new();
+    let mut offered = false;
+    callbacks.credentials(move |_url, _user_from_url, _allowed| match credentials {
+        Some(credentials) if !offered => {
+            offered = true;
+            git2::Cred::userpass_plaintext(&credentials.username, &credentials.token)
+        }
+        Some(_) => Err(git2::Error::new(
+            git2::ErrorCode::Auth,
+            git2::ErrorClass::Http,
+            "the remote refused the token",
+        )),
+        None => Err(git2::Error::new(
+            git2::ErrorCode::Auth,
+            git2::ErrorClass::Http,
+            "the remote asks for credentials and none are configured (git.token)",
+        )),
+    });
+    callbacks
+}
+
 /// Who owns a release's files.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
@@ -122,7 +188,12 @@ pub struct Owner {
 /// `url`. A release is checked out in a temporary directory, synced and renamed into place, and
 /// only then does the link switch (a rename too), so whatever is killed or fails when, the link
 /// points at a complete release: the new one or the last good one.
-pub fn sync(plan: &GitPlan, url: &str, owner: Option<Owner>) -> Result<Checkout, GitError> {
+pub fn sync(
+    plan: &GitPlan,
+    url: &str,
+    owner: Option<Owner>,
+    credentials: Option<&Credentials>,
+) -> Result<Checkout, GitError> {
     let layout = Layout::of(&plan.dir);
     let local = |action: &'static str| {
         let dir = plan.dir.clone();
@@ -156,7 +227,7 @@ pub fn sync(plan: &GitPlan, url: &str, owner: Option<Owner>) -> Result<Checkout,
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(local("set up the remote"))?;
-    let (source_ref, advertised) = advertised_ref(&mut remote, url, &plan.reference)?;
+    let (source_ref, advertised) = advertised_ref(&mut remote, url, &plan.reference, credentials)?;
     if layout.current() == Some(advertised) {
         return Ok(Checkout {
             commit: advertised.to_string(),
@@ -173,7 +244,7 @@ pub fn sync(plan: &GitPlan, url: &str, owner: Option<Owner>) -> Result<Checkout,
         if repo.find_commit(advertised).is_err() {
             let tracking = "refs/bootagent/target";
             let mut last_report = Instant::now();
-            let mut callbacks = git2::RemoteCallbacks::new();
+            let mut callbacks = remote_callbacks(credentials);
             callbacks.transfer_progress(|progress| {
                 received = (progress.received_objects(), progress.received_bytes());
                 // A long transfer says how far it got, at a steady pace.
@@ -352,9 +423,15 @@ fn sync_filesystem(path: &Path) -> std::io::Result<()> {
 
 /// The commit `reference` names on the remote, asking the remote alone (like `git ls-remote`):
 /// no checkout is touched.
-pub fn remote_commit(url: &str, reference: &str) -> Result<String, GitError> {
+pub fn remote_commit(
+    url: &str,
+    reference: &str,
+    credentials: Option<&Credentials>,
+) -> Result<String, GitError> {
     let mut remote = git2::Remote::create_detached(url).map_err(|e| network_error(e, url))?;
-    Ok(advertised_ref(&mut remote, url, reference)?.1.to_string())
+    Ok(advertised_ref(&mut remote, url, reference, credentials)?
+        .1
+        .to_string())
 }
 
 /// Connects, lists the remote's refs and finds `reference` among them.
@@ -362,9 +439,10 @@ fn advertised_ref(
     remote: &mut git2::Remote<'_>,
     url: &str,
     reference: &str,
+    credentials: Option<&Credentials>,
 ) -> Result<(String, Oid), GitError> {
     let connection = remote
-        .connect_auth(Direction::Fetch, None, None)
+        .connect_auth(Direction::Fetch, Some(remote_callbacks(credentials)), None)
         .map_err(|e| network_error(e, url))?;
     let heads = connection.list().map_err(|e| network_error(e, url))?;
     find_ref(heads, reference).ok_or_else(|| GitError::RefNotFound {

@@ -198,12 +198,15 @@ async fn steps(
     )
     .await??;
     recorder.status.secrets = loaded.versions.clone();
+    let mut loaded = loaded;
+    let credentials =
+        git::Credentials::from_config(&config.git.username, &config.git.token, &mut loaded)?;
     let environment = envfile::compose(&plan.env, loaded)?;
     let rendered = envfile::render(&environment, plan.secrets.format)?;
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("git");
-    let (checkout, note) = match checkout(config, &plan).await {
+    let (checkout, note) = match checkout(config, &plan, credentials).await {
         Ok(checkout) => (checkout, None),
         Err(error) => keep_last_good(config, &plan, error)?,
     };
@@ -321,7 +324,11 @@ fn keep_last_good(
     }
 }
 
-async fn checkout(config: &Config, plan: &Plan) -> Result<git::Checkout, Error> {
+async fn checkout(
+    config: &Config,
+    plan: &Plan,
+    credentials: Option<git::Credentials>,
+) -> Result<git::Checkout, Error> {
     let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
         tag: config.identity.repository_tag.clone(),
     })?;
@@ -334,7 +341,9 @@ async fn checkout(config: &Config, plan: &Plan) -> Result<git::Checkout, Error> 
         _ => return Err(ServiceError::UnknownUser { user: user.clone() }.into()),
     };
     let git_plan = plan.git.clone();
-    let work = tokio::task::spawn_blocking(move || git::sync(&git_plan, &url, Some(owner)));
+    let work = tokio::task::spawn_blocking(move || {
+        git::sync(&git_plan, &url, Some(owner), credentials.as_ref())
+    });
     let joined = within("git", config.git.timeout, work).await?;
     let result = joined.map_err(|e| Error::io("the git task failed", std::io::Error::other(e)))?;
     Ok(result?)

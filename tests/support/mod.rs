@@ -223,6 +223,30 @@ impl AwsError {
     }
 }
 
+/// Smart HTTP for the world's repositories behind Basic auth (tests/world/git_http_server.py).
+pub struct GitHttp {
+    _process: Reaped,
+    pub url: String,
+}
+
+impl GitHttp {
+    pub fn start(user: &str, password: &str) -> GitHttp {
+        let root = world("GIT_ROOT");
+        let (child, url) = start_fake(
+            "GIT_HTTP",
+            &["--root", &root, "--user", user, "--password", password],
+        );
+        GitHttp {
+            _process: Reaped(child),
+            url,
+        }
+    }
+
+    pub fn repo_url(&self, name: &str) -> String {
+        format!("{}/{name}.git", self.url)
+    }
+}
+
 /// The Auto Scaling lifecycle fake (tests/world/autoscaling_fake.py).
 pub struct AsgFake {
     _process: Reaped,

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Smart HTTP for git: `git http-backend` as a CGI program behind HTTP Basic authentication.
+
+  git_http_server.py --root DIR --user USER --password SECRET
+prints "listening on http://127.0.0.1:PORT"; repositories under DIR are served at /NAME.git.
+A request without the right credentials gets 401 with a Basic challenge, as GitHub, GitLab and
+Bitbucket answer token-protected repositories over HTTPS.
+"""
+
+import argparse
+import base64
+import os
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def authorized(self):
+        expected = base64.b64encode(
+            f"{self.server.args.user}:{self.server.args.password}".encode()
+        ).decode()
+        return self.headers.get("Authorization") == f"Basic {expected}"
+
+    def handle_git(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with self.server.lock:
+            self.server.requests.append((self.command, self.path, self.authorized()))
+        if not self.authorized():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        env = dict(
+            os.environ,
+            GIT_PROJECT_ROOT=self.server.args.root,
+            GIT_HTTP_EXPORT_ALL="1",
+            REQUEST_METHOD=self.command,
+            PATH_INFO=path,
+            QUERY_STRING=query,
+            CONTENT_TYPE=self.headers.get("Content-Type", ""),
+            CONTENT_LENGTH=str(len(body)),
+            REMOTE_USER=self.server.args.user,
+            GIT_PROTOCOL=self.headers.get("Git-Protocol", ""),
+        )
+        if self.headers.get("Content-Encoding"):
+            env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
+        out = subprocess.run(
+            ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
+        ).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            key, _, value = line.partition(": ")
+            if key.lower() == "status":
+                status = int(value.split()[0])
+            elif key:
+                headers.append((key, value))
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = handle_git
+    do_POST = handle_git
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--password", required=True)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.args, server.lock, server.requests = args, threading.Lock(), []
+    print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
