@@ -23,12 +23,12 @@ class Handler(BaseHTTPRequestHandler):
                 "cwd": os.getcwd(),
             },
             indent=2,
-        ).encode()
+        ).encode() + b"\n"
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body + b"\n")
+        self.wfile.write(body)
 
     def log_message(self, fmt, *args):
         pass
