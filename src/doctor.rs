@@ -86,8 +86,8 @@ fn skip(detail: impl Into<String>) -> Finding {
     }
 }
 
-/// The checks that need to know who the instance is.
-const NEED_IDENTITY: [&str; 7] = [
+/// The checks that need to know who the instance is: skipped when identity fails.
+pub const NEED_IDENTITY: [&str; 7] = [
     "credentials",
     "secret",
     "isolation",

@@ -5,18 +5,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use bootagent::doctor::NEED_IDENTITY;
 use support::*;
-
-/// The checks that need the instance's identity, skipped when it fails.
-const NEED_IDENTITY: [&str; 7] = [
-    "credentials",
-    "secret",
-    "isolation",
-    "clock",
-    "git",
-    "env-file",
-    "unit",
-];
 
 /// A booted exec-mode instance whose every link works.
 struct World {

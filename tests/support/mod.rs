@@ -495,8 +495,8 @@ impl SampleRepo {
         repo
     }
 
-    /// Commits a new VERSION on `branch` and pushes it; returns the commit id.
-    pub fn push_version(&mut self, branch: &str, version: &str) -> String {
+    /// A working clone of `branch`, to commit on and push from.
+    fn clone_branch(&self, branch: &str) -> tempfile::TempDir {
         let work = tempfile::tempdir().unwrap();
         git(
             Path::new("/"),
@@ -509,24 +509,19 @@ impl SampleRepo {
                 work.path().to_str().unwrap(),
             ],
         );
+        work
+    }
+
+    /// Commits a new VERSION on `branch` and pushes it; returns the commit id.
+    pub fn push_version(&mut self, branch: &str, version: &str) -> String {
+        let work = self.clone_branch(branch);
         self.commit_on(work.path(), branch, version)
     }
 
     /// Commits `count` files of about 4 KiB each (contents depend on `round`) on `branch`,
     /// for checkouts that take a while; returns the commit id.
     pub fn push_many_files(&mut self, branch: &str, count: usize, round: usize) -> String {
-        let work = tempfile::tempdir().unwrap();
-        git(
-            Path::new("/"),
-            &[
-                "clone",
-                "-q",
-                "-b",
-                branch,
-                self.path.to_str().unwrap(),
-                work.path().to_str().unwrap(),
-            ],
-        );
+        let work = self.clone_branch(branch);
         let dir = work.path().join("data");
         std::fs::create_dir_all(&dir).unwrap();
         for i in 0..count {
