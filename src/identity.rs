@@ -74,11 +74,7 @@ pub fn is_valid_name(value: &str) -> bool {
 /// `identity.tag_wait` for tags that lag a fresh launch.
 pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, crate::Error> {
     let instance_id = imds.get_required("meta-data/instance-id").await?;
-    // AWS_REGION wins, as it does for every AWS SDK; IMDS knows the instance's own region.
-    let region = match std::env::var("AWS_REGION") {
-        Ok(region) if !region.is_empty() => region,
-        _ => imds.get_required("meta-data/placement/region").await?,
-    };
+    let region = region(imds).await?;
     let ids = &config.identity;
     let keys = [
         ids.service_tag.as_str(),
@@ -97,6 +93,14 @@ pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, crate
             }
             result => return result.map_err(Into::into),
         }
+    }
+}
+
+/// AWS_REGION wins, as it does for every AWS SDK; IMDS knows the instance's own region.
+pub async fn region(imds: &ImdsClient) -> Result<String, crate::imds::ImdsError> {
+    match std::env::var("AWS_REGION") {
+        Ok(region) if !region.is_empty() => Ok(region),
+        _ => imds.get_required("meta-data/placement/region").await,
     }
 }
 

@@ -552,7 +552,12 @@ fn doctor_shows_a_failed_unit_with_its_last_journal_lines() {
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
 
 /// A launch through a lifecycle hook: the service's unit takes `start_seconds` to start.
-fn launch(prefix: &str, secret: Option<&str>, start_seconds: &str) -> (Container, AsgFake, Run) {
+fn launch(
+    prefix: &str,
+    env_tag: &str,
+    secret: Option<&str>,
+    start_seconds: &str,
+) -> (Container, AsgFake, Run) {
     let name = unique(prefix);
     let repo = SampleRepo::create(&name);
     if let Some(value) = secret {
@@ -560,7 +565,7 @@ fn launch(prefix: &str, secret: Option<&str>, start_seconds: &str) -> (Container
     }
     let imds = Imds::with_tags(&[
         ("Service", &name),
-        ("Environment", "prod"),
+        ("Environment", env_tag),
         ("Repository", &repo.url),
         ("aws:autoscaling:groupName", "web-asg"),
     ]);
@@ -580,7 +585,7 @@ fn launch(prefix: &str, secret: Option<&str>, start_seconds: &str) -> (Container
 
 #[test]
 fn a_slow_launch_sends_heartbeats_then_exactly_one_continue() {
-    let (_container, asg, run) = launch("launch", Some(r#"{"A": "1"}"#), "2.5");
+    let (_container, asg, run) = launch("launch", "prod", Some(r#"{"A": "1"}"#), "2.5");
     run.expect(0);
     let calls = asg.calls();
     let (last, heartbeats) = calls.split_last().expect("calls were made");
@@ -606,7 +611,7 @@ fn a_slow_launch_sends_heartbeats_then_exactly_one_continue() {
 
 #[test]
 fn a_failed_launch_is_abandoned_exactly_once() {
-    let (_container, asg, run) = launch("abandon", None, "0");
+    let (_container, asg, run) = launch("abandon", "prod", None, "0");
     run.expect(5);
     let completions: Vec<_> = asg
         .calls()
@@ -724,5 +729,18 @@ fn a_spot_interruption_drains_and_stops_without_a_hook() {
         report.stdout().contains("\"draining\""),
         "{}",
         report.stdout()
+    );
+}
+
+#[test]
+fn a_launch_with_bad_tags_is_abandoned_too() {
+    let (_container, asg, run) = launch("badtags", "qa", None, "0");
+    run.expect(3);
+    assert_eq!(
+        asg.calls(),
+        [(
+            "CompleteLifecycleAction".to_string(),
+            Some("ABANDON".to_string())
+        )]
     );
 }

@@ -81,8 +81,36 @@ pub(super) async fn boot(config: &Config) -> Result<(), Error> {
             }
             Err(error)
         }
+        (None, Err(error)) if !config.lifecycle.launch_hook.is_empty() => {
+            // The boot failed before it knew who the instance is (bad tags, say); IMDS may
+            // still name the instance and its group, which is all an ABANDON needs.
+            if config.lifecycle.abandon_on_failure {
+                if let Err(hook_error) = abandon_without_identity(config).await {
+                    tracing::error!(error = %hook_error.chain(), "could not abandon the launch");
+                }
+            }
+            Err(error)
+        }
         (None, result) => result,
     }
+}
+
+async fn abandon_without_identity(config: &Config) -> Result<(), Error> {
+    let imds = super::plan::imds_client(config);
+    let instance_id = imds.get_required("meta-data/instance-id").await?;
+    let region = crate::identity::region(&imds).await?;
+    let group = match config.lifecycle.group.as_str() {
+        "" => imds
+            .tags(&[crate::identity::ASG_GROUP_TAG])
+            .await?
+            .remove(crate::identity::ASG_GROUP_TAG),
+        group => Some(group.to_string()),
+    };
+    let lifecycle = Lifecycle::new(&region, config.lifecycle.timeout, group, &instance_id).await?;
+    lifecycle
+        .complete(&config.lifecycle.launch_hook, ActionResult::Abandon)
+        .await?;
+    Ok(())
 }
 
 /// The launch hook's side of a boot: heartbeats while it runs, then CONTINUE once the instance
