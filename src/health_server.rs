@@ -1,14 +1,16 @@
 //! The health endpoint for the ALB: a deliberately small HTTP/1.1 server. Each connection gets
 //! one answer and is closed; request heads are bounded in size and time, connections in number,
-//! so slow or hostile clients cannot starve the load balancer's checks.
+//! and when all slots are taken the oldest connection still sending its head gives way to the
+//! new one, so slow or hostile clients cannot starve the load balancer's checks.
 
+use std::collections::VecDeque;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{oneshot, Mutex, Semaphore};
 
 use crate::health::{Checker, Health};
 use crate::status::{self, Outcome};
@@ -30,7 +32,12 @@ pub struct Server {
     status_file: std::path::PathBuf,
     cached: Mutex<Option<(Instant, Health)>>,
     header_timeout: Duration,
+    /// Connections still reading their request head, oldest first, each with the way to end it.
+    reading: std::sync::Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
 }
+
+/// How long a new connection waits for the slot of the connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
 
 /// Serves until the process is stopped. Tells systemd it is ready once listening.
 pub async fn serve(
@@ -44,10 +51,11 @@ pub async fn serve(
         status_file,
         cached: Mutex::new(None),
         header_timeout: limits.header_timeout,
+        reading: std::sync::Mutex::new(VecDeque::new()),
     });
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     notify_ready();
-    loop {
+    for id in 0u64.. {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             // Out of file descriptors and the like: wait a little rather than spin.
@@ -57,17 +65,38 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Full: refuse at once instead of queueing behind slow clients.
-            drop(stream);
-            continue;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Full: the oldest connection still dawdling over its head makes room.
+                let evicted = server.reading.lock().expect("reading lock").pop_front();
+                let Some((_, evict)) = evicted else {
+                    drop(stream);
+                    continue;
+                };
+                let _ = evict.send(());
+                match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
         };
+        let (evict, evicted) = oneshot::channel();
+        server
+            .reading
+            .lock()
+            .expect("reading lock")
+            .push_back((id, evict));
         let server = server.clone();
         tokio::spawn(async move {
-            server.answer(stream).await;
+            server.answer(id, stream, evicted).await;
             drop(slot);
         });
     }
+    Ok(())
 }
 
 struct Response {
@@ -78,8 +107,16 @@ struct Response {
 }
 
 impl Server {
-    async fn answer(&self, mut stream: TcpStream) {
-        let head = match tokio::time::timeout(self.header_timeout, read_head(&mut stream)).await {
+    async fn answer(&self, id: u64, mut stream: TcpStream, evicted: oneshot::Receiver<()>) {
+        let head = tokio::select! {
+            head = tokio::time::timeout(self.header_timeout, read_head(&mut stream)) => head,
+            _ = evicted => return,
+        };
+        self.reading
+            .lock()
+            .expect("reading lock")
+            .retain(|(reader, _)| *reader != id);
+        let head = match head {
             Ok(Ok(head)) => head,
             Ok(Err(HeadError::TooLarge)) => {
                 return write(&mut stream, plain(431, "request header too large"), false).await

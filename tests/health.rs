@@ -308,7 +308,7 @@ fn the_health_server_refuses_what_it_does_not_serve() {
 
 #[test]
 fn slow_clients_cannot_starve_the_health_check() {
-    let booted = Booted::start("[health]\nheader_timeout = \"1s\"\nmax_connections = 4\n");
+    let booted = Booted::start("[health]\nheader_timeout = \"2s\"\nmax_connections = 4\n");
     let server = HealthServer::start(&booted);
     // Three slowloris clients: a partial request each, never finished.
     let slow: Vec<TcpStream> = (0..3)
@@ -330,20 +330,36 @@ fn slow_clients_cannot_starve_the_health_check() {
         assert_closed_without_answer(stream);
     }
 
-    // Past max_connections, new connections are closed at once rather than queued.
-    let idle: Vec<TcpStream> = (0..4)
-        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+    // With every slot held by a slow client, a new request still gets its answer: the oldest
+    // slow client gives way, and only it.
+    let mut idle: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            s
+        })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let mut extra = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    let _ = extra.write_all(b"GET /health HTTP/1.1\r\n\r\n");
-    assert_closed_without_answer(extra);
-    drop(idle);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
     assert!(
         server.get("/health").starts_with("HTTP/1.1 200"),
-        "slots freed"
+        "served when full"
     );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "without waiting for the header timeout"
+    );
+    assert_closed_without_answer(idle.remove(0));
+    for mut newer in idle {
+        newer.write_all(b"\r\n").unwrap();
+        let mut answer = String::new();
+        newer.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "newer slow clients keep their slots"
+        );
+    }
 }
 
 #[test]
