@@ -30,8 +30,6 @@ pub struct BootArgs {
 
 impl BootArgs {
     pub fn run(self, config: &Config) -> Result<(), Error> {
-        // SAFETY: no thread has been started yet; the runtime below starts them.
-        unsafe { git::set_network_timeouts(config.git.timeout) };
         let runtime = super::runtime()?;
         if self.dry_run {
             let plan = runtime.block_on(super::plan::resolve(config))?;

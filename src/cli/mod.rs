@@ -52,6 +52,9 @@ enum Command {
 impl Cli {
     pub fn run(self) -> Result<(), Error> {
         let config = crate::config::load(self.config.as_deref())?;
+        // boot, refresh, lifecycle watch and doctor all reach git remotes.
+        // SAFETY: no thread has been started yet; each command starts its runtime after this.
+        unsafe { crate::git::set_network_timeouts(config.git.timeout) };
         match self.command {
             Command::Boot(args) => args.run(&config),
             Command::Plan(args) => args.run(&config),
