@@ -202,3 +202,33 @@ fn locks_left_by_a_killed_fetch_do_not_block_the_next() {
     instance.run(&imds, &["boot"]).expect(0);
     assert_eq!(instance.running_commit(&name), commit);
 }
+
+#[test]
+fn a_release_tag_or_a_full_commit_id_can_pin_the_checkout() {
+    let (name, mut repo, imds) = service_in("prod");
+    let pinned = repo.commits["prod"].clone();
+    git(&repo.path, &["tag", "-a", "-m", "release", "v1.0", &pinned]);
+    let newer = repo.push_version("prod", "prod build 2\n");
+
+    let by_tag = Instance::exec_mode("[git]\nref = \"v1.0\"\n");
+    by_tag.run(&imds, &["boot"]).expect(0);
+    assert_eq!(
+        by_tag.running_commit(&name),
+        pinned,
+        "an annotated tag gives its commit"
+    );
+    assert_eq!(by_tag.service_saw("version"), "prod build 1");
+
+    // Fetching by id needs the server to allow it, as GitHub and GitLab do.
+    git(
+        &repo.path,
+        &["config", "uploadpack.allowAnySHA1InWant", "true"],
+    );
+    let by_id = Instance::exec_mode(&format!("[git]\nref = \"{pinned}\"\n"));
+    by_id.run(&imds, &["boot"]).expect(0);
+    assert_eq!(by_id.running_commit(&name), pinned);
+
+    let branch = Instance::exec_mode("");
+    branch.run(&imds, &["boot"]).expect(0);
+    assert_eq!(branch.running_commit(&name), newer);
+}
