@@ -273,6 +273,37 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 }
 
 impl Config {
+    /// Every value that is a template.
+    fn templates(&self) -> Vec<&str> {
+        let mut all = vec![
+            self.secrets.main.as_str(),
+            &self.git.url,
+            &self.git.reference,
+            &self.git.dir,
+            &self.service.unit,
+            &self.service.user,
+            &self.service.endpoint,
+        ];
+        all.extend(self.secrets.vars.values().map(String::as_str));
+        all.extend(
+            self.env
+                .values()
+                .flat_map(|vars| vars.values().map(String::as_str)),
+        );
+        all.extend(self.service.command.iter().map(String::as_str));
+        all.extend(self.service.endpoints.values().map(String::as_str));
+        all
+    }
+
+    /// The instance tags templates read with `{tag:NAME}`.
+    pub fn referenced_tags(&self) -> std::collections::BTreeSet<String> {
+        self.templates()
+            .into_iter()
+            .flat_map(crate::template::tag_placeholders)
+            .map(str::to_string)
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
         for (canonical, aliases) in &self.environments {

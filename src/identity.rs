@@ -23,6 +23,9 @@ pub struct Identity {
     pub repository: Option<String>,
     /// The Auto Scaling group, from the tag Auto Scaling puts on its instances.
     pub asg_group: Option<String>,
+    /// Other instance tags the config's templates read (`{tag:NAME}`), those present.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
     pub instance_id: String,
     pub region: String,
 }
@@ -53,6 +56,11 @@ pub enum IdentityError {
         value: String,
         known: String,
     },
+    #[error(
+        "instance tag {tag}={value:?}, used in a template, must be 1 to 128 letters, digits, '.', \
+         '_' or '-', not starting with '.' or '-' and without '..'"
+    )]
+    InvalidTemplateTag { tag: String, value: String },
     #[error("instance tag {tag} holds a value with whitespace or control characters, which is not a repository URL")]
     InvalidRepository { tag: String },
     #[error("instance metadata returned an implausible {what} {value:?}")]
@@ -76,12 +84,14 @@ pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, crate
     let instance_id = imds.get_required("meta-data/instance-id").await?;
     let region = region(imds).await?;
     let ids = &config.identity;
-    let keys = [
+    let referenced = config.referenced_tags();
+    let mut keys = vec![
         ids.service_tag.as_str(),
         ids.environment_tag.as_str(),
         ids.repository_tag.as_str(),
         ASG_GROUP_TAG,
     ];
+    keys.extend(referenced.iter().map(String::as_str));
     let start = Instant::now();
     loop {
         let tags = imds.tags(&keys).await?;
@@ -148,12 +158,25 @@ pub fn resolve(
             });
         }
     }
+    let mut template_tags = BTreeMap::new();
+    for name in config.referenced_tags() {
+        if let Some(value) = tags.get(&name) {
+            if !is_safe_tag_value(value) {
+                return Err(IdentityError::InvalidTemplateTag {
+                    tag: name,
+                    value: shorten(value),
+                });
+            }
+            template_tags.insert(name, value.clone());
+        }
+    }
     Ok(Identity {
         service: service.clone(),
         env: env.to_string(),
         env_tag: env_tag.clone(),
         repository,
         asg_group: tags.get(ASG_GROUP_TAG).cloned(),
+        tags: template_tags,
         instance_id: instance_id.to_string(),
         region: region.to_string(),
     })
@@ -184,6 +207,16 @@ fn unknown_environment(config: &Config, value: &str) -> IdentityError {
             .collect::<Vec<_>>()
             .join(", "),
     }
+}
+
+/// Safe in a ref, a path component, a unit name: what `{tag:NAME}` may carry.
+fn is_safe_tag_value(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && !value.starts_with(['.', '-'])
+        && !value.contains("..")
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn canonical_environment<'a>(config: &'a Config, tag_value: &str) -> Option<&'a str> {

@@ -77,14 +77,17 @@ pub struct ServicePlan {
 }
 
 pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> {
-    let vars: TemplateVars = BTreeMap::from([
-        ("service", Some(identity.service.clone())),
-        ("env", Some(identity.env.clone())),
-        ("env_tag", Some(identity.env_tag.clone())),
-        ("region", Some(identity.region.clone())),
-        ("instance_id", Some(identity.instance_id.clone())),
-        ("repository", identity.repository.clone()),
+    let mut vars: TemplateVars = BTreeMap::from([
+        ("service".into(), Some(identity.service.clone())),
+        ("env".into(), Some(identity.env.clone())),
+        ("env_tag".into(), Some(identity.env_tag.clone())),
+        ("region".into(), Some(identity.region.clone())),
+        ("instance_id".into(), Some(identity.instance_id.clone())),
+        ("repository".into(), identity.repository.clone()),
     ]);
+    for name in config.referenced_tags() {
+        vars.insert(format!("tag:{name}"), identity.tags.get(&name).cloned());
+    }
     let required = |key: &str, template: &str| render_required(key, template, &vars);
 
     let mut env = BTreeMap::new();
@@ -195,6 +198,7 @@ mod tests {
             env_tag: env_tag.into(),
             repository: Some("git://git.example/calendar.git".into()),
             asg_group: None,
+            tags: BTreeMap::new(),
             instance_id: "i-0abc".into(),
             region: "eu-west-1".into(),
         }

@@ -6,7 +6,15 @@ use crate::config::ConfigError;
 
 /// Values a template may use. `None` is a known placeholder with no value (an absent
 /// `Repository` tag): a template using it renders to "unset" rather than to a wrong string.
-pub type TemplateVars = BTreeMap<&'static str, Option<String>>;
+pub type TemplateVars = BTreeMap<String, Option<String>>;
+
+/// The instance tags a template reads through `{tag:NAME}` placeholders.
+pub fn tag_placeholders(template: &str) -> impl Iterator<Item = &str> {
+    template
+        .split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}')?.0.strip_prefix("tag:"))
+}
 
 /// Renders `template` (the value of config key `key`). Returns `Ok(None)` when it uses a
 /// placeholder whose value is unset.
@@ -68,10 +76,23 @@ mod tests {
 
     fn vars() -> TemplateVars {
         BTreeMap::from([
-            ("service", Some("calendar".to_string())),
-            ("env", Some("stage".to_string())),
-            ("repository", None),
+            ("service".to_string(), Some("calendar".to_string())),
+            ("env".to_string(), Some("stage".to_string())),
+            ("repository".to_string(), None),
+            ("tag:Release".to_string(), Some("v1.2".to_string())),
         ])
+    }
+
+    #[test]
+    fn instance_tags_are_placeholders_too() {
+        assert_eq!(
+            render("git.ref", "{tag:Release}", &vars())
+                .unwrap()
+                .as_deref(),
+            Some("v1.2")
+        );
+        let found: Vec<_> = tag_placeholders("{tag:A}-{env}/{tag:B}").collect();
+        assert_eq!(found, ["A", "B"]);
     }
 
     #[test]

@@ -232,3 +232,28 @@ fn a_release_tag_or_a_full_commit_id_can_pin_the_checkout() {
     branch.run(&imds, &["boot"]).expect(0);
     assert_eq!(branch.running_commit(&name), newer);
 }
+
+#[test]
+fn an_instance_tag_can_name_the_release() {
+    let (name, mut repo, _imds) = service_in("prod");
+    let pinned = repo.commits["prod"].clone();
+    git(&repo.path, &["tag", "v2.3.1", &pinned]);
+    repo.push_version("prod", "prod build 2\n");
+    let instance = Instance::exec_mode("[git]\nref = \"{tag:Release}\"\n");
+    let tagged = |release: &str| {
+        Imds::with_tags(&[
+            ("Service", &name),
+            ("Environment", "prod"),
+            ("Repository", &repo.url),
+            ("Release", release),
+        ])
+    };
+    instance.run(&tagged("v2.3.1"), &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), pinned);
+    assert_eq!(instance.status()["identity"]["tags"]["Release"], "v2.3.1");
+
+    instance
+        .run(&tagged("../../etc"), &["boot"])
+        .expect(3)
+        .stderr_has("instance tag Release=\"../../etc\", used in a template");
+}
