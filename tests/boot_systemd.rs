@@ -247,7 +247,7 @@ fn boot_one_environment(container: &Container, tag: &str, env: &str) {
 
 #[test]
 fn a_unit_that_cannot_start_is_reported_with_exit_code_8() {
-    let (name, _repo, imds) = small_service("sdfail");
+    let (name, _repo, imds) = small_service("sdfail", "test");
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
     container.install_unit(&unit, "Type=exec\\nExecStart=/nonexistent/service");
@@ -435,19 +435,6 @@ fn http_status(url: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A service in `test` with a one-variable secret and a sample repo: name, repo, IMDS.
-fn small_service(prefix: &str) -> (String, SampleRepo, Imds) {
-    let name = unique(prefix);
-    let repo = SampleRepo::create(&name);
-    create_secret(&format!("{name}_env_test"), r#"{"A": "1"}"#);
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", "test"),
-        ("Repository", &repo.url),
-    ]);
-    (name, repo, imds)
-}
-
 /// The recorder writes its file just after the unit becomes active: wait for it, boundedly.
 fn wait_for_file(path: &Path) -> Vec<u8> {
     for _ in 0..100 {
@@ -461,7 +448,7 @@ fn wait_for_file(path: &Path) -> Vec<u8> {
 
 #[test]
 fn a_unit_that_failed_gets_a_fresh_start_limit_on_the_next_boot() {
-    let (name, _repo, imds) = small_service("limit");
+    let (name, _repo, imds) = small_service("limit", "test");
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
     // One start a minute at most, and the first one fails until /share/ready exists.
@@ -525,7 +512,7 @@ fn refresh_restarts_the_unit_only_after_a_secret_changed() {
 
 #[test]
 fn doctor_shows_a_failed_unit_with_its_last_journal_lines() {
-    let (name, _repo, imds) = small_service("docunit");
+    let (name, _repo, imds) = small_service("docunit", "test");
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
     container.install_unit(
@@ -641,7 +628,7 @@ fn eventually(seconds: u64, what: &str, mut condition: impl FnMut() -> bool) {
 
 #[test]
 fn termination_drains_then_stops_then_completes_the_hook() {
-    let (name, _repo, imds) = small_service("term");
+    let (name, _repo, imds) = small_service("term", "test");
     let asg = AsgFake::start();
     let container = Container::boot(&format!(
         "{CONFIG}\n[lifecycle]\ntermination_hook = \"terminating\"\ngroup = \"web-asg\"\ndrain = \"2s\"\n"
@@ -680,7 +667,7 @@ fn termination_drains_then_stops_then_completes_the_hook() {
 
 #[test]
 fn a_warm_pool_instance_is_prepared_then_started_when_in_service() {
-    let (name, repo, imds) = small_service("warm");
+    let (name, repo, imds) = small_service("warm", "test");
     imds.set(serde_json::json!({"lifecycle_state": "Warmed:Stopped"}));
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
@@ -713,7 +700,7 @@ fn a_warm_pool_instance_is_prepared_then_started_when_in_service() {
 
 #[test]
 fn a_spot_interruption_drains_and_stops_without_a_hook() {
-    let (name, _repo, imds) = small_service("spot");
+    let (name, _repo, imds) = small_service("spot", "test");
     let container = Container::boot(&format!("{CONFIG}\n[lifecycle]\ndrain = \"1s\"\n"));
     let unit = format!("{name}.service");
     container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");

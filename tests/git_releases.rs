@@ -9,18 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn service_in(env: &str) -> (String, SampleRepo, Imds) {
-    let name = unique("rel");
-    let repo = SampleRepo::create(&name);
-    create_secret(&format!("{name}_env_{env}"), r#"{"A": "1"}"#);
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", env),
-        ("Repository", &repo.url),
-    ]);
-    (name, repo, imds)
-}
-
 /// `diff -r` between a release and git's own extraction of the commit.
 fn same_tree(release: &Path, reference: &Path) -> bool {
     Command::new("diff")
@@ -50,7 +38,7 @@ fn releases(instance: &Instance, name: &str) -> Vec<String> {
 
 #[test]
 fn old_releases_are_pruned_to_the_configured_count() {
-    let (name, mut repo, imds) = service_in("test");
+    let (name, mut repo, imds) = small_service("rel", "test");
     let instance = Instance::exec_mode("[git]\nkeep = 2\n");
     let mut commits = vec![repo.commits["test"].clone()];
     instance.run(&imds, &["boot"]).expect(0);
@@ -79,7 +67,7 @@ fn old_releases_are_pruned_to_the_configured_count() {
 #[test]
 fn a_killed_boot_never_leaves_a_half_written_release_in_service() {
     let mut rng = Rng::from_env();
-    let (name, mut repo, imds) = service_in("prod");
+    let (name, mut repo, imds) = small_service("rel", "prod");
     let instance = Instance::exec_mode("");
     let references = tempfile::tempdir().unwrap();
     let mut extracted: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
@@ -147,7 +135,7 @@ fn dead_git_url() -> String {
 
 #[test]
 fn a_remote_down_keeps_the_last_good_release_and_says_why() {
-    let (name, repo, imds) = service_in("stage");
+    let (name, repo, imds) = small_service("rel", "stage");
     let instance = Instance::exec_mode("");
     instance.run(&imds, &["boot"]).expect(0);
     let dead = Imds::with_tags(&[
@@ -174,7 +162,7 @@ fn a_remote_down_keeps_the_last_good_release_and_says_why() {
 
 #[test]
 fn with_on_failure_fail_a_remote_down_fails_the_boot() {
-    let (name, repo, imds) = service_in("stage");
+    let (name, repo, imds) = small_service("rel", "stage");
     let instance = Instance::exec_mode("[git]\non_failure = \"fail\"\n");
     instance.run(&imds, &["boot"]).expect(0);
     let dead = Imds::with_tags(&[
@@ -191,7 +179,7 @@ fn with_on_failure_fail_a_remote_down_fails_the_boot() {
 
 #[test]
 fn locks_left_by_a_killed_fetch_do_not_block_the_next() {
-    let (name, mut repo, imds) = service_in("test");
+    let (name, mut repo, imds) = small_service("rel", "test");
     let instance = Instance::exec_mode("[git]\non_failure = \"fail\"\n");
     instance.run(&imds, &["boot"]).expect(0);
     let bare = instance.repository(&name);
@@ -205,7 +193,7 @@ fn locks_left_by_a_killed_fetch_do_not_block_the_next() {
 
 #[test]
 fn a_release_tag_or_a_full_commit_id_can_pin_the_checkout() {
-    let (name, mut repo, imds) = service_in("prod");
+    let (name, mut repo, imds) = small_service("rel", "prod");
     let pinned = repo.commits["prod"].clone();
     git(&repo.path, &["tag", "-a", "-m", "release", "v1.0", &pinned]);
     let newer = repo.push_version("prod", "prod build 2\n");
@@ -235,7 +223,7 @@ fn a_release_tag_or_a_full_commit_id_can_pin_the_checkout() {
 
 #[test]
 fn an_instance_tag_can_name_the_release() {
-    let (name, mut repo, _imds) = service_in("prod");
+    let (name, mut repo, _imds) = small_service("rel", "prod");
     let pinned = repo.commits["prod"].clone();
     git(&repo.path, &["tag", "v2.3.1", &pinned]);
     repo.push_version("prod", "prod build 2\n");

@@ -18,14 +18,7 @@ struct Booted {
 
 impl Booted {
     fn start(extra: &str) -> Booted {
-        let name = unique("health");
-        let repo = SampleRepo::create(&name);
-        create_secret(&format!("{name}_env_test"), r#"{"A": "1"}"#);
-        let imds = Imds::with_tags(&[
-            ("Service", &name),
-            ("Environment", "test"),
-            ("Repository", &repo.url),
-        ]);
+        let (_name, _repo, imds) = small_service("health", "test");
         let instance = Instance::exec_mode(extra);
         instance.add_config(
             "60-stay.toml",

@@ -581,6 +581,20 @@ impl SampleRepo {
     }
 }
 
+/// A service in `env` with a one-variable secret and a sample repo, and the IMDS of an instance
+/// tagged for it: (name, repo, IMDS).
+pub fn small_service(prefix: &str, env: &str) -> (String, SampleRepo, Imds) {
+    let name = unique(prefix);
+    let repo = SampleRepo::create(&name);
+    create_secret(&format!("{name}_env_{env}"), r#"{"A": "1"}"#);
+    let imds = Imds::with_tags(&[
+        ("Service", &name),
+        ("Environment", env),
+        ("Repository", &repo.url),
+    ]);
+    (name, repo, imds)
+}
+
 /// One instance's files: config, run dir on tmpfs, checkout and the service's output.
 pub struct Instance {
     pub root: tempfile::TempDir,
