@@ -135,6 +135,8 @@ pub struct GitConfig {
     pub on_failure: OnGitFailure,
     pub username: String,
     pub token: String,
+    pub ssh_key: String,
+    pub known_hosts: PathBuf,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
 }

@@ -492,10 +492,9 @@ async fn check_git(
     };
     let reference = plan.git.reference.clone();
     let shown = git::redact(&url);
-    let answer = tokio::task::spawn_blocking(move || {
-        git::remote_commit(&url, &reference, credentials.as_ref())
-    })
-    .await;
+    let answer =
+        tokio::task::spawn_blocking(move || git::remote_commit(&url, &reference, &credentials))
+            .await;
     match answer {
         Ok(Ok(commit)) => ok(format!("{shown} {} is at {commit}", plan.git.reference)),
         Ok(Err(e)) => fail(
@@ -506,25 +505,35 @@ async fn check_git(
     }
 }
 
-/// The deploy token as a boot would use it; reading a secret for it only when configured so.
+/// The deploy token and key as a boot would use them; reading secrets only when one is there.
 async fn git_credentials(
     config: &Config,
     plan: &Plan,
     client: Option<aws_sdk_secretsmanager::Client>,
-) -> Result<Option<git::Credentials>, Finding> {
+) -> Result<git::Credentials, Finding> {
     let mut loaded = secrets::LoadedSecrets::default();
-    if config.git.token.starts_with("secret:") {
+    if [&config.git.token, &config.git.ssh_key]
+        .iter()
+        .any(|source| source.starts_with("secret:"))
+    {
         let Some(client) = client else {
             return Err(skip(
-                "the token is in a secret, and Secrets Manager is not reachable",
+                "a git credential is in a secret, and Secrets Manager is not reachable",
             ));
         };
         loaded = secrets::load(&client, &plan.identity.region, &plan.secrets)
             .await
-            .map_err(|_| skip("the token is in a secret, which the secret check could not read"))?;
+            .map_err(|_| {
+                skip("a git credential is in a secret, which the secret check could not read")
+            })?;
     }
-    git::Credentials::from_config(&config.git.username, &config.git.token, &mut loaded)
-        .map_err(|e| fail(e.to_string(), "fix git.token"))
+    git::Credentials::from_config(
+        &config.git,
+        &config.paths.run_dir,
+        config.paths.allow_persistent_env_file,
+        &mut loaded,
+    )
+    .map_err(|e| fail(e.to_string(), "fix git.token or git.ssh_key"))
 }
 
 async fn check_env_file(config: Arc<Config>, plan: Arc<Plan>) -> Finding {

@@ -39,11 +39,7 @@ impl Service {
     }
 
     fn imds(&self, env_tag: &str) -> Imds {
-        Imds::with_tags(&[
-            ("Service", &self.name),
-            ("Environment", env_tag),
-            ("Repository", &self.repo.url),
-        ])
+        Imds::for_service(&self.name, env_tag, &self.repo.url)
     }
 }
 
@@ -371,11 +367,7 @@ fn missing_secret_names_its_id_and_region() {
     let name = unique("nosecret");
     let repo = SampleRepo::create(&name);
     let instance = Instance::exec_mode("");
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", "stage"),
-        ("Repository", &repo.url),
-    ]);
+    let imds = Imds::for_service(&name, "stage", &repo.url);
     failing_boot(
         &instance,
         &imds,
@@ -439,11 +431,7 @@ fn git_remote_down_keeps_the_earlier_env_file() {
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let dead_url = format!("git://127.0.0.1:{}/x.git", free_port());
-    let imds = Imds::with_tags(&[
-        ("Service", &service.name),
-        ("Environment", "test"),
-        ("Repository", &dead_url),
-    ]);
+    let imds = Imds::for_service(&service.name, "test", &dead_url);
     failing_boot(
         &instance,
         &imds,

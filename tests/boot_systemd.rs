@@ -169,11 +169,7 @@ fn boot_one_environment(container: &Container, tag: &str, env: &str) {
         &serde_json::json!({"DB_PASSWORD": canary, "PEM": "-----BEGIN-----\nabc\n-----END-----"})
             .to_string(),
     );
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", tag),
-        ("Repository", &repo.url),
-    ]);
+    let imds = Imds::for_service(&name, tag, &repo.url);
     let unit = format!("{name}.service");
     let out = format!("/share/out/{name}");
     container.sh(&format!("mkdir -m 777 {out}"));
@@ -270,11 +266,7 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
         &format!("{name}_env_prod"),
         &serde_json::json!({ "TOKEN": canary }).to_string(),
     );
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", "production"),
-        ("Repository", &repo.url),
-    ]);
+    let imds = Imds::for_service(&name, "production", &repo.url);
     let container = Container::boot(CONFIG);
     let health_port = free_port();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
@@ -383,11 +375,7 @@ fn generated_values_reach_the_unit_exactly_through_its_environment_file() {
     let repo = SampleRepo::create(&name);
     let secret = format!("{name}_env_test");
     create_secret(&secret, "{}");
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", "test"),
-        ("Repository", &repo.url),
-    ]);
+    let imds = Imds::for_service(&name, "test", &repo.url);
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
     container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
@@ -470,11 +458,7 @@ fn refresh_restarts_the_unit_only_after_a_secret_changed() {
     let repo = SampleRepo::create(&name);
     let secret = format!("{name}_env_prod");
     create_secret(&secret, r#"{"RELEASE": "one"}"#);
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", "prod"),
-        ("Repository", &repo.url),
-    ]);
+    let imds = Imds::for_service(&name, "prod", &repo.url);
     let container = Container::boot(&format!("{CONFIG}\n[refresh]\nwindow = \"2s\"\n"));
     let unit = format!("{name}.service");
     container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");

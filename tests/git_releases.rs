@@ -138,11 +138,7 @@ fn a_remote_down_keeps_the_last_good_release_and_says_why() {
     let (name, repo, imds) = small_service("rel", "stage");
     let instance = Instance::exec_mode("");
     instance.run(&imds, &["boot"]).expect(0);
-    let dead = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", "stage"),
-        ("Repository", &dead_git_url()),
-    ]);
+    let dead = Imds::for_service(&name, "stage", &dead_git_url());
     let run = instance.run(&dead, &["boot"]);
     run.expect(0);
     let status = instance.status();
@@ -165,11 +161,7 @@ fn with_on_failure_fail_a_remote_down_fails_the_boot() {
     let (name, repo, imds) = small_service("rel", "stage");
     let instance = Instance::exec_mode("[git]\non_failure = \"fail\"\n");
     instance.run(&imds, &["boot"]).expect(0);
-    let dead = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", "stage"),
-        ("Repository", &dead_git_url()),
-    ]);
+    let dead = Imds::for_service(&name, "stage", &dead_git_url());
     instance
         .run(&dead, &["boot"])
         .expect(75)

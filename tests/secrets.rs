@@ -10,11 +10,7 @@ use support::*;
 
 fn repo_and_imds(name: &str, env_tag: &str) -> (SampleRepo, Imds) {
     let repo = SampleRepo::create(name);
-    let imds = Imds::with_tags(&[
-        ("Service", name),
-        ("Environment", env_tag),
-        ("Repository", &repo.url),
-    ]);
+    let imds = Imds::for_service(name, env_tag, &repo.url);
     (repo, imds)
 }
 

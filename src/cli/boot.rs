@@ -225,8 +225,12 @@ async fn steps(
     .await??;
     recorder.status.secrets = loaded.versions.clone();
     let mut loaded = loaded;
-    let credentials =
-        git::Credentials::from_config(&config.git.username, &config.git.token, &mut loaded)?;
+    let credentials = git::Credentials::from_config(
+        &config.git,
+        &config.paths.run_dir,
+        config.paths.allow_persistent_env_file,
+        &mut loaded,
+    )?;
     let environment = envfile::compose(&plan.env, loaded)?;
     let rendered = envfile::render(&environment, plan.secrets.format)?;
     recorder.end(Outcome::Succeeded)?;
@@ -353,7 +357,7 @@ fn keep_last_good(
 async fn checkout(
     config: &Config,
     plan: &Plan,
-    credentials: Option<git::Credentials>,
+    credentials: git::Credentials,
 ) -> Result<git::Checkout, Error> {
     let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
         tag: config.identity.repository_tag.clone(),
@@ -367,9 +371,8 @@ async fn checkout(
         _ => return Err(ServiceError::UnknownUser { user: user.clone() }.into()),
     };
     let git_plan = plan.git.clone();
-    let work = tokio::task::spawn_blocking(move || {
-        git::sync(&git_plan, &url, Some(owner), credentials.as_ref())
-    });
+    let work =
+        tokio::task::spawn_blocking(move || git::sync(&git_plan, &url, Some(owner), &credentials));
     let joined = within("git", config.git.timeout, work).await?;
     let result = joined.map_err(|e| Error::io("the git task failed", std::io::Error::other(e)))?;
     Ok(result?)

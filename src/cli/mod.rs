@@ -54,7 +54,12 @@ impl Cli {
         let config = crate::config::load(self.config.as_deref())?;
         // boot, refresh, lifecycle watch and doctor all reach git remotes.
         // SAFETY: no thread has been started yet; each command starts its runtime after this.
-        unsafe { crate::git::set_network_timeouts(config.git.timeout) };
+        unsafe { crate::git::init(config.git.timeout) }.map_err(|e| {
+            Error::io(
+                "failed to set up the ssh transport",
+                std::io::Error::other(e),
+            )
+        })?;
         match self.command {
             Command::Boot(args) => args.run(&config),
             Command::Plan(args) => args.run(&config),

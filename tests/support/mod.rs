@@ -108,6 +108,15 @@ impl Imds {
         Imds::start(serde_json::json!({ "tags": tags }))
     }
 
+    /// An instance tagged for `service` in `env`, its code at `repository`.
+    pub fn for_service(service: &str, env: &str, repository: &str) -> Imds {
+        Imds::with_tags(&[
+            ("Service", service),
+            ("Environment", env),
+            ("Repository", repository),
+        ])
+    }
+
     /// Merges `changes` into the fake's state, as a change on the instance would.
     pub fn set(&self, changes: serde_json::Value) {
         curl(&[
@@ -245,6 +254,128 @@ impl GitHttp {
     pub fn repo_url(&self, name: &str) -> String {
         format!("{}/{name}.git", self.url)
     }
+}
+
+/// A new ed25519 key pair in `dir`: the private key's path and the public key's line.
+pub fn ssh_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let private = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&private)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ssh-keygen failed");
+    let public = std::fs::read_to_string(private.with_extension("pub")).unwrap();
+    (private, public.trim().to_string())
+}
+
+/// `sshd` on a loopback port with its own host key, serving the world's repositories to the
+/// authorized deploy keys (as root: the world has no git user, and the authorized_keys file is
+/// the server's own, so no other key gets in).
+pub struct GitSsh {
+    dir: tempfile::TempDir,
+    port: u16,
+    host_key: String,
+    process: Reaped,
+}
+
+impl GitSsh {
+    pub fn start(authorized: &[&str]) -> GitSsh {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: String = authorized
+            .iter()
+            .map(|key| format!("restrict {key}\n"))
+            .collect();
+        std::fs::write(dir.path().join("authorized_keys"), keys).unwrap();
+        // sshd's privilege separation needs it; a host without a running sshd lacks it.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = free_port();
+        let (process, host_key) = GitSsh::spawn(dir.path(), "host_key_1", port);
+        GitSsh {
+            dir,
+            port,
+            host_key,
+            process,
+        }
+    }
+
+    /// Starts sshd with a new host key; returns it and the host key's public line.
+    fn spawn(dir: &Path, host_key_name: &str, port: u16) -> (Reaped, String) {
+        let (host_key, public) = ssh_keygen(dir, host_key_name);
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n\
+                 PidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+                host_key = host_key.display(),
+                dir = dir.display(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+        let child = Command::new(world("SSHD"))
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "sshd did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (Reaped(child), public)
+    }
+
+    /// The line a known_hosts file pins this server's host key with.
+    pub fn known_hosts_line(&self) -> String {
+        let mut fields = self.host_key.split_whitespace();
+        let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+        format!("[127.0.0.1]:{} {kind} {key}\n", self.port)
+    }
+
+    pub fn repo_url(&self, name: &str) -> String {
+        format!(
+            "ssh://root@127.0.0.1:{}{}/{name}.git",
+            self.port,
+            world("GIT_ROOT")
+        )
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+    }
+
+    /// Restarts the server, on the same port, with a new host key: what a client that pinned
+    /// the old key must refuse.
+    pub fn change_host_key(&mut self) {
+        self.stop();
+        let (process, host_key) = GitSsh::spawn(self.dir.path(), "host_key_2", self.port);
+        self.process = process;
+        self.host_key = host_key;
+    }
+}
+
+/// Every file under `dir` that contains `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path)
+            .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            found.push(path);
+        }
+    }
+    found
 }
 
 /// The Auto Scaling lifecycle fake (tests/world/autoscaling_fake.py).
@@ -587,11 +718,7 @@ pub fn small_service(prefix: &str, env: &str) -> (String, SampleRepo, Imds) {
     let name = unique(prefix);
     let repo = SampleRepo::create(&name);
     create_secret(&format!("{name}_env_{env}"), r#"{"A": "1"}"#);
-    let imds = Imds::with_tags(&[
-        ("Service", &name),
-        ("Environment", env),
-        ("Repository", &repo.url),
-    ]);
+    let imds = Imds::for_service(&name, env, &repo.url);
     (name, repo, imds)
 }
 
@@ -736,6 +863,44 @@ deadline = "60s"
                 ("status.json", &self.status_text()),
             ],
         );
+    }
+
+    /// Asserts that `service` runs `commit` and got the secret's variables except `withheld`,
+    /// which bootagent keeps for itself (a deploy token or key).
+    pub fn assert_runs_without(&self, service: &str, commit: &str, withheld: &str) {
+        assert_eq!(self.running_commit(service), commit);
+        let received = self.service_env();
+        assert_eq!(received["APP"], "1");
+        assert!(
+            !received.contains_key(withheld),
+            "the service got {withheld}"
+        );
+    }
+
+    /// Asserts that `canary` is neither in what `run` printed, nor in status.json, nor in any
+    /// file under the instance's directories.
+    pub fn assert_left_nowhere(&self, canary: &str, run: &Run) {
+        self.assert_no_canary(canary, run);
+        let leaks = [
+            files_containing(self.root.path(), canary),
+            files_containing(self.run.path(), canary),
+        ]
+        .concat();
+        assert!(leaks.is_empty(), "the canary was written to {leaks:?}");
+    }
+
+    /// Runs `doctor --json`; returns the run and the finding of the check `name`.
+    pub fn doctor_check(&self, imds: &Imds, name: &str) -> (Run, serde_json::Value) {
+        let run = self.run(imds, &["doctor", "--json"]);
+        let report: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+        let finding = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {report}"))
+            .clone();
+        (run, finding)
     }
 
     pub fn command(&self, imds: &Imds, args: &[&str]) -> Command {

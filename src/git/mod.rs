@@ -1,12 +1,16 @@
 //! The service checkout: bring `git.dir` to the planned branch, tag or commit with libgit2.
 //! The remote is anonymous, so its URL (and any credential in it) never lands in `.git/config`.
 
+mod ssh;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use git2::{Direction, FetchOptions, Oid, Repository};
 
+use crate::config::GitConfig;
 use crate::plan::GitPlan;
+use ssh::{ActiveSession, SshFailure, SshOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -19,6 +23,25 @@ pub enum GitError {
     Unreachable { url: String, message: String },
     #[error("git remote {url} refused access: {message}; check the deploy key or token")]
     Denied { url: String, message: String },
+    #[error(
+        "git remote {url} is not the host pinned in {known_hosts}: {message}; if its host key \
+         really changed, verify the new key out of band and replace the old one in {known_hosts}"
+    )]
+    HostKey {
+        url: String,
+        known_hosts: String,
+        message: String,
+    },
+    #[error(
+        "git.known_hosts {known_hosts} cannot be read ({message}); put the remote's host key \
+         there (ssh-keyscan prints it; check its fingerprint out of band)"
+    )]
+    NoKnownHosts {
+        known_hosts: String,
+        message: String,
+    },
+    #[error("{message}; fix git.ssh_key")]
+    DeployKey { message: String },
     #[error(
         "git remote {url} has no branch or tag {reference}; push it, or fix git.ref (or the \
          Environment tag)"
@@ -71,15 +94,17 @@ impl Action {
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// Bounds every network read and connect of libgit2.
+/// Bounds every network read and connect of libgit2, and adds the ssh transport.
 ///
 /// # Safety
 /// Sets libgit2 globals without synchronization: call before any thread is started.
-pub unsafe fn set_network_timeouts(timeout: Duration) {
+pub unsafe fn init(timeout: Duration) -> Result<(), git2::Error> {
     let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // Neither call can fail: libgit2 only stores the value.
     let _ = git2::opts::set_server_connect_timeout_in_milliseconds(millis);
     let _ = git2::opts::set_server_timeout_in_milliseconds(millis);
+    // SAFETY: the caller guarantees no other thread uses libgit2 yet.
+    unsafe { ssh::register() }
 }
 
 /// Where a service's code lives, for `git.dir = /srv/calendar`:
@@ -113,67 +138,210 @@ impl Layout {
     }
 }
 
-/// HTTP credentials for the remote: a deploy token as the password. Never written to disk or to
-/// `.git/config`; the token is wiped when dropped.
+/// How bootagent proves itself to the remote, and checks the remote: an HTTP deploy token, an
+/// SSH deploy key and the pinned host keys. Secrets among them are never written to persistent
+/// disk or `.git/config`, and are wiped or removed when this is dropped.
 pub struct Credentials {
-    pub username: String,
-    pub token: zeroize::Zeroizing<String>,
+    token: Option<HttpToken>,
+    ssh: SshOptions,
+    /// A deploy key that came from a secret, on tmpfs while it is needed.
+    _key_file: Option<KeyFile>,
+}
+
+struct HttpToken {
+    username: String,
+    token: zeroize::Zeroizing<String>,
 }
 
 impl Credentials {
-    /// The token named by `git.token`: `secret:NAME` takes the variable NAME out of the loaded
-    /// secrets (so the service does not receive the deploy token), a path reads that file, and
-    /// an empty value means none.
+    /// The credentials `config` names. `git.token` and `git.ssh_key` each take `secret:NAME`,
+    /// the variable NAME out of the loaded secrets (so the service does not receive it), or a
+    /// file path; empty means none. A key from a secret is written, mode 0600, into `run_dir`,
+    /// which must be memory-backed.
     pub fn from_config(
-        username: &str,
-        token: &str,
+        config: &GitConfig,
+        run_dir: &Path,
+        allow_persistent: bool,
         secrets: &mut crate::secrets::LoadedSecrets,
-    ) -> Result<Option<Credentials>, GitError> {
-        let token = match token.strip_prefix("secret:") {
-            _ if token.is_empty() => return Ok(None),
-            Some(name) => secrets
-                .vars
-                .remove(name)
-                .map(|var| var.value)
-                .ok_or_else(|| GitError::Token {
-                    message: format!(
-                        "git.token names secret variable {name}, which no secret defines"
-                    ),
-                })?,
-            None => std::fs::read_to_string(token)
-                .map(|text| zeroize::Zeroizing::new(text.trim().to_string()))
-                .map_err(|e| GitError::Token {
-                    message: format!("cannot read the token file {token}: {e}"),
-                })?,
+    ) -> Result<Credentials, GitError> {
+        let token = match config.token.strip_prefix("secret:") {
+            _ if config.token.is_empty() => None,
+            Some(name) => Some(take_secret(secrets, name, "git.token").map_err(token_error)?),
+            None => Some(
+                std::fs::read_to_string(&config.token)
+                    .map(|text| zeroize::Zeroizing::new(text.trim().to_string()))
+                    .map_err(|e| {
+                        token_error(format!("cannot read the token file {}: {e}", config.token))
+                    })?,
+            ),
         };
-        Ok(Some(Credentials {
-            username: username.to_string(),
-            token,
-        }))
+        let mut key_file = None;
+        let identity = match config.ssh_key.strip_prefix("secret:") {
+            _ if config.ssh_key.is_empty() => None,
+            Some(name) => {
+                let key = take_secret(secrets, name, "git.ssh_key").map_err(key_error)?;
+                crate::envfile::check_memory_backed(run_dir, allow_persistent)
+                    .map_err(|e| key_error(e.to_string()))?;
+                let written = KeyFile::write(run_dir, &key)
+                    .map_err(|e| key_error(format!("cannot write the deploy key: {e}")))?;
+                let path = written.path.clone();
+                key_file = Some(written);
+                Some(path)
+            }
+            None => {
+                let path = PathBuf::from(&config.ssh_key);
+                std::fs::File::open(&path).map_err(|e| {
+                    key_error(format!(
+                        "cannot read the deploy key {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(path)
+            }
+        };
+        Ok(Credentials {
+            token: token.map(|token| HttpToken {
+                username: config.username.clone(),
+                token,
+            }),
+            ssh: SshOptions {
+                known_hosts: config.known_hosts.clone(),
+                identity,
+                timeout: config.timeout,
+            },
+            _key_file: key_file,
+        })
+    }
+}
+
+impl Credentials {
+    /// Readies the ssh transport for `url`; the known_hosts must be readable when `url` is an
+    /// ssh remote.
+    fn session(&self, url: &str) -> Result<ActiveSession, GitError> {
+        if ssh::is_ssh_url(url) {
+            let known_hosts = &self.ssh.known_hosts;
+            let refused = |message: String| GitError::NoKnownHosts {
+                known_hosts: known_hosts.display().to_string(),
+                message,
+            };
+            if !ssh::fits_ssh_option(known_hosts) {
+                return Err(refused(
+                    "ssh cannot take a path with spaces, quotes or '%'".into(),
+                ));
+            }
+            std::fs::File::open(known_hosts).map_err(|e| refused(e.to_string()))?;
+            if let Some(identity) = self.ssh.identity.as_deref() {
+                if !ssh::fits_ssh_option(identity) {
+                    return Err(key_error(format!(
+                        "ssh cannot take the deploy key path {} (spaces, quotes or '%')",
+                        identity.display()
+                    )));
+                }
+            }
+        }
+        Ok(ActiveSession::start(self.ssh.clone()))
+    }
+}
+
+fn take_secret(
+    secrets: &mut crate::secrets::LoadedSecrets,
+    name: &str,
+    key: &str,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    secrets
+        .vars
+        .remove(name)
+        .map(|var| var.value)
+        .ok_or_else(|| format!("{key} names secret variable {name}, which no secret defines"))
+}
+
+fn token_error(message: String) -> GitError {
+    GitError::Token { message }
+}
+
+fn key_error(message: String) -> GitError {
+    GitError::DeployKey { message }
+}
+
+/// A deploy key from a secret, as the file `ssh` reads it; removed when dropped. Named after the
+/// process, so one a killed boot left behind is recognized and removed by the next.
+struct KeyFile {
+    path: PathBuf,
+}
+
+const KEY_FILE_PREFIX: &str = ".git-deploy-key.";
+
+impl KeyFile {
+    fn write(run_dir: &Path, key: &str) -> std::io::Result<KeyFile> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(run_dir)?;
+        remove_orphaned_key_files(run_dir);
+        let path = run_dir.join(format!("{KEY_FILE_PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let key_file = KeyFile { path };
+        file.write_all(key.trim_end().as_bytes())?;
+        // OpenSSH refuses a private key without its final newline.
+        file.write_all(b"\n")?;
+        Ok(key_file)
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes the key files of processes that no longer run.
+fn remove_orphaned_key_files(run_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(KEY_FILE_PREFIX))
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
 /// Callbacks that offer `credentials` once per connection: libgit2 asks again after a refusal,
 /// and offering the same token again would loop.
-fn remote_callbacks(credentials: Option<&Credentials>) -> git2::RemoteCallbacks<'_> {
+fn remote_callbacks(credentials: &Credentials) -> git2::RemoteCallbacks<'_> {
     let mut callbacks = git2::RemoteCallbacks::new();
     let mut offered = false;
-    callbacks.credentials(move |_url, _user_from_url, _allowed| match credentials {
-        Some(credentials) if !offered => {
-            offered = true;
-            git2::Cred::userpass_plaintext(&credentials.username, &credentials.token)
-        }
-        Some(_) => Err(git2::Error::new(
-            git2::ErrorCode::Auth,
-            git2::ErrorClass::Http,
-            "the remote refused the token",
-        )),
-        None => Err(git2::Error::new(
-            git2::ErrorCode::Auth,
-            git2::ErrorClass::Http,
-            "the remote asks for credentials and none are configured (git.token)",
-        )),
-    });
+    callbacks.credentials(
+        move |_url, _user_from_url, _allowed| match &credentials.token {
+            Some(credentials) if !offered => {
+                offered = true;
+                git2::Cred::userpass_plaintext(&credentials.username, &credentials.token)
+            }
+            Some(_) => Err(git2::Error::new(
+                git2::ErrorCode::Auth,
+                git2::ErrorClass::Http,
+                "the remote refused the token",
+            )),
+            None => Err(git2::Error::new(
+                git2::ErrorCode::Auth,
+                git2::ErrorClass::Http,
+                "the remote asks for credentials and none are configured (git.token)",
+            )),
+        },
+    );
     callbacks
 }
 
@@ -192,7 +360,7 @@ pub fn sync(
     plan: &GitPlan,
     url: &str,
     owner: Option<Owner>,
-    credentials: Option<&Credentials>,
+    credentials: &Credentials,
 ) -> Result<Checkout, GitError> {
     let layout = Layout::of(&plan.dir);
     let local = |action: &'static str| {
@@ -211,6 +379,7 @@ pub fn sync(
             message: e.to_string(),
         }
     };
+    let session = credentials.session(url)?;
     std::fs::create_dir_all(&layout.releases).map_err(io("create the releases directory"))?;
     clear_interrupted_work(&layout.repo).map_err(io("clear what an interrupted fetch left"))?;
     let (repo, fresh) = match Repository::open_bare(&layout.repo) {
@@ -227,7 +396,8 @@ pub fn sync(
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(local("set up the remote"))?;
-    let (source_ref, advertised) = advertised_ref(&mut remote, url, &plan.reference, credentials)?;
+    let (source_ref, advertised) =
+        advertised_ref(&mut remote, url, &plan.reference, credentials, &session)?;
     if layout.current() == Some(advertised) {
         return Ok(Checkout {
             commit: advertised.to_string(),
@@ -269,7 +439,7 @@ pub fn sync(
                     Some(&mut options),
                     None,
                 )
-                .map_err(|e| network_error(e, url))?;
+                .map_err(|e| network_error(e, url, &session))?;
             drop(options);
             if fresh {
                 action = Action::Cloned;
@@ -426,12 +596,16 @@ fn sync_filesystem(path: &Path) -> std::io::Result<()> {
 pub fn remote_commit(
     url: &str,
     reference: &str,
-    credentials: Option<&Credentials>,
+    credentials: &Credentials,
 ) -> Result<String, GitError> {
-    let mut remote = git2::Remote::create_detached(url).map_err(|e| network_error(e, url))?;
-    Ok(advertised_ref(&mut remote, url, reference, credentials)?
-        .1
-        .to_string())
+    let session = credentials.session(url)?;
+    let mut remote =
+        git2::Remote::create_detached(url).map_err(|e| network_error(e, url, &session))?;
+    Ok(
+        advertised_ref(&mut remote, url, reference, credentials, &session)?
+            .1
+            .to_string(),
+    )
 }
 
 /// Connects, lists the remote's refs and finds `reference` among them.
@@ -439,12 +613,15 @@ fn advertised_ref(
     remote: &mut git2::Remote<'_>,
     url: &str,
     reference: &str,
-    credentials: Option<&Credentials>,
+    credentials: &Credentials,
+    session: &ActiveSession,
 ) -> Result<(String, Oid), GitError> {
     let connection = remote
         .connect_auth(Direction::Fetch, Some(remote_callbacks(credentials)), None)
-        .map_err(|e| network_error(e, url))?;
-    let heads = connection.list().map_err(|e| network_error(e, url))?;
+        .map_err(|e| network_error(e, url, session))?;
+    let heads = connection
+        .list()
+        .map_err(|e| network_error(e, url, session))?;
     find_ref(heads, reference).ok_or_else(|| GitError::RefNotFound {
         url: redact(url),
         reference: reference.to_string(),
@@ -470,8 +647,27 @@ fn find_ref(heads: &[git2::RemoteHead<'_>], reference: &str) -> Option<(String, 
     None
 }
 
-fn network_error(error: git2::Error, url: &str) -> GitError {
+/// The error of a network step on `url`, told by ssh when it was ssh that failed.
+fn network_error(error: git2::Error, url: &str, session: &ActiveSession) -> GitError {
     let shown = redact(url);
+    if let Some(failure) = session.failure() {
+        let message = failure.message().to_string();
+        return match failure {
+            SshFailure::HostKey(_) => GitError::HostKey {
+                url: shown,
+                known_hosts: session.known_hosts().display().to_string(),
+                message,
+            },
+            SshFailure::Denied(_) => GitError::Denied {
+                url: shown,
+                message,
+            },
+            SshFailure::Other(_) => GitError::Unreachable {
+                url: shown,
+                message,
+            },
+        };
+    }
     let message = error.message().replace(url, &shown);
     if error.code() == git2::ErrorCode::Auth {
         GitError::Denied {
@@ -486,16 +682,21 @@ fn network_error(error: git2::Error, url: &str) -> GitError {
     }
 }
 
-/// The URL without any user or password, fit for logs and messages.
+/// The URL without any password or token, fit for logs and messages. An ssh user name stays
+/// (`git@`, `deploy@` tell which account is used; ssh URLs carry no password), while over HTTP
+/// the user part itself is often the token.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    if ssh::is_ssh_url(url) && !rest[..at].contains(':') {
+        return url.to_string();
     }
+    format!("{scheme}://***@{}", &rest[at + 1..])
 }
 
 #[cfg(test)]
@@ -510,6 +711,18 @@ mod tests {
         );
         assert_eq!(redact("git://git.example/a.git"), "git://git.example/a.git");
         assert_eq!(redact("/srv/repo.git"), "/srv/repo.git");
+        assert_eq!(
+            redact("ssh://git@git.example/a.git"),
+            "ssh://git@git.example/a.git"
+        );
+        assert_eq!(
+            redact("ssh://git:pw@git.example/a.git"),
+            "ssh://***@git.example/a.git"
+        );
+        assert_eq!(
+            redact("https://tok3n@git.example/a.git"),
+            "https://***@git.example/a.git"
+        );
         assert_eq!(
             redact("https://git.example/a@b.git"),
             "https://git.example/a@b.git"

@@ -1,0 +1,564 @@
+//! ssh:// remotes (and scp-like `user@host:path`) through the system's OpenSSH client, the way
+//! git itself fetches over SSH: libgit2 speaks the git protocol over the pipes of an `ssh` child.
+//! So no SSH code or second crypto stack lives in this binary. `ssh` is told everything from
+//! bootagent's config and nothing else: `-F /dev/null` keeps the user's and the system's
+//! ssh_config out, the deploy key is the only identity offered, and host keys come only from
+//! `git.known_hosts`, checked strictly: an unknown or changed host key is refused.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
+
+/// What `ssh` is told for one fetch.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    pub known_hosts: PathBuf,
+    /// The deploy key; none leaves ssh its defaults (`~/.ssh/id_*` of the user boot runs as).
+    pub identity: Option<PathBuf>,
+    /// Bounds the connect and every wait for the remote's next bytes.
+    pub timeout: Duration,
+}
+
+/// Why `ssh` gave up, in its own words (the last lines it printed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshFailure {
+    /// The remote's host key is missing from, or differs from, the pinned known_hosts.
+    HostKey(String),
+    /// The remote refused the deploy key.
+    Denied(String),
+    /// Anything else: no route, connection refused, no repository at that path …
+    Other(String),
+}
+
+impl SshFailure {
+    fn classify(stderr: &str) -> SshFailure {
+        let summary = summarize(stderr);
+        if stderr.contains("Host key verification failed") {
+            SshFailure::HostKey(summary)
+        } else if stderr.contains("Permission denied") {
+            SshFailure::Denied(summary)
+        } else {
+            SshFailure::Other(summary)
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            SshFailure::HostKey(m) | SshFailure::Denied(m) | SshFailure::Other(m) => m,
+        }
+    }
+}
+
+/// The last lines of what ssh printed, without the banner of `@` lines it frames warnings with.
+fn summarize(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('@'))
+        .collect();
+    let joined = lines[lines.len().saturating_sub(2)..].join(" ");
+    // The message goes on after it, so it ends without ssh's final full stop.
+    let summary = joined.trim_end_matches('.');
+    if summary.is_empty() {
+        "ssh exited without saying why".to_string()
+    } else {
+        summary.to_string()
+    }
+}
+
+/// The options and outcome of the ssh:// fetches of one sync.
+struct Session {
+    options: SshOptions,
+    failure: Mutex<Option<SshFailure>>,
+}
+
+/// libgit2 finds transports in a process-wide table, so the session its ssh transport serves
+/// is process-wide too: one at a time, set while an [`ActiveSession`] lives.
+static ACTIVE: Mutex<Option<Arc<Session>>> = Mutex::new(None);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Hands ssh:// remotes to [`SshSubtransport`]. scp-like URLs (`git@host:repo.git`) reach it too:
+/// libgit2 looks those up as `ssh://`.
+///
+/// # Safety
+/// Changes libgit2's transport table without synchronization: call before any thread is started.
+pub unsafe fn register() -> Result<(), git2::Error> {
+    for scheme in ["ssh", "ssh+git", "git+ssh"] {
+        // SAFETY: the caller guarantees no other thread uses libgit2 yet.
+        unsafe {
+            git2::transport::register(scheme, |remote| {
+                let session = lock(&ACTIVE).clone().ok_or_else(|| {
+                    git2::Error::from_str("internal error: an ssh remote outside a git session")
+                })?;
+                Transport::smart(
+                    remote,
+                    false,
+                    SshSubtransport {
+                        session,
+                        child: Mutex::new(None),
+                    },
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// While this lives, ssh:// fetches use its options; afterwards it tells why ssh failed, if it did.
+pub struct ActiveSession(Arc<Session>);
+
+impl ActiveSession {
+    pub fn start(options: SshOptions) -> ActiveSession {
+        let session = Arc::new(Session {
+            options,
+            failure: Mutex::new(None),
+        });
+        *lock(&ACTIVE) = Some(session.clone());
+        ActiveSession(session)
+    }
+
+    pub fn failure(&self) -> Option<SshFailure> {
+        lock(&self.0.failure).clone()
+    }
+
+    pub fn known_hosts(&self) -> &Path {
+        &self.0.options.known_hosts
+    }
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        *lock(&ACTIVE) = None;
+    }
+}
+
+/// Where an ssh remote is: `ssh://[user@]host[:port]/path` or `[user@]host:path`.
+#[derive(Debug, PartialEq, Eq)]
+struct SshRemote {
+    user: Option<String>,
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+impl SshRemote {
+    fn parse(url: &str) -> Result<SshRemote, String> {
+        let scheme_rest = ["ssh://", "ssh+git://", "git+ssh://"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme));
+        let remote = match scheme_rest {
+            None if url.contains("://") => return Err("not an ssh URL".into()),
+            Some(rest) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                let (user, host_port) = split_user(authority);
+                let (host, port) = split_port(host_port)?;
+                // `ssh://host/~/repo` names a path in the home directory, as with git.
+                let path = match path.strip_prefix("/~") {
+                    Some(home) => format!("~{home}"),
+                    None => path.to_string(),
+                };
+                SshRemote {
+                    user,
+                    host,
+                    port,
+                    path,
+                }
+            }
+            None => {
+                let (authority, path) = url
+                    .split_once(':')
+                    .filter(|(authority, _)| !authority.contains('/'))
+                    .ok_or("not an ssh URL")?;
+                let (user, host) = split_user(authority);
+                SshRemote {
+                    user,
+                    host: host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string(),
+                    port: None,
+                    path: path.to_string(),
+                }
+            }
+        };
+        // What would read as an option to ssh, or break the remote command's quoting, is refused.
+        let parts = [
+            remote.user.as_deref().unwrap_or(""),
+            &remote.host,
+            &remote.path,
+        ];
+        if remote.host.is_empty() || remote.path.is_empty() {
+            return Err("an ssh URL needs a host and a path".into());
+        }
+        if parts.iter().any(|part| part.starts_with('-')) {
+            return Err("a user, host or path starting with '-' is refused".into());
+        }
+        if parts.iter().any(|part| part.chars().any(char::is_control)) {
+            return Err("control characters in an ssh URL are refused".into());
+        }
+        Ok(remote)
+    }
+
+    /// The command the remote's login shell runs, the path quoted as git quotes it (`!` too, for
+    /// csh).
+    fn remote_command(&self, program: &str) -> String {
+        let mut quoted = String::from("'");
+        for c in self.path.chars() {
+            match c {
+                '\'' | '!' => {
+                    quoted.push_str("'\\");
+                    quoted.push(c);
+                    quoted.push('\'');
+                }
+                c => quoted.push(c),
+            }
+        }
+        quoted.push('\'');
+        format!("{program} {quoted}")
+    }
+}
+
+fn split_user(authority: &str) -> (Option<String>, &str) {
+    match authority.rsplit_once('@') {
+        Some((user, host)) => (Some(user.to_string()), host),
+        None => (None, authority),
+    }
+}
+
+fn split_port(host_port: &str) -> Result<(String, Option<u16>), String> {
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or("an unclosed '[' in the host")?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    let port = port
+        .filter(|port| !port.is_empty())
+        .map(|port| port.parse().map_err(|_| format!("bad port {port:?}")))
+        .transpose()?;
+    Ok((host.to_string(), port))
+}
+
+impl SshOptions {
+    fn command(&self, remote: &SshRemote, program: &str) -> Command {
+        let seconds = self.timeout.as_secs().max(1);
+        let mut command = Command::new("ssh");
+        command.args(["-F", "/dev/null", "-T", "-x"]);
+        let mut options = vec![
+            "BatchMode=yes".to_string(),
+            "StrictHostKeyChecking=yes".to_string(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "GlobalKnownHostsFile=/dev/null".to_string(),
+            "UpdateHostKeys=no".to_string(),
+            format!("ConnectTimeout={seconds}"),
+            format!("ServerAliveInterval={}", seconds.div_ceil(3)),
+            "ServerAliveCountMax=3".to_string(),
+            "LogLevel=ERROR".to_string(),
+        ];
+        if let Some(identity) = &self.identity {
+            options.extend([
+                format!("IdentityFile={}", identity.display()),
+                "IdentitiesOnly=yes".to_string(),
+                "IdentityAgent=none".to_string(),
+            ]);
+        }
+        for option in options {
+            command.arg("-o").arg(option);
+        }
+        if let Some(port) = remote.port {
+            command.arg("-p").arg(port.to_string());
+        }
+        if let Some(user) = &remote.user {
+            command.arg("-l").arg(user);
+        }
+        command
+            .arg("--")
+            .arg(&remote.host)
+            .arg(remote.remote_command(program))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+}
+
+/// Whether libgit2 hands `url` to the ssh transport.
+pub fn is_ssh_url(url: &str) -> bool {
+    SshRemote::parse(url).is_ok()
+}
+
+/// Whether a path can be handed to ssh as an option value: ssh splits values at whitespace,
+/// takes quotes as quoting and expands `%` tokens.
+pub fn fits_ssh_option(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    !text.is_empty()
+        && !text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '%'))
+}
+
+struct SshSubtransport {
+    session: Arc<Session>,
+    child: Mutex<Option<Arc<Mutex<Child>>>>,
+}
+
+impl SmartSubtransport for SshSubtransport {
+    fn action(
+        &self,
+        url: &str,
+        action: Service,
+    ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
+        let program = match action {
+            Service::UploadPackLs | Service::UploadPack => "git-upload-pack",
+            Service::ReceivePackLs | Service::ReceivePack => "git-receive-pack",
+        };
+        let remote = SshRemote::parse(url)
+            .map_err(|e| git2::Error::from_str(&format!("cannot fetch over ssh: {e}")))?;
+        let mut child = self
+            .session
+            .options
+            .command(&remote, program)
+            .spawn()
+            .map_err(|e| {
+                git2::Error::from_str(&format!(
+                    "cannot run ssh ({e}): ssh:// remotes need the OpenSSH client installed"
+                ))
+            })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(git2::Error::from_str("ssh started without its pipes"));
+        };
+        let stderr = collect(stderr);
+        let child = Arc::new(Mutex::new(child));
+        *lock(&self.child) = Some(child.clone());
+        Ok(Box::new(SshStream {
+            stdin,
+            stdout,
+            stderr: Some(stderr),
+            child,
+            session: self.session.clone(),
+        }))
+    }
+
+    fn close(&self) -> Result<(), git2::Error> {
+        if let Some(child) = lock(&self.child).take() {
+            end(&mut lock(&child), CLOSE_GRACE);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SshSubtransport {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// How long a finished ssh gets to exit by itself before it is killed.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits up to `grace` for `child` to exit, then kills it; reaps it either way.
+fn end(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// What ssh prints, kept (up to a bound) by a thread so ssh never blocks on a full pipe.
+type Collected = std::thread::JoinHandle<String>;
+
+fn collect(mut stderr: std::process::ChildStderr) -> Collected {
+    std::thread::spawn(move || {
+        const KEEP: usize = 16 * 1024;
+        let mut kept = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            let room = KEEP.saturating_sub(kept.len()).min(n);
+            kept.extend_from_slice(&chunk[..room]);
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    })
+}
+
+struct SshStream {
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    stderr: Option<Collected>,
+    child: Arc<Mutex<Child>>,
+    session: Arc<Session>,
+}
+
+impl SshStream {
+    /// Once the pipe ended or broke: ssh's own reason when it exited with one, recorded for the
+    /// session.
+    fn ssh_failure(&mut self) -> Option<io::Error> {
+        let status = end(&mut lock(&self.child), CLOSE_GRACE);
+        if status.is_some_and(|status| status.success()) {
+            return None;
+        }
+        let said = self.stderr.take()?.join().unwrap_or_default();
+        let failure = SshFailure::classify(&said);
+        let error = io::Error::other(format!("ssh: {}", failure.message()));
+        *lock(&self.session.failure) = Some(failure);
+        Some(error)
+    }
+}
+
+impl Read for SshStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let timeout = self.session.options.timeout;
+        let limit = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let ready = loop {
+            let mut fds = [PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN)];
+            match nix::poll::poll(&mut fds, limit) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other.map_err(io::Error::from)?,
+            }
+        };
+        if ready == 0 {
+            let _ = lock(&self.child).kill();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the remote sent nothing for {} over ssh",
+                    humantime::format_duration(timeout)
+                ),
+            ));
+        }
+        match self.stdout.read(buf) {
+            Ok(0) if !buf.is_empty() => self.ssh_failure().map_or(Ok(0), Err),
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.ssh_failure().unwrap_or(e)),
+        }
+    }
+}
+
+impl Write for SshStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.stdin
+            .write(data)
+            .map_err(|e| self.ssh_failure().unwrap_or(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stdin.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(user: Option<&str>, host: &str, port: Option<u16>, path: &str) -> SshRemote {
+        SshRemote {
+            user: user.map(str::to_string),
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        }
+    }
+
+    #[test]
+    fn ssh_urls_in_both_forms_are_understood() {
+        assert_eq!(
+            SshRemote::parse("ssh://git@example.com:2222/org/app.git").unwrap(),
+            remote(Some("git"), "example.com", Some(2222), "/org/app.git")
+        );
+        assert_eq!(
+            SshRemote::parse("git+ssh://example.com/~/app.git").unwrap(),
+            remote(None, "example.com", None, "~/app.git")
+        );
+        assert_eq!(
+            SshRemote::parse("ssh://[::1]:22/srv/app.git").unwrap(),
+            remote(None, "::1", Some(22), "/srv/app.git")
+        );
+        assert_eq!(
+            SshRemote::parse("git@github.com:org/app.git").unwrap(),
+            remote(Some("git"), "github.com", None, "org/app.git")
+        );
+    }
+
+    #[test]
+    fn ssh_urls_that_could_inject_options_are_refused() {
+        for url in [
+            "ssh://-oProxyCommand=x/repo",
+            "-oProxyCommand=x:repo",
+            "ssh://host",
+            "ssh://host:port/repo",
+            "host:-repo",
+            "file:///srv/repo.git",
+            "ssh://host/re\npo",
+        ] {
+            assert!(SshRemote::parse(url).is_err(), "{url} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_remote_path_is_quoted_for_the_login_shell() {
+        let tricky = remote(None, "h", None, "/srv/it's here!.git");
+        assert_eq!(
+            tricky.remote_command("git-upload-pack"),
+            r"git-upload-pack '/srv/it'\''s here'\!'.git'"
+        );
+    }
+
+    #[test]
+    fn ssh_failures_are_classified_and_summarized() {
+        let changed = "@@@@@@@\n@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @\n@@@@@@@\n\
+                       IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\n\
+                       Host key for [127.0.0.1]:2299 has changed and you have requested strict \
+                       checking.\nHost key verification failed.\n";
+        assert_eq!(
+            SshFailure::classify(changed),
+            SshFailure::HostKey(
+                "Host key for [127.0.0.1]:2299 has changed and you have requested strict \
+                 checking. Host key verification failed"
+                    .into()
+            )
+        );
+        assert!(matches!(
+            SshFailure::classify("git@h: Permission denied (publickey).\n"),
+            SshFailure::Denied(_)
+        ));
+        assert_eq!(
+            SshFailure::classify(""),
+            SshFailure::Other("ssh exited without saying why".into())
+        );
+    }
+
+    #[test]
+    fn paths_ssh_would_split_or_expand_do_not_fit_an_option() {
+        assert!(fits_ssh_option(Path::new("/etc/bootagent/known_hosts")));
+        for bad in ["/etc/known hosts", "/etc/%h", "/etc/\"x", ""] {
+            assert!(!fits_ssh_option(Path::new(bad)), "{bad}");
+        }
+    }
+}
