@@ -73,6 +73,9 @@ impl ImdsClient {
             // IMDS is link-local: a proxy from the environment must never see these requests.
             .no_proxy()
             .user_agent(concat!("bootagent/", env!("CARGO_PKG_VERSION")))
+            // Plain HTTP only: without this the TLS set-up would load the system's CA store,
+            // and fail where there is none.
+            .tls_certs_only([])
             .build()
             .expect("a plain HTTP client builds");
         ImdsClient {

@@ -14,10 +14,15 @@ struct Setup {
 
 /// A service whose secret holds the deploy token (a canary) beside an ordinary variable.
 fn setup() -> Setup {
-    let name = unique("http");
+    setup_serving("http", |token| GitHttp::start("deploy", token))
+}
+
+/// The same, its repository served by what `serve` starts for the token.
+fn setup_serving(prefix: &str, serve: impl FnOnce(&str) -> GitHttp) -> Setup {
+    let name = unique(prefix);
     let repo = SampleRepo::create(&name);
     let token = canary();
-    let server = GitHttp::start("deploy", &token);
+    let server = serve(&token);
     create_secret(
         &format!("{name}_env_prod"),
         &serde_json::json!({ "GIT_TOKEN": token, "APP": "1" }).to_string(),
@@ -89,4 +94,77 @@ fn a_token_variable_no_secret_defines_is_named() {
         .run(&setup.imds(), &["boot"])
         .expect(7)
         .stderr_has("git.token names secret variable NOPE, which no secret defines");
+}
+
+/// A prod service whose repository is served over HTTPS with a certificate from a private CA
+/// (issued for `certificate_ip`), behind the same token.
+fn setup_tls(certificate_ip: &str) -> (Setup, TestCa) {
+    let ca = TestCa::issue_for(certificate_ip);
+    let setup = setup_serving("https", |token| GitHttp::start_tls("deploy", token, &ca));
+    (setup, ca)
+}
+
+fn boot_trusting(instance: &Instance, imds: &Imds, ca: &TestCa) -> Run {
+    Run(instance
+        .command(imds, &["boot"])
+        .env("SSL_CERT_FILE", &ca.ca_cert)
+        .output()
+        .unwrap())
+}
+
+#[test]
+fn https_with_a_trusted_private_ca_checks_out_with_the_token() {
+    let (setup, ca) = setup_tls("127.0.0.1");
+    assert!(setup.server.url.starts_with("https://"));
+    let instance = Instance::exec_mode(WITH_TOKEN);
+    let run = boot_trusting(&instance, &setup.imds(), &ca);
+    run.expect(0);
+    instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
+    instance.assert_left_nowhere(&setup.token, &run);
+}
+
+#[test]
+fn an_untrusted_certificate_is_refused_and_the_release_in_service_stays() {
+    let (mut setup, ca) = setup_tls("127.0.0.1");
+    let instance = Instance::exec_mode(&format!("{WITH_TOKEN}on_failure = \"fail\"\n"));
+    boot_trusting(&instance, &setup.imds(), &ca).expect(0);
+    let first = instance.running_commit(&setup.name);
+    setup.repo.push_version("prod", "prod build 2\n");
+
+    // Without the private CA, only the system's roots are trusted.
+    let run = instance.run(&setup.imds(), &["boot"]);
+    run.expect(7)
+        .stderr_has("presented a TLS certificate this instance does not trust")
+        .stderr_has("UnknownIssuer")
+        .stderr_has("add the CA to the system's trust store");
+    assert_eq!(instance.running_commit(&setup.name), first);
+    instance.assert_left_nowhere(&setup.token, &run);
+}
+
+#[test]
+fn a_certificate_for_another_name_is_refused() {
+    let (setup, ca) = setup_tls("127.0.0.2");
+    let instance = Instance::exec_mode(WITH_TOKEN);
+    boot_trusting(&instance, &setup.imds(), &ca)
+        .expect(7)
+        .stderr_has("does not trust")
+        .stderr_has("certificate not valid for name \"127.0.0.1\"");
+}
+
+#[test]
+fn a_remote_that_accepts_and_never_answers_is_given_up_on_after_git_timeout() {
+    // Connections complete into the listen backlog; nothing ever accepts or answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/app.git", silent.local_addr().unwrap());
+    let name = unique("silent");
+    create_secret(&format!("{name}_env_prod"), r#"{"A": "1"}"#);
+    // Shorter than doctor's own 5 s limit on a check, so the transport's deadline is what ends it.
+    let instance = Instance::exec_mode("[git]\ntimeout = \"1s\"\n");
+    let (_, git) = instance.doctor_check(&Imds::for_service(&name, "prod", &url), "git");
+    assert_eq!(git["verdict"], "fail", "{git}");
+    let detail = git["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the remote did not answer within 1s (git.timeout)"),
+        "{detail}"
+    );
 }

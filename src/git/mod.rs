@@ -1,7 +1,9 @@
 //! The service checkout: bring `git.dir` to the planned branch, tag or commit with libgit2.
 //! The remote is anonymous, so its URL (and any credential in it) never lands in `.git/config`.
 
+mod http;
 mod ssh;
+mod transport;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -10,7 +12,7 @@ use git2::{Direction, FetchOptions, Oid, Repository};
 
 use crate::config::GitConfig;
 use crate::plan::GitPlan;
-use ssh::{ActiveSession, SshFailure, SshOptions};
+use transport::{ActiveSession, Failure};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -32,6 +34,12 @@ pub enum GitError {
         known_hosts: String,
         message: String,
     },
+    #[error(
+        "git remote {url} presented a TLS certificate this instance does not trust ({message}); \
+         if it is issued by a private CA, add the CA to the system's trust store (or point \
+         SSL_CERT_FILE at a bundle that holds it)"
+    )]
+    Certificate { url: String, message: String },
     #[error(
         "git.known_hosts {known_hosts} cannot be read ({message}); put the remote's host key \
          there (ssh-keyscan prints it; check its fingerprint out of band)"
@@ -104,7 +112,7 @@ pub unsafe fn init(timeout: Duration) -> Result<(), git2::Error> {
     let _ = git2::opts::set_server_connect_timeout_in_milliseconds(millis);
     let _ = git2::opts::set_server_timeout_in_milliseconds(millis);
     // SAFETY: the caller guarantees no other thread uses libgit2 yet.
-    unsafe { ssh::register() }
+    unsafe { transport::register() }
 }
 
 /// Where a service's code lives, for `git.dir = /srv/calendar`:
@@ -142,15 +150,9 @@ impl Layout {
 /// SSH deploy key and the pinned host keys. Secrets among them are never written to persistent
 /// disk or `.git/config`, and are wiped or removed when this is dropped.
 pub struct Credentials {
-    token: Option<HttpToken>,
-    ssh: SshOptions,
+    options: transport::Options,
     /// A deploy key that came from a secret, on tmpfs while it is needed.
     _key_file: Option<KeyFile>,
-}
-
-struct HttpToken {
-    username: String,
-    token: zeroize::Zeroizing<String>,
 }
 
 impl Credentials {
@@ -200,14 +202,11 @@ impl Credentials {
             }
         };
         Ok(Credentials {
-            token: token.map(|token| HttpToken {
-                username: config.username.clone(),
-                token,
-            }),
-            ssh: SshOptions {
+            options: transport::Options {
+                timeout: config.timeout,
                 known_hosts: config.known_hosts.clone(),
                 identity,
-                timeout: config.timeout,
+                token: token.map(|token| (config.username.clone(), token)),
             },
             _key_file: key_file,
         })
@@ -215,11 +214,11 @@ impl Credentials {
 }
 
 impl Credentials {
-    /// Readies the ssh transport for `url`; the known_hosts must be readable when `url` is an
+    /// Readies the transports for `url`; the known_hosts must be readable when `url` is an
     /// ssh remote.
     fn session(&self, url: &str) -> Result<ActiveSession, GitError> {
         if ssh::is_ssh_url(url) {
-            let known_hosts = &self.ssh.known_hosts;
+            let known_hosts = &self.options.known_hosts;
             let refused = |message: String| GitError::NoKnownHosts {
                 known_hosts: known_hosts.display().to_string(),
                 message,
@@ -230,7 +229,7 @@ impl Credentials {
                 ));
             }
             std::fs::File::open(known_hosts).map_err(|e| refused(e.to_string()))?;
-            if let Some(identity) = self.ssh.identity.as_deref() {
+            if let Some(identity) = self.options.identity.as_deref() {
                 if !ssh::fits_ssh_option(identity) {
                     return Err(key_error(format!(
                         "ssh cannot take the deploy key path {} (spaces, quotes or '%')",
@@ -239,7 +238,7 @@ impl Credentials {
                 }
             }
         }
-        Ok(ActiveSession::start(self.ssh.clone()))
+        Ok(ActiveSession::start(self.options.clone()))
     }
 }
 
@@ -319,32 +318,6 @@ fn remove_orphaned_key_files(run_dir: &Path) {
     }
 }
 
-/// Callbacks that offer `credentials` once per connection: libgit2 asks again after a refusal,
-/// and offering the same token again would loop.
-fn remote_callbacks(credentials: &Credentials) -> git2::RemoteCallbacks<'_> {
-    let mut callbacks = git2::RemoteCallbacks::new();
-    let mut offered = false;
-    callbacks.credentials(
-        move |_url, _user_from_url, _allowed| match &credentials.token {
-            Some(credentials) if !offered => {
-                offered = true;
-                git2::Cred::userpass_plaintext(&credentials.username, &credentials.token)
-            }
-            Some(_) => Err(git2::Error::new(
-                git2::ErrorCode::Auth,
-                git2::ErrorClass::Http,
-                "the remote refused the token",
-            )),
-            None => Err(git2::Error::new(
-                git2::ErrorCode::Auth,
-                git2::ErrorClass::Http,
-                "the remote asks for credentials and none are configured (git.token)",
-            )),
-        },
-    );
-    callbacks
-}
-
 /// Who owns a release's files.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
@@ -396,8 +369,7 @@ pub fn sync(
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(local("set up the remote"))?;
-    let (source_ref, advertised) =
-        advertised_ref(&mut remote, url, &plan.reference, credentials, &session)?;
+    let (source_ref, advertised) = advertised_ref(&mut remote, url, &plan.reference, &session)?;
     if layout.current() == Some(advertised) {
         return Ok(Checkout {
             commit: advertised.to_string(),
@@ -414,7 +386,7 @@ pub fn sync(
         if repo.find_commit(advertised).is_err() {
             let tracking = "refs/bootagent/target";
             let mut last_report = Instant::now();
-            let mut callbacks = remote_callbacks(credentials);
+            let mut callbacks = git2::RemoteCallbacks::new();
             callbacks.transfer_progress(|progress| {
                 received = (progress.received_objects(), progress.received_bytes());
                 // A long transfer says how far it got, at a steady pace.
@@ -601,11 +573,9 @@ pub fn remote_commit(
     let session = credentials.session(url)?;
     let mut remote =
         git2::Remote::create_detached(url).map_err(|e| network_error(e, url, &session))?;
-    Ok(
-        advertised_ref(&mut remote, url, reference, credentials, &session)?
-            .1
-            .to_string(),
-    )
+    Ok(advertised_ref(&mut remote, url, reference, &session)?
+        .1
+        .to_string())
 }
 
 /// Connects, lists the remote's refs and finds `reference` among them.
@@ -613,11 +583,10 @@ fn advertised_ref(
     remote: &mut git2::Remote<'_>,
     url: &str,
     reference: &str,
-    credentials: &Credentials,
     session: &ActiveSession,
 ) -> Result<(String, Oid), GitError> {
     let connection = remote
-        .connect_auth(Direction::Fetch, Some(remote_callbacks(credentials)), None)
+        .connect_auth(Direction::Fetch, None, None)
         .map_err(|e| network_error(e, url, session))?;
     let heads = connection
         .list()
@@ -653,16 +622,20 @@ fn network_error(error: git2::Error, url: &str, session: &ActiveSession) -> GitE
     if let Some(failure) = session.failure() {
         let message = failure.message().to_string();
         return match failure {
-            SshFailure::HostKey(_) => GitError::HostKey {
+            Failure::HostKey(_) => GitError::HostKey {
                 url: shown,
-                known_hosts: session.known_hosts().display().to_string(),
+                known_hosts: session.options().known_hosts.display().to_string(),
                 message,
             },
-            SshFailure::Denied(_) => GitError::Denied {
+            Failure::Certificate(_) => GitError::Certificate {
                 url: shown,
                 message,
             },
-            SshFailure::Other(_) => GitError::Unreachable {
+            Failure::Denied(_) => GitError::Denied {
+                url: shown,
+                message,
+            },
+            Failure::Unreachable(_) => GitError::Unreachable {
                 url: shown,
                 message,
             },

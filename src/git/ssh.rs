@@ -7,50 +7,24 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
+use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 
-/// What `ssh` is told for one fetch.
-#[derive(Debug, Clone)]
-pub struct SshOptions {
-    pub known_hosts: PathBuf,
-    /// The deploy key; none leaves ssh its defaults (`~/.ssh/id_*` of the user boot runs as).
-    pub identity: Option<PathBuf>,
-    /// Bounds the connect and every wait for the remote's next bytes.
-    pub timeout: Duration,
-}
+use super::transport::{lock, Failure, Options, Session};
 
-/// Why `ssh` gave up, in its own words (the last lines it printed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SshFailure {
-    /// The remote's host key is missing from, or differs from, the pinned known_hosts.
-    HostKey(String),
-    /// The remote refused the deploy key.
-    Denied(String),
-    /// Anything else: no route, connection refused, no repository at that path …
-    Other(String),
-}
-
-impl SshFailure {
-    fn classify(stderr: &str) -> SshFailure {
-        let summary = summarize(stderr);
-        if stderr.contains("Host key verification failed") {
-            SshFailure::HostKey(summary)
-        } else if stderr.contains("Permission denied") {
-            SshFailure::Denied(summary)
-        } else {
-            SshFailure::Other(summary)
-        }
-    }
-
-    pub fn message(&self) -> &str {
-        match self {
-            SshFailure::HostKey(m) | SshFailure::Denied(m) | SshFailure::Other(m) => m,
-        }
+/// What ssh printed, as a [`Failure`]: the last lines say why.
+fn classify(stderr: &str) -> Failure {
+    let summary = summarize(stderr);
+    if stderr.contains("Host key verification failed") {
+        Failure::HostKey(summary)
+    } else if stderr.contains("Permission denied") {
+        Failure::Denied(summary)
+    } else {
+        Failure::Unreachable(summary)
     }
 }
 
@@ -68,75 +42,6 @@ fn summarize(stderr: &str) -> String {
         "ssh exited without saying why".to_string()
     } else {
         summary.to_string()
-    }
-}
-
-/// The options and outcome of the ssh:// fetches of one sync.
-struct Session {
-    options: SshOptions,
-    failure: Mutex<Option<SshFailure>>,
-}
-
-/// libgit2 finds transports in a process-wide table, so the session its ssh transport serves
-/// is process-wide too: one at a time, set while an [`ActiveSession`] lives.
-static ACTIVE: Mutex<Option<Arc<Session>>> = Mutex::new(None);
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Hands ssh:// remotes to [`SshSubtransport`]. scp-like URLs (`git@host:repo.git`) reach it too:
-/// libgit2 looks those up as `ssh://`.
-///
-/// # Safety
-/// Changes libgit2's transport table without synchronization: call before any thread is started.
-pub unsafe fn register() -> Result<(), git2::Error> {
-    for scheme in ["ssh", "ssh+git", "git+ssh"] {
-        // SAFETY: the caller guarantees no other thread uses libgit2 yet.
-        unsafe {
-            git2::transport::register(scheme, |remote| {
-                let session = lock(&ACTIVE).clone().ok_or_else(|| {
-                    git2::Error::from_str("internal error: an ssh remote outside a git session")
-                })?;
-                Transport::smart(
-                    remote,
-                    false,
-                    SshSubtransport {
-                        session,
-                        child: Mutex::new(None),
-                    },
-                )
-            })?;
-        }
-    }
-    Ok(())
-}
-
-/// While this lives, ssh:// fetches use its options; afterwards it tells why ssh failed, if it did.
-pub struct ActiveSession(Arc<Session>);
-
-impl ActiveSession {
-    pub fn start(options: SshOptions) -> ActiveSession {
-        let session = Arc::new(Session {
-            options,
-            failure: Mutex::new(None),
-        });
-        *lock(&ACTIVE) = Some(session.clone());
-        ActiveSession(session)
-    }
-
-    pub fn failure(&self) -> Option<SshFailure> {
-        lock(&self.0.failure).clone()
-    }
-
-    pub fn known_hosts(&self) -> &Path {
-        &self.0.options.known_hosts
-    }
-}
-
-impl Drop for ActiveSession {
-    fn drop(&mut self) {
-        *lock(&ACTIVE) = None;
     }
 }
 
@@ -253,15 +158,16 @@ fn split_port(host_port: &str) -> Result<(String, Option<u16>), String> {
     Ok((host.to_string(), port))
 }
 
-impl SshOptions {
-    fn command(&self, remote: &SshRemote, program: &str) -> Command {
-        let seconds = self.timeout.as_secs().max(1);
+impl SshRemote {
+    /// The ssh command line that runs `program` on the remote, told only what `options` say.
+    fn command(&self, options: &Options, program: &str) -> Command {
+        let seconds = options.timeout.as_secs().max(1);
         let mut command = Command::new("ssh");
         command.args(["-F", "/dev/null", "-T", "-x"]);
-        let mut options = vec![
+        let mut settings = vec![
             "BatchMode=yes".to_string(),
             "StrictHostKeyChecking=yes".to_string(),
-            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            format!("UserKnownHostsFile={}", options.known_hosts.display()),
             "GlobalKnownHostsFile=/dev/null".to_string(),
             "UpdateHostKeys=no".to_string(),
             format!("ConnectTimeout={seconds}"),
@@ -269,26 +175,26 @@ impl SshOptions {
             "ServerAliveCountMax=3".to_string(),
             "LogLevel=ERROR".to_string(),
         ];
-        if let Some(identity) = &self.identity {
-            options.extend([
+        if let Some(identity) = &options.identity {
+            settings.extend([
                 format!("IdentityFile={}", identity.display()),
                 "IdentitiesOnly=yes".to_string(),
                 "IdentityAgent=none".to_string(),
             ]);
         }
-        for option in options {
-            command.arg("-o").arg(option);
+        for setting in settings {
+            command.arg("-o").arg(setting);
         }
-        if let Some(port) = remote.port {
+        if let Some(port) = self.port {
             command.arg("-p").arg(port.to_string());
         }
-        if let Some(user) = &remote.user {
+        if let Some(user) = &self.user {
             command.arg("-l").arg(user);
         }
         command
             .arg("--")
-            .arg(&remote.host)
-            .arg(remote.remote_command(program))
+            .arg(&self.host)
+            .arg(self.remote_command(program))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -311,9 +217,18 @@ pub fn fits_ssh_option(path: &Path) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '%'))
 }
 
-struct SshSubtransport {
+pub(super) struct SshSubtransport {
     session: Arc<Session>,
     child: Mutex<Option<Arc<Mutex<Child>>>>,
+}
+
+impl SshSubtransport {
+    pub fn new(session: Arc<Session>) -> SshSubtransport {
+        SshSubtransport {
+            session,
+            child: Mutex::new(None),
+        }
+    }
 }
 
 impl SmartSubtransport for SshSubtransport {
@@ -328,10 +243,8 @@ impl SmartSubtransport for SshSubtransport {
         };
         let remote = SshRemote::parse(url)
             .map_err(|e| git2::Error::from_str(&format!("cannot fetch over ssh: {e}")))?;
-        let mut child = self
-            .session
-            .options
-            .command(&remote, program)
+        let mut child = remote
+            .command(&self.session.options, program)
             .spawn()
             .map_err(|e| {
                 git2::Error::from_str(&format!(
@@ -424,10 +337,7 @@ impl SshStream {
             return None;
         }
         let said = self.stderr.take()?.join().unwrap_or_default();
-        let failure = SshFailure::classify(&said);
-        let error = io::Error::other(format!("ssh: {}", failure.message()));
-        *lock(&self.session.failure) = Some(failure);
-        Some(error)
+        Some(self.session.fail(classify(&said)))
     }
 }
 
@@ -445,13 +355,7 @@ impl Read for SshStream {
         };
         if ready == 0 {
             let _ = lock(&self.child).kill();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "the remote sent nothing for {} over ssh",
-                    humantime::format_duration(timeout)
-                ),
-            ));
+            return Err(self.session.fail(Failure::silent(timeout)));
         }
         match self.stdout.read(buf) {
             Ok(0) if !buf.is_empty() => self.ssh_failure().map_or(Ok(0), Err),
@@ -537,20 +441,20 @@ mod tests {
                        Host key for [127.0.0.1]:2299 has changed and you have requested strict \
                        checking.\nHost key verification failed.\n";
         assert_eq!(
-            SshFailure::classify(changed),
-            SshFailure::HostKey(
+            classify(changed),
+            Failure::HostKey(
                 "Host key for [127.0.0.1]:2299 has changed and you have requested strict \
                  checking. Host key verification failed"
                     .into()
             )
         );
         assert!(matches!(
-            SshFailure::classify("git@h: Permission denied (publickey).\n"),
-            SshFailure::Denied(_)
+            classify("git@h: Permission denied (publickey).\n"),
+            Failure::Denied(_)
         ));
         assert_eq!(
-            SshFailure::classify(""),
-            SshFailure::Other("ssh exited without saying why".into())
+            classify(""),
+            Failure::Unreachable("ssh exited without saying why".into())
         );
     }
 

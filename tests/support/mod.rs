@@ -232,6 +232,96 @@ impl AwsError {
     }
 }
 
+/// A private CA and one server certificate it issued, made with the openssl CLI.
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    /// The CA's certificate: what a client must trust (SSL_CERT_FILE).
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestCa {
+    /// A CA and a certificate for the IP address `server_ip`.
+    pub fn issue_for(server_ip: &str) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &[
+                    "req",
+                    "-x509",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=bootagent test CA",
+                ],
+                &ec[..],
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req", "-subj", "/CN=git server"],
+                &ec[..],
+                &["-keyout", "server.key", "-out", "server.csr"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            path("server.ext"),
+            format!(
+                "subjectAltName=IP:{server_ip}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        TestCa {
+            ca_cert: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server.key"),
+            _dir: dir,
+        }
+    }
+}
+
 /// Smart HTTP for the world's repositories behind Basic auth (tests/world/git_http_server.py).
 pub struct GitHttp {
     _process: Reaped,
@@ -240,11 +330,26 @@ pub struct GitHttp {
 
 impl GitHttp {
     pub fn start(user: &str, password: &str) -> GitHttp {
+        GitHttp::start_with(&["--user", user, "--password", password])
+    }
+
+    /// The same over HTTPS, with the certificate `tls` issued.
+    pub fn start_tls(user: &str, password: &str, tls: &TestCa) -> GitHttp {
+        GitHttp::start_with(&[
+            "--user",
+            user,
+            "--password",
+            password,
+            "--tls-cert",
+            tls.server_cert.to_str().unwrap(),
+            "--tls-key",
+            tls.server_key.to_str().unwrap(),
+        ])
+    }
+
+    fn start_with(args: &[&str]) -> GitHttp {
         let root = world("GIT_ROOT");
-        let (child, url) = start_fake(
-            "GIT_HTTP",
-            &["--root", &root, "--user", user, "--password", password],
-        );
+        let (child, url) = start_fake("GIT_HTTP", &[&["--root", &root][..], args].concat());
         GitHttp {
             _process: Reaped(child),
             url,

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Smart HTTP for git: `git http-backend` as a CGI program behind HTTP Basic authentication.
 
-  git_http_server.py --root DIR --user USER --password SECRET
-prints "listening on http://127.0.0.1:PORT"; repositories under DIR are served at /NAME.git.
+  git_http_server.py --root DIR --user USER --password SECRET [--tls-cert PEM --tls-key PEM]
+prints "listening on http://127.0.0.1:PORT" (https with a certificate); repositories under DIR
+are served at /NAME.git.
 A request without the right credentials gets 401 with a Basic challenge, as GitHub, GitLab and
 Bitbucket answer token-protected repositories over HTTPS.
 """
@@ -10,6 +11,7 @@ Bitbucket answer token-protected repositories over HTTPS.
 import argparse
 import base64
 import os
+import ssl
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,11 +82,21 @@ def main():
     parser.add_argument("--root", required=True)
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.args, server.lock, server.requests = args, threading.Lock(), []
-    print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+    scheme = "http"
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        # A client that refuses the certificate fails the handshake in accept(), an OSError
+        # the server loop ignores.
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    print(f"listening on {scheme}://127.0.0.1:{server.server_address[1]}", flush=True)
     server.serve_forever()
 
 

@@ -1,0 +1,241 @@
+//! http:// and https:// remotes: git's smart HTTP protocol (stateless: each request a GET of the
+//! ref advertisement or a POST of one negotiation round) on reqwest, so TLS is the binary's one
+//! stack, rustls on aws-lc, trusting the system's CA store (`SSL_CERT_FILE`/`SSL_CERT_DIR` are
+//! honoured). The deploy token goes in an Authorization header, never into a URL or onto disk.
+
+use std::error::Error as _;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::StatusCode;
+
+use super::transport::{Failure, Session};
+
+pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        // Some git hosts speak the smart protocol only to user agents that start with "git/".
+        .user_agent(concat!(
+            "git/2.0 (bootagent ",
+            env!("CARGO_PKG_VERSION"),
+            ")"
+        ))
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+        .build()
+        .map_err(|e| format!("cannot set up HTTPS: {}", chain(&e)))
+}
+
+pub(super) struct HttpSubtransport {
+    session: Arc<Session>,
+    /// libgit2 calls in on a blocking thread of bootagent's runtime; requests run on it.
+    runtime: tokio::runtime::Handle,
+}
+
+impl HttpSubtransport {
+    pub fn new(session: Arc<Session>) -> Result<HttpSubtransport, git2::Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            git2::Error::from_str("internal error: an HTTP remote outside the async runtime")
+        })?;
+        Ok(HttpSubtransport { session, runtime })
+    }
+}
+
+impl SmartSubtransport for HttpSubtransport {
+    fn action(
+        &self,
+        url: &str,
+        action: Service,
+    ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
+        let (path, post) = match action {
+            Service::UploadPackLs => ("info/refs?service=git-upload-pack", false),
+            Service::UploadPack => ("git-upload-pack", true),
+            Service::ReceivePackLs | Service::ReceivePack => {
+                return Err(git2::Error::from_str("bootagent only fetches"))
+            }
+        };
+        Ok(Box::new(HttpStream {
+            session: self.session.clone(),
+            runtime: self.runtime.clone(),
+            endpoint: format!("{}/{path}", url.trim_end_matches('/')),
+            post,
+            request: Vec::new(),
+            response: None,
+            pending: Vec::new(),
+            read: 0,
+        }))
+    }
+
+    fn close(&self) -> Result<(), git2::Error> {
+        Ok(())
+    }
+}
+
+/// One request: what libgit2 writes is the body of the POST, sent at its first read.
+struct HttpStream {
+    session: Arc<Session>,
+    runtime: tokio::runtime::Handle,
+    endpoint: String,
+    post: bool,
+    request: Vec<u8>,
+    response: Option<reqwest::Response>,
+    /// The part of the last chunk received that libgit2 has not read yet.
+    pending: Vec<u8>,
+    read: usize,
+}
+
+impl HttpStream {
+    fn send(&mut self) -> Result<reqwest::Response, Failure> {
+        let client = self.session.http_client().map_err(Failure::Unreachable)?;
+        let mut request = if self.post {
+            client
+                .post(&self.endpoint)
+                .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
+                .header(ACCEPT, "application/x-git-upload-pack-result")
+                .body(std::mem::take(&mut self.request))
+        } else {
+            client.get(&self.endpoint)
+        };
+        let token = self.session.options.token.as_ref();
+        if let Some((user, token)) = token {
+            request = request.basic_auth(user, Some(token.as_str()));
+        }
+        let timeout = self.session.options.timeout;
+        let response = self
+            .runtime
+            .block_on(request.send())
+            .map_err(|e| classify(e, timeout))?;
+        let status = response.status();
+        match status {
+            _ if status.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if token.is_some() => {
+                return Err(Failure::Denied(format!(
+                    "the remote refused the token (HTTP {status})"
+                )))
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(Failure::Denied(format!(
+                    "the remote asks for credentials and none are configured (git.token) (HTTP \
+                     {status})"
+                )))
+            }
+            StatusCode::NOT_FOUND => {
+                return Err(Failure::Unreachable(
+                    "no repository at this URL (HTTP 404)".into(),
+                ))
+            }
+            _ => {
+                return Err(Failure::Unreachable(format!(
+                    "the remote answered HTTP {status}"
+                )))
+            }
+        }
+        let expected = if self.post {
+            "application/x-git-upload-pack-result"
+        } else {
+            "application/x-git-upload-pack-advertisement"
+        };
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("no content type");
+        if content_type != expected {
+            return Err(Failure::Unreachable(format!(
+                "the remote answered {content_type}, not git's smart HTTP protocol; is the URL a \
+                 git repository?"
+            )));
+        }
+        Ok(response)
+    }
+}
+
+impl Read for HttpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.response.is_none() {
+            let response = self.send().map_err(|failure| self.session.fail(failure))?;
+            self.response = Some(response);
+        }
+        while self.read == self.pending.len() {
+            let Some(response) = self.response.as_mut() else {
+                return Ok(0);
+            };
+            match self.runtime.block_on(response.chunk()) {
+                Ok(Some(chunk)) => {
+                    self.pending = chunk.to_vec();
+                    self.read = 0;
+                }
+                Ok(None) => return Ok(0),
+                Err(e) => {
+                    let failure = classify(e, self.session.options.timeout);
+                    return Err(self.session.fail(failure));
+                }
+            }
+        }
+        let n = buf.len().min(self.pending.len() - self.read);
+        buf[..n].copy_from_slice(&self.pending[self.read..self.read + n]);
+        self.read += n;
+        Ok(n)
+    }
+}
+
+impl Write for HttpStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.response.is_some() {
+            return Err(io::Error::other(
+                "internal error: a write after the request was sent",
+            ));
+        }
+        self.request.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What went wrong with a request, told without its URL (which may hold credentials).
+fn classify(error: reqwest::Error, timeout: Duration) -> Failure {
+    let error = error.without_url();
+    if let Some(tls @ rustls::Error::InvalidCertificate(_)) = find_tls_error(&error) {
+        return Failure::Certificate(tls.to_string());
+    }
+    if error.is_timeout() {
+        return Failure::silent(timeout);
+    }
+    Failure::Unreachable(chain(&error))
+}
+
+/// The TLS error among `error`'s causes. An io::Error's source() skips the error it wraps (and
+/// the TLS stack's errors come wrapped in io::Errors), so those are opened too.
+fn find_tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let wrapped = error
+        .downcast_ref::<io::Error>()
+        .and_then(io::Error::get_ref)
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    wrapped
+        .into_iter()
+        .chain(error.source())
+        .find_map(find_tls_error)
+}
+
+/// The error and its causes, as one line, without the URL.
+fn chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let said = current.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = current.source();
+    }
+    text
+}
