@@ -90,6 +90,7 @@ pub struct IdentityConfig {
     pub tag_wait: Duration,
     #[serde(deserialize_with = "duration")]
     pub imds_deadline: Duration,
+    pub describe_tags_fallback: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

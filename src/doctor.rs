@@ -277,6 +277,9 @@ async fn check_imds(imds: &ImdsClient) -> Finding {
 async fn check_tags(imds: &ImdsClient, config: &Config) -> Finding {
     match imds.tags(&[]).await {
         Ok(_) => ok("instance tags are readable in instance metadata"),
+        Err(e) if e.is_tags_disabled() && config.identity.describe_tags_fallback => {
+            check_describe_tags(imds).await
+        }
         Err(e) if e.is_tags_disabled() => fail(
             "tags in instance metadata are disabled",
             format!(
@@ -286,6 +289,29 @@ async fn check_tags(imds: &ImdsClient, config: &Config) -> Finding {
             ),
         ),
         Err(e) => fail(e.to_string(), "fix the imds check first"),
+    }
+}
+
+/// Tags in metadata are off and the config falls back to the EC2 API: whether that works.
+async fn check_describe_tags(imds: &ImdsClient) -> Finding {
+    let instance = match imds.get_required("meta-data/instance-id").await {
+        Ok(id) => id,
+        Err(e) => return fail(e.to_string(), "fix the imds check first"),
+    };
+    let region = match identity::region(imds).await {
+        Ok(region) => region,
+        Err(e) => return fail(e.to_string(), "fix the imds check first"),
+    };
+    match crate::ec2::instance_tags(&region, &instance).await {
+        Ok(tags) => ok(format!(
+            "tags in instance metadata are disabled; ec2:DescribeTags reads {} tags \
+             (identity.describe_tags_fallback)",
+            tags.len()
+        )),
+        Err(e) => fail(
+            e.to_string(),
+            "allow ec2:DescribeTags to the instance role, or enable tags in instance metadata",
+        ),
     }
 }
 

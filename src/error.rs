@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::autoscaling::LifecycleError;
 use crate::config::ConfigError;
+use crate::ec2::Ec2Error;
 use crate::envfile::EnvFileError;
 use crate::git::GitError;
 use crate::identity::IdentityError;
@@ -57,6 +58,8 @@ pub enum Error {
     Imds(#[from] ImdsError),
     #[error("failed to resolve the instance's identity")]
     Identity(#[from] IdentityError),
+    #[error("tags in instance metadata are disabled, and reading them from the EC2 API failed")]
+    Ec2(#[from] Ec2Error),
     #[error("failed to load secrets")]
     Secrets(#[from] SecretsError),
     #[error("failed to write the env file")]
@@ -106,6 +109,9 @@ impl Error {
             Error::Imds(e) if e.is_transient() => exit::TRANSIENT,
             Error::Imds(_) => exit::INTERNAL,
             Error::Identity(_) => exit::IDENTITY,
+            Error::Ec2(e) if e.is_transient() => exit::TRANSIENT,
+            Error::Ec2(e) if e.is_local() => exit::LOCAL,
+            Error::Ec2(_) => exit::TAGS_DISABLED,
             Error::Secrets(e) if e.is_transient() => exit::TRANSIENT,
             Error::Secrets(e) if e.is_malformed() => exit::SECRET_MALFORMED,
             Error::Secrets(e) if e.is_local() => exit::LOCAL,

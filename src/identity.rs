@@ -94,7 +94,7 @@ pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, crate
     keys.extend(referenced.iter().map(String::as_str));
     let start = Instant::now();
     loop {
-        let tags = imds.tags(&keys).await?;
+        let tags = read_tags(imds, config, &region, &instance_id, &keys).await?;
         let waited = start.elapsed();
         match resolve(config, &tags, &instance_id, &region, waited) {
             Err(IdentityError::MissingTag { tag, .. }) if waited < ids.tag_wait => {
@@ -103,6 +103,28 @@ pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, crate
             }
             result => return result.map_err(Into::into),
         }
+    }
+}
+
+/// The instance's tags named in `keys`, from instance metadata or, when tags are disabled there
+/// and `identity.describe_tags_fallback` allows it, from ec2:DescribeTags.
+async fn read_tags(
+    imds: &ImdsClient,
+    config: &Config,
+    region: &str,
+    instance_id: &str,
+    keys: &[&str],
+) -> Result<BTreeMap<String, String>, crate::Error> {
+    match imds.tags(keys).await {
+        Err(e) if e.is_tags_disabled() && config.identity.describe_tags_fallback => {
+            tracing::info!(
+                "tags in instance metadata are disabled: reading them with ec2:DescribeTags"
+            );
+            let mut tags = crate::ec2::instance_tags(region, instance_id).await?;
+            tags.retain(|key, _| keys.contains(&key.as_str()));
+            Ok(tags)
+        }
+        other => Ok(other?),
     }
 }
 

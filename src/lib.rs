@@ -7,6 +7,7 @@ mod aws;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+mod ec2;
 pub mod envfile;
 mod error;
 pub mod git;

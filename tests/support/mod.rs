@@ -169,6 +169,59 @@ fn secretsmanager_at(url: &str, action: &str, body: serde_json::Value) -> serde_
     serde_json::from_str(&out).unwrap_or_else(|_| panic!("moto {action} answered {out}"))
 }
 
+/// Calls a Query-protocol action (EC2, IAM) on moto at `url` with form `params`; returns the XML.
+fn query_at(url: &str, service: &str, params: &[(&str, &str)]) -> String {
+    let mut args = vec![
+        "-sS".to_string(),
+        "-X".into(),
+        "POST".into(),
+        "-H".into(),
+        format!(
+            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/\
+             aws4_request, SignedHeaders=host, Signature=0"
+        ),
+    ];
+    for (key, value) in params {
+        args.extend(["--data-urlencode".into(), format!("{key}={value}")]);
+    }
+    args.push(format!("{url}/"));
+    curl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Tags `instance_id` in the shared moto's EC2, as the launch template would.
+pub fn ec2_create_tags(instance_id: &str, tags: &[(&str, &str)]) {
+    ec2_create_tags_at(&world("MOTO"), instance_id, tags);
+}
+
+fn ec2_create_tags_at(url: &str, instance_id: &str, tags: &[(&str, &str)]) {
+    let mut params = vec![
+        ("Action".to_string(), "CreateTags".to_string()),
+        ("Version".into(), "2016-11-15".into()),
+        ("ResourceId.1".into(), instance_id.into()),
+    ];
+    for (n, (key, value)) in tags.iter().enumerate() {
+        params.push((format!("Tag.{}.Key", n + 1), key.to_string()));
+        params.push((format!("Tag.{}.Value", n + 1), value.to_string()));
+    }
+    let params: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let answer = query_at(url, "ec2", &params);
+    assert!(answer.contains("CreateTagsResponse"), "{answer}");
+}
+
+/// The text of the first `<name>` element in `xml`.
+fn xml_text<'a>(xml: &'a str, name: &str) -> &'a str {
+    let open = format!("<{name}>");
+    let start = xml
+        .find(&open)
+        .unwrap_or_else(|| panic!("no {name} in {xml}"))
+        + open.len();
+    let end = xml[start..].find('<').unwrap() + start;
+    &xml[start..end]
+}
+
 pub fn create_secret(name: &str, value: &str) -> String {
     let answer = secretsmanager(
         "CreateSecret",
@@ -574,6 +627,39 @@ impl Moto {
             serde_json::json!({ "Name": name, "SecretString": value }),
         );
         assert!(answer["VersionId"].is_string(), "{answer}");
+    }
+
+    /// An IAM user allowed `actions` (and nothing else); returns its access key id and secret.
+    pub fn user_allowed(&self, name: &str, actions: &[&str]) -> (String, String) {
+        let iam = |params: &[(&str, &str)]| {
+            query_at(
+                &self.url,
+                "iam",
+                &[&[("Version", "2010-05-08")][..], params].concat(),
+            )
+        };
+        iam(&[("Action", "CreateUser"), ("UserName", name)]);
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{ "Effect": "Allow", "Action": actions, "Resource": "*" }],
+        })
+        .to_string();
+        iam(&[
+            ("Action", "PutUserPolicy"),
+            ("UserName", name),
+            ("PolicyName", "bootagent"),
+            ("PolicyDocument", &policy),
+        ]);
+        let key = iam(&[("Action", "CreateAccessKey"), ("UserName", name)]);
+        (
+            xml_text(&key, "AccessKeyId").to_string(),
+            xml_text(&key, "SecretAccessKey").to_string(),
+        )
+    }
+
+    /// Tags `instance_id` in this moto's EC2.
+    pub fn ec2_create_tags(&self, instance_id: &str, tags: &[(&str, &str)]) {
+        ec2_create_tags_at(&self.url, instance_id, tags);
     }
 
     /// From now on moto checks signatures and IAM: the test credentials have no permissions.

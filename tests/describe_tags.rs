@@ -1,0 +1,121 @@
+//! `identity.describe_tags_fallback`: with tags in instance metadata disabled, the tags come from
+//! ec2:DescribeTags (moto's EC2, signatures and IAM checked where the test turns that on).
+
+mod support;
+
+use support::*;
+
+const FALLBACK: &str = "[identity]\ndescribe_tags_fallback = true\n";
+
+/// An instance id of this test's own, so tests sharing moto do not see each other's tags.
+/// EC2's form: 17 hex digits.
+fn instance_id() -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    unique("tags").hash(&mut hasher);
+    format!("i-0{:016x}", hasher.finish())
+}
+
+/// The IMDS of an instance `instance_id` whose tags are not in metadata.
+fn untagged_metadata(instance_id: &str) -> Imds {
+    Imds::start(serde_json::json!({ "tags": null, "instance_id": instance_id }))
+}
+
+#[test]
+fn tags_come_from_describe_tags_when_metadata_has_none() {
+    let name = unique("dt");
+    let repo = SampleRepo::create(&name);
+    create_secret(&format!("{name}_env_stage"), r#"{"A": "1"}"#);
+    let id = instance_id();
+    ec2_create_tags(
+        &id,
+        &[
+            ("Service", &name),
+            ("Environment", "staging"),
+            ("Repository", &repo.url),
+            ("Unrelated", "x"),
+        ],
+    );
+    let imds = untagged_metadata(&id);
+    let instance = Instance::exec_mode(FALLBACK);
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), repo.commits["stage"]);
+    let status = instance.status();
+    assert_eq!(status["identity"]["env"], "stage");
+    assert_eq!(status["identity"]["instance_id"], id.as_str());
+
+    let (_, tags) = instance.doctor_check(&imds, "tags");
+    assert_eq!(tags["verdict"], "ok", "{tags}");
+    assert!(
+        tags["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ec2:DescribeTags reads 4 tags"),
+        "{tags}"
+    );
+}
+
+#[test]
+fn without_the_fallback_disabled_tags_are_named_as_such() {
+    let id = instance_id();
+    ec2_create_tags(&id, &[("Service", "calendar"), ("Environment", "test")]);
+    Instance::exec_mode("")
+        .run(&untagged_metadata(&id), &["boot"])
+        .expect(4)
+        .stderr_has("tags in metadata are disabled");
+}
+
+#[test]
+fn describe_tags_is_signed_as_aws_checks_it() {
+    let moto = Moto::start_private();
+    let name = unique("signed");
+    let repo = SampleRepo::create(&name);
+    moto.create_secret(&format!("{name}_env_prod"), r#"{"A": "1"}"#);
+    let id = instance_id();
+    moto.ec2_create_tags(
+        &id,
+        &[
+            ("Service", &name),
+            ("Environment", "prod"),
+            ("Repository", &repo.url),
+        ],
+    );
+    let (key_id, secret) = moto.user_allowed(
+        "booter",
+        &["ec2:DescribeTags", "secretsmanager:GetSecretValue"],
+    );
+    moto.require_auth();
+    let instance = Instance::exec_mode(FALLBACK);
+    let run = Run(instance
+        .command(&untagged_metadata(&id), &["boot"])
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ACCESS_KEY_ID", key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .output()
+        .unwrap());
+    run.expect(0);
+    assert_eq!(instance.running_commit(&name), repo.commits["prod"]);
+    instance.assert_no_canary(&secret, &run);
+}
+
+#[test]
+fn a_role_that_may_not_describe_tags_is_told_which_permission_it_lacks() {
+    let moto = Moto::start_private();
+    let id = instance_id();
+    moto.ec2_create_tags(&id, &[("Service", "calendar"), ("Environment", "prod")]);
+    let (key_id, secret) = moto.user_allowed("secrets-only", &["secretsmanager:GetSecretValue"]);
+    moto.require_auth();
+    let instance = Instance::exec_mode(FALLBACK);
+    Run(instance
+        .command(&untagged_metadata(&id), &["boot"])
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ACCESS_KEY_ID", key_id)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .output()
+        .unwrap())
+    .expect(4)
+    // Real EC2 says UnauthorizedOperation, moto AccessDenied: both are a refusal.
+    .stderr_has("ec2:DescribeTags was refused (")
+    .stderr_has("not authorized to perform: ec2:DescribeTags")
+    .stderr_has("allow ec2:DescribeTags to the instance role");
+}
