@@ -120,6 +120,7 @@ pub enum EnvFileFormat {
 #[serde(deny_unknown_fields)]
 pub struct PathsConfig {
     pub run_dir: PathBuf,
+    pub state_dir: PathBuf,
     pub systemd_runtime_dir: PathBuf,
     pub allow_persistent_env_file: bool,
 }

@@ -13,6 +13,7 @@ mod error;
 pub mod git;
 pub mod health;
 mod health_server;
+pub mod history;
 pub mod identity;
 pub mod imds;
 pub mod logging;

@@ -20,7 +20,10 @@ pub enum StatusError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no boot status at {path}: bootagent boot has not run since this instance started")]
+    #[error(
+        "no boot status at {path}: bootagent boot has not run since this instance started \
+         (`bootagent status --history` lists the boots before)"
+    )]
     Missing { path: PathBuf },
     #[error("failed to read the boot status at {path}")]
     Read {
@@ -100,6 +103,8 @@ pub struct Recorder {
     path: PathBuf,
     pub status: Status,
     phase_started: Option<(String, Instant)>,
+    /// Where the finished boot is added to the history, if anywhere.
+    history_dir: Option<PathBuf>,
 }
 
 impl Recorder {
@@ -121,7 +126,14 @@ impl Recorder {
                 error: None,
             },
             phase_started: None,
+            history_dir: None,
         }
+    }
+
+    /// Records the boot in `state_dir`'s history when it finishes.
+    pub fn with_history(mut self, state_dir: &Path) -> Self {
+        self.history_dir = Some(state_dir.to_path_buf());
+        self
     }
 
     pub fn begin(&mut self, name: &str) {
@@ -151,7 +163,14 @@ impl Recorder {
         } else {
             Outcome::Succeeded
         };
-        self.end(self.status.outcome)
+        self.end(self.status.outcome)?;
+        if let Some(dir) = &self.history_dir {
+            if let Err(e) = crate::history::record(dir, &self.status) {
+                // The history is for operators looking back; it never fails a boot.
+                tracing::warn!(error = %e, dir = %dir.display(), "could not record the boot in the history");
+            }
+        }
+        Ok(())
     }
 
     pub fn save(&self) -> Result<(), StatusError> {

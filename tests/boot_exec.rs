@@ -251,6 +251,57 @@ fn status_command_reports_the_last_boot() {
     assert_eq!(status["outcome"], "succeeded");
 }
 
+#[test]
+fn the_history_keeps_every_boot_across_reboots() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("stage");
+    instance.add_config(
+        "60-gone.toml",
+        "[secrets]\nmain = \"{service}_gone_{env}\"\n",
+    );
+    instance.run(&imds, &["boot"]).expect(5);
+    std::fs::remove_file(instance.root.path().join("config.d/60-gone.toml")).unwrap();
+    // A reboot empties the tmpfs run dir, status.json with it; the history stays.
+    std::fs::remove_file(instance.run.path().join("status.json")).unwrap();
+    instance
+        .run(&imds, &["status"])
+        .expect(9)
+        .stderr_has("`bootagent status --history` lists the boots before");
+    instance.run(&imds, &["boot"]).expect(0);
+
+    let run = instance.run(&imds, &["status", "--history"]);
+    run.expect(0);
+    let text = run.stdout();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("failed (exit 5)"), "{text}");
+    assert!(
+        lines[0].contains("_gone_stage"),
+        "the cause is named: {text}"
+    );
+    let commit = &service.repo.commits["stage"];
+    assert!(lines[1].contains("succeeded"), "{text}");
+    assert!(
+        lines[1].contains(&format!(
+            "{}/stage  {} (cloned)",
+            service.name,
+            &commit[..12]
+        )),
+        "{text}"
+    );
+    let json = instance.run(&imds, &["status", "--history", "--json"]);
+    let entries: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    assert_eq!(entries[1]["commit"], commit.as_str());
+    assert_eq!(entries[0]["exit_code"], 5);
+
+    let file = instance.root.path().join("state/history.jsonl");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    let recorded = std::fs::read_to_string(&file).unwrap();
+    assert_no_canary(&service.canaries["stage"], &[("history.jsonl", &recorded)]);
+}
+
 /// A failed boot leaves the previous env file exactly as it was.
 struct Earlier {
     path: std::path::PathBuf,

@@ -365,7 +365,10 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
         journal.contains("SYSLOG_IDENTIFIER=bootagent"),
         "bootagent logged to the journal with its identifier"
     );
-    assert_no_canary(&canary, &[("journal", &journal)]);
+    // StateDirectory= makes the history writable under ProtectSystem=strict.
+    let history = container.sh("cat /var/lib/bootagent/history.jsonl");
+    assert!(history.contains("\"outcome\":\"succeeded\""), "{history}");
+    assert_no_canary(&canary, &[("journal", &journal), ("history", &history)]);
 }
 
 #[test]

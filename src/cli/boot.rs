@@ -50,7 +50,8 @@ pub(super) async fn boot(config: &Config) -> Result<(), Error> {
     envfile::check_memory_backed(run_dir, config.paths.allow_persistent_env_file)?;
     let _lock = lock(&run_dir.join("boot.lock"), deadline).await?;
 
-    let mut recorder = Recorder::start(&run_dir.join("status.json"));
+    let mut recorder =
+        Recorder::start(&run_dir.join("status.json")).with_history(&config.paths.state_dir);
     recorder.save()?;
     let remaining = deadline.saturating_sub(started.elapsed());
     let mut launch_hook = None;

@@ -1,6 +1,7 @@
 use clap::Args;
 
 use crate::config::{Config, Manager};
+use crate::history;
 use crate::status::{self, Outcome, Status};
 use crate::Error;
 
@@ -9,11 +10,17 @@ pub struct StatusArgs {
     /// Print status.json as it is
     #[arg(long)]
     json: bool,
+    /// List the boots recorded in paths.state_dir, across reboots, oldest first
+    #[arg(long)]
+    history: bool,
 }
 
 impl StatusArgs {
     /// Exits with the last boot's exit code, so scripts can test the result directly.
     pub fn run(self, config: &Config) -> Result<(), Error> {
+        if self.history {
+            return print_history(config, self.json);
+        }
         let status = status::read(&config.paths.run_dir.join("status.json"))?;
         if self.json {
             println!(
@@ -30,6 +37,51 @@ impl StatusArgs {
             _ => Ok(()),
         }
     }
+}
+
+fn print_history(config: &Config, json: bool) -> Result<(), Error> {
+    let dir = &config.paths.state_dir;
+    let entries = history::read(dir).map_err(|e| {
+        Error::io(
+            format!("failed to read the boot history in {}", dir.display()),
+            e,
+        )
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).expect("history serializes")
+        );
+    } else if entries.is_empty() {
+        println!("no boots recorded in {}", dir.join(history::FILE).display());
+    } else {
+        for entry in &entries {
+            println!("{}", render_entry(entry));
+        }
+    }
+    Ok(())
+}
+
+/// One boot on one line: when, how it ended, what ran, and the innermost cause of its error.
+fn render_entry(entry: &history::Entry) -> String {
+    let outcome = match (entry.outcome, entry.exit_code) {
+        (Outcome::Failed, Some(code)) => format!("failed (exit {code})"),
+        (Outcome::Failed, None) => "failed".to_string(),
+        (Outcome::Succeeded, _) => "succeeded".to_string(),
+        (Outcome::Running, _) => "did not finish".to_string(),
+    };
+    let mut line = format!("{}  {outcome:<16}", entry.started_at);
+    if let (Some(service), Some(env)) = (&entry.service, &entry.env) {
+        line.push_str(&format!("  {service}/{env}"));
+    }
+    if let (Some(commit), Some(action)) = (&entry.commit, &entry.git_action) {
+        line.push_str(&format!("  {} ({action})", &commit[..commit.len().min(12)]));
+    }
+    if let Some(error) = &entry.error {
+        let cause = error.lines().last().unwrap_or_default();
+        line.push_str(&format!("  {}", cause.trim().trim_start_matches("-> ")));
+    }
+    line
 }
 
 fn render(status: &Status) -> String {

@@ -942,6 +942,7 @@ imds_deadline = "3s"
 
 [paths]
 run_dir = "{run}"
+state_dir = "{root}/state"
 systemd_runtime_dir = "{root}/systemd"
 
 [git]

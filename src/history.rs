@@ -1,0 +1,129 @@
+//! `state_dir/history.jsonl`: one line per boot, the last [`KEEP`], kept across reboots —
+//! status.json lives on tmpfs and goes with each one. Lines are made from status.json, which
+//! holds no secret values, and keep only what tells the boots apart.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::{Outcome, Status};
+
+pub const FILE: &str = "history.jsonl";
+pub const KEEP: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub outcome: Outcome,
+    pub exit_code: Option<u8>,
+    pub service: Option<String>,
+    pub env: Option<String>,
+    pub commit: Option<String>,
+    /// `cloned`, `fetched`, `unchanged` or `kept`.
+    pub git_action: Option<String>,
+    /// The error with its causes, as status.json has it.
+    pub error: Option<String>,
+}
+
+impl Entry {
+    pub fn of(status: &Status) -> Entry {
+        Entry {
+            started_at: status.started_at.clone(),
+            finished_at: status.finished_at.clone(),
+            outcome: status.outcome,
+            exit_code: status.error.as_ref().map(|e| e.exit_code),
+            service: status.identity.as_ref().map(|id| id.service.clone()),
+            env: status.identity.as_ref().map(|id| id.env.clone()),
+            commit: status.git.as_ref().map(|git| git.commit.clone()),
+            git_action: status.git.as_ref().map(|git| git.action.clone()),
+            error: status.error.as_ref().map(|e| e.message.clone()),
+        }
+    }
+}
+
+/// Appends `status` as the newest line, dropping the oldest beyond [`KEEP`]; a boot recorded
+/// again (its exec failed after it was recorded as succeeded) replaces its own line. The file is
+/// replaced atomically, so a crash leaves the old history or the new one.
+pub fn record(state_dir: &Path, status: &Status) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = state_dir.join(FILE);
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let newest = serde_json::to_string(&Entry::of(status)).map_err(std::io::Error::other)?;
+    let mut lines: Vec<&str> = existing.lines().filter(|l| !l.trim().is_empty()).collect();
+    let same_boot = |line: &&str| {
+        serde_json::from_str::<Entry>(line).is_ok_and(|e| e.started_at == status.started_at)
+    };
+    if lines.last().is_some_and(same_boot) {
+        lines.pop();
+    }
+    lines.push(&newest);
+    let kept = &lines[lines.len().saturating_sub(KEEP)..];
+    let mut text = kept.join("\n");
+    text.push('\n');
+    crate::atomic::write_file(&path, text.as_bytes(), 0o644)
+}
+
+/// The recorded boots, oldest first; none when there is no history yet. A line that does not
+/// parse (written by a newer version, say) is skipped.
+pub fn read(state_dir: &Path) -> std::io::Result<Vec<Entry>> {
+    match std::fs::read_to_string(state_dir.join(FILE)) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Recorder;
+
+    #[test]
+    fn the_newest_boots_are_kept_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut recorder = Recorder::start(&dir.path().join("status.json"));
+        for n in 0..KEEP + 5 {
+            recorder.status.started_at = format!("boot {n}");
+            record(&state, &recorder.status).unwrap();
+        }
+        let entries = read(&state).unwrap();
+        assert_eq!(entries.len(), KEEP);
+        assert_eq!(entries[0].started_at, "boot 5");
+        assert_eq!(entries[KEEP - 1].started_at, format!("boot {}", KEEP + 4));
+    }
+
+    #[test]
+    fn a_boot_recorded_twice_keeps_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut recorder = Recorder::start(&dir.path().join("status.json"));
+        recorder.status.outcome = Outcome::Succeeded;
+        record(dir.path(), &recorder.status).unwrap();
+        recorder.status.outcome = Outcome::Failed;
+        record(dir.path(), &recorder.status).unwrap();
+        let entries = read(dir.path()).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].outcome, Outcome::Failed);
+    }
+
+    #[test]
+    fn no_history_yet_is_empty_and_a_foreign_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read(dir.path()).unwrap().is_empty());
+        let recorder = Recorder::start(&dir.path().join("status.json"));
+        record(dir.path(), &recorder.status).unwrap();
+        let path = dir.path().join(FILE);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.insert_str(0, "{\"from\": \"the future\"}\n");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(read(dir.path()).unwrap().len(), 1);
+    }
+}
