@@ -123,6 +123,39 @@ impl Container {
         command
     }
 
+    /// Installs the binary, /share/config.toml and the shipped units as a package would, with
+    /// drop-ins that point them at the test world (and the health server at `health_port`).
+    fn install_shipped_units(&self, imds: &Imds, health_port: u16) {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+        for unit_file in [
+            "bootagent-boot.service",
+            "bootagent-health.service",
+            "bootagent-lifecycle.service",
+            "bootagent-refresh.service",
+            "bootagent-refresh.timer",
+        ] {
+            std::fs::copy(shipped.join(unit_file), self.out().join(unit_file)).unwrap();
+        }
+        self.sh(&format!(
+            "set -e
+             mkdir -p /etc/bootagent /usr/local/bin
+             cp /share/bootagent /usr/local/bin/bootagent
+             cp /share/config.toml /etc/bootagent/config.toml
+             cp /share/bootagent-*.service /share/bootagent-*.timer /etc/systemd/system/
+             for unit in boot refresh; do
+                 mkdir -p /etc/systemd/system/bootagent-$unit.service.d
+                 printf '[Service]\\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds} AWS_ENDPOINT_URL={moto} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\\n' \\
+                     > /etc/systemd/system/bootagent-$unit.service.d/test-world.conf
+             done
+             mkdir -p /etc/systemd/system/bootagent-health.service.d
+             printf '[Service]\\nExecStart=\\nExecStart=/usr/local/bin/bootagent health-report --listen 127.0.0.1:{health_port}\\n' \\
+                 > /etc/systemd/system/bootagent-health.service.d/test-port.conf
+             systemctl daemon-reload",
+            imds = imds.url,
+            moto = world("MOTO"),
+        ));
+    }
+
     fn show(&self, unit: &str, property: &str) -> String {
         self.sh(&format!("systemctl show --value -p {property} {unit}"))
             .trim()
@@ -269,39 +302,12 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
     let imds = Imds::for_service(&name, "production", &repo.url);
     let container = Container::boot(CONFIG);
     let health_port = free_port();
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
-    for unit_file in [
-        "bootagent-boot.service",
-        "bootagent-health.service",
-        "bootagent-lifecycle.service",
-        "bootagent-refresh.service",
-        "bootagent-refresh.timer",
-    ] {
-        std::fs::copy(shipped.join(unit_file), container.out().join(unit_file)).unwrap();
-    }
+    container.install_shipped_units(&imds, health_port);
     container.install_unit(
         &format!("{name}.service"),
         "ExecStart=/share/recorder.sh /share/out --stay",
     );
-    container.sh(&format!(
-        "set -e
-         mkdir -p /etc/bootagent /usr/local/bin
-         cp /share/bootagent /usr/local/bin/bootagent
-         cp /share/config.toml /etc/bootagent/config.toml
-         cp /share/bootagent-*.service /share/bootagent-*.timer /etc/systemd/system/
-         for unit in boot refresh; do
-             mkdir -p /etc/systemd/system/bootagent-$unit.service.d
-             printf '[Service]\\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds} AWS_ENDPOINT_URL={moto} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\\n' \
-                 > /etc/systemd/system/bootagent-$unit.service.d/test-world.conf
-         done
-         mkdir -p /etc/systemd/system/bootagent-health.service.d
-         printf '[Service]\\nExecStart=\\nExecStart=/usr/local/bin/bootagent health-report --listen 127.0.0.1:{health_port}\\n' \
-             > /etc/systemd/system/bootagent-health.service.d/test-port.conf
-         systemctl daemon-reload
-         systemctl start bootagent-health.service",
-        imds = imds.url,
-        moto = world("MOTO"),
-    ));
+    container.sh("systemctl start bootagent-health.service");
     // Type=notify: started means it told systemd it listens.
     assert_eq!(
         container.show("bootagent-health.service", "ActiveState"),
@@ -717,4 +723,50 @@ fn a_launch_with_bad_tags_is_abandoned_too() {
             Some("ABANDON".to_string())
         )]
     );
+}
+
+#[test]
+fn the_shipped_boot_unit_fetches_over_ssh_with_a_deploy_key_from_a_secret() {
+    let name = unique("sdssh");
+    let repo = SampleRepo::create(&name);
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_keygen(keys.path(), "deploy");
+    let server = GitSsh::start(&[&public]);
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    create_secret(
+        &format!("{name}_env_prod"),
+        &serde_json::json!({ "DEPLOY_KEY": key_text, "APP": "1" }).to_string(),
+    );
+    let imds = Imds::for_service(&name, "prod", &server.repo_url(&name));
+    let container = Container::boot(&format!(
+        "{CONFIG}\n[git]\nssh_key = \"secret:DEPLOY_KEY\"\nknown_hosts = \"/share/known_hosts\"\n"
+    ));
+    std::fs::write(
+        container.out().join("known_hosts"),
+        server.known_hosts_line(),
+    )
+    .unwrap();
+    container.install_shipped_units(&imds, free_port());
+    container.install_unit(
+        &format!("{name}.service"),
+        "ExecStart=/share/recorder.sh /share/out --stay",
+    );
+    container.sh("systemctl start bootagent-boot.service");
+    assert_eq!(
+        container.show(&format!("{name}.service"), "ActiveState"),
+        "active"
+    );
+    let link = container.sh(&format!("readlink /srv/{name}"));
+    assert!(link.trim().ends_with(&repo.commits["prod"]), "{link}");
+    let env = String::from_utf8(std::fs::read(container.out().join("out/env")).unwrap()).unwrap();
+    assert!(
+        env.contains("APP=1") && !env.contains("DEPLOY_KEY"),
+        "{env}"
+    );
+    // The key was on the tmpfs run dir only while the checkout ran.
+    let run_dir = container.sh("ls -A /run/bootagent");
+    assert!(!run_dir.contains("deploy-key"), "{run_dir}");
+    let journal = container.sh("journalctl --no-pager -o verbose");
+    let key_line = key_text.lines().nth(2).unwrap();
+    assert_no_canary(key_line, &[("journal", &journal)]);
 }
