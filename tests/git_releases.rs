@@ -237,3 +237,23 @@ fn an_instance_tag_can_name_the_release() {
         .expect(3)
         .stderr_has("instance tag Release=\"../../etc\", used in a template");
 }
+
+#[test]
+fn a_new_commit_fetches_only_what_is_new() {
+    let (name, mut repo, imds) = small_service("delta", "test");
+    repo.push_many_files("test", 300, 0);
+    let instance = Instance::exec_mode("");
+    instance.run(&imds, &["boot"]).expect(0);
+    let first = instance.status()["git"]["received_bytes"].as_u64().unwrap();
+    // One small file changes; the 300 others are already here.
+    let next = repo.push_version("test", "test build 2\n");
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), next);
+    let status = instance.status();
+    assert_eq!(status["git"]["action"], "fetched");
+    let second = status["git"]["received_bytes"].as_u64().unwrap();
+    assert!(
+        second * 10 < first,
+        "the second fetch took {second} bytes, the first {first}"
+    );
+}

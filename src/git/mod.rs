@@ -101,6 +101,8 @@ impl Action {
 }
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Where the bare repository keeps the fetched commit.
+const TRACKING: &str = "refs/bootagent/target";
 
 /// Bounds every network read and connect of libgit2, and adds the ssh transport.
 ///
@@ -369,7 +371,12 @@ pub fn sync(
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(local("set up the remote"))?;
-    let (source_ref, advertised) = advertised_ref(&mut remote, url, &plan.reference, &session)?;
+    // One connection lists the refs and, when needed, fetches: over ssh a second connection
+    // would cost a second handshake.
+    let mut connection = remote
+        .connect_auth(Direction::Fetch, None, None)
+        .map_err(|e| network_error(e, url, &session))?;
+    let (source_ref, advertised) = advertised_ref(&connection, url, &plan.reference, &session)?;
     if layout.current() == Some(advertised) {
         return Ok(Checkout {
             commit: advertised.to_string(),
@@ -384,7 +391,6 @@ pub fn sync(
     let mut received = (0, 0);
     if !release.exists() {
         if repo.find_commit(advertised).is_err() {
-            let tracking = "refs/bootagent/target";
             let mut last_report = Instant::now();
             let mut callbacks = git2::RemoteCallbacks::new();
             callbacks.transfer_progress(|progress| {
@@ -405,14 +411,15 @@ pub fn sync(
             options
                 .depth(i32::try_from(plan.depth).unwrap_or(i32::MAX))
                 .remote_callbacks(callbacks);
-            remote
-                .fetch(
-                    &[format!("+{source_ref}:{tracking}")],
-                    Some(&mut options),
-                    None,
-                )
+            connection
+                .remote()
+                .download(&[format!("+{source_ref}:{TRACKING}")], Some(&mut options))
                 .map_err(|e| network_error(e, url, &session))?;
             drop(options);
+            // A ref keeps the commit: the next fetch offers it as what this side has, so only
+            // what is new comes.
+            repo.reference(TRACKING, advertised, true, "bootagent fetch")
+                .map_err(local("record the fetched commit"))?;
             if fresh {
                 action = Action::Cloned;
             }
@@ -573,21 +580,21 @@ pub fn remote_commit(
     let session = credentials.session(url)?;
     let mut remote =
         git2::Remote::create_detached(url).map_err(|e| network_error(e, url, &session))?;
-    Ok(advertised_ref(&mut remote, url, reference, &session)?
+    let connection = remote
+        .connect_auth(Direction::Fetch, None, None)
+        .map_err(|e| network_error(e, url, &session))?;
+    Ok(advertised_ref(&connection, url, reference, &session)?
         .1
         .to_string())
 }
 
-/// Connects, lists the remote's refs and finds `reference` among them.
+/// Finds `reference` among the refs the connected remote lists.
 fn advertised_ref(
-    remote: &mut git2::Remote<'_>,
+    connection: &git2::RemoteConnection<'_, '_, '_>,
     url: &str,
     reference: &str,
     session: &ActiveSession,
 ) -> Result<(String, Oid), GitError> {
-    let connection = remote
-        .connect_auth(Direction::Fetch, None, None)
-        .map_err(|e| network_error(e, url, session))?;
     let heads = connection
         .list()
         .map_err(|e| network_error(e, url, session))?;
