@@ -172,6 +172,8 @@ pub struct ServiceConfig {
     pub endpoints: BTreeMap<String, String>,
     #[serde(deserialize_with = "duration")]
     pub start_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub settle: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -600,8 +600,8 @@ async fn check_unit(plan: Arc<Plan>) -> Finding {
     }
     let unit = &plan.service.unit;
     match crate::service::unit_state(unit).await {
-        Ok((state, _)) if state == "active" => ok(format!("{unit} is active")),
-        Ok((state, result)) => {
+        Ok(state) if state.active == "active" => ok(format!("{unit} is active")),
+        Ok(state) => {
             let journal = tokio::process::Command::new("journalctl")
                 .args(["--no-pager", "-o", "cat", "-n", JOURNAL_LINES, "-u", unit])
                 .output()
@@ -609,7 +609,10 @@ async fn check_unit(plan: Arc<Plan>) -> Finding {
                 .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
                 .unwrap_or_default();
             fail(
-                format!("{unit} is {state} (result {result}); last journal lines:\n{journal}"),
+                format!(
+                    "{unit} is {} (result {}); last journal lines:\n{journal}",
+                    state.active, state.result
+                ),
                 format!("see journalctl -u {unit}; then bootagent boot"),
             )
         }

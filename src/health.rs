@@ -127,10 +127,10 @@ async fn service_down(status: &status::Status) -> Option<Health> {
     }
     match service.manager {
         Manager::Systemd => match crate::service::unit_state(&service.unit).await {
-            Ok((state, _)) if state == "active" => None,
-            Ok((state, _)) => Some(Health::not(
+            Ok(state) if state.active == "active" => None,
+            Ok(state) => Some(Health::not(
                 "service-down",
-                format!("{} is {state}", service.unit),
+                format!("{} is {}", service.unit, state.active),
             )),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the unit's state failed");

@@ -15,6 +15,7 @@ use crate::plan::Plan;
 const SYSTEMCTL: &str = "systemctl";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+const SETTLE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -39,6 +40,18 @@ pub enum ServiceError {
         state: String,
         result: String,
     },
+    #[error(
+        "{unit} started but did not stay up: within {settle} it became {state} (result: \
+         {result}){restarted}; see `journalctl -u {unit}` for why it exits (bad config, a missing \
+         file, a port in use)"
+    )]
+    DidNotStay {
+        unit: String,
+        settle: String,
+        state: String,
+        result: String,
+        restarted: String,
+    },
     #[error("{unit} was still {state} after {waited}; see `journalctl -u {unit}`")]
     StartTimeout {
         unit: String,
@@ -61,12 +74,14 @@ pub struct UnitReport {
 }
 
 /// Writes the drop-in, reloads systemd if it changed, and restarts the unit when anything it
-/// runs with changed or it is not active. Waits until the unit is active or has failed.
+/// runs with changed or it is not active. Waits until the unit is active or has failed; after a
+/// restart, the unit must then stay active for `settle`.
 pub async fn start_systemd(
     plan: &Plan,
     env_changed: bool,
     code_changed: bool,
     timeout: Duration,
+    settle: Duration,
 ) -> Result<UnitReport, ServiceError> {
     let unit = &plan.service.unit;
     let drop_in = plan
@@ -78,7 +93,7 @@ pub async fn start_systemd(
     if drop_in_changed {
         systemctl(&["daemon-reload"]).await?;
     }
-    let (state, _) = unit_state(unit).await?;
+    let state = unit_state(unit).await?.active;
     let restart = state != "active" || env_changed || code_changed || drop_in_changed;
     if state == "failed" {
         // A unit that crashed repeatedly may have hit its start limit; a new boot deserves a
@@ -91,13 +106,16 @@ pub async fn start_systemd(
     }
     let start = Instant::now();
     loop {
-        let (state, result) = unit_state(unit).await?;
-        match state.as_str() {
+        let current = unit_state(unit).await?;
+        match current.active.as_str() {
             "active" => {
+                if restart {
+                    stays_up(unit, &current, settle).await?;
+                }
                 return Ok(UnitReport {
-                    state,
+                    state: current.active,
                     restarted: restart,
-                })
+                });
             }
             "activating" | "reloading" if start.elapsed() < timeout => {
                 tokio::time::sleep(POLL_INTERVAL).await
@@ -105,19 +123,45 @@ pub async fn start_systemd(
             "activating" | "reloading" => {
                 return Err(ServiceError::StartTimeout {
                     unit: unit.clone(),
-                    state,
+                    state: current.active,
                     waited: humantime::format_duration(timeout).to_string(),
                 })
             }
             _ => {
                 return Err(ServiceError::NotActive {
                     unit: unit.clone(),
-                    state,
-                    result,
+                    state: current.active,
+                    result: current.result,
                 })
             }
         }
     }
+}
+
+/// A service that exits right after it started is "active" for a moment (Type=simple counts the
+/// fork as started), and with Restart= it may be active again by the next look. So: it must stay
+/// active, without systemd restarting it, for `settle`.
+async fn stays_up(unit: &str, started: &UnitState, settle: Duration) -> Result<(), ServiceError> {
+    let deadline = Instant::now() + settle;
+    while Instant::now() < deadline {
+        tokio::time::sleep(SETTLE_POLL_INTERVAL.min(deadline - Instant::now())).await;
+        let now = unit_state(unit).await?;
+        let restarts = now.restarts.saturating_sub(started.restarts);
+        if now.active != "active" || restarts > 0 {
+            return Err(ServiceError::DidNotStay {
+                unit: unit.to_string(),
+                settle: humantime::format_duration(settle).to_string(),
+                state: now.active,
+                result: now.result,
+                restarted: match restarts {
+                    0 => String::new(),
+                    1 => " and systemd restarted it once".to_string(),
+                    n => format!(" and systemd restarted it {n} times"),
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 fn render_drop_in(plan: &Plan) -> String {
@@ -152,16 +196,30 @@ pub async fn stop_systemd(unit: &str) -> Result<(), ServiceError> {
     systemctl(&["stop", unit]).await.map(drop)
 }
 
-/// ActiveState and Result of the unit.
-pub async fn unit_state(unit: &str) -> Result<(String, String), ServiceError> {
-    let out = systemctl(&["show", "--property=ActiveState,Result", unit]).await?;
+/// What systemd says of a unit.
+#[derive(Debug)]
+pub struct UnitState {
+    /// ActiveState: `active`, `activating`, `failed` …
+    pub active: String,
+    /// Result: `success`, `exit-code` …
+    pub result: String,
+    /// NRestarts: how often Restart= restarted it (0 on systemd before 235, which lacks it).
+    pub restarts: u64,
+}
+
+pub async fn unit_state(unit: &str) -> Result<UnitState, ServiceError> {
+    let out = systemctl(&["show", "--property=ActiveState,Result,NRestarts", unit]).await?;
     let value = |key: &str| {
         out.lines()
             .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
             .unwrap_or("unknown")
             .to_string()
     };
-    Ok((value("ActiveState"), value("Result")))
+    Ok(UnitState {
+        active: value("ActiveState"),
+        result: value("Result"),
+        restarts: value("NRestarts").parse().unwrap_or(0),
+    })
 }
 
 async fn systemctl(args: &[&str]) -> Result<String, ServiceError> {

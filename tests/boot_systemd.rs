@@ -181,6 +181,8 @@ tag_wait = "2s"
 [service]
 user = "nobody"
 start_timeout = "20s"
+# Shorter than the default 2 s: some tests boot a hundred times.
+settle = "100ms"
 "#;
 
 #[test]
@@ -287,6 +289,39 @@ fn a_unit_that_cannot_start_is_reported_with_exit_code_8() {
     let status: serde_json::Value =
         serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
     assert_eq!(status["outcome"], "failed");
+    assert_eq!(status["error"]["exit_code"], 8);
+}
+
+#[test]
+fn a_unit_that_exits_right_after_starting_fails_the_boot() {
+    let (name, _repo, imds) = small_service("sdcrash", "test");
+    let container = Container::boot(CONFIG);
+    std::fs::create_dir(container.out().join("config.d")).unwrap();
+    std::fs::write(
+        container.out().join("config.d/60-settle.toml"),
+        "[service]\nsettle = \"2s\"\n",
+    )
+    .unwrap();
+    let unit = format!("{name}.service");
+    // Type=simple: systemd calls it started at the fork, so it is active for a moment.
+    container.install_unit(&unit, "ExecStart=/bin/sleep 0.2");
+    container
+        .bootagent(&imds, &["boot"])
+        .expect(8)
+        .stderr_has(&format!("{unit} started but did not stay up: within 2s"))
+        .stderr_has("journalctl -u");
+
+    // With Restart=, systemd brings it back each time; the restarts give it away.
+    container.install_unit(
+        &unit,
+        "ExecStart=/bin/sleep 0.2\nRestart=always\nRestartSec=0",
+    );
+    let run = container.bootagent(&imds, &["boot"]);
+    run.expect(8)
+        .stderr_has("did not stay up")
+        .stderr_has("and systemd restarted it");
+    let status: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
     assert_eq!(status["error"]["exit_code"], 8);
 }
 
@@ -510,10 +545,11 @@ fn doctor_shows_a_failed_unit_with_its_last_journal_lines() {
     let unit = format!("{name}.service");
     container.install_unit(
         &unit,
-        "ExecStart=/bin/sh -c \"echo about to crash: marker-7ce1; sleep 0.3; exit 3\"",
+        "ExecStart=/bin/sh -c \"echo about to crash: marker-7ce1; sleep 1; exit 3\"",
     );
+    // Up for a second: past the test config's settle, so the boot succeeds.
     container.bootagent(&imds, &["boot"]).expect(0);
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let run = container.bootagent(&imds, &["doctor", "--json"]);
     run.expect(13);
     let report: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
@@ -684,10 +720,10 @@ fn a_warm_pool_instance_is_prepared_then_started_when_in_service() {
 
     let watch = container.spawn_watch(&imds, &[]);
     imds.set(serde_json::json!({"lifecycle_state": "InService"}));
-    eventually(10, "the unit to start", || {
-        container.show(&unit, "ActiveState") == "active"
+    eventually(10, "the unit to start and stay up", || {
+        container.bootagent(&imds, &["health-report"]).code() == 0
     });
-    container.bootagent(&imds, &["health-report"]).expect(0);
+    assert_eq!(container.show(&unit, "ActiveState"), "active");
     Container::stop_watch(watch);
 }
 

@@ -276,12 +276,13 @@ async fn steps(
                 matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
             let report = within(
                 "service",
-                config.service.start_timeout + Duration::from_secs(5),
+                config.service.start_timeout + config.service.settle + Duration::from_secs(5),
                 service::start_systemd(
                     &plan,
                     env_changed,
                     code_changed,
                     config.service.start_timeout,
+                    config.service.settle,
                 ),
             )
             .await??;
