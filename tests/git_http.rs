@@ -14,15 +14,15 @@ struct Setup {
 
 /// A service whose secret holds the deploy token (a canary) beside an ordinary variable.
 fn setup() -> Setup {
-    setup_serving("http", |token| GitHttp::start("deploy", token))
+    setup_serving("http", |_, token| GitHttp::start("deploy", token))
 }
 
-/// The same, its repository served by what `serve` starts for the token.
-fn setup_serving(prefix: &str, serve: impl FnOnce(&str) -> GitHttp) -> Setup {
+/// The same, its repository served by what `serve` starts for the service's name and token.
+fn setup_serving(prefix: &str, serve: impl FnOnce(&str, &str) -> GitHttp) -> Setup {
     let name = unique(prefix);
     let repo = SampleRepo::create(&name);
     let token = canary();
-    let server = serve(&token);
+    let server = serve(&name, &token);
     create_secret(
         &format!("{name}_env_prod"),
         &serde_json::json!({ "GIT_TOKEN": token, "APP": "1" }).to_string(),
@@ -100,7 +100,7 @@ fn a_token_variable_no_secret_defines_is_named() {
 /// (issued for `certificate_ip`), behind the same token.
 fn setup_tls(certificate_ip: &str) -> (Setup, TestCa) {
     let ca = TestCa::issue_for(certificate_ip);
-    let setup = setup_serving("https", |token| GitHttp::start_tls("deploy", token, &ca));
+    let setup = setup_serving("https", |_, token| GitHttp::start_tls("deploy", token, &ca));
     (setup, ca)
 }
 
@@ -167,4 +167,17 @@ fn a_remote_that_accepts_and_never_answers_is_given_up_on_after_git_timeout() {
         detail.contains("the remote did not answer within 1s (git.timeout)"),
         "{detail}"
     );
+}
+
+#[test]
+fn a_renamed_repository_is_followed_to_its_new_name() {
+    let setup = setup_serving("moved", |name, token| {
+        GitHttp::start_moved("deploy", token, &format!("{name}-old"), name)
+    });
+    let old_url = setup.server.repo_url(&format!("{}-old", setup.name));
+    let instance = Instance::exec_mode(WITH_TOKEN);
+    let run = instance.run(&Imds::for_service(&setup.name, "prod", &old_url), &["boot"]);
+    run.expect(0)
+        .stderr_has("the repository moved: following the redirect");
+    instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
 }

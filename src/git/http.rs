@@ -5,14 +5,14 @@
 
 use std::error::Error as _;
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
 
-use super::transport::{Failure, Session};
+use super::transport::{lock, Failure, Session};
 
 pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
@@ -32,6 +32,9 @@ pub(super) struct HttpSubtransport {
     session: Arc<Session>,
     /// libgit2 calls in on a blocking thread of bootagent's runtime; requests run on it.
     runtime: tokio::runtime::Handle,
+    /// Where the repository answered the ref advertisement, when a redirect moved it (a renamed
+    /// repository): the negotiation requests go there too.
+    moved_to: Arc<Mutex<Option<String>>>,
 }
 
 impl HttpSubtransport {
@@ -39,7 +42,11 @@ impl HttpSubtransport {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             git2::Error::from_str("internal error: an HTTP remote outside the async runtime")
         })?;
-        Ok(HttpSubtransport { session, runtime })
+        Ok(HttpSubtransport {
+            session,
+            runtime,
+            moved_to: Arc::default(),
+        })
     }
 }
 
@@ -50,16 +57,20 @@ impl SmartSubtransport for HttpSubtransport {
         action: Service,
     ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
         let (path, post) = match action {
-            Service::UploadPackLs => ("info/refs?service=git-upload-pack", false),
+            Service::UploadPackLs => (ADVERTISEMENT, false),
             Service::UploadPack => ("git-upload-pack", true),
             Service::ReceivePackLs | Service::ReceivePack => {
                 return Err(git2::Error::from_str("bootagent only fetches"))
             }
         };
+        let base = lock(&self.moved_to)
+            .clone()
+            .unwrap_or_else(|| url.trim_end_matches('/').to_string());
         Ok(Box::new(HttpStream {
             session: self.session.clone(),
             runtime: self.runtime.clone(),
-            endpoint: format!("{}/{path}", url.trim_end_matches('/')),
+            endpoint: format!("{base}/{path}"),
+            moved_to: self.moved_to.clone(),
             post,
             request: Vec::new(),
             response: None,
@@ -78,6 +89,7 @@ struct HttpStream {
     session: Arc<Session>,
     runtime: tokio::runtime::Handle,
     endpoint: String,
+    moved_to: Arc<Mutex<Option<String>>>,
     post: bool,
     request: Vec<u8>,
     response: Option<reqwest::Response>,
@@ -148,8 +160,33 @@ impl HttpStream {
                  git repository?"
             )));
         }
+        if !self.post && response.url().as_str() != self.endpoint {
+            let moved = moved_base(&self.endpoint, response.url())?;
+            tracing::info!(to = %super::redact(&moved), "the repository moved: following the redirect");
+            *lock(&self.moved_to) = Some(moved);
+        }
         Ok(response)
     }
+}
+
+const ADVERTISEMENT: &str = "info/refs?service=git-upload-pack";
+
+/// The repository URL a redirected ref advertisement ended at. Only a move within the same
+/// origin is followed: the token would otherwise go to a host nobody configured.
+fn moved_base(requested: &str, landed: &reqwest::Url) -> Result<String, Failure> {
+    let requested = reqwest::Url::parse(requested)
+        .map_err(|e| Failure::Unreachable(format!("bad remote URL: {e}")))?;
+    let base = landed
+        .as_str()
+        .strip_suffix(&format!("/{ADVERTISEMENT}"))
+        .filter(|_| landed.origin() == requested.origin());
+    base.map(str::to_string).ok_or_else(|| {
+        Failure::Unreachable(format!(
+            "the remote redirected to {}, another host or not a repository; if the repository \
+             moved there, set git.url (or the Repository tag) to its new URL",
+            super::redact(landed.as_str())
+        ))
+    })
 }
 
 impl Read for HttpStream {
@@ -238,4 +275,36 @@ fn chain(error: &reqwest::Error) -> String {
         cause = current.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn landed(url: &str) -> reqwest::Url {
+        reqwest::Url::parse(url).unwrap()
+    }
+
+    #[test]
+    fn a_repository_moved_within_its_host_is_followed_and_elsewhere_refused() {
+        let requested = format!("https://git.example/old/app.git/{ADVERTISEMENT}");
+        assert_eq!(
+            moved_base(
+                &requested,
+                &landed(&format!("https://git.example/new/app.git/{ADVERTISEMENT}"))
+            )
+            .unwrap(),
+            "https://git.example/new/app.git"
+        );
+        for elsewhere in [
+            format!("https://evil.example/new/app.git/{ADVERTISEMENT}"),
+            format!("http://git.example/new/app.git/{ADVERTISEMENT}"),
+            "https://git.example/login".to_string(),
+        ] {
+            assert!(
+                moved_base(&requested, &landed(&elsewhere)).is_err(),
+                "{elsewhere}"
+            );
+        }
+    }
 }

@@ -400,6 +400,19 @@ impl GitHttp {
         ])
     }
 
+    /// Like [`GitHttp::start`], with the repository `old` renamed to `new`: requests under the
+    /// old name are redirected (301) to the new one.
+    pub fn start_moved(user: &str, password: &str, old: &str, new: &str) -> GitHttp {
+        GitHttp::start_with(&[
+            "--user",
+            user,
+            "--password",
+            password,
+            "--moved",
+            &format!("{old}={new}"),
+        ])
+    }
+
     fn start_with(args: &[&str]) -> GitHttp {
         let root = world("GIT_ROOT");
         let (child, url) = start_fake("GIT_HTTP", &[&["--root", &root][..], args].concat());

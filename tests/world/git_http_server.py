@@ -2,8 +2,10 @@
 """Smart HTTP for git: `git http-backend` as a CGI program behind HTTP Basic authentication.
 
   git_http_server.py --root DIR --user USER --password SECRET [--tls-cert PEM --tls-key PEM]
+                     [--moved OLD=NEW]
 prints "listening on http://127.0.0.1:PORT" (https with a certificate); repositories under DIR
-are served at /NAME.git.
+are served at /NAME.git. With --moved, requests under /OLD.git are answered 301 with the same
+path under /NEW.git, as GitHub answers for a renamed repository.
 A request without the right credentials gets 401 with a Basic challenge, as GitHub, GitLab and
 Bitbucket answer token-protected repositories over HTTPS.
 """
@@ -32,6 +34,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_git(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.args.moved:
+            old, new = self.server.args.moved.split("=", 1)
+            if self.path.startswith(f"/{old}.git/"):
+                self.send_response(301)
+                self.send_header("Location", f"/{new}.git/" + self.path[len(old) + 6 :])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         with self.server.lock:
             self.server.requests.append((self.command, self.path, self.authorized()))
         if not self.authorized():
@@ -84,6 +94,7 @@ def main():
     parser.add_argument("--password", required=True)
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
+    parser.add_argument("--moved")
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
