@@ -239,3 +239,37 @@ fn a_remote_that_accepts_and_never_answers_is_given_up_on_after_git_timeout() {
         "{detail}"
     );
 }
+
+#[test]
+fn an_ssh_url_that_would_pass_options_to_ssh_is_refused_before_ssh_runs() {
+    let setup = setup();
+    // A Repository tag is untrusted input: as an ssh host this is an option whose command would
+    // create `injected` in bootagent's working directory.
+    let url = "ssh://-oProxyCommand=touch${IFS}injected/repo.git";
+    let instance = setup.instance("secret:DEPLOY_KEY");
+    let run = Run(instance
+        .command(&Imds::for_service(&setup.name, "prod", url), &["boot"])
+        .current_dir(setup.keys.path())
+        .output()
+        .unwrap());
+    run.expect(7)
+        .stderr_has("not a usable ssh URL: a user, host or path starting with '-' is refused");
+    assert!(
+        !setup.keys.path().join("injected").exists(),
+        "ssh ran the injected command"
+    );
+}
+
+#[test]
+fn a_machine_without_the_ssh_client_is_told_so() {
+    let setup = setup();
+    let instance = setup.instance("secret:DEPLOY_KEY");
+    // Nothing on this PATH: bootagent itself needs no program before the service.
+    let run = Run(instance
+        .command(&setup.imds(), &["boot"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap());
+    run.expect(7)
+        .stderr_has("ssh:// remotes need the OpenSSH client installed");
+}

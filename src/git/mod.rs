@@ -50,6 +50,8 @@ pub enum GitError {
     },
     #[error("{message}; fix git.ssh_key")]
     DeployKey { message: String },
+    #[error("cannot fetch from git remote {url}: {message}")]
+    Unusable { url: String, message: String },
     #[error(
         "git remote {url} has no branch or tag {reference}; push it, or fix git.ref (or the \
          Environment tag)"
@@ -643,6 +645,10 @@ fn network_error(error: git2::Error, url: &str, session: &ActiveSession) -> GitE
                 message,
             },
             Failure::Unreachable(_) => GitError::Unreachable {
+                url: shown,
+                message,
+            },
+            Failure::Unusable(_) => GitError::Unusable {
                 url: shown,
                 message,
             },

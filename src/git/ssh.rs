@@ -241,13 +241,14 @@ impl SmartSubtransport for SshSubtransport {
             Service::UploadPackLs | Service::UploadPack => "git-upload-pack",
             Service::ReceivePackLs | Service::ReceivePack => "git-receive-pack",
         };
-        let remote = SshRemote::parse(url)
-            .map_err(|e| git2::Error::from_str(&format!("cannot fetch over ssh: {e}")))?;
+        let refuse = |message: String| self.session.refuse(Failure::Unusable(message));
+        let remote =
+            SshRemote::parse(url).map_err(|e| refuse(format!("not a usable ssh URL: {e}")))?;
         let mut child = remote
             .command(&self.session.options, program)
             .spawn()
             .map_err(|e| {
-                git2::Error::from_str(&format!(
+                refuse(format!(
                     "cannot run ssh ({e}): ssh:// remotes need the OpenSSH client installed"
                 ))
             })?;

@@ -38,6 +38,8 @@ pub enum Failure {
     Denied(String),
     /// No connection, a timeout, or an answer that is not git's.
     Unreachable(String),
+    /// Nothing to retry: the URL or this machine cannot work as configured (no ssh client).
+    Unusable(String),
 }
 
 impl Failure {
@@ -54,7 +56,8 @@ impl Failure {
             Failure::HostKey(m)
             | Failure::Certificate(m)
             | Failure::Denied(m)
-            | Failure::Unreachable(m) => m,
+            | Failure::Unreachable(m)
+            | Failure::Unusable(m) => m,
         }
     }
 }
@@ -73,6 +76,11 @@ impl Session {
         let error = std::io::Error::other(failure.message().to_string());
         *lock(&self.failure) = Some(failure);
         error
+    }
+
+    /// The same, for a transport step that answers libgit2 with its own error type.
+    pub fn refuse(&self, failure: Failure) -> git2::Error {
+        git2::Error::from_str(&self.fail(failure).to_string())
     }
 
     pub fn http_client(&self) -> Result<&reqwest::Client, String> {
