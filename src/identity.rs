@@ -108,7 +108,7 @@ pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, crate
 
 /// The instance's tags named in `keys`, from instance metadata or, when tags are disabled there
 /// and `identity.describe_tags_fallback` allows it, from ec2:DescribeTags.
-async fn read_tags(
+pub async fn read_tags(
     imds: &ImdsClient,
     config: &Config,
     region: &str,

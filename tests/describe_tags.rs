@@ -119,3 +119,35 @@ fn a_role_that_may_not_describe_tags_is_told_which_permission_it_lacks() {
     .stderr_has("not authorized to perform: ec2:DescribeTags")
     .stderr_has("allow ec2:DescribeTags to the instance role");
 }
+
+#[test]
+fn a_launch_with_bad_tags_is_abandoned_with_the_group_from_describe_tags() {
+    let asg = AsgFake::start();
+    let id = instance_id();
+    ec2_create_tags(
+        &id,
+        &[
+            ("Service", "../etc"),
+            ("Environment", "prod"),
+            ("aws:autoscaling:groupName", "web-asg"),
+        ],
+    );
+    asg.activate("web-asg", "launching", &id);
+    // Hooks need systemd mode; the boot ends at the tags, before systemd would be asked.
+    let instance = Instance::exec_mode(&format!(
+        "{FALLBACK}[lifecycle]\nlaunch_hook = \"launching\"\n[service]\nmanager = \"systemd\"\n"
+    ));
+    Run(instance
+        .command(&untagged_metadata(&id), &["boot"])
+        .env("AWS_ENDPOINT_URL_AUTO_SCALING", &asg.url)
+        .output()
+        .unwrap())
+    .expect(3);
+    assert_eq!(
+        asg.calls(),
+        [(
+            "CompleteLifecycleAction".to_string(),
+            Some("ABANDON".to_string())
+        )]
+    );
+}

@@ -99,10 +99,12 @@ async fn abandon_without_identity(config: &Config) -> Result<(), Error> {
     let instance_id = imds.get_required("meta-data/instance-id").await?;
     let region = crate::identity::region(&imds).await?;
     let group = match config.lifecycle.group.as_str() {
-        "" => imds
-            .tags(&[crate::identity::ASG_GROUP_TAG])
-            .await?
-            .remove(crate::identity::ASG_GROUP_TAG),
+        "" => {
+            let tag = crate::identity::ASG_GROUP_TAG;
+            crate::identity::read_tags(&imds, config, &region, &instance_id, &[tag])
+                .await?
+                .remove(tag)
+        }
         group => Some(group.to_string()),
     };
     let lifecycle = Lifecycle::new(&region, config.lifecycle.timeout, group, &instance_id).await?;
