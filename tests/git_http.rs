@@ -181,3 +181,24 @@ fn a_renamed_repository_is_followed_to_its_new_name() {
         .stderr_has("the repository moved: following the redirect");
     instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
 }
+
+#[test]
+fn https_goes_through_the_proxy_the_environment_names() {
+    let (setup, ca) = setup_tls("127.0.0.1");
+    let proxy = ConnectProxy::start();
+    let instance = Instance::exec_mode(WITH_TOKEN);
+    let run = Run(instance
+        .command(&setup.imds(), &["boot"])
+        .env("SSL_CERT_FILE", &ca.ca_cert)
+        .env("HTTPS_PROXY", &proxy.url)
+        .output()
+        .unwrap());
+    run.expect(0);
+    instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
+    let server = setup.server.url.trim_start_matches("https://");
+    let connects = proxy.connects();
+    assert!(
+        !connects.is_empty() && connects.iter().all(|c| c == server),
+        "the proxy tunnelled {connects:?}, the server is {server}"
+    );
+}

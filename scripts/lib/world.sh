@@ -28,6 +28,7 @@ world_start() {
     export BOOTAGENT_WORLD_ASG_FAKE=$PWD/tests/world/autoscaling_fake.py
     export BOOTAGENT_WORLD_GIT_HTTP=$PWD/tests/world/git_http_server.py
     export BOOTAGENT_WORLD_SSHD=/usr/sbin/sshd
+    export BOOTAGENT_WORLD_PROXY=$PWD/tests/world/connect_proxy.py
     export BOOTAGENT_WORLD_NSPAWN=$PWD/tests/world/nspawn.sh
     export BOOTAGENT_WORLD_RECORDER=$PWD/tests/world/recorder.sh
 

@@ -549,6 +549,29 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     found
 }
 
+/// An HTTPS proxy (CONNECT tunnels only) that records where it was asked to connect
+/// (tests/world/connect_proxy.py).
+pub struct ConnectProxy {
+    _process: Reaped,
+    pub url: String,
+}
+
+impl ConnectProxy {
+    pub fn start() -> ConnectProxy {
+        let (child, url) = start_fake("PROXY", &[]);
+        ConnectProxy {
+            _process: Reaped(child),
+            url,
+        }
+    }
+
+    /// The `host:port` of every CONNECT so far.
+    pub fn connects(&self) -> Vec<String> {
+        let body = curl(&["-sSf", &format!("{}/fake/connects", self.url)]);
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
 /// The Auto Scaling lifecycle fake (tests/world/autoscaling_fake.py).
 pub struct AsgFake {
     _process: Reaped,
