@@ -43,6 +43,16 @@ pub enum Outcome {
     Failed,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub schema: u32,
@@ -143,9 +153,11 @@ impl Recorder {
     /// Ends the current phase and saves the status.
     pub fn end(&mut self, outcome: Outcome) -> Result<(), StatusError> {
         if let Some((name, started)) = self.phase_started.take() {
+            let duration_ms = millis(started.elapsed());
+            tracing::info!("{name}: {} in {duration_ms} ms", outcome.as_str());
             self.status.phases.push(Phase {
                 name,
-                duration_ms: millis(started.elapsed()),
+                duration_ms,
                 outcome,
             });
         }
@@ -164,6 +176,10 @@ impl Recorder {
             Outcome::Succeeded
         };
         self.end(self.status.outcome)?;
+        match &self.status.error {
+            None => tracing::info!("boot succeeded: {}", self.summary()),
+            Some(error) => tracing::error!("boot failed with exit code {}", error.exit_code),
+        }
         if let Some(dir) = &self.history_dir {
             if let Err(e) = crate::history::record(dir, &self.status) {
                 // The history is for operators looking back; it never fails a boot.
@@ -171,6 +187,22 @@ impl Recorder {
             }
         }
         Ok(())
+    }
+
+    /// What runs now, in one line: `calendar/prod at <commit> (fetched), calendar.service active`.
+    fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(id) = &self.status.identity {
+            parts.push(format!("{}/{}", id.service, id.env));
+        }
+        if let Some(git) = &self.status.git {
+            parts.push(format!("at {} ({})", git.commit, git.action));
+        }
+        let mut line = parts.join(" ");
+        if let Some(service) = &self.status.service {
+            line.push_str(&format!(", {} {}", service.unit, service.state));
+        }
+        line
     }
 
     pub fn save(&self) -> Result<(), StatusError> {

@@ -406,6 +406,12 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
         journal.contains("SYSLOG_IDENTIFIER=bootagent"),
         "bootagent logged to the journal with its identifier"
     );
+    // What an operator reads first: what runs now.
+    let summary = format!(
+        "boot succeeded: {name}/prod at {} (cloned), {name}.service active",
+        repo.commits["prod"]
+    );
+    assert!(journal.contains(&summary), "no {summary:?} in the journal");
     // StateDirectory= makes the history writable under ProtectSystem=strict.
     let history = container.sh("cat /var/lib/bootagent/history.jsonl");
     assert!(history.contains("\"outcome\":\"succeeded\""), "{history}");

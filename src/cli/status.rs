@@ -85,11 +85,7 @@ fn render_entry(entry: &history::Entry) -> String {
 }
 
 fn render(status: &Status) -> String {
-    let outcome = match status.outcome {
-        Outcome::Running => "running",
-        Outcome::Succeeded => "succeeded",
-        Outcome::Failed => "failed",
-    };
+    let outcome = status.outcome.as_str();
     let mut lines = vec![format!(
         "boot:     {outcome} (started {}{})",
         status.started_at,
