@@ -273,3 +273,30 @@ fn a_machine_without_the_ssh_client_is_told_so() {
     run.expect(7)
         .stderr_has("ssh:// remotes need the OpenSSH client installed");
 }
+
+#[test]
+fn a_deploy_key_stored_without_its_final_newline_still_works() {
+    let setup = setup();
+    // Secret consoles and `jq -r` often drop it; OpenSSH refuses a key file without it.
+    let trimmed = std::fs::read_to_string(&setup.key)
+        .unwrap()
+        .trim_end()
+        .to_string();
+    create_secret(
+        &format!("{}-trimmed", setup.name),
+        &serde_json::json!({ "KEY": trimmed }).to_string(),
+    );
+    let instance = setup.instance("secret:TRIMMED_KEY");
+    instance.add_config(
+        "60-trimmed.toml",
+        &format!(
+            "[secrets.vars]\nTRIMMED_KEY = \"{}-trimmed#KEY\"\n",
+            setup.name
+        ),
+    );
+    instance.run(&setup.imds(), &["boot"]).expect(0);
+    assert_eq!(
+        instance.running_commit(&setup.name),
+        setup.repo.commits["prod"]
+    );
+}
