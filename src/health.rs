@@ -49,13 +49,9 @@ pub struct Checker {
 
 impl Checker {
     pub fn new(config: &Config) -> Checker {
-        let http = reqwest::Client::builder()
+        let http = crate::imds::local_http_client()
             .timeout(config.health.app_timeout)
-            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            // Plain HTTP only: without this the TLS set-up would load the system's CA store,
-            // and fail where there is none.
-            .tls_certs_only([])
             .build()
             .expect("a plain HTTP client builds");
         Checker {

@@ -65,17 +65,19 @@ pub struct ImdsClient {
     token: Mutex<Option<String>>,
 }
 
+/// A client for plain HTTP on this machine (IMDS, the app's health URL): never through a
+/// proxy from the environment, and without TLS roots — loading the system's CA store would fail
+/// where there is none, and nothing here needs it.
+pub(crate) fn local_http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().no_proxy().tls_certs_only([])
+}
+
 impl ImdsClient {
     pub fn new(endpoint: &str, deadline: Duration) -> Self {
-        let http = reqwest::Client::builder()
+        let http = local_http_client()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            // IMDS is link-local: a proxy from the environment must never see these requests.
-            .no_proxy()
             .user_agent(concat!("bootagent/", env!("CARGO_PKG_VERSION")))
-            // Plain HTTP only: without this the TLS set-up would load the system's CA store,
-            // and fail where there is none.
-            .tls_certs_only([])
             .build()
             .expect("a plain HTTP client builds");
         ImdsClient {

@@ -532,12 +532,14 @@ fn missing_ca_store_is_named_instead_of_failing_obscurely() {
     let instance = Instance::exec_mode("");
     let imds = service.imds("test");
     let earlier = Earlier::plant(&instance, &service.name);
-    let run = Run(instance
-        .command(&imds, &["boot"])
-        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
-        .env("SSL_CERT_DIR", "/nonexistent")
-        .output()
-        .unwrap());
+    let run = instance.run_with(
+        &imds,
+        &["boot"],
+        &[
+            ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+            ("SSL_CERT_DIR", "/nonexistent"),
+        ],
+    );
     run.expect(9)
         .stderr_has("no CA certificates were found")
         .stderr_has("ca-certificates");
@@ -548,11 +550,7 @@ fn missing_ca_store_is_named_instead_of_failing_obscurely() {
 fn aws_region_overrides_the_region_from_imds() {
     let instance = Instance::exec_mode("[secrets]\nmain = \"{service}-{region}\"\n");
     let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "test")]);
-    let run = Run(instance
-        .command(&imds, &["plan"])
-        .env("AWS_REGION", "eu-central-1")
-        .output()
-        .unwrap());
+    let run = instance.run_with(&imds, &["plan"], &[("AWS_REGION", "eu-central-1")]);
     run.expect(0);
     let plan: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
     assert_eq!(plan["identity"]["region"], "eu-central-1");

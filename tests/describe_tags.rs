@@ -86,13 +86,15 @@ fn describe_tags_is_signed_as_aws_checks_it() {
     );
     moto.require_auth();
     let instance = Instance::exec_mode(FALLBACK);
-    let run = Run(instance
-        .command(&untagged_metadata(&id), &["boot"])
-        .env("AWS_ENDPOINT_URL", &moto.url)
-        .env("AWS_ACCESS_KEY_ID", key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &secret)
-        .output()
-        .unwrap());
+    let run = instance.run_with(
+        &untagged_metadata(&id),
+        &["boot"],
+        &[
+            ("AWS_ENDPOINT_URL", moto.url.as_str()),
+            ("AWS_ACCESS_KEY_ID", &key_id),
+            ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+        ],
+    );
     run.expect(0);
     assert_eq!(instance.running_commit(&name), repo.commits["prod"]);
     instance.assert_no_canary(&secret, &run);
@@ -106,18 +108,21 @@ fn a_role_that_may_not_describe_tags_is_told_which_permission_it_lacks() {
     let (key_id, secret) = moto.user_allowed("secrets-only", &["secretsmanager:GetSecretValue"]);
     moto.require_auth();
     let instance = Instance::exec_mode(FALLBACK);
-    Run(instance
-        .command(&untagged_metadata(&id), &["boot"])
-        .env("AWS_ENDPOINT_URL", &moto.url)
-        .env("AWS_ACCESS_KEY_ID", key_id)
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .output()
-        .unwrap())
-    .expect(4)
-    // Real EC2 says UnauthorizedOperation, moto AccessDenied: both are a refusal.
-    .stderr_has("ec2:DescribeTags was refused (")
-    .stderr_has("not authorized to perform: ec2:DescribeTags")
-    .stderr_has("allow ec2:DescribeTags to the instance role");
+    instance
+        .run_with(
+            &untagged_metadata(&id),
+            &["boot"],
+            &[
+                ("AWS_ENDPOINT_URL", moto.url.as_str()),
+                ("AWS_ACCESS_KEY_ID", &key_id),
+                ("AWS_SECRET_ACCESS_KEY", &secret),
+            ],
+        )
+        .expect(4)
+        // Real EC2 says UnauthorizedOperation, moto AccessDenied: both are a refusal.
+        .stderr_has("ec2:DescribeTags was refused (")
+        .stderr_has("not authorized to perform: ec2:DescribeTags")
+        .stderr_has("allow ec2:DescribeTags to the instance role");
 }
 
 #[test]
@@ -137,12 +142,13 @@ fn a_launch_with_bad_tags_is_abandoned_with_the_group_from_describe_tags() {
     let instance = Instance::exec_mode(&format!(
         "{FALLBACK}[lifecycle]\nlaunch_hook = \"launching\"\n[service]\nmanager = \"systemd\"\n"
     ));
-    Run(instance
-        .command(&untagged_metadata(&id), &["boot"])
-        .env("AWS_ENDPOINT_URL_AUTO_SCALING", &asg.url)
-        .output()
-        .unwrap())
-    .expect(3);
+    instance
+        .run_with(
+            &untagged_metadata(&id),
+            &["boot"],
+            &[("AWS_ENDPOINT_URL_AUTO_SCALING", asg.url.as_str())],
+        )
+        .expect(3);
     assert_eq!(
         asg.calls(),
         [(

@@ -105,11 +105,11 @@ fn setup_tls(certificate_ip: &str) -> (Setup, TestCa) {
 }
 
 fn boot_trusting(instance: &Instance, imds: &Imds, ca: &TestCa) -> Run {
-    Run(instance
-        .command(imds, &["boot"])
-        .env("SSL_CERT_FILE", &ca.ca_cert)
-        .output()
-        .unwrap())
+    instance.run_with(
+        imds,
+        &["boot"],
+        &[("SSL_CERT_FILE", ca.ca_cert.to_str().unwrap())],
+    )
 }
 
 #[test]
@@ -153,20 +153,12 @@ fn a_certificate_for_another_name_is_refused() {
 
 #[test]
 fn a_remote_that_accepts_and_never_answers_is_given_up_on_after_git_timeout() {
-    // Connections complete into the listen backlog; nothing ever accepts or answers them.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = silent_listener();
     let url = format!("https://{}/app.git", silent.local_addr().unwrap());
     let name = unique("silent");
     create_secret(&format!("{name}_env_prod"), r#"{"A": "1"}"#);
-    // Shorter than doctor's own 5 s limit on a check, so the transport's deadline is what ends it.
     let instance = Instance::exec_mode("[git]\ntimeout = \"1s\"\n");
-    let (_, git) = instance.doctor_check(&Imds::for_service(&name, "prod", &url), "git");
-    assert_eq!(git["verdict"], "fail", "{git}");
-    let detail = git["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("the remote did not answer within 1s (git.timeout)"),
-        "{detail}"
-    );
+    assert_gives_up_after_git_timeout(&instance, &Imds::for_service(&name, "prod", &url));
 }
 
 #[test]
@@ -187,12 +179,14 @@ fn https_goes_through_the_proxy_the_environment_names() {
     let (setup, ca) = setup_tls("127.0.0.1");
     let proxy = ConnectProxy::start();
     let instance = Instance::exec_mode(WITH_TOKEN);
-    let run = Run(instance
-        .command(&setup.imds(), &["boot"])
-        .env("SSL_CERT_FILE", &ca.ca_cert)
-        .env("HTTPS_PROXY", &proxy.url)
-        .output()
-        .unwrap());
+    let run = instance.run_with(
+        &setup.imds(),
+        &["boot"],
+        &[
+            ("SSL_CERT_FILE", ca.ca_cert.to_str().unwrap()),
+            ("HTTPS_PROXY", proxy.url.as_str()),
+        ],
+    );
     run.expect(0);
     instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
     let server = setup.server.url.trim_start_matches("https://");

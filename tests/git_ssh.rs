@@ -220,24 +220,14 @@ fn no_key_file_outlives_the_boot_that_wrote_it() {
 #[test]
 fn a_remote_that_accepts_and_never_answers_is_given_up_on_after_git_timeout() {
     let setup = setup();
-    // Connections complete into the listen backlog; nothing ever accepts or answers them.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "ssh://git@127.0.0.1:{}/app.git",
-        silent.local_addr().unwrap().port()
-    );
-    // Shorter than doctor's own 5 s limit on a check, so the transport's deadline is what ends it.
+    let silent = silent_listener();
+    let port = silent.local_addr().unwrap().port();
+    let url = format!("ssh://git@127.0.0.1:{port}/app.git");
     let instance = Instance::exec_mode(&format!(
         "[git]\nknown_hosts = \"{}\"\ntimeout = \"1s\"\n",
         setup.known_hosts.display()
     ));
-    let (_, git) = instance.doctor_check(&Imds::for_service(&setup.name, "prod", &url), "git");
-    assert_eq!(git["verdict"], "fail", "{git}");
-    let detail = git["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("the remote did not answer within 1s (git.timeout)"),
-        "{detail}"
-    );
+    assert_gives_up_after_git_timeout(&instance, &Imds::for_service(&setup.name, "prod", &url));
 }
 
 #[test]
@@ -265,11 +255,7 @@ fn a_machine_without_the_ssh_client_is_told_so() {
     let setup = setup();
     let instance = setup.instance("secret:DEPLOY_KEY");
     // Nothing on this PATH: bootagent itself needs no program before the service.
-    let run = Run(instance
-        .command(&setup.imds(), &["boot"])
-        .env("PATH", "/nonexistent")
-        .output()
-        .unwrap());
+    let run = instance.run_with(&setup.imds(), &["boot"], &[("PATH", "/nonexistent")]);
     run.expect(7)
         .stderr_has("ssh:// remotes need the OpenSSH client installed");
 }

@@ -15,11 +15,11 @@ fn instance_in_group(group: Option<&str>) -> (Instance, Imds) {
 }
 
 fn lifecycle(instance: &Instance, imds: &Imds, asg: &AsgFake, args: &[&str]) -> Run {
-    Run(instance
-        .command(imds, &[&["lifecycle"], args].concat())
-        .env("AWS_ENDPOINT_URL_AUTO_SCALING", &asg.url)
-        .output()
-        .unwrap())
+    instance.run_with(
+        imds,
+        &[&["lifecycle"], args].concat(),
+        &[("AWS_ENDPOINT_URL_AUTO_SCALING", asg.url.as_str())],
+    )
 }
 
 #[test]

@@ -193,11 +193,7 @@ fn access_denied_is_reported_with_the_fix_and_keeps_the_earlier_file() {
     let instance = Instance::exec_mode("");
     let earlier = instance.env_file(&name);
     std::fs::write(&earlier, "OLD=\"kept\"\n").unwrap();
-    let run = Run(instance
-        .command(&imds, &["boot"])
-        .env("AWS_ENDPOINT_URL", &moto.url)
-        .output()
-        .unwrap());
+    let run = instance.run_with(&imds, &["boot"], &[("AWS_ENDPOINT_URL", moto.url.as_str())]);
     run.expect(5)
         .stderr_has(&format!(
             "reading secret {name}_env_prod in region us-east-1 was denied"
@@ -267,11 +263,11 @@ fn throttling_is_retried_then_reported_as_transient() {
     let instance = Instance::exec_mode("");
     let earlier = instance.env_file(&name);
     std::fs::write(&earlier, "OLD=\"kept\"\n").unwrap();
-    let run = Run(instance
-        .command(&imds, &["boot"])
-        .env("AWS_ENDPOINT_URL", &throttling.url)
-        .output()
-        .unwrap());
+    let run = instance.run_with(
+        &imds,
+        &["boot"],
+        &[("AWS_ENDPOINT_URL", throttling.url.as_str())],
+    );
     run.expect(75)
         .stderr_has(&format!(
             "Secrets Manager did not return secret {name}_env_test in region us-east-1"
@@ -339,11 +335,7 @@ fn a_kms_decryption_failure_names_the_permission() {
         "Secrets Manager can't decrypt the protected secret text using the provided KMS key.",
     );
     let instance = Instance::exec_mode("");
-    let run = Run(instance
-        .command(&imds, &["boot"])
-        .env("AWS_ENDPOINT_URL", &kms.url)
-        .output()
-        .unwrap());
+    let run = instance.run_with(&imds, &["boot"], &[("AWS_ENDPOINT_URL", kms.url.as_str())]);
     run.expect(5)
         .stderr_has(&format!(
             "secret {name}_env_prod in region us-east-1 could not be decrypted"

@@ -625,30 +625,30 @@ fn find_ref(heads: &[git2::RemoteHead<'_>], reference: &str) -> Option<(String, 
     None
 }
 
-/// The error of a network step on `url`, told by ssh when it was ssh that failed.
+/// The error of a network step on `url`: in our transports' words when one of them failed,
+/// else in libgit2's.
 fn network_error(error: git2::Error, url: &str, session: &ActiveSession) -> GitError {
     let shown = redact(url);
     if let Some(failure) = session.failure() {
-        let message = failure.message().to_string();
         return match failure {
-            Failure::HostKey(_) => GitError::HostKey {
+            Failure::HostKey(message) => GitError::HostKey {
                 url: shown,
                 known_hosts: session.options().known_hosts.display().to_string(),
                 message,
             },
-            Failure::Certificate(_) => GitError::Certificate {
+            Failure::Certificate(message) => GitError::Certificate {
                 url: shown,
                 message,
             },
-            Failure::Denied(_) => GitError::Denied {
+            Failure::Denied(message) => GitError::Denied {
                 url: shown,
                 message,
             },
-            Failure::Unreachable(_) => GitError::Unreachable {
+            Failure::Unreachable(message) => GitError::Unreachable {
                 url: shown,
                 message,
             },
-            Failure::Unusable(_) => GitError::Unusable {
+            Failure::Unusable(message) => GitError::Unusable {
                 url: shown,
                 message,
             },

@@ -383,39 +383,33 @@ pub struct GitHttp {
 
 impl GitHttp {
     pub fn start(user: &str, password: &str) -> GitHttp {
-        GitHttp::start_with(&["--user", user, "--password", password])
+        GitHttp::start_with(user, password, &[])
     }
 
     /// The same over HTTPS, with the certificate `tls` issued.
     pub fn start_tls(user: &str, password: &str, tls: &TestCa) -> GitHttp {
-        GitHttp::start_with(&[
-            "--user",
+        let (cert, key) = (tls.server_cert.to_str(), tls.server_key.to_str());
+        GitHttp::start_with(
             user,
-            "--password",
             password,
-            "--tls-cert",
-            tls.server_cert.to_str().unwrap(),
-            "--tls-key",
-            tls.server_key.to_str().unwrap(),
-        ])
+            &["--tls-cert", cert.unwrap(), "--tls-key", key.unwrap()],
+        )
     }
 
     /// Like [`GitHttp::start`], with the repository `old` renamed to `new`: requests under the
     /// old name are redirected (301) to the new one.
     pub fn start_moved(user: &str, password: &str, old: &str, new: &str) -> GitHttp {
-        GitHttp::start_with(&[
-            "--user",
-            user,
-            "--password",
-            password,
-            "--moved",
-            &format!("{old}={new}"),
-        ])
+        GitHttp::start_with(user, password, &["--moved", &format!("{old}={new}")])
     }
 
-    fn start_with(args: &[&str]) -> GitHttp {
+    fn start_with(user: &str, password: &str, extra: &[&str]) -> GitHttp {
         let root = world("GIT_ROOT");
-        let (child, url) = start_fake("GIT_HTTP", &[&["--root", &root][..], args].concat());
+        let args = [
+            &["--root", &root, "--user", user, "--password", password][..],
+            extra,
+        ]
+        .concat();
+        let (child, url) = start_fake("GIT_HTTP", &args);
         GitHttp {
             _process: Reaped(child),
             url,
@@ -425,6 +419,25 @@ impl GitHttp {
     pub fn repo_url(&self, name: &str) -> String {
         format!("{}/{name}.git", self.url)
     }
+}
+
+/// A loopback port whose connections complete (into the listen backlog) and are never
+/// accepted or answered: a remote that hangs.
+pub fn silent_listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+}
+
+/// Runs doctor's git check against `imds`'s remote with `git.timeout = "1s"` in `instance`'s
+/// config, and asserts that the transport's own deadline ended it (doctor's 5 s limit on a check
+/// would say something else).
+pub fn assert_gives_up_after_git_timeout(instance: &Instance, imds: &Imds) {
+    let (_, git) = instance.doctor_check(imds, "git");
+    assert_eq!(git["verdict"], "fail", "{git}");
+    let detail = git["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the remote did not answer within 1s (git.timeout)"),
+        "{detail}"
+    );
 }
 
 /// A new ed25519 key pair in `dir`: the private key's path and the public key's line.
@@ -1147,6 +1160,15 @@ deadline = "60s"
 
     pub fn run(&self, imds: &Imds, args: &[&str]) -> Run {
         Run(self.command(imds, args).output().unwrap())
+    }
+
+    /// [`Instance::run`] with `env` (name, value) on top of the test world's.
+    pub fn run_with(&self, imds: &Imds, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Run(self
+            .command(imds, args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap())
     }
 }
 
