@@ -108,21 +108,21 @@ fn a_role_that_may_not_describe_tags_is_told_which_permission_it_lacks() {
     let (key_id, secret) = moto.user_allowed("secrets-only", &["secretsmanager:GetSecretValue"]);
     moto.require_auth();
     let instance = Instance::exec_mode(FALLBACK);
-    instance
-        .run_with(
-            &untagged_metadata(&id),
-            &["boot"],
-            &[
-                ("AWS_ENDPOINT_URL", moto.url.as_str()),
-                ("AWS_ACCESS_KEY_ID", &key_id),
-                ("AWS_SECRET_ACCESS_KEY", &secret),
-            ],
-        )
-        .expect(4)
+    let run = instance.run_with(
+        &untagged_metadata(&id),
+        &["boot"],
+        &[
+            ("AWS_ENDPOINT_URL", moto.url.as_str()),
+            ("AWS_ACCESS_KEY_ID", &key_id),
+            ("AWS_SECRET_ACCESS_KEY", &secret),
+        ],
+    );
+    run.expect(4)
         // Real EC2 says UnauthorizedOperation, moto AccessDenied: both are a refusal.
         .stderr_has("ec2:DescribeTags was refused (")
         .stderr_has("not authorized to perform: ec2:DescribeTags")
         .stderr_has("allow ec2:DescribeTags to the instance role");
+    instance.assert_no_canary(&secret, &run);
 }
 
 #[test]

@@ -167,13 +167,14 @@ fn a_wrong_deploy_key_is_refused_and_the_release_in_service_stays() {
         "60-stranger.toml",
         &format!("[git]\nssh_key = \"{}\"\n", stranger.display()),
     );
-    instance
-        .run(&setup.imds(), &["boot"])
-        .expect(7)
+    let run = instance.run(&setup.imds(), &["boot"]);
+    run.expect(7)
         .stderr_has("refused access")
         .stderr_has("Permission denied (publickey)")
         .stderr_has("check the deploy key");
     assert_eq!(instance.running_commit(&setup.name), first);
+    let stranger_key = std::fs::read_to_string(&stranger).unwrap();
+    instance.assert_no_canary(stranger_key.lines().nth(2).unwrap(), &run);
 }
 
 #[test]
