@@ -148,15 +148,16 @@ fn a_held_lock_ends_the_boot_at_its_deadline() {
     let instance = Instance::exec_mode("");
     let imds = service.imds("prod");
     let lock = instance.run.path().join("boot.lock");
+    // The command runs once flock holds the lock: its first line says so. -o: the lock is
+    // flock's alone, and goes with it when it is killed.
     let mut holder = std::process::Command::new("flock")
+        .arg("-o")
         .arg(&lock)
-        .args(["sleep", "30"])
+        .args(["sh", "-c", "echo held; exec sleep 30"])
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    while !lock.exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(first_line(&mut holder), "held\n");
     let config = std::fs::read_to_string(&instance.config)
         .unwrap()
         .replace("deadline = \"60s\"", "deadline = \"1s\"");
@@ -457,15 +458,14 @@ fn secret_that_is_not_a_json_object_is_refused_without_echoing_it() {
 #[test]
 fn imds_down_fails_within_its_deadline() {
     let instance = Instance::exec_mode("");
-    // A port nothing listens on: bind one, then let it go.
-    let port = free_port();
+    let refusing = RefusingPort::bind();
     let earlier = Earlier::plant(&instance, "any");
     let started = Instant::now();
     let run = Run(instance
         .command(&Imds::with_tags(&[]), &["boot"])
         .env(
             "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-            format!("http://127.0.0.1:{port}"),
+            refusing.url("http", ""),
         )
         .output()
         .unwrap());
@@ -481,7 +481,8 @@ fn imds_down_fails_within_its_deadline() {
 fn git_remote_down_keeps_the_earlier_env_file() {
     let service = Service::create();
     let instance = Instance::exec_mode("");
-    let dead_url = format!("git://127.0.0.1:{}/x.git", free_port());
+    let refusing = RefusingPort::bind();
+    let dead_url = refusing.url("git", "/x.git");
     let imds = Imds::for_service(&service.name, "test", &dead_url);
     failing_boot(
         &instance,

@@ -165,7 +165,8 @@ fn a_working_chain_passes_every_check() {
 #[test]
 fn imds_unreachable_fails_with_the_hop_limit_hint() {
     let world = World::booted();
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let refusing = RefusingPort::bind();
+    let dead = refusing.url("http", "");
     let (code, report) = world.doctor(
         &world.imds(),
         &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", Some(&dead))],
@@ -250,7 +251,8 @@ fn a_skewed_clock_fails_the_clock_check() {
 #[test]
 fn an_unreachable_remote_fails_the_git_check() {
     let world = World::booted();
-    let dead = format!("git://127.0.0.1:{}/x.git", free_port());
+    let refusing = RefusingPort::bind();
+    let dead = refusing.url("git", "/x.git");
     let (_, report) = world.doctor(&world.imds_with(&[("Repository", &dead)]), &[]);
     report.only_fails("git", "check the remote", &[]);
 }

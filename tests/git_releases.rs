@@ -82,6 +82,9 @@ fn a_killed_boot_never_leaves_a_half_written_release_in_service() {
             .clone()
     };
     let mut kills = 0;
+    // Kills land at a random moment within the last whole boot's duration (a guess for the
+    // first): a slower or faster machine moves them with it, so most land inside a boot.
+    let mut boot_time = Duration::from_millis(300);
     for round in 0..12 {
         let commit = repo.push_many_files("prod", 400, round);
         let mut boot = instance
@@ -89,8 +92,8 @@ fn a_killed_boot_never_leaves_a_half_written_release_in_service() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // A boot of this repository takes about 300 ms here: most kills land inside it.
-        std::thread::sleep(Duration::from_millis(rng.below(300) as u64));
+        let kill_after = boot_time.as_millis() as usize;
+        std::thread::sleep(Duration::from_millis(rng.below(kill_after) as u64));
         let killed_midway = boot.try_wait().unwrap().is_none();
         let _ = boot.kill();
         let _ = boot.wait();
@@ -105,7 +108,9 @@ fn a_killed_boot_never_leaves_a_half_written_release_in_service() {
                 "round {round}: release {running} differs from its commit"
             );
         }
+        let started = std::time::Instant::now();
         instance.run(&imds, &["boot"]).expect(0);
+        boot_time = started.elapsed();
         assert_eq!(
             instance.running_commit(&name),
             commit,
@@ -128,17 +133,13 @@ fn a_killed_boot_never_leaves_a_half_written_release_in_service() {
     );
 }
 
-fn dead_git_url() -> String {
-    let port = free_port();
-    format!("git://127.0.0.1:{port}/gone.git")
-}
-
 #[test]
 fn a_remote_down_keeps_the_last_good_release_and_says_why() {
     let (name, repo, imds) = small_service("rel", "stage");
     let instance = Instance::exec_mode("");
     instance.run(&imds, &["boot"]).expect(0);
-    let dead = Imds::for_service(&name, "stage", &dead_git_url());
+    let refusing = RefusingPort::bind();
+    let dead = Imds::for_service(&name, "stage", &refusing.url("git", "/gone.git"));
     let run = instance.run(&dead, &["boot"]);
     run.expect(0);
     let status = instance.status();
@@ -161,7 +162,8 @@ fn with_on_failure_fail_a_remote_down_fails_the_boot() {
     let (name, repo, imds) = small_service("rel", "stage");
     let instance = Instance::exec_mode("[git]\non_failure = \"fail\"\n");
     instance.run(&imds, &["boot"]).expect(0);
-    let dead = Imds::for_service(&name, "stage", &dead_git_url());
+    let refusing = RefusingPort::bind();
+    let dead = Imds::for_service(&name, "stage", &refusing.url("git", "/gone.git"));
     instance
         .run(&dead, &["boot"])
         .expect(75)

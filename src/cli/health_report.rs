@@ -37,6 +37,10 @@ impl HealthReportArgs {
                     let listener = tokio::net::TcpListener::bind(&address)
                         .await
                         .map_err(|e| Error::io(format!("failed to listen on {address}"), e))?;
+                    // With port 0 the system chose the port: log the one it is.
+                    let address = listener
+                        .local_addr()
+                        .map_err(|e| Error::io(format!("failed to listen on {address}"), e))?;
                     tracing::info!(%address, "serving health reports");
                     let limits = Limits {
                         header_timeout: config.health.header_timeout,

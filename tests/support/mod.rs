@@ -56,13 +56,37 @@ impl Drop for Reaped {
     }
 }
 
-/// A loopback port nothing listens on (bound, then let go).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port that refuses every connection for as long as it lives: bound but never
+/// listening, so no other process can take the port meanwhile (a port bound and let go can be).
+pub struct RefusingPort {
+    _socket: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl RefusingPort {
+    pub fn bind() -> RefusingPort {
+        use nix::sys::socket::{bind, getsockname, socket, AddressFamily, SockFlag, SockType};
+        use std::os::fd::AsRawFd;
+        let socket = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let loopback = nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, 0);
+        bind(socket.as_raw_fd(), &loopback).unwrap();
+        let bound: nix::sys::socket::SockaddrIn = getsockname(socket.as_raw_fd()).unwrap();
+        RefusingPort {
+            _socket: socket,
+            port: bound.port(),
+        }
+    }
+
+    /// `scheme://127.0.0.1:PORT` followed by `path`.
+    pub fn url(&self, scheme: &str, path: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
+    }
 }
 
 pub struct Imds {
@@ -70,22 +94,31 @@ pub struct Imds {
     pub url: String,
 }
 
-/// Starts one of the Python fakes in tests/world, which print "listening on URL" first.
+/// Starts one of the Python servers in tests/world, which bind a free port themselves and print
+/// "listening on URL" first, once they accept connections: the port is theirs from then on.
 fn start_fake(script: &str, args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(world("PYTHON"))
-        .arg(world(script))
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(world("PYTHON"));
+    command.arg(world(script)).args(args);
+    start_listening(command)
+}
+
+/// The first line `child` prints on its piped stdout (which it takes).
+pub fn first_line(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    line
+}
+
+/// Spawns `command`, a server that prints "listening on URL" first; returns it and the URL.
+fn start_listening(mut command: Command) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let line = first_line(&mut child);
     let url = line
         .trim()
         .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{script} said {line:?}"))
+        .unwrap_or_else(|| panic!("{command:?} said {line:?}"))
         .to_string();
     (child, url)
 }
@@ -473,25 +506,33 @@ impl GitSsh {
         std::fs::write(dir.path().join("authorized_keys"), keys).unwrap();
         // sshd's privilege separation needs it; a host without a running sshd lacks it.
         std::fs::create_dir_all("/run/sshd").unwrap();
-        let port = free_port();
-        let (process, host_key) = GitSsh::spawn(dir.path(), "host_key_1", port);
+        let host_key = GitSsh::configure(dir.path(), "host_key_1");
+        // sshd cannot bind port 0 and tell which port it got: tests/world/inetd.py holds the
+        // port and runs `sshd -i` per connection, reading the configuration anew each time.
+        let mut inetd = Command::new(world("PYTHON"));
+        inetd
+            .arg(world("INETD"))
+            .arg(world("SSHD"))
+            .args(["-i", "-e", "-f"])
+            .arg(dir.path().join("sshd_config"))
+            .stderr(std::fs::File::create(dir.path().join("sshd.log")).unwrap());
+        let (child, url) = start_listening(inetd);
+        let port = url.rsplit(':').next().unwrap().parse().unwrap();
         GitSsh {
             dir,
             port,
             host_key,
-            process,
+            process: Reaped(child),
         }
     }
 
-    /// Starts sshd with a new host key; returns it and the host key's public line.
-    fn spawn(dir: &Path, host_key_name: &str, port: u16) -> (Reaped, String) {
+    /// Writes sshd's configuration with a new host key; returns the host key's public line.
+    fn configure(dir: &Path, host_key_name: &str) -> String {
         let (host_key, public) = ssh_keygen(dir, host_key_name);
-        let config = dir.join("sshd_config");
         std::fs::write(
-            &config,
+            dir.join("sshd_config"),
             format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n\
-                 PidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\n\
+                "HostKey {host_key}\nAuthorizedKeysFile {dir}/authorized_keys\n\
                  StrictModes no\nUsePAM no\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
                 host_key = host_key.display(),
@@ -499,21 +540,7 @@ impl GitSsh {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-        let child = Command::new(world("SSHD"))
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&config)
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "sshd did not listen");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        (Reaped(child), public)
+        public
     }
 
     /// The line a known_hosts file pins this server's host key with.
@@ -536,13 +563,10 @@ impl GitSsh {
         let _ = self.process.0.wait();
     }
 
-    /// Restarts the server, on the same port, with a new host key: what a client that pinned
-    /// the old key must refuse.
+    /// From the next connection on, the server on the same port has a new host key: what a
+    /// client that pinned the old key must refuse.
     pub fn change_host_key(&mut self) {
-        self.stop();
-        let (process, host_key) = GitSsh::spawn(self.dir.path(), "host_key_2", self.port);
-        self.process = process;
-        self.host_key = host_key;
+        self.host_key = GitSsh::configure(self.dir.path(), "host_key_2");
     }
 }
 
@@ -648,25 +672,13 @@ pub struct Moto {
 
 impl Moto {
     pub fn start_private() -> Moto {
-        let port = free_port();
-        let python = PathBuf::from(world("PYTHON"));
-        let child = Command::new(python.with_file_name("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let moto = Moto {
+        let mut command = Command::new(world("PYTHON"));
+        command.arg(world("MOTO_SERVER")).stderr(Stdio::null());
+        let (child, url) = start_listening(command);
+        Moto {
             _process: Reaped(child),
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return moto;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            url,
         }
-        panic!("moto did not start on port {port}");
     }
 
     pub fn create_secret(&self, name: &str, value: &str) {

@@ -25,7 +25,8 @@ start() {
             --console=passive --volatile=overlay --bind="$share:/share" </dev/null
     ) >"$log" 2>&1 &
     local nspawn=$! leader="" state=""
-    for _ in $(seq 300); do
+    # Up to 60 s: ~0.4 s alone, much longer beside a loaded test run.
+    for _ in $(seq 600); do
         kill -0 "$nspawn" 2>/dev/null || { cat "$log" >&2; exit 1; }
         # nspawn forks an intermediate child before PID 1: wait for the one that became systemd.
         leader=$(pgrep -P "$nspawn" -x systemd | head -n1 || true)
