@@ -340,6 +340,17 @@ impl Config {
                 )));
             }
         }
+        for (section, vars) in &self.env {
+            if let Some(name) = vars
+                .keys()
+                .find(|name| !crate::secrets::is_variable_name(name))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "env.{section}: {name:?} is not a valid variable name (letters, digits and \
+                     '_', not starting with a digit)"
+                )));
+            }
+        }
         for env in self.service.endpoints.keys() {
             if !self.environments.contains_key(env) {
                 return Err(ConfigError::Invalid(format!(
@@ -354,6 +365,23 @@ impl Config {
                      starting with a digit)"
                 )));
             }
+        }
+        // A zero here would spin (heartbeat) or give up before the first try (the timeouts).
+        let must_be_positive = [
+            ("lifecycle.heartbeat", self.lifecycle.heartbeat),
+            ("lifecycle.timeout", self.lifecycle.timeout),
+            ("health.app_timeout", self.health.app_timeout),
+            ("health.header_timeout", self.health.header_timeout),
+            ("identity.imds_deadline", self.identity.imds_deadline),
+            ("secrets.timeout", self.secrets.timeout),
+            ("git.timeout", self.git.timeout),
+            ("service.start_timeout", self.service.start_timeout),
+            ("boot.deadline", self.boot.deadline),
+        ];
+        if let Some((key, _)) = must_be_positive.iter().find(|(_, value)| value.is_zero()) {
+            return Err(ConfigError::Invalid(format!(
+                "{key} must be longer than 0s"
+            )));
         }
         if self.git.keep == 0 {
             return Err(ConfigError::Invalid(
@@ -456,6 +484,36 @@ mod tests {
         );
         let err = load(Some(&main)).unwrap_err().to_string();
         assert!(err.contains("\"staging\""), "{err}");
+    }
+
+    #[test]
+    fn a_zero_heartbeat_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[lifecycle]\nheartbeat = \"0s\"\n",
+        );
+        let err = load(Some(&main)).unwrap_err().to_string();
+        assert!(
+            err.contains("lifecycle.heartbeat must be longer than 0s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_env_variable_name_that_could_smuggle_another_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[env.all]\n\"PORT=9999;X\" = \"1\"\n",
+        );
+        let err = load(Some(&main)).unwrap_err().to_string();
+        assert!(
+            err.contains("env.all: \"PORT=9999;X\" is not a valid variable name"),
+            "{err}"
+        );
     }
 
     #[test]

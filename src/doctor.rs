@@ -262,6 +262,12 @@ async fn check_imds(imds: &ImdsClient) -> Finding {
             "no instance-id in instance metadata",
             "this does not look like EC2",
         ),
+        Err(e) if e.is_refused() => fail(
+            e.to_string(),
+            "nothing listens at the metadata address: on EC2 enable the metadata service \
+             (HttpEndpoint=enabled) and check that no local firewall rejects 169.254.169.254; \
+             AWS_EC2_METADATA_SERVICE_ENDPOINT names another address",
+        ),
         Err(e) if e.is_transient() => fail(
             e.to_string(),
             "a token PUT that times out usually means the hop limit is too low for a container: \
@@ -325,10 +331,17 @@ async fn bounded_plan(
     once.identity.tag_wait = Duration::ZERO;
     let work = async {
         let identity = identity::fetch(imds, &once).await.map_err(|e| {
-            fail(
-                e.chain().replace('\n', " "),
-                "tag the instance with valid Service and Environment tags (see the message)",
-            )
+            // The hint follows the cause: bad tags are fixed on the instance, the rest where
+            // their own check points.
+            let fix = match &e {
+                crate::Error::Identity(_) => {
+                    "tag the instance with valid Service and Environment tags (see the message)"
+                }
+                crate::Error::Imds(_) => "fix what the imds check reports first",
+                crate::Error::Ec2(_) => "fix what the tags check reports first",
+                _ => "see the message",
+            };
+            fail(e.chain().replace('\n', " "), fix)
         })?;
         crate::plan::build(config, &identity)
             .map_err(|e| fail(e.to_string(), "fix the configuration named in the message"))

@@ -28,6 +28,11 @@ pub enum EnvFileError {
          secrets.format = \"systemd\" or change the value"
     )]
     Unrepresentable { name: String, what: &'static str },
+    #[error(
+        "variable {name} holds a NUL character, which no process environment can carry; remove it \
+         from the value"
+    )]
+    Nul { name: String },
     #[error("failed to {action} {path}")]
     Io {
         action: &'static str,
@@ -64,6 +69,13 @@ pub fn render(
     environment: &Environment,
     format: EnvFileFormat,
 ) -> Result<Zeroizing<String>, EnvFileError> {
+    // An environment is a list of C strings: a NUL would cut the value (or fail the exec).
+    if let Some(name) = environment
+        .iter()
+        .find_map(|(name, value)| value.contains('\0').then_some(name))
+    {
+        return Err(EnvFileError::Nul { name: name.clone() });
+    }
     match format {
         EnvFileFormat::Systemd => Ok(render_systemd(environment)),
         EnvFileFormat::Dotenv => render_dotenv(environment),
@@ -198,6 +210,17 @@ mod tests {
             err.contains("variable KEY holds a carriage return"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_nul_is_refused_by_name_in_every_format() {
+        for format in [EnvFileFormat::Systemd, EnvFileFormat::Dotenv] {
+            let err = render(&environment(&[("CUT", "a\0b")]), format).unwrap_err();
+            assert!(
+                matches!(&err, EnvFileError::Nul { name } if name == "CUT"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub mod exit {
     pub const CHECKS_FAILED: u8 = 13;
     /// Auto Scaling refused a lifecycle call.
     pub const LIFECYCLE: u8 = 14;
+    /// Instance metadata refused the request (HTTP 403: the endpoint is disabled or this request
+    /// is not allowed) or answered what EC2's never does. Retrying cannot help.
+    pub const METADATA_UNUSABLE: u8 = 15;
     /// Retries or a deadline ran out on something that may work later (EX_TEMPFAIL).
     pub const TRANSIENT: u8 = 75;
 }
@@ -75,7 +78,7 @@ pub enum Error {
     #[error("another bootagent boot holds {path} (waited {waited}); it is still running or hung")]
     Locked { path: String, waited: String },
     #[error("{0}")]
-    Unsupported(String),
+    Usage(String),
     #[error("the environments' secrets define different variables")]
     EnvironmentsDiffer,
     #[error("some checks failed")]
@@ -107,7 +110,7 @@ impl Error {
             Error::Config(_) => exit::USAGE,
             Error::Imds(e) if e.is_tags_disabled() => exit::TAGS_DISABLED,
             Error::Imds(e) if e.is_transient() => exit::TRANSIENT,
-            Error::Imds(_) => exit::INTERNAL,
+            Error::Imds(_) => exit::METADATA_UNUSABLE,
             Error::Identity(_) => exit::IDENTITY,
             Error::Ec2(e) if e.is_transient() => exit::TRANSIENT,
             Error::Ec2(e) if e.is_local() => exit::LOCAL,
@@ -116,7 +119,9 @@ impl Error {
             Error::Secrets(e) if e.is_malformed() => exit::SECRET_MALFORMED,
             Error::Secrets(e) if e.is_local() => exit::LOCAL,
             Error::Secrets(_) => exit::SECRET_UNAVAILABLE,
-            Error::EnvFile(EnvFileError::Unrepresentable { .. }) => exit::SECRET_MALFORMED,
+            Error::EnvFile(EnvFileError::Unrepresentable { .. } | EnvFileError::Nul { .. }) => {
+                exit::SECRET_MALFORMED
+            }
             Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) => exit::LOCAL,
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
             Error::Git(_) => exit::GIT,
@@ -128,7 +133,7 @@ impl Error {
             Error::Locked { .. } => exit::LOCKED,
             Error::Deadline { .. } => exit::TRANSIENT,
             Error::LastBootFailed { exit_code } => *exit_code,
-            Error::Unsupported(_) => exit::USAGE,
+            Error::Usage(_) => exit::USAGE,
             Error::EnvironmentsDiffer => exit::DIFFERENT,
             Error::Unhealthy => exit::UNHEALTHY,
             Error::ChecksFailed => exit::CHECKS_FAILED,

@@ -20,6 +20,8 @@ pub struct Identity {
     pub env: String,
     /// The environment tag as written on the instance (`production`).
     pub env_tag: String,
+    /// Written (status.json, `plan`) without credentials: the tag may carry a token.
+    #[serde(serialize_with = "crate::git::serialize_redacted")]
     pub repository: Option<String>,
     /// The Auto Scaling group, from the tag Auto Scaling puts on its instances.
     pub asg_group: Option<String>,
@@ -222,13 +224,18 @@ fn unknown_environment(config: &Config, value: &str) -> IdentityError {
     IdentityError::UnknownEnvironment {
         tag: config.identity.environment_tag.clone(),
         value: shorten(value),
-        known: config
-            .environments
-            .iter()
-            .map(|(name, aliases)| format!("{name} ({})", aliases.join(", ")))
-            .collect::<Vec<_>>()
-            .join(", "),
+        known: known_environments(config),
     }
+}
+
+/// Each environment with its aliases: `prod (prod, production), …`.
+pub fn known_environments(config: &Config) -> String {
+    config
+        .environments
+        .iter()
+        .map(|(name, aliases)| format!("{name} ({})", aliases.join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Safe in a ref, a path component, a unit name: what `{tag:NAME}` may carry.
@@ -241,7 +248,7 @@ fn is_safe_tag_value(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-fn canonical_environment<'a>(config: &'a Config, tag_value: &str) -> Option<&'a str> {
+pub fn canonical_environment<'a>(config: &'a Config, tag_value: &str) -> Option<&'a str> {
     config
         .environments
         .iter()

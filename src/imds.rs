@@ -12,6 +12,9 @@ const TOKEN_TTL_SECONDS: u32 = 21600;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// EC2's largest answers (user data, 16 KiB; 50 tags of 128+256 characters) fit many times over:
+/// anything longer is not EC2's metadata service, and is not read into memory.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
@@ -28,11 +31,22 @@ pub enum ImdsError {
     },
     #[error(
         "instance metadata refused {path} with HTTP 403: the metadata service is disabled or this \
-         request is not allowed; enable it in the instance's metadata options (HttpEndpoint=enabled)"
+         request is not allowed; enable it in the instance's metadata options (`aws ec2 \
+         modify-instance-metadata-options --instance-id ID --http-endpoint enabled`, or \
+         MetadataOptions HttpEndpoint=enabled in the launch template), and check that no local \
+         firewall or proxy answers for 169.254.169.254"
     )]
     Forbidden { path: String },
-    #[error("instance metadata answered {path} with unexpected HTTP {status}")]
+    #[error(
+        "instance metadata answered {path} with unexpected HTTP {status}; something other than \
+         EC2's metadata service answers at this address"
+    )]
     Unexpected { path: String, status: u16 },
+    #[error(
+        "instance metadata answered {path} with more than {limit} bytes; something other than \
+         EC2's metadata service answers at this address"
+    )]
+    TooLarge { path: String, limit: usize },
     #[error(
         "instance tags are not available in instance metadata: tags in metadata are disabled \
          (GET {path} answered 404); enable them with `aws ec2 modify-instance-metadata-options \
@@ -49,6 +63,12 @@ impl ImdsError {
 
     pub fn is_transient(&self) -> bool {
         matches!(self, ImdsError::Unreachable { .. })
+    }
+
+    /// Nothing listens at the address (ECONNREFUSED, in the OS's words): unlike a timeout, this
+    /// is no hop-limit matter.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, ImdsError::Unreachable { last, .. } if last.contains("Connection refused"))
     }
 }
 
@@ -172,11 +192,9 @@ impl ImdsClient {
             .await
             .map_err(|e| Attempt::Retry(describe(&e)))?;
         match response.status().as_u16() {
-            200 => response
-                .text()
+            200 => read_bounded(response, &format!("/latest/{path}"))
                 .await
-                .map(Some)
-                .map_err(|e| Attempt::Retry(describe(&e))),
+                .map(Some),
             404 => Ok(None),
             401 => {
                 // The token expired or IMDS restarted: a new one is needed, not the same again.
@@ -209,10 +227,7 @@ impl ImdsClient {
             .map_err(|e| Attempt::Retry(format!("token request: {}", describe(&e))))?;
         match response.status().as_u16() {
             200 => {
-                let token = response
-                    .text()
-                    .await
-                    .map_err(|e| Attempt::Retry(format!("token request: {}", describe(&e))))?;
+                let token = read_bounded(response, path).await?;
                 *cached = Some(token.clone());
                 Ok(token)
             }
@@ -226,6 +241,25 @@ impl ImdsClient {
             })),
         }
     }
+}
+
+/// The body as text, read chunk by chunk and refused past [`MAX_ANSWER_BYTES`].
+async fn read_bounded(mut response: reqwest::Response, path: &str) -> Result<String, Attempt> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Attempt::Retry(format!("{path}: {}", describe(&e))))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Attempt::Fatal(ImdsError::TooLarge {
+                path: path.to_string(),
+                limit: MAX_ANSWER_BYTES,
+            }));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"): include the chain.

@@ -58,7 +58,9 @@ impl SecretRef {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GitPlan {
-    /// `None` when the URL template uses an unset value (no `Repository` tag).
+    /// `None` when the URL template uses an unset value (no `Repository` tag). Printed without
+    /// credentials.
+    #[serde(serialize_with = "crate::git::serialize_redacted")]
     pub url: Option<String>,
     #[serde(rename = "ref")]
     pub reference: String,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use crate::plan::SecretsPlan;
@@ -130,7 +131,7 @@ pub enum SecretsError {
         found: &'static str,
     },
     #[error(
-        "secret {id}: key {position} of {count} (in sorted order) is not a valid variable name \
+        "secret {id}: key {position} of {count} (in the order written) is not a valid variable name \
          (letters, digits and '_', not starting with a digit); it is not shown, since a \
          malformed key may be a pasted secret"
     )]
@@ -139,6 +140,11 @@ pub enum SecretsError {
         position: usize,
         count: usize,
     },
+    #[error(
+        "secret {id}: key {key:?} is given twice; JSON readers disagree on which value wins, so \
+         keep one"
+    )]
+    DuplicateKey { id: String, key: String },
 }
 
 impl SecretsError {
@@ -161,6 +167,7 @@ impl SecretsError {
                 | SecretsError::NotObject { .. }
                 | SecretsError::BadValue { .. }
                 | SecretsError::BadKey { .. }
+                | SecretsError::DuplicateKey { .. }
         )
     }
 }
@@ -388,81 +395,116 @@ fn is_retryable_code(code: &str) -> bool {
 /// A JSON object of strings, numbers and booleans to variables. Errors name keys and JSON kinds
 /// but never quote the input, which is secret.
 pub fn parse_object(id: &str, text: &str) -> Result<SecretVars, SecretsError> {
-    let object = json_object(id, text)?;
+    let members = json_members(id, text)?;
+    let count = members.len();
+    if let Some(position) = members.iter().position(|(key, _)| !is_variable_name(key)) {
+        return Err(SecretsError::BadKey {
+            id: id.to_string(),
+            position: position + 1,
+            count,
+        });
+    }
     let mut vars = SecretVars::new();
-    let count = object.len();
-    for (index, (key, value)) in object.into_iter().enumerate() {
-        if !is_variable_name(&key) {
-            return Err(SecretsError::BadKey {
+    for (key, value) in members {
+        let value = scalar(id, &key, &value)?;
+        if vars.insert(key.clone(), value).is_some() {
+            return Err(SecretsError::DuplicateKey {
                 id: id.to_string(),
-                position: index + 1,
-                count,
+                key,
             });
         }
-        let value = scalar(id, &key, value)?;
-        vars.insert(key, value);
     }
     Ok(vars)
 }
 
 /// One field of a JSON-object secret, as a variable value.
 fn json_field(id: &str, text: &str, field: &str) -> Result<Zeroizing<String>, SecretsError> {
-    let mut object = json_object(id, text)?;
-    let value = object
-        .remove(field)
-        .ok_or_else(|| SecretsError::MissingField {
+    let members = json_members(id, text)?;
+    let mut matching = members.iter().filter(|(key, _)| key == field);
+    let (_, value) = matching.next().ok_or_else(|| SecretsError::MissingField {
+        id: id.to_string(),
+        field: field.to_string(),
+    })?;
+    if matching.next().is_some() {
+        return Err(SecretsError::DuplicateKey {
             id: id.to_string(),
-            field: field.to_string(),
-        })?;
+            key: field.to_string(),
+        });
+    }
     scalar(id, field, value)
 }
 
-/// The secret's text as a JSON object; errors give positions and kinds, never content.
-fn json_object(
-    id: &str,
-    text: &str,
-) -> Result<serde_json::Map<String, serde_json::Value>, SecretsError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| SecretsError::NotJson {
-            id: id.to_string(),
-            line: e.line(),
-            column: e.column(),
-        })?;
-    match value {
-        serde_json::Value::Object(object) => Ok(object),
-        other => Err(SecretsError::NotObject {
-            id: id.to_string(),
-            found: kind(&other),
-        }),
+/// The members of a JSON object in the order written, each value as its JSON text, a key given
+/// twice included (serde_json's own maps keep the last silently).
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 
-/// Strings as they are, numbers and booleans as their JSON text; anything else is refused.
-fn scalar(
-    id: &str,
-    key: &str,
-    value: serde_json::Value,
-) -> Result<Zeroizing<String>, SecretsError> {
-    match value {
-        serde_json::Value::String(text) => Ok(Zeroizing::new(text)),
-        serde_json::Value::Number(number) => Ok(Zeroizing::new(number.to_string())),
-        serde_json::Value::Bool(flag) => Ok(Zeroizing::new(flag.to_string())),
-        other => Err(SecretsError::BadValue {
+/// The secret's text as a JSON object's members; errors give positions and kinds, never content.
+fn json_members(id: &str, text: &str) -> Result<Vec<(String, Box<RawValue>)>, SecretsError> {
+    let not_json = |e: serde_json::Error| SecretsError::NotJson {
+        id: id.to_string(),
+        line: e.line(),
+        column: e.column(),
+    };
+    let whole: Box<RawValue> = serde_json::from_str(text).map_err(not_json)?;
+    if !whole.get().starts_with('{') {
+        return Err(SecretsError::NotObject {
+            id: id.to_string(),
+            found: kind(whole.get()),
+        });
+    }
+    let Members(members) = serde_json::from_str(whole.get()).map_err(not_json)?;
+    Ok(members)
+}
+
+/// Strings as they are, numbers and booleans as their JSON text (as written: `1e3` stays
+/// `1e3`); anything else is refused.
+fn scalar(id: &str, key: &str, value: &RawValue) -> Result<Zeroizing<String>, SecretsError> {
+    let text = value.get();
+    match kind(text) {
+        "a JSON string" => Ok(Zeroizing::new(
+            serde_json::from_str(text).expect("a raw JSON string parses as one"),
+        )),
+        "a number" | "a boolean" => Ok(Zeroizing::new(text.to_string())),
+        found => Err(SecretsError::BadValue {
             id: id.to_string(),
             key: key.to_string(),
-            found: kind(&other),
+            found,
         }),
     }
 }
 
-fn kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a JSON string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+/// The JSON kind of a valid JSON value's text, told by its first character.
+fn kind(json: &str) -> &'static str {
+    match json.as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a JSON string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
     }
 }
 
@@ -530,12 +572,43 @@ mod tests {
     }
 
     #[test]
+    fn numbers_keep_their_json_text_and_strings_are_unescaped() {
+        let vars = parse_object(
+            "s",
+            r#" {"A": 1e3, "B": 12345678901234567890123, "C": -0, "D": true, "E": "x\"\u00e9"} "#,
+        )
+        .unwrap();
+        let text: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            text,
+            [
+                ("A", "1e3"),
+                ("B", "12345678901234567890123"),
+                ("C", "-0"),
+                ("D", "true"),
+                ("E", "x\"\u{e9}")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_by_name() {
+        let err = parse_object("s", &format!(r#"{{"A": "{CANARY}", "A": "x"}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key \"A\" is given twice"), "{err}");
+        assert!(!err.contains(CANARY), "{err}");
+        let err = json_field("s", r#"{"F": 1, "F": 2}"#, "F").unwrap_err();
+        assert!(matches!(err, SecretsError::DuplicateKey { .. }), "{err}");
+    }
+
+    #[test]
     fn keys_must_be_variable_names() {
         let err = parse_object("s", r#"{"A": "x", "DB-URL": "x"}"#)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("key 2 of 2 (in sorted order) is not a valid"),
+            err.contains("key 2 of 2 (in the order written) is not a valid"),
             "{err}"
         );
         assert!(!err.contains("DB-URL"), "{err}");

@@ -456,6 +456,95 @@ fn secret_that_is_not_a_json_object_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn metadata_refused_with_403_is_a_permanent_error_naming_the_metadata_options() {
+    let instance = Instance::exec_mode("");
+    let imds = Imds::start(serde_json::json!({ "disabled": true }));
+    failing_boot(
+        &instance,
+        &imds,
+        "any",
+        15,
+        &[
+            "HTTP 403",
+            "--http-endpoint enabled",
+            "HttpEndpoint=enabled",
+        ],
+        None,
+    );
+    instance
+        .run(&imds, &["plan"])
+        .expect(15)
+        .stderr_has("HTTP 403");
+}
+
+#[test]
+fn an_oversized_metadata_answer_is_refused_without_reading_it_whole() {
+    let instance = Instance::exec_mode("");
+    let huge = "a".repeat(2 << 20);
+    let imds = Imds::with_tags(&[("Service", &huge), ("Environment", "prod")]);
+    failing_boot(
+        &instance,
+        &imds,
+        "any",
+        15,
+        &["with more than 1048576 bytes", "something other than EC2's"],
+        None,
+    );
+}
+
+#[test]
+fn a_nul_in_a_secret_value_is_refused_by_name_before_the_env_file_changes() {
+    let canary = canary();
+    let name = unique("nul");
+    create_secret(
+        &format!("{name}_env_prod"),
+        &serde_json::json!({ "OK": canary, "CUT": "before\u{0}after" }).to_string(),
+    );
+    let instance = Instance::exec_mode("");
+    let imds = Imds::with_tags(&[("Service", &name), ("Environment", "prod")]);
+    failing_boot(
+        &instance,
+        &imds,
+        &name,
+        6,
+        &["variable CUT holds a NUL character"],
+        Some(&canary),
+    );
+}
+
+#[test]
+fn numbers_reach_the_service_as_written_and_a_key_given_twice_is_refused() {
+    let service = Service::create();
+    let secret = format!("{}_env_test", service.name);
+    put_secret_value(
+        &secret,
+        r#"{"SCI": 1e3, "BIG": 12345678901234567890123, "NEG_ZERO": -0, "PI": 3.10}"#,
+    );
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("test");
+    instance.run(&imds, &["boot"]).expect(0);
+    let env = instance.service_env();
+    assert_eq!(env["SCI"], "1e3");
+    assert_eq!(env["BIG"], "12345678901234567890123");
+    assert_eq!(env["NEG_ZERO"], "-0");
+    assert_eq!(env["PI"], "3.10");
+
+    let canary = canary();
+    put_secret_value(
+        &secret,
+        &format!(r#"{{"TOKEN": "{canary}", "PORT": 1, "TOKEN": "other"}}"#),
+    );
+    failing_boot(
+        &instance,
+        &imds,
+        &service.name,
+        6,
+        &["key \"TOKEN\" is given twice"],
+        Some(&canary),
+    );
+}
+
+#[test]
 fn imds_down_fails_within_its_deadline() {
     let instance = Instance::exec_mode("");
     let refusing = RefusingPort::bind();

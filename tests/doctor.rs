@@ -163,7 +163,7 @@ fn a_working_chain_passes_every_check() {
 }
 
 #[test]
-fn imds_unreachable_fails_with_the_hop_limit_hint() {
+fn imds_refusing_connections_is_not_blamed_on_the_hop_limit() {
     let world = World::booted();
     let refusing = RefusingPort::bind();
     let dead = refusing.url("http", "");
@@ -173,7 +173,19 @@ fn imds_unreachable_fails_with_the_hop_limit_hint() {
     );
     assert_eq!(code, 13);
     let dependent = [["tags", "identity"].as_slice(), &NEED_IDENTITY].concat();
-    report.only_fails("imds", "HttpPutResponseHopLimit", &dependent);
+    report.only_fails(
+        "imds",
+        "nothing listens at the metadata address",
+        &dependent,
+    );
+    assert!(
+        report.check("identity")["hint"]
+            .as_str()
+            .unwrap()
+            .contains("fix what the imds check reports first"),
+        "{}",
+        report.0
+    );
     assert_eq!(report.verdict("git"), "skip");
 }
 

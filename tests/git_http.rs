@@ -196,3 +196,37 @@ fn https_goes_through_the_proxy_the_environment_names() {
         "the proxy tunnelled {connects:?}, the server is {server}"
     );
 }
+
+#[test]
+fn credentials_in_the_repository_tag_are_redacted_wherever_it_is_shown() {
+    let setup = setup();
+    let url = setup.server.repo_url(&setup.name).replacen(
+        "http://",
+        &format!("http://deploy:{}@", setup.token),
+        1,
+    );
+    let imds = Imds::for_service(&setup.name, "prod", &url);
+    // No secret: the credentials in the tag alone must get the checkout through.
+    let instance = Instance::exec_mode("[secrets]\nmain = \"\"\n");
+    let plan = instance.run(&imds, &["plan"]);
+    plan.expect(0);
+    assert!(
+        plan.stdout().contains("http://***@127.0.0.1:"),
+        "{}",
+        plan.stdout()
+    );
+    instance.assert_no_canary(&setup.token, &plan);
+    let boot = instance.run(&imds, &["boot"]);
+    boot.expect(0);
+    assert_eq!(
+        instance.running_commit(&setup.name),
+        setup.repo.commits["prod"]
+    );
+    instance.assert_left_nowhere(&setup.token, &boot);
+    let status = instance.run(&imds, &["status", "--json"]);
+    instance.assert_no_canary(&setup.token, &status);
+    assert_eq!(
+        instance.status()["identity"]["repository"],
+        url.replacen(&format!("deploy:{}", setup.token), "***", 1)
+    );
+}

@@ -107,3 +107,17 @@ fn an_unknown_group_names_the_tag_and_the_setting() {
     )
     .expect(0);
 }
+
+#[test]
+fn a_zero_watch_interval_is_a_usage_error_not_a_busy_loop() {
+    let (instance, imds) = instance_in_group(Some("web-asg"));
+    instance
+        .run(&imds, &["lifecycle", "watch", "--interval", "0s"])
+        .expect(2)
+        .stderr_has("must be longer than 0s");
+    assert!(
+        imds.requests().is_empty(),
+        "asked IMDS: {:?}",
+        imds.requests()
+    );
+}

@@ -321,8 +321,8 @@ fn env_diff_names_variables_one_environment_lacks_without_values() {
         .expect(0);
     instance
         .run(&imds, &["env", "diff", "test", "qa"])
-        .expect(3)
-        .stderr_has("\"qa\" names no known environment");
+        .expect(2)
+        .stderr_has("env diff: \"qa\" names no environment; use one of: prod (prod, production)");
 }
 
 #[test]

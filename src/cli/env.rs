@@ -4,8 +4,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::secrets;
 use crate::Error;
+use crate::{identity, secrets};
 
 #[derive(Debug, Args)]
 pub struct EnvArgs {
@@ -51,6 +51,15 @@ impl EnvArgs {
 
 impl DiffArgs {
     fn run(self, config: &Config) -> Result<(), Error> {
+        // The arguments are the caller's, not the instance's tags: a usage error (exit 2).
+        for env in [&self.a, &self.b] {
+            if identity::canonical_environment(config, env).is_none() {
+                return Err(Error::Usage(format!(
+                    "env diff: {env:?} names no environment; use one of: {}",
+                    identity::known_environments(config)
+                )));
+            }
+        }
         let comparison = super::runtime()?.block_on(self.compare(config))?;
         if self.json {
             println!(

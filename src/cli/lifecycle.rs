@@ -35,7 +35,7 @@ enum LifecycleCommand {
     /// service and complete lifecycle.termination_hook; out of a warm pool, boot to start it
     Watch {
         /// How often to ask instance metadata
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = positive_duration)]
         interval: Duration,
     },
 }
@@ -91,7 +91,7 @@ fn hook_or_default(hook: &Option<String>, config: &Config) -> Result<String, Err
     hook.clone()
         .or_else(|| Some(config.lifecycle.launch_hook.clone()).filter(|h| !h.is_empty()))
         .ok_or_else(|| {
-            Error::Unsupported("name the hook with --hook, or set lifecycle.launch_hook".into())
+            Error::Usage("name the hook with --hook, or set lifecycle.launch_hook".into())
         })
 }
 
@@ -150,4 +150,13 @@ async fn terminate(config: &Config, complete_hook: bool) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// A duration longer than zero: a zero interval would poll instance metadata in a busy loop.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than 0s".into()),
+        Ok(duration) => Ok(duration),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -21,7 +21,7 @@ impl RefreshArgs {
     /// the boot again, which re-renders the env file and restarts the unit.
     pub fn run(self, config: &Config) -> Result<(), Error> {
         if config.service.manager == Manager::Exec {
-            return Err(Error::Unsupported(
+            return Err(Error::Usage(
                 "refresh restarts services under systemd; in exec mode, restart the container or \
                  process to pick up new secrets"
                     .into(),

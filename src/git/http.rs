@@ -160,7 +160,7 @@ impl HttpStream {
                  git repository?"
             )));
         }
-        if !self.post && response.url().as_str() != self.endpoint {
+        if !self.post && without_credentials(&self.endpoint).as_ref() != Some(response.url()) {
             let moved = moved_base(&self.endpoint, response.url())?;
             tracing::info!(to = %super::redact(&moved), "the repository moved: following the redirect");
             *lock(&self.moved_to) = Some(moved);
@@ -173,10 +173,15 @@ const ADVERTISEMENT: &str = "info/refs?service=git-upload-pack";
 
 /// The repository URL a redirected ref advertisement ended at. Only a move within the same
 /// origin is followed: the token would otherwise go to a host nobody configured.
+/// Credentials in the URL (`https://user:token@host/…`) go along to the new location.
 fn moved_base(requested: &str, landed: &reqwest::Url) -> Result<String, Failure> {
     let requested = reqwest::Url::parse(requested)
         .map_err(|e| Failure::Unreachable(format!("bad remote URL: {e}")))?;
-    let base = landed
+    let mut moved = landed.clone();
+    // Both succeed: the origin is checked to be the same below, so it has a host.
+    let _ = moved.set_username(requested.username());
+    let _ = moved.set_password(requested.password());
+    let base = moved
         .as_str()
         .strip_suffix(&format!("/{ADVERTISEMENT}"))
         .filter(|_| landed.origin() == requested.origin());
@@ -187,6 +192,15 @@ fn moved_base(requested: &str, landed: &reqwest::Url) -> Result<String, Failure>
             super::redact(landed.as_str())
         ))
     })
+}
+
+/// `url` as reqwest reports it after a request: without the credentials, which it moves into an
+/// Authorization header.
+fn without_credentials(url: &str) -> Option<reqwest::Url> {
+    let mut url = reqwest::Url::parse(url).ok()?;
+    url.set_username("").ok()?;
+    url.set_password(None).ok()?;
+    Some(url)
 }
 
 impl Read for HttpStream {
@@ -306,5 +320,17 @@ mod tests {
                 "{elsewhere}"
             );
         }
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_no_move_and_follow_a_real_one() {
+        let requested = format!("https://u:t@git.example/old/app.git/{ADVERTISEMENT}");
+        let same = landed(&format!("https://git.example/old/app.git/{ADVERTISEMENT}"));
+        assert_eq!(without_credentials(&requested), Some(same));
+        let moved = landed(&format!("https://git.example/new/app.git/{ADVERTISEMENT}"));
+        assert_eq!(
+            moved_base(&requested, &moved).unwrap(),
+            "https://u:t@git.example/new/app.git"
+        );
     }
 }

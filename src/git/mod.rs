@@ -685,6 +685,14 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://***@{}", &rest[at + 1..])
 }
 
+/// Serializes an optional URL [`redact`]ed: for what is written to files and printed.
+pub fn serialize_redacted<S: serde::Serializer>(
+    url: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&url.as_deref().map(redact), serializer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
