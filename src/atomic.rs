@@ -6,6 +6,18 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+const TEMPORARY_INFIX: &str = ".tmp-";
+
+/// Whether `name` is one of [`write_file`]'s temporary files: one that outlives the call was
+/// left by a killed process.
+pub fn is_temporary(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.starts_with('.')
+        && name
+            .rsplit_once(TEMPORARY_INFIX)
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Writes `contents` to a temporary file beside `path` created with `mode`, fsyncs it, renames it
 /// over `path` and fsyncs the directory. On any error the temporary file is removed and `path`
 /// is untouched.
@@ -17,10 +29,15 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let temp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}{TEMPORARY_INFIX}{}",
         name.to_string_lossy(),
         std::process::id()
     ));
+    // Only a killed earlier process with the same pid (PID 1 in a container, say) can have
+    // left this name: its content is stale.
+    if temp.is_file() {
+        std::fs::remove_file(&temp)?;
+    }
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -57,6 +74,22 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn a_stale_temporary_file_of_the_same_pid_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.env");
+        let stale = dir
+            .path()
+            .join(format!(".x.env.tmp-{}", std::process::id()));
+        std::fs::write(&stale, "stale").unwrap();
+        assert!(is_temporary(stale.file_name().unwrap()));
+        write_file(&path, b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert!(!stale.exists());
+        assert!(!is_temporary(std::ffi::OsStr::new("x.env")));
+        assert!(!is_temporary(std::ffi::OsStr::new(".x.env.tmp-")));
     }
 
     #[test]

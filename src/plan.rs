@@ -162,7 +162,7 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
         env,
         env_file: run_dir.join(format!("{}.env", identity.service)),
         status_file: run_dir.join("status.json"),
-        lock_file: run_dir.join("boot.lock"),
+        lock_file: run_dir.join(crate::status::LOCK_FILE),
         git: GitPlan {
             url: render("git.url", &config.git.url, &vars)?,
             reference: required("git.ref", &config.git.reference)?,

@@ -2,6 +2,7 @@
 //! replacing bootagent with the service's command (containers, tests).
 
 use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,6 +58,15 @@ pub enum ServiceError {
         unit: String,
         state: String,
         waited: String,
+    },
+    #[error(
+        "{program} cannot be run as {user}: {reason}; fix service.command, or the file's location \
+         or mode"
+    )]
+    NotExecutable {
+        program: String,
+        user: String,
+        reason: String,
     },
     #[error("failed to run {program}")]
     Exec {
@@ -269,6 +279,13 @@ pub fn prepare_exec(plan: &Plan, environment: &Environment) -> Result<ExecComman
         .command
         .split_first()
         .expect("config validation requires a command in exec mode");
+    check_executable(program, &plan.git.dir, &target).map_err(|reason| {
+        ServiceError::NotExecutable {
+            program: program.clone(),
+            user: user_name.clone(),
+            reason,
+        }
+    })?;
     let mut command = Command::new(program);
     command
         .args(args)
@@ -304,6 +321,50 @@ impl ExecCommand {
             program: self.program,
             source,
         }
+    }
+}
+
+/// Whether `user` can execute `program` (a path, relative to `dir`, or a name looked up in
+/// [`DEFAULT_PATH`]), told before the boot says it succeeded: once privileges are dropped for
+/// the exec, a failure could no longer be recorded in the root-owned status.
+fn check_executable(program: &str, dir: &Path, user: &User) -> Result<(), String> {
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![dir.join(program)]
+    } else {
+        DEFAULT_PATH
+            .split(':')
+            .map(|entry| Path::new(entry).join(program))
+            .collect()
+    };
+    let Some(metadata) = candidates
+        .iter()
+        .find_map(|path| std::fs::metadata(path).ok().filter(|m| m.is_file()))
+    else {
+        return Err(if program.contains('/') {
+            "no such file".to_string()
+        } else {
+            format!("not found in {DEFAULT_PATH}")
+        });
+    };
+    // The permission bits that apply to the user, as the kernel picks them (its only group
+    // after the exec is its primary one). Root may execute whatever has any execute bit.
+    let mode = metadata.mode();
+    let allowed = if user.uid.is_root() {
+        mode & 0o111 != 0
+    } else if metadata.uid() == user.uid.as_raw() {
+        mode & 0o100 != 0
+    } else if metadata.gid() == user.gid.as_raw() {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "it is not executable for this user (mode {:o})",
+            mode & 0o7777
+        ))
     }
 }
 

@@ -11,6 +11,8 @@ use crate::secrets::SecretVersion;
 
 pub const SCHEMA_VERSION: u32 = 1;
 pub const WARMED: &str = "warmed";
+/// Beside status.json in the run dir: held by the boot that writes it, for as long as it runs.
+pub const LOCK_FILE: &str = "boot.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -215,7 +217,51 @@ impl Recorder {
     }
 }
 
+impl Status {
+    /// A boot that said `running` but whose process is gone (killed, or the machine stopped)
+    /// failed, and a new boot is what helps: it is reported so, with the transient exit code.
+    pub fn mark_interrupted(&mut self) {
+        self.outcome = Outcome::Failed;
+        self.error = Some(ErrorReport {
+            message: format!(
+                "the boot started at {} (pid {}) ended without finishing: it was killed, or the \
+                 machine stopped, while it ran; run bootagent boot again (a new boot converges)",
+                self.started_at, self.pid
+            ),
+            exit_code: crate::error::exit::TRANSIENT,
+        });
+    }
+}
+
+/// The last boot's status. One that says `running` while no boot holds the lock was
+/// interrupted, and is read as such (see [`Status::mark_interrupted`]).
 pub fn read(path: &Path) -> Result<Status, StatusError> {
+    let status = read_as_written(path)?;
+    if status.outcome != Outcome::Running || boot_in_progress(path) {
+        return Ok(status);
+    }
+    // No boot runs now; the one that wrote `running` may have finished since the first read.
+    let mut status = read_as_written(path)?;
+    if status.outcome == Outcome::Running {
+        status.mark_interrupted();
+    }
+    Ok(status)
+}
+
+/// Whether a boot holds the lock beside `status_path`. When that cannot be told (the lock file
+/// is not readable), a boot is assumed to run.
+fn boot_in_progress(status_path: &Path) -> bool {
+    use nix::fcntl::{Flock, FlockArg};
+    match std::fs::File::open(status_path.with_file_name(LOCK_FILE)) {
+        Ok(file) => Flock::lock(file, FlockArg::LockSharedNonblock).is_err(),
+        // Every boot creates the lock before it writes its status.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => true,
+    }
+}
+
+/// status.json as the last boot wrote it.
+pub fn read_as_written(path: &Path) -> Result<Status, StatusError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

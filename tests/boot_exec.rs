@@ -646,3 +646,106 @@ fn aws_region_overrides_the_region_from_imds() {
     assert_eq!(plan["identity"]["region"], "eu-central-1");
     assert_eq!(plan["secrets"]["main"], "calendar-eu-central-1");
 }
+
+#[test]
+fn a_boot_killed_midway_is_reported_failed_and_the_next_boot_clears_what_it_left() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    // Tags appear late: the boot waits in its first phase, its status saying `running`.
+    let imds = Imds::start(serde_json::json!({
+        "tags": {"Service": service.name, "Environment": "test", "Repository": service.repo.url},
+        "tags_delay": 30,
+    }));
+    let mut boot = instance.command(&imds, &["boot"]).spawn().unwrap();
+    let status_file = instance.run.path().join("status.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status_file.exists() {
+        assert!(Instant::now() < deadline, "no status.json");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    boot.kill().unwrap();
+    boot.wait().unwrap();
+    assert_eq!(
+        instance.status()["outcome"],
+        "running",
+        "as the killed boot left it"
+    );
+    // What a kill inside the env-file write leaves: the new values in a temporary file.
+    let canary = &service.canaries["test"];
+    let left = instance
+        .run
+        .path()
+        .join(format!(".{}.env.tmp-4242", service.name));
+    std::fs::write(&left, format!("DB_PASSWORD=\"{canary}\"\n")).unwrap();
+
+    let status = instance.run(&imds, &["status"]);
+    status.expect(75);
+    assert!(
+        status.stdout().starts_with("boot:     failed")
+            && status.stdout().contains("ended without finishing"),
+        "{}",
+        status.stdout()
+    );
+    let health = instance.run(&imds, &["health-report"]);
+    health.expect(12);
+    assert!(
+        health.stdout().contains("exit code 75"),
+        "{}",
+        health.stdout()
+    );
+    let (_, last_boot) = instance.doctor_check(&imds, "last-boot");
+    assert_eq!(last_boot["verdict"], "fail", "{last_boot}");
+
+    imds.set(serde_json::json!({ "tags_delay": 0 }));
+    instance.run(&imds, &["boot"]).expect(0);
+    assert!(!left.exists(), "the temporary file with secrets is gone");
+    let history = instance.run(&imds, &["status", "--history"]).stdout();
+    assert!(
+        history.contains("failed (exit 75)") && history.contains("ended without finishing"),
+        "{history}"
+    );
+}
+
+#[test]
+fn a_command_the_service_user_cannot_run_fails_the_boot_before_it_says_succeeded() {
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("test");
+    let unexecutable = instance.root.path().join("app");
+    std::fs::write(&unexecutable, "#!/bin/sh\necho hi\n").unwrap();
+    for (program, reason) in [
+        (
+            unexecutable.display().to_string(),
+            "it is not executable for this user (mode 644)",
+        ),
+        ("/nonexistent/app".to_string(), "no such file"),
+        (
+            "no-such-program-x".to_string(),
+            "not found in /usr/local/sbin:",
+        ),
+    ] {
+        instance.add_config(
+            "70-command.toml",
+            &format!("[service]\ncommand = [\"{program}\"]\n"),
+        );
+        failing_boot(
+            &instance,
+            &imds,
+            &service.name,
+            8,
+            &[&format!("{program} cannot be run as nobody: {reason}")],
+            Some(&service.canaries["test"]),
+        );
+        let history = instance.run(&imds, &["status", "--history"]).stdout();
+        assert!(
+            history.lines().last().unwrap().contains("failed (exit 8)"),
+            "{history}"
+        );
+        let phases = &instance.status()["phases"];
+        assert_eq!(
+            phases.as_array().unwrap().last().unwrap()["name"],
+            "command",
+            "{phases}"
+        );
+    }
+}

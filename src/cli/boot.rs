@@ -16,7 +16,7 @@ use crate::imds::ImdsClient;
 use crate::plan::Plan;
 use crate::secrets;
 use crate::service::{self, ServiceError};
-use crate::status::{GitStatus, Outcome, Recorder, ServiceStatus, WARMED};
+use crate::status::{self, GitStatus, Outcome, Recorder, ServiceStatus, WARMED};
 use crate::Error;
 
 const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -48,10 +48,11 @@ pub(super) async fn boot(config: &Config) -> Result<(), Error> {
     std::fs::create_dir_all(run_dir)
         .map_err(|e| Error::io(format!("failed to create {}", run_dir.display()), e))?;
     envfile::check_memory_backed(run_dir, config.paths.allow_persistent_env_file)?;
-    let _lock = lock(&run_dir.join("boot.lock"), deadline).await?;
+    let _lock = lock(&run_dir.join(status::LOCK_FILE), deadline).await?;
+    let status_file = run_dir.join("status.json");
+    clear_interrupted_boot(run_dir, &status_file, &config.paths.state_dir);
 
-    let mut recorder =
-        Recorder::start(&run_dir.join("status.json")).with_history(&config.paths.state_dir);
+    let mut recorder = Recorder::start(&status_file).with_history(&config.paths.state_dir);
     recorder.save()?;
     let remaining = deadline.saturating_sub(started.elapsed());
     let mut launch_hook = None;
@@ -91,6 +92,32 @@ pub(super) async fn boot(config: &Config) -> Result<(), Error> {
             Err(error)
         }
         (None, result) => result,
+    }
+}
+
+/// What a boot killed midway left, cleared under the lock (so no other boot is writing): its
+/// `running` status goes into the history as failed, and its temporary files, which may hold
+/// secret values, are removed.
+fn clear_interrupted_boot(run_dir: &Path, status_file: &Path, state_dir: &Path) {
+    if let Ok(mut previous) = status::read_as_written(status_file) {
+        if previous.outcome == Outcome::Running {
+            previous.mark_interrupted();
+            tracing::warn!(
+                started_at = %previous.started_at,
+                pid = previous.pid,
+                "the previous boot was interrupted before it finished"
+            );
+            if let Err(e) = crate::history::record(state_dir, &previous) {
+                tracing::warn!(error = %e, "could not record the interrupted boot in the history");
+            }
+        }
+    }
+    for entry in std::fs::read_dir(run_dir).into_iter().flatten().flatten() {
+        if crate::atomic::is_temporary(&entry.file_name()) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(error = %e, file = %entry.path().display(), "could not remove a file an interrupted boot left");
+            }
+        }
     }
 }
 
@@ -254,6 +281,19 @@ async fn steps(
     });
     recorder.end(Outcome::Succeeded)?;
 
+    // Exec mode: whether the service's user can run the command is known now, before the env
+    // file changes.
+    let exec_command = match plan.service.manager {
+        Manager::Exec => {
+            recorder.begin("command");
+            let command = service::prepare_exec(&plan, &environment)?;
+            recorder.end(Outcome::Succeeded)?;
+            Some(command)
+        }
+        Manager::Systemd => None,
+    };
+    drop(environment);
+
     recorder.begin("env_file");
     let env_changed = envfile::write(&plan.env_file, &rendered)?;
     recorder.end(Outcome::Succeeded)?;
@@ -272,8 +312,8 @@ async fn steps(
         recorder.end(Outcome::Succeeded)?;
         return Ok(());
     }
-    match plan.service.manager {
-        Manager::Systemd => {
+    match exec_command {
+        None => {
             let code_changed =
                 matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
             let report = within(
@@ -298,9 +338,7 @@ async fn steps(
             prune_releases(config, &plan);
             Ok(())
         }
-        Manager::Exec => {
-            let command = service::prepare_exec(&plan, &environment)?;
-            drop(environment);
+        Some(command) => {
             prune_releases(config, &plan);
             recorder.status.service = Some(ServiceStatus {
                 manager: Manager::Exec,
