@@ -259,3 +259,20 @@ fn a_new_commit_fetches_only_what_is_new() {
         "the second fetch took {second} bytes, the first {first}"
     );
 }
+
+#[test]
+fn a_file_url_checks_out_whole_and_follows_new_commits() {
+    let (name, mut repo, _) = small_service("file", "stage");
+    let url = format!("file://{}", repo.path.display());
+    let imds = Imds::for_service(&name, "stage", &url);
+    // The default depth is 1: shallow, which the local transport cannot do.
+    let instance = Instance::exec_mode("");
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), repo.commits["stage"]);
+    assert_eq!(instance.status()["git"]["action"], "cloned");
+    let next = repo.push_version("stage", "stage build 2");
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), next);
+    assert_eq!(instance.status()["git"]["action"], "fetched");
+    assert_eq!(instance.service_saw("version"), "stage build 2");
+}

@@ -410,9 +410,12 @@ pub fn sync(
                 true
             });
             let mut options = FetchOptions::new();
-            options
-                .depth(i32::try_from(plan.depth).unwrap_or(i32::MAX))
-                .remote_callbacks(callbacks);
+            options.remote_callbacks(callbacks);
+            // libgit2's local transport cannot fetch shallow; a repository on this machine's
+            // disk costs no network, so it is fetched whole.
+            if !is_local(url) {
+                options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
+            }
             connection
                 .remote()
                 .download(&[format!("+{source_ref}:{TRACKING}")], Some(&mut options))
@@ -685,6 +688,12 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://***@{}", &rest[at + 1..])
 }
 
+/// Whether `url` names a repository on this machine (`file://`, or a path), which libgit2
+/// reads with its local transport.
+fn is_local(url: &str) -> bool {
+    url.starts_with("file://") || (!url.contains("://") && !ssh::is_ssh_url(url))
+}
+
 /// Serializes an optional URL [`redact`]ed: for what is written to files and printed.
 pub fn serialize_redacted<S: serde::Serializer>(
     url: &Option<String>,
@@ -696,6 +705,21 @@ pub fn serialize_redacted<S: serde::Serializer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_repositories_are_told_from_remote_ones() {
+        for local in ["file:///srv/app.git", "/srv/app.git", "app.git"] {
+            assert!(is_local(local), "{local}");
+        }
+        for remote in [
+            "git://h/app.git",
+            "https://h/app.git",
+            "ssh://git@h/app.git",
+            "git@h:app.git",
+        ] {
+            assert!(!is_local(remote), "{remote}");
+        }
+    }
 
     #[test]
     fn credentials_are_redacted_from_urls() {
