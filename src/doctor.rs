@@ -674,6 +674,15 @@ async fn check_last_boot(config: Arc<Config>) -> Finding {
                 "succeeded at {}",
                 s.finished_at.unwrap_or_default()
             )),
+            (status::Outcome::Degraded, _) => fail(
+                format!(
+                    "degraded at {}: {}",
+                    s.finished_at.unwrap_or_default(),
+                    s.degraded.unwrap_or_default()
+                ),
+                "the release in service is not the one asked for: fix the cause named (the git \
+                 check shows the remote now), then bootagent boot",
+            ),
             (status::Outcome::Running, _) => warn(
                 format!("running since {}", s.started_at),
                 "wait for it, or look at bootagent status",

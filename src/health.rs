@@ -15,8 +15,8 @@ pub const DRAINING_MARKER: &str = "draining";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
     pub healthy: bool,
-    /// `healthy`, `draining`, `booting`, `boot-failed`, `warmed`, `service-down`,
-    /// `app-unhealthy`.
+    /// `healthy`, `degraded` (healthy, running the last good release), `draining`, `booting`,
+    /// `boot-failed`, `warmed`, `service-down`, `app-unhealthy`.
     pub state: &'static str,
     /// Why it is not healthy; short, and nothing an ALB's neighbours should not see.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,14 +81,24 @@ impl Checker {
                     format!("the last boot failed (exit code {code})"),
                 );
             }
-            (Outcome::Succeeded, _) => {}
+            (Outcome::Succeeded | Outcome::Degraded, _) => {}
         }
         if let Some(down) = service_down(&status).await {
             return down;
         }
-        match &self.app_url {
+        let health = match &self.app_url {
             Some(url) => self.check_app(url).await,
             None => Health::ok(),
+        };
+        // The service runs and answers, so it serves (an ALB keeps it); the state says that it
+        // is the last good release rather than the one asked for.
+        match status.degraded {
+            Some(why) if health.healthy => Health {
+                healthy: true,
+                state: "degraded",
+                reason: Some(why),
+            },
+            _ => health,
         }
     }
 
@@ -140,5 +150,50 @@ async fn service_down(status: &status::Status) -> Option<Health> {
             let alive = Path::new(&format!("/proc/{}", status.pid)).exists();
             (!alive).then(|| Health::not("service-down", "the service process has exited"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Recorder, ServiceStatus};
+
+    /// A finished exec-mode boot whose service is this very process (so it lives).
+    fn checker_after(degraded: Option<&str>) -> (tempfile::TempDir, Checker) {
+        let dir = tempfile::tempdir().unwrap();
+        let config_file = dir.path().join("config.toml");
+        std::fs::write(
+            &config_file,
+            format!("[paths]\nrun_dir = \"{}\"\n", dir.path().display()),
+        )
+        .unwrap();
+        let config = crate::config::load(Some(&config_file)).unwrap();
+        let mut recorder = Recorder::start(&dir.path().join("status.json"));
+        recorder.status.service = Some(ServiceStatus {
+            manager: Manager::Exec,
+            unit: "app.service".into(),
+            state: "exec".into(),
+            restarted: true,
+        });
+        if let Some(why) = degraded {
+            recorder.degrade(why.to_string());
+        }
+        recorder.finish(None).unwrap();
+        (dir, Checker::new(&config))
+    }
+
+    #[tokio::test]
+    async fn a_degraded_boot_serves_and_says_why() {
+        let (_dir, checker) = checker_after(Some("running last good commit abc because x"));
+        assert_eq!(
+            checker.check().await,
+            Health {
+                healthy: true,
+                state: "degraded",
+                reason: Some("running last good commit abc because x".into()),
+            }
+        );
+        let (_dir, checker) = checker_after(None);
+        assert_eq!(checker.check().await, Health::ok());
     }
 }

@@ -195,6 +195,21 @@ impl Server {
                     f64::from(u8::from(status.outcome == Outcome::Succeeded)),
                 )],
             );
+            let outcomes: Vec<(String, f64)> =
+                [Outcome::Succeeded, Outcome::Degraded, Outcome::Failed]
+                    .into_iter()
+                    .map(|outcome| {
+                        (
+                            format!("{{outcome=\"{}\"}}", outcome.as_str()),
+                            f64::from(u8::from(status.outcome == outcome)),
+                        )
+                    })
+                    .collect();
+            gauge(
+                "bootagent_boot_outcome",
+                "1 for how the last boot ended: succeeded, degraded (the last good release kept) or failed.",
+                &outcomes,
+            );
             let phases: Vec<(String, f64)> = status
                 .phases
                 .iter()

@@ -24,6 +24,9 @@ pub struct Entry {
     pub git_action: Option<String>,
     /// The error with its causes, as status.json has it.
     pub error: Option<String>,
+    /// Why a degraded boot kept something other than what was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 impl Entry {
@@ -38,6 +41,7 @@ impl Entry {
             commit: status.git.as_ref().map(|git| git.commit.clone()),
             git_action: status.git.as_ref().map(|git| git.action.clone()),
             error: status.error.as_ref().map(|e| e.message.clone()),
+            degraded: status.degraded.clone(),
         }
     }
 }

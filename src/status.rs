@@ -42,6 +42,8 @@ pub enum StatusError {
 pub enum Outcome {
     Running,
     Succeeded,
+    /// The service runs, but not what was asked: the last good release was kept.
+    Degraded,
     Failed,
 }
 
@@ -50,6 +52,7 @@ impl Outcome {
         match self {
             Outcome::Running => "running",
             Outcome::Succeeded => "succeeded",
+            Outcome::Degraded => "degraded",
             Outcome::Failed => "failed",
         }
     }
@@ -69,6 +72,9 @@ pub struct Status {
     pub git: Option<GitStatus>,
     pub service: Option<ServiceStatus>,
     pub error: Option<ErrorReport>,
+    /// Why a degraded boot runs something other than what was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +142,7 @@ impl Recorder {
                 git: None,
                 service: None,
                 error: None,
+                degraded: None,
             },
             phase_started: None,
             history_dir: None,
@@ -166,21 +173,37 @@ impl Recorder {
         self.save()
     }
 
+    /// The boot goes on with something other than what was asked, for `why`.
+    pub fn degrade(&mut self, why: String) {
+        self.status.degraded = Some(why);
+    }
+
     pub fn finish(&mut self, error: Option<&crate::Error>) -> Result<(), StatusError> {
         self.status.finished_at = Some(timestamp(SystemTime::now()));
         self.status.error = error.map(|e| ErrorReport {
             message: e.chain(),
             exit_code: e.exit_code(),
         });
-        self.status.outcome = if error.is_some() {
-            Outcome::Failed
-        } else {
-            Outcome::Succeeded
+        self.status.outcome = match (error, &self.status.degraded) {
+            (Some(_), _) => Outcome::Failed,
+            (None, Some(_)) => Outcome::Degraded,
+            (None, None) => Outcome::Succeeded,
         };
         self.end(self.status.outcome)?;
-        match &self.status.error {
-            None => tracing::info!("boot succeeded: {}", self.summary()),
-            Some(error) => tracing::error!("boot failed with exit code {}", error.exit_code),
+        match (&self.status.error, &self.status.degraded) {
+            (None, None) => {
+                tracing::info!(outcome = "succeeded", "boot succeeded: {}", self.summary())
+            }
+            (None, Some(why)) => tracing::warn!(
+                outcome = "degraded",
+                "boot degraded: {}; {why}",
+                self.summary()
+            ),
+            (Some(error), _) => tracing::error!(
+                outcome = "failed",
+                "boot failed with exit code {}",
+                error.exit_code
+            ),
         }
         if let Some(dir) = &self.history_dir {
             if let Err(e) = crate::history::record(dir, &self.status) {

@@ -136,7 +136,9 @@ fn an_untrusted_certificate_is_refused_and_the_release_in_service_stays() {
     run.expect(7)
         .stderr_has("presented a TLS certificate this instance does not trust")
         .stderr_has("UnknownIssuer")
-        .stderr_has("add the CA to the system's trust store");
+        .stderr_has("add the CA to the system's trust store")
+        .stderr_has("security_event=")
+        .stderr_has("tls-certificate-refused");
     assert_eq!(instance.running_commit(&setup.name), first);
     instance.assert_left_nowhere(&setup.token, &run);
 }

@@ -141,8 +141,18 @@ fn a_remote_down_keeps_the_last_good_release_and_says_why() {
     let refusing = RefusingPort::bind();
     let dead = Imds::for_service(&name, "stage", &refusing.url("git", "/gone.git"));
     let run = instance.run(&dead, &["boot"]);
-    run.expect(0);
+    // Degraded: the service runs, so the boot exits 0, but every report says what runs is not
+    // what was asked.
+    run.expect(0).stderr_has("boot degraded: ");
     let status = instance.status();
+    assert_eq!(status["outcome"], "degraded");
+    assert!(
+        status["degraded"]
+            .as_str()
+            .unwrap()
+            .starts_with("running last good commit"),
+        "{status}"
+    );
     assert_eq!(status["git"]["action"], "kept");
     let note = status["git"]["note"].as_str().unwrap();
     let good = &repo.commits["stage"];
@@ -153,8 +163,19 @@ fn a_remote_down_keeps_the_last_good_release_and_says_why() {
     assert!(note.contains("cannot reach git remote"), "{note}");
     assert_eq!(instance.running_commit(&name), *good);
     assert_eq!(instance.service_saw("version"), "stage build 1");
-    let text = instance.run(&dead, &["status"]).stdout();
-    assert!(text.contains("running last good commit"), "{text}");
+    let text = instance.run(&dead, &["status"]).expect(0).stdout();
+    assert!(
+        text.starts_with("boot:     degraded") && text.contains("running last good commit"),
+        "{text}"
+    );
+    let history = instance.run(&dead, &["status", "--history"]).stdout();
+    let last = history.lines().last().unwrap();
+    assert!(
+        last.contains("degraded") && last.contains("running last good commit"),
+        "{history}"
+    );
+    let (_, last_boot) = instance.doctor_check(&dead, "last-boot");
+    assert_eq!(last_boot["verdict"], "fail", "{last_boot}");
 }
 
 #[test]

@@ -113,15 +113,22 @@ fn a_changed_host_key_is_refused_and_the_release_in_service_stays() {
         .stderr_has("is not the host pinned in")
         .stderr_has(&setup.known_hosts.display().to_string())
         .stderr_has("has changed and you have requested strict checking")
-        .stderr_has("verify the new key out of band");
+        .stderr_has("verify the new key out of band")
+        .stderr_has("security_event=")
+        .stderr_has("ssh-host-key-mismatch");
     assert_eq!(instance.running_commit(&setup.name), first);
     instance.assert_left_nowhere(&setup.key_canary(), &run);
 
     // With the default policy the boot goes on with the release it has, and says why.
     instance.add_config("60-last-good.toml", "[git]\non_failure = \"last-good\"\n");
-    instance.run(&setup.imds(), &["boot"]).expect(0);
+    instance
+        .run(&setup.imds(), &["boot"])
+        .expect(0)
+        .stderr_has("ssh-host-key-mismatch")
+        .stderr_has("boot degraded: ");
     assert_eq!(instance.running_commit(&setup.name), first);
     let status = instance.status();
+    assert_eq!(status["outcome"], "degraded");
     let note = status["git"]["note"].as_str().unwrap();
     assert!(
         note.starts_with(&format!("running last good commit {first} because ")),

@@ -268,8 +268,14 @@ async fn steps(
     recorder.begin("git");
     let (checkout, note) = match checkout(config, &plan, credentials).await {
         Ok(checkout) => (checkout, None),
-        Err(error) => keep_last_good(config, &plan, error)?,
+        Err(error) => {
+            log_security_event(&error);
+            keep_last_good(config, &plan, error)?
+        }
     };
+    if let Some(note) = &note {
+        recorder.degrade(note.clone());
+    }
     recorder.status.git = Some(GitStatus {
         url: git::redact(plan.git.url.as_deref().unwrap_or_default()),
         reference: plan.git.reference.clone(),
@@ -279,7 +285,11 @@ async fn steps(
         received_bytes: checkout.received_bytes,
         note,
     });
-    recorder.end(Outcome::Succeeded)?;
+    recorder.end(if recorder.status.degraded.is_some() {
+        Outcome::Degraded
+    } else {
+        Outcome::Succeeded
+    })?;
 
     // Exec mode: whether the service's user can run the command is known now, before the env
     // file changes.
@@ -371,6 +381,21 @@ async fn in_warm_pool(imds: &ImdsClient) -> bool {
 
 /// With `git.on_failure = "last-good"`, a failed checkout lets the boot go on with the release
 /// already in service, and says so; without such a release, or with "fail", the error stands.
+/// A remote that is not who it was pinned to be is logged apart from ordinary failures, with
+/// the field `security_event`, so that journal alerts can match it.
+fn log_security_event(error: &Error) {
+    let event = match error {
+        Error::Git(GitError::HostKey { .. }) => "ssh-host-key-mismatch",
+        Error::Git(GitError::Certificate { .. }) => "tls-certificate-refused",
+        _ => return,
+    };
+    tracing::error!(
+        security_event = event,
+        "{}",
+        error.chain().replace("\n -> ", ": ")
+    );
+}
+
 fn keep_last_good(
     config: &Config,
     plan: &Plan,

@@ -68,6 +68,7 @@ fn render_entry(entry: &history::Entry) -> String {
         (Outcome::Failed, Some(code)) => format!("failed (exit {code})"),
         (Outcome::Failed, None) => "failed".to_string(),
         (Outcome::Succeeded, _) => "succeeded".to_string(),
+        (Outcome::Degraded, _) => "degraded".to_string(),
         (Outcome::Running, _) => "did not finish".to_string(),
     };
     let mut line = format!("{}  {outcome:<16}", entry.started_at);
@@ -80,6 +81,8 @@ fn render_entry(entry: &history::Entry) -> String {
     if let Some(error) = &entry.error {
         let cause = error.lines().last().unwrap_or_default();
         line.push_str(&format!("  {}", cause.trim().trim_start_matches("-> ")));
+    } else if let Some(why) = &entry.degraded {
+        line.push_str(&format!("  {why}"));
     }
     line
 }
