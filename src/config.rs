@@ -139,8 +139,12 @@ pub struct GitConfig {
     pub token: String,
     pub ssh_key: String,
     pub known_hosts: PathBuf,
+    /// Each connect, and each wait for the remote's next bytes.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// The whole checkout.
+    #[serde(deserialize_with = "duration")]
+    pub deadline: Duration,
 }
 
 /// What a boot does when the checkout fails but a release is already in service.
@@ -375,6 +379,7 @@ impl Config {
             ("identity.imds_deadline", self.identity.imds_deadline),
             ("secrets.timeout", self.secrets.timeout),
             ("git.timeout", self.git.timeout),
+            ("git.deadline", self.git.deadline),
             ("service.start_timeout", self.service.start_timeout),
             ("boot.deadline", self.boot.deadline),
         ];

@@ -176,7 +176,7 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
                 &mut set,
                 "git",
                 timeout,
-                Box::pin(check_git(config.clone(), plan.clone(), client)),
+                Box::pin(check_git(config.clone(), plan.clone(), client, timeout)),
             );
             spawn(
                 &mut set,
@@ -518,6 +518,7 @@ async fn check_git(
     config: Arc<Config>,
     plan: Arc<Plan>,
     client: Option<aws_sdk_secretsmanager::Client>,
+    timeout: Duration,
 ) -> Finding {
     let Some(url) = plan.git.url.clone() else {
         return fail(
@@ -531,9 +532,12 @@ async fn check_git(
     };
     let reference = plan.git.reference.clone();
     let shown = git::redact(&url);
-    let answer =
-        tokio::task::spawn_blocking(move || git::remote_commit(&url, &reference, &credentials))
-            .await;
+    // The listing stops by itself within the check's time, so no git thread outlives doctor.
+    let limits = git::Limits::new(timeout, "doctor --timeout", git::Cancel::default());
+    let answer = tokio::task::spawn_blocking(move || {
+        git::remote_commit(&url, &reference, &credentials, &limits)
+    })
+    .await;
     match answer {
         Ok(Ok(commit)) => ok(format!("{shown} {} is at {commit}", plan.git.reference)),
         Ok(Err(e)) => fail(

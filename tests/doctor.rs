@@ -317,3 +317,21 @@ fn a_failed_last_boot_fails_the_last_boot_check() {
     let (_, report) = world.doctor(&world.imds(), &[]);
     report.only_fails("last-boot", "then bootagent boot", &[]);
 }
+
+#[test]
+fn a_remote_that_drips_ends_the_git_check_within_its_timeout() {
+    let world = World::booted();
+    world
+        .instance
+        .add_config("60-git.toml", "[git]\ntimeout = \"60s\"\n");
+    let remote = DripRemote::start(false);
+    let started = std::time::Instant::now();
+    let (_, report) = world.doctor(&world.imds_with(&[("Repository", &remote.url)]), &[]);
+    let took = started.elapsed();
+    // --timeout 4s; the remote drips for 60 s and git.timeout waits 60 s for a byte.
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "doctor took {took:?}"
+    );
+    report.only_fails("git", "slow or unreachable", &[]);
+}

@@ -297,3 +297,56 @@ fn a_file_url_checks_out_whole_and_follows_new_commits() {
     assert_eq!(instance.status()["git"]["action"], "fetched");
     assert_eq!(instance.service_saw("version"), "stage build 2");
 }
+
+/// Boots `instance` against `remote` after a first boot from the real repository: the
+/// checkout must end at its deadline, keep the release in service and let the process exit.
+fn assert_drip_is_cut_off(remote: &DripRemote, config: &str, expected: &str) -> Run {
+    let (name, repo, imds) = small_service("drip", "stage");
+    let instance = Instance::exec_mode(config);
+    instance.run(&imds, &["boot"]).expect(0);
+    let dripping = Imds::for_service(&name, "stage", &remote.url);
+    let started = std::time::Instant::now();
+    let run = instance.run(&dripping, &["boot"]);
+    let took = started.elapsed();
+    // The remote drips for 60 s: a boot that waited for it would take that long.
+    assert!(took < Duration::from_secs(20), "the boot took {took:?}");
+    run.stderr_has(expected);
+    assert_eq!(instance.running_commit(&name), repo.commits["stage"]);
+    run
+}
+
+#[test]
+fn a_remote_that_drips_over_git_is_cut_off_at_git_deadline() {
+    let remote = DripRemote::start(false);
+    let run = assert_drip_is_cut_off(
+        &remote,
+        "[git]\ntimeout = \"10s\"\ndeadline = \"2s\"\n",
+        "the checkout did not finish within 2s (git.deadline)",
+    );
+    run.expect(0).stderr_has("boot degraded: ");
+}
+
+#[test]
+fn a_remote_that_drips_over_http_is_cut_off_at_git_deadline() {
+    let remote = DripRemote::start(true);
+    assert!(remote.url.starts_with("http://"), "{}", remote.url);
+    assert_drip_is_cut_off(
+        &remote,
+        "[git]\ntimeout = \"10s\"\ndeadline = \"2s\"\non_failure = \"fail\"\n",
+        "the checkout did not finish within 2s (git.deadline)",
+    )
+    .expect(75);
+}
+
+#[test]
+fn the_boot_deadline_stops_git_before_the_status_is_written() {
+    let remote = DripRemote::start(false);
+    // Git's own limit (what is left of the boot's) and the boot's deadline end together;
+    // either way the boot stops git and waits for it before it writes its status.
+    let run = assert_drip_is_cut_off(
+        &remote,
+        "[git]\ntimeout = \"10s\"\ndeadline = \"60s\"\non_failure = \"fail\"\n[boot]\ndeadline = \"4s\"\n",
+        "did not finish within",
+    );
+    run.expect(75);
+}

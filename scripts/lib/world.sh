@@ -57,6 +57,7 @@ world_start() {
     export BOOTAGENT_WORLD_GIT_HTTP=$PWD/tests/world/git_http_server.py
     export BOOTAGENT_WORLD_MOTO_SERVER=$PWD/tests/world/moto_server.py
     export BOOTAGENT_WORLD_INETD=$PWD/tests/world/inetd.py
+    export BOOTAGENT_WORLD_DRIP=$PWD/tests/world/drip_server.py
     export BOOTAGENT_WORLD_SSHD=/usr/sbin/sshd
     export BOOTAGENT_WORLD_PROXY=$PWD/tests/world/connect_proxy.py
     export BOOTAGENT_WORLD_NSPAWN=$PWD/tests/world/nspawn.sh

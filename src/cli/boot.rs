@@ -56,7 +56,14 @@ pub(super) async fn boot(config: &Config) -> Result<(), Error> {
     recorder.save()?;
     let remaining = deadline.saturating_sub(started.elapsed());
     let mut launch_hook = None;
-    let work = steps(config, &mut recorder, &mut launch_hook);
+    let git_work = GitWork::default();
+    let work = steps(
+        config,
+        &mut recorder,
+        &mut launch_hook,
+        &git_work,
+        started + deadline,
+    );
     let result = match tokio::time::timeout(remaining, work).await {
         Ok(result) => result,
         Err(_) => Err(Error::Deadline {
@@ -64,6 +71,8 @@ pub(super) async fn boot(config: &Config) -> Result<(), Error> {
             limit: humantime::format_duration(deadline).to_string(),
         }),
     };
+    // Nothing is decided or recorded while git may still change the release in service.
+    git_work.stop().await;
     recorder.finish(result.as_ref().err())?;
     let warmed = recorder
         .status
@@ -237,6 +246,8 @@ async fn steps(
     config: &Config,
     recorder: &mut Recorder,
     launch_hook: &mut Option<LaunchHook>,
+    git_work: &GitWork,
+    boot_ends: Instant,
 ) -> Result<(), Error> {
     recorder.begin("identity");
     let imds = super::plan::imds_client(config);
@@ -266,7 +277,7 @@ async fn steps(
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("git");
-    let (checkout, note) = match checkout(config, &plan, credentials).await {
+    let (checkout, note) = match checkout(config, &plan, credentials, git_work, boot_ends).await {
         Ok(checkout) => (checkout, None),
         Err(error) => {
             log_security_event(&error);
@@ -421,10 +432,37 @@ fn keep_last_good(
     }
 }
 
+/// The git sync of a boot, on a thread of its own: the boot can stop it and wait for it to end
+/// before it decides what runs, writes its status or lets the lock go. (A task of tokio's
+/// blocking pool would outlive a boot that timed out, and might switch the release afterwards.)
+#[derive(Default)]
+struct GitWork {
+    cancel: git::Cancel,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl GitWork {
+    /// Cancels the sync if it still runs, then waits for its thread: the transports end at
+    /// their next read, which the per-read timeout bounds.
+    async fn stop(&self) {
+        self.cancel.cancel();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
 async fn checkout(
     config: &Config,
     plan: &Plan,
     credentials: git::Credentials,
+    git_work: &GitWork,
+    boot_ends: Instant,
 ) -> Result<git::Checkout, Error> {
     let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
         tag: config.identity.repository_tag.clone(),
@@ -438,10 +476,43 @@ async fn checkout(
         _ => return Err(ServiceError::UnknownUser { user: user.clone() }.into()),
     };
     let git_plan = plan.git.clone();
-    let work =
-        tokio::task::spawn_blocking(move || git::sync(&git_plan, &url, Some(owner), &credentials));
-    let joined = within("git", config.git.timeout, work).await?;
-    let result = joined.map_err(|e| Error::io("the git task failed", std::io::Error::other(e)))?;
+    // git.deadline, or what is left of the boot's, whichever ends first.
+    let boot_left = boot_ends.saturating_duration_since(Instant::now());
+    let limits = if config.git.deadline <= boot_left {
+        git::Limits::new(config.git.deadline, "git.deadline", git_work.cancel.clone())
+    } else {
+        git::Limits::new(
+            boot_left,
+            "what was left of boot.deadline",
+            git_work.cancel.clone(),
+        )
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    // The HTTP transport runs its requests on this runtime.
+    let runtime = tokio::runtime::Handle::current();
+    let thread = std::thread::Builder::new()
+        .name("git".into())
+        .spawn(move || {
+            let _inside = runtime.enter();
+            let _ = done.send(git::sync(
+                &git_plan,
+                &url,
+                Some(owner),
+                &credentials,
+                &limits,
+            ));
+        })
+        .map_err(|e| Error::io("failed to start the git thread", e))?;
+    *git_work
+        .thread
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(thread);
+    let result = result.await.map_err(|_| {
+        Error::io(
+            "the git thread failed",
+            std::io::Error::other("it ended without an answer"),
+        )
+    })?;
     Ok(result?)
 }
 

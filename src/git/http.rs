@@ -115,9 +115,18 @@ impl HttpStream {
             request = request.basic_auth(user, Some(token.as_str()));
         }
         let timeout = self.session.options.timeout;
+        let limits = self.session.limits.clone();
+        let left = limits
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
         let response = self
             .runtime
-            .block_on(request.send())
+            .block_on(tokio::time::timeout(left, request.send()))
+            .map_err(|_| {
+                limits
+                    .exceeded()
+                    .unwrap_or_else(|| Failure::silent(timeout))
+            })?
             .map_err(|e| classify(e, timeout))?;
         let status = response.status();
         match status {
@@ -213,13 +222,18 @@ impl Read for HttpStream {
             let Some(response) = self.response.as_mut() else {
                 return Ok(0);
             };
-            match self.runtime.block_on(response.chunk()) {
-                Ok(Some(chunk)) => {
+            let wait = self.session.wait_limit()?;
+            let chunk = self
+                .runtime
+                .block_on(tokio::time::timeout(wait, response.chunk()));
+            match chunk {
+                Err(_) => return Err(self.session.waited_in_vain()),
+                Ok(Ok(Some(chunk))) => {
                     self.pending = chunk.to_vec();
                     self.read = 0;
                 }
-                Ok(None) => return Ok(0),
-                Err(e) => {
+                Ok(Ok(None)) => return Ok(0),
+                Ok(Err(e)) => {
                     let failure = classify(e, self.session.options.timeout);
                     return Err(self.session.fail(failure));
                 }

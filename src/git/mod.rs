@@ -1,6 +1,7 @@
 //! The service checkout: bring `git.dir` to the planned branch, tag or commit with libgit2.
 //! The remote is anonymous, so its URL (and any credential in it) never lands in `.git/config`.
 
+mod daemon;
 mod http;
 mod ssh;
 mod transport;
@@ -13,6 +14,7 @@ use git2::{Direction, FetchOptions, Oid, Repository};
 use crate::config::GitConfig;
 use crate::plan::GitPlan;
 use transport::{ActiveSession, Failure};
+pub use transport::{Cancel, Limits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -220,7 +222,7 @@ impl Credentials {
 impl Credentials {
     /// Readies the transports for `url`; the known_hosts must be readable when `url` is an
     /// ssh remote.
-    fn session(&self, url: &str) -> Result<ActiveSession, GitError> {
+    fn session(&self, url: &str, limits: &Limits) -> Result<ActiveSession, GitError> {
         if ssh::is_ssh_url(url) {
             let known_hosts = &self.options.known_hosts;
             let refused = |message: String| GitError::NoKnownHosts {
@@ -242,7 +244,7 @@ impl Credentials {
                 }
             }
         }
-        Ok(ActiveSession::start(self.options.clone()))
+        Ok(ActiveSession::start(self.options.clone(), limits.clone()))
     }
 }
 
@@ -338,6 +340,7 @@ pub fn sync(
     url: &str,
     owner: Option<Owner>,
     credentials: &Credentials,
+    limits: &Limits,
 ) -> Result<Checkout, GitError> {
     let layout = Layout::of(&plan.dir);
     let local = |action: &'static str| {
@@ -356,7 +359,16 @@ pub fn sync(
             message: e.to_string(),
         }
     };
-    let session = credentials.session(url)?;
+    let session = credentials.session(url, limits)?;
+    // Past the deadline, or cancelled: the sync stops before its next step, and never switches
+    // the release afterwards.
+    let stop_if_exceeded = || match limits.exceeded() {
+        Some(failure) => Err(GitError::Unreachable {
+            url: redact(url),
+            message: failure.message().to_string(),
+        }),
+        None => Ok(()),
+    };
     std::fs::create_dir_all(&layout.releases).map_err(io("create the releases directory"))?;
     clear_interrupted_work(&layout.repo).map_err(io("clear what an interrupted fetch left"))?;
     let (repo, fresh) = match Repository::open_bare(&layout.repo) {
@@ -397,6 +409,10 @@ pub fn sync(
             let mut callbacks = git2::RemoteCallbacks::new();
             callbacks.transfer_progress(|progress| {
                 received = (progress.received_objects(), progress.received_bytes());
+                // A local fetch has no transport of ours to stop it: false aborts it here.
+                if limits.exceeded().is_some() {
+                    return false;
+                }
                 // A long transfer says how far it got, at a steady pace.
                 if last_report.elapsed() >= PROGRESS_EVERY {
                     last_report = Instant::now();
@@ -436,18 +452,31 @@ pub fn sync(
             .releases
             .join(format!(".{advertised}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
+        stop_if_exceeded()?;
         let mut checkout = git2::build::CheckoutBuilder::new();
-        checkout.force().target_dir(&staging);
+        checkout
+            .force()
+            .target_dir(&staging)
+            .notify_on(git2::CheckoutNotificationType::UPDATED)
+            .notify(|_, _, _, _, _| limits.exceeded().is_none());
         repo.checkout_tree(commit.as_object(), Some(&mut checkout))
-            .map_err(local("check out the fetched commit"))?;
+            .map_err(|e| match limits.exceeded() {
+                Some(failure) => GitError::Unreachable {
+                    url: redact(url),
+                    message: failure.message().to_string(),
+                },
+                None => local("check out the fetched commit")(e),
+            })?;
         if let Some(owner) = owner {
             chown_tree(&staging, owner).map_err(io("give the release to the service user"))?;
         }
         // The rename below must not outrun the data: a crash after it would leave a release of
         // empty files.
         sync_filesystem(&staging).map_err(io("flush the release to disk"))?;
+        stop_if_exceeded()?;
         std::fs::rename(&staging, &release).map_err(io("move the release into place"))?;
     }
+    stop_if_exceeded()?;
     switch_link(&layout, &release).map_err(io("switch to the new release"))?;
     Ok(Checkout {
         commit: advertised.to_string(),
@@ -581,8 +610,9 @@ pub fn remote_commit(
     url: &str,
     reference: &str,
     credentials: &Credentials,
+    limits: &Limits,
 ) -> Result<String, GitError> {
-    let session = credentials.session(url)?;
+    let session = credentials.session(url, limits)?;
     let mut remote =
         git2::Remote::create_detached(url).map_err(|e| network_error(e, url, &session))?;
     let connection = remote

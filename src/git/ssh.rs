@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 
-use super::transport::{lock, Failure, Options, Session};
+use super::transport::{fetch_program, lock, Failure, Options, Session};
 
 /// What ssh printed, as a [`Failure`]: the last lines say why.
 fn classify(stderr: &str) -> Failure {
@@ -237,10 +237,7 @@ impl SmartSubtransport for SshSubtransport {
         url: &str,
         action: Service,
     ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
-        let program = match action {
-            Service::UploadPackLs | Service::UploadPack => "git-upload-pack",
-            Service::ReceivePackLs | Service::ReceivePack => "git-receive-pack",
-        };
+        let program = fetch_program(action)?;
         let refuse = |message: String| self.session.refuse(Failure::Unusable(message));
         let remote =
             SshRemote::parse(url).map_err(|e| refuse(format!("not a usable ssh URL: {e}")))?;
@@ -345,8 +342,10 @@ impl SshStream {
 impl Read for SshStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use nix::poll::{PollFd, PollFlags, PollTimeout};
-        let timeout = self.session.options.timeout;
-        let limit = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let wait = self.session.wait_limit().inspect_err(|_| {
+            let _ = lock(&self.child).kill();
+        })?;
+        let limit = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
         let ready = loop {
             let mut fds = [PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN)];
             match nix::poll::poll(&mut fds, limit) {
@@ -356,7 +355,7 @@ impl Read for SshStream {
         };
         if ready == 0 {
             let _ = lock(&self.child).kill();
-            return Err(self.session.fail(Failure::silent(timeout)));
+            return Err(self.session.waited_in_vain());
         }
         match self.stdout.read(buf) {
             Ok(0) if !buf.is_empty() => self.ssh_failure().map_or(Ok(0), Err),

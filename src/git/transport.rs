@@ -1,18 +1,24 @@
-//! The transports bootagent adds to libgit2: ssh:// through the system's OpenSSH client, and
+//! The transports bootagent adds to libgit2: ssh:// through the system's OpenSSH client,
 //! http(s):// on the same HTTP client and TLS stack as the rest of the binary (rustls on aws-lc),
-//! so libgit2 is built without OpenSSL or libssh2. git:// and file:// stay libgit2's own.
+//! so libgit2 is built without OpenSSL or libssh2, and git:// on a plain socket. file:// stays
+//! libgit2's own.
+//!
+//! Every network read of a sync goes through them, so each one can stop a sync that ran past
+//! its deadline or was cancelled: a wait for the remote's next bytes is bounded by the per-read
+//! timeout and by the time left, whichever ends first.
 //!
 //! libgit2 finds transports in a process-wide table, so what they need for a fetch — options,
 //! credentials, and afterwards why they failed — is process-wide too: one [`ActiveSession`] at a
 //! time.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use git2::transport::Transport;
 
-use super::{http, ssh};
+use super::{daemon, http, ssh};
 
 /// What the transports are told for one sync.
 #[derive(Clone)]
@@ -25,6 +31,56 @@ pub struct Options {
     pub identity: Option<PathBuf>,
     /// The HTTP deploy token and the user name sent with it.
     pub token: Option<(String, zeroize::Zeroizing<String>)>,
+}
+
+/// Stops a sync from another thread: its transports end at their next read, and libgit2's own
+/// work (a local fetch, the checkout) at its next progress report.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How long one sync (or one listing of the remote's refs) may take in all.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub deadline: Instant,
+    /// What the deadline is called in messages: `5m (git.deadline)`.
+    pub named: String,
+    pub cancel: Cancel,
+}
+
+impl Limits {
+    pub fn new(within: Duration, named: &str, cancel: Cancel) -> Limits {
+        Limits {
+            deadline: Instant::now() + within,
+            named: format!("{} ({named})", humantime::format_duration(within)),
+            cancel,
+        }
+    }
+
+    /// Why the work must stop now, if it must.
+    pub fn exceeded(&self) -> Option<Failure> {
+        if self.cancel.is_cancelled() {
+            Some(Failure::Unreachable(
+                "stopped: the boot's deadline passed while git was working".into(),
+            ))
+        } else if Instant::now() >= self.deadline {
+            Some(Failure::Unreachable(format!(
+                "the checkout did not finish within {}",
+                self.named
+            )))
+        } else {
+            None
+        }
+    }
 }
 
 /// Why a transport failed, in words fit for the operator; sync turns it into its error.
@@ -64,6 +120,7 @@ impl Failure {
 
 pub(super) struct Session {
     pub options: Options,
+    pub limits: Limits,
     failure: Mutex<Option<Failure>>,
     /// One HTTP client for the session's connections, so the fetch reuses the connection (and
     /// TLS session) that listed the refs.
@@ -83,11 +140,46 @@ impl Session {
         git2::Error::from_str(&self.fail(failure).to_string())
     }
 
+    /// How long the next wait for the remote may last: the per-read timeout or the time left,
+    /// whichever is shorter; an error (recorded) when no time is left or the sync was cancelled.
+    pub fn wait_limit(&self) -> Result<Duration, std::io::Error> {
+        if let Some(failure) = self.limits.exceeded() {
+            return Err(self.fail(failure));
+        }
+        let left = self
+            .limits
+            .deadline
+            .saturating_duration_since(Instant::now());
+        // Never zero: socket timeouts refuse it (the deadline is checked again after the wait).
+        Ok(self.options.timeout.min(left).max(Duration::from_millis(1)))
+    }
+
+    /// A wait of [`Session::wait_limit`] ended without data: the deadline's failure if that
+    /// is what ended it, else the remote's silence.
+    pub fn waited_in_vain(&self) -> std::io::Error {
+        let failure = self
+            .limits
+            .exceeded()
+            .unwrap_or_else(|| Failure::silent(self.options.timeout));
+        self.fail(failure)
+    }
+
     pub fn http_client(&self) -> Result<&reqwest::Client, String> {
         self.http_client
             .get_or_init(|| http::client(self.options.timeout))
             .as_ref()
             .map_err(Clone::clone)
+    }
+}
+
+/// The program a stream-based remote (ssh, git daemon) runs for `action`: bootagent only fetches.
+pub(super) fn fetch_program(action: git2::transport::Service) -> Result<&'static str, git2::Error> {
+    use git2::transport::Service;
+    match action {
+        Service::UploadPackLs | Service::UploadPack => Ok("git-upload-pack"),
+        Service::ReceivePackLs | Service::ReceivePack => {
+            Err(git2::Error::from_str("bootagent only fetches"))
+        }
     }
 }
 
@@ -125,6 +217,12 @@ pub unsafe fn register() -> Result<(), git2::Error> {
             })?;
         }
     }
+    // SAFETY: as above.
+    unsafe {
+        git2::transport::register("git", |remote| {
+            Transport::smart(remote, false, daemon::DaemonSubtransport::new(active()?))
+        })?;
+    }
     Ok(())
 }
 
@@ -132,9 +230,10 @@ pub unsafe fn register() -> Result<(), git2::Error> {
 pub struct ActiveSession(Arc<Session>);
 
 impl ActiveSession {
-    pub fn start(options: Options) -> ActiveSession {
+    pub fn start(options: Options, limits: Limits) -> ActiveSession {
         let session = Arc::new(Session {
             options,
+            limits,
             failure: Mutex::new(None),
             http_client: OnceLock::new(),
         });

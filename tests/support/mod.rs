@@ -454,6 +454,25 @@ impl GitHttp {
     }
 }
 
+/// A git remote that answers a byte at a time and never finishes (tests/world/drip_server.py):
+/// every read returns quickly, so only a deadline over the whole checkout ends it.
+pub struct DripRemote {
+    _process: Reaped,
+    pub url: String,
+}
+
+impl DripRemote {
+    /// Over git:// (`http = false`) or over HTTP.
+    pub fn start(http: bool) -> DripRemote {
+        let (child, url) = start_fake("DRIP", if http { &["--http"] } else { &[] });
+        let base = url.replacen("tcp://", "git://", 1);
+        DripRemote {
+            _process: Reaped(child),
+            url: format!("{base}/app.git"),
+        }
+    }
+}
+
 /// A loopback port whose connections complete (into the listen backlog) and are never
 /// accepted or answered: a remote that hangs.
 pub fn silent_listener() -> std::net::TcpListener {
