@@ -284,7 +284,7 @@ async fn check_tags(imds: &ImdsClient, config: &Config) -> Finding {
     match imds.tags(&[]).await {
         Ok(_) => ok("instance tags are readable in instance metadata"),
         Err(e) if e.is_tags_disabled() && config.identity.describe_tags_fallback => {
-            check_describe_tags(imds).await
+            check_describe_tags(imds, config.identity.imds_deadline).await
         }
         Err(e) if e.is_tags_disabled() => fail(
             "tags in instance metadata are disabled",
@@ -299,7 +299,7 @@ async fn check_tags(imds: &ImdsClient, config: &Config) -> Finding {
 }
 
 /// Tags in metadata are off and the config falls back to the EC2 API: whether that works.
-async fn check_describe_tags(imds: &ImdsClient) -> Finding {
+async fn check_describe_tags(imds: &ImdsClient, deadline: Duration) -> Finding {
     let instance = match imds.get_required("meta-data/instance-id").await {
         Ok(id) => id,
         Err(e) => return fail(e.to_string(), "fix the imds check first"),
@@ -308,7 +308,7 @@ async fn check_describe_tags(imds: &ImdsClient) -> Finding {
         Ok(region) => region,
         Err(e) => return fail(e.to_string(), "fix the imds check first"),
     };
-    match crate::ec2::instance_tags(&region, &instance).await {
+    match crate::ec2::instance_tags(&region, &instance, deadline).await {
         Ok(tags) => ok(format!(
             "tags in instance metadata are disabled; ec2:DescribeTags reads {} tags \
              (identity.describe_tags_fallback)",

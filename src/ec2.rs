@@ -14,7 +14,11 @@ const API_VERSION: &str = "2016-11-15";
 const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
 /// Each call; the SDK's standard retry count and backoff apply around it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-const ATTEMPTS: u32 = 3;
+/// DescribeTags' bucket refills at 20 requests/s per account: waits of up to 2 s spread a fleet.
+const BACKOFF: crate::retry::Backoff = crate::retry::Backoff {
+    base: Duration::from_millis(200),
+    cap: Duration::from_secs(2),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Ec2Error {
@@ -23,8 +27,12 @@ pub enum Ec2Error {
          role, or enable tags in instance metadata"
     )]
     Denied { code: String, message: String },
-    #[error("ec2:DescribeTags failed after {ATTEMPTS} attempts: {detail}")]
-    Unavailable { detail: String },
+    #[error("ec2:DescribeTags failed {attempts} times within {waited}: {detail}")]
+    Unavailable {
+        detail: String,
+        attempts: u32,
+        waited: String,
+    },
     #[error("ec2:DescribeTags failed: {detail}")]
     Failed { detail: String },
     #[error(transparent)]
@@ -42,9 +50,11 @@ impl Ec2Error {
 }
 
 /// Every tag of `instance_id`, read from the EC2 API of `region`.
+/// The instance's tags, throttling and 5xx retried within `deadline`.
 pub async fn instance_tags(
     region: &str,
     instance_id: &str,
+    deadline: Duration,
 ) -> Result<BTreeMap<String, String>, Ec2Error> {
     let sdk = crate::aws::load(region, CALL_TIMEOUT).await?;
     if !instance_id
@@ -74,27 +84,35 @@ pub async fn instance_tags(
         .map_err(|e| Ec2Error::Failed {
             detail: format!("cannot set up HTTPS: {e}"),
         })?;
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match call(&sdk, &client, &region, &url, &body).await {
-            Err(Call::Retry(detail)) if attempt < ATTEMPTS => {
-                tracing::info!(%detail, attempt, "ec2:DescribeTags failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            Err(Call::Retry(detail)) => return Err(Ec2Error::Unavailable { detail }),
-            Err(Call::Fatal(error)) => return Err(error),
-            Ok(xml) => return parse_tags(&xml).map_err(|detail| Ec2Error::Failed { detail }),
+    let tried = crate::retry::retry(BACKOFF, deadline, |attempt| {
+        let (sdk, client, region, url, body) = (&sdk, &client, &region, &url, &body);
+        async move {
+            call(sdk, client, region, url, body)
+                .await
+                .inspect_err(|failure| {
+                    if let Call::Transient(detail) = failure {
+                        tracing::info!(%detail, attempt, "ec2:DescribeTags failed, retrying");
+                    }
+                })
         }
+    })
+    .await;
+    match tried {
+        Ok(xml) => parse_tags(&xml).map_err(|detail| Ec2Error::Failed { detail }),
+        Err(crate::retry::Stopped::Permanent(error)) => Err(error),
+        Err(crate::retry::Stopped::GaveUp {
+            last,
+            attempts,
+            waited,
+        }) => Err(Ec2Error::Unavailable {
+            detail: last,
+            attempts,
+            waited: humantime::format_duration(crate::imds::round_to_ms(waited)).to_string(),
+        }),
     }
 }
 
-enum Call {
-    Retry(String),
-    Fatal(Ec2Error),
-}
+type Call = crate::retry::Failure<String, Ec2Error>;
 
 async fn call(
     sdk: &SdkConfig,
@@ -104,17 +122,17 @@ async fn call(
     body: &str,
 ) -> Result<String, Call> {
     let provider = sdk.credentials_provider().ok_or_else(|| {
-        Call::Fatal(Ec2Error::Failed {
+        Call::Permanent(Ec2Error::Failed {
             detail: "no AWS credentials provider".into(),
         })
     })?;
     let credentials = provider.provide_credentials().await.map_err(|e| {
-        Call::Fatal(Ec2Error::Failed {
+        Call::Permanent(Ec2Error::Failed {
             detail: format!("no AWS credentials: {e}"),
         })
     })?;
     let identity = credentials.into();
-    let fatal = |detail: String| Call::Fatal(Ec2Error::Failed { detail });
+    let fatal = |detail: String| Call::Permanent(Ec2Error::Failed { detail });
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
@@ -144,12 +162,12 @@ async fn call(
     let response = request
         .send()
         .await
-        .map_err(|e| Call::Retry(e.without_url().to_string()))?;
+        .map_err(|e| Call::Transient(e.without_url().to_string()))?;
     let status = response.status();
     let text = response
         .text()
         .await
-        .map_err(|e| Call::Retry(e.without_url().to_string()))?;
+        .map_err(|e| Call::Transient(e.without_url().to_string()))?;
     if status.is_success() {
         return Ok(text);
     }
@@ -174,11 +192,11 @@ fn classify(status: u16, code: String, message: String) -> Call {
         "InternalError",
     ];
     if DENIED.contains(&code.as_str()) || status == 401 || status == 403 {
-        Call::Fatal(Ec2Error::Denied { code, message })
+        Call::Permanent(Ec2Error::Denied { code, message })
     } else if BUSY.contains(&code.as_str()) || status >= 500 {
-        Call::Retry(format!("{code}: {message}"))
+        Call::Transient(format!("{code}: {message}"))
     } else {
-        Call::Fatal(Ec2Error::Failed {
+        Call::Permanent(Ec2Error::Failed {
             detail: format!("{code}: {message}"),
         })
     }
@@ -263,15 +281,15 @@ mod tests {
         assert_eq!(code, "UnauthorizedOperation");
         assert!(matches!(
             classify(403, code, message),
-            Call::Fatal(Ec2Error::Denied { .. })
+            Call::Permanent(Ec2Error::Denied { .. })
         ));
         assert!(matches!(
             classify(503, "RequestLimitExceeded".into(), String::new()),
-            Call::Retry(_)
+            Call::Transient(_)
         ));
         assert!(matches!(
             classify(400, "InvalidInstanceID.Malformed".into(), String::new()),
-            Call::Fatal(Ec2Error::Failed { .. })
+            Call::Permanent(Ec2Error::Failed { .. })
         ));
     }
 }

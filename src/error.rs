@@ -51,6 +51,29 @@ pub mod exit {
     pub const METADATA_UNUSABLE: u8 = 15;
     /// Retries or a deadline ran out on something that may work later (EX_TEMPFAIL).
     pub const TRANSIENT: u8 = 75;
+
+    /// Every code and whether running the command again can help (`None`: not a failure, or a
+    /// command's answer rather than an error). The README's table must say the same; a test
+    /// checks it.
+    pub const TABLE: &[(u8, Option<bool>)] = &[
+        (SUCCESS, None),
+        (INTERNAL, Some(false)),
+        (USAGE, Some(false)),
+        (IDENTITY, Some(false)),
+        (TAGS_DISABLED, Some(false)),
+        (SECRET_UNAVAILABLE, Some(false)),
+        (SECRET_MALFORMED, Some(false)),
+        (GIT, Some(false)),
+        (SERVICE, Some(false)),
+        (LOCAL, Some(false)),
+        (LOCKED, Some(true)),
+        (DIFFERENT, None),
+        (UNHEALTHY, None),
+        (CHECKS_FAILED, None),
+        (LIFECYCLE, Some(false)),
+        (METADATA_UNUSABLE, Some(false)),
+        (TRANSIENT, Some(true)),
+    ];
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,5 +172,72 @@ impl Error {
             source = cause.source();
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows of the README's exit-code table: code and the "retry helps?" column.
+    fn readme_table() -> Vec<(u8, Option<bool>)> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Exit codes\n")
+            .nth(1)
+            .expect("README has an Exit codes section");
+        section
+            .lines()
+            .skip_while(|line| !line.starts_with("| 0 "))
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let retry = match cells[3] {
+                    "yes" => Some(true),
+                    "no" => Some(false),
+                    "" => None,
+                    other => panic!("retry column {other:?} in {line}"),
+                };
+                (cells[1].parse().expect("a code"), retry)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_exit_codes_are_the_readmes() {
+        assert_eq!(readme_table(), exit::TABLE);
+    }
+
+    #[test]
+    fn transient_errors_are_the_ones_worth_retrying() {
+        let retryable = |code: u8| {
+            exit::TABLE
+                .iter()
+                .find(|(c, _)| *c == code)
+                .and_then(|(_, retry)| *retry)
+        };
+        let deadline = Error::Deadline {
+            phase: "git",
+            limit: "1s".into(),
+        };
+        assert_eq!(retryable(deadline.exit_code()), Some(true));
+        let locked = Error::Locked {
+            path: "/run/bootagent/boot.lock".into(),
+            waited: "1s".into(),
+        };
+        assert_eq!(retryable(locked.exit_code()), Some(true));
+        let forbidden = Error::Imds(ImdsError::Forbidden {
+            path: "/latest/api/token".into(),
+        });
+        assert_eq!(forbidden.exit_code(), exit::METADATA_UNUSABLE);
+        assert_eq!(retryable(forbidden.exit_code()), Some(false));
+        let unreachable = Error::Imds(ImdsError::Unreachable {
+            endpoint: "http://169.254.169.254".into(),
+            path: "meta-data/instance-id".into(),
+            waited: "10s".into(),
+            attempts: 12,
+            last: "timed out".into(),
+        });
+        assert_eq!(retryable(unreachable.exit_code()), Some(true));
     }
 }

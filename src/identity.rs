@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::imds::{round_to_ms, ImdsClient};
+use crate::retry::{self, Look, Unready};
 
 const MAX_NAME_LEN: usize = 64;
 const TAG_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -95,17 +96,30 @@ pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, crate
     ];
     keys.extend(referenced.iter().map(String::as_str));
     let start = Instant::now();
-    loop {
-        let tags = read_tags(imds, config, &region, &instance_id, &keys).await?;
-        let waited = start.elapsed();
-        match resolve(config, &tags, &instance_id, &region, waited) {
-            Err(IdentityError::MissingTag { tag, .. }) if waited < ids.tag_wait => {
+    let found = retry::poll(TAG_POLL_INTERVAL, ids.tag_wait, || async {
+        let tags = match read_tags(imds, config, &region, &instance_id, &keys).await {
+            Ok(tags) => tags,
+            Err(e) => return Look::Failed(e),
+        };
+        match resolve(config, &tags, &instance_id, &region, start.elapsed()) {
+            Ok(identity) => Look::Ready(identity),
+            Err(IdentityError::MissingTag { tag, setting, .. }) => {
                 tracing::info!(%tag, "instance tag not present yet, waiting");
-                tokio::time::sleep(TAG_POLL_INTERVAL.min(ids.tag_wait - waited)).await;
+                Look::Pending((tag, setting))
             }
-            result => return result.map_err(Into::into),
+            Err(e) => Look::Failed(e.into()),
         }
-    }
+    })
+    .await;
+    found.map_err(|unready| match unready {
+        Unready::Failed(e) => e,
+        Unready::TimedOut((tag, setting)) => IdentityError::MissingTag {
+            tag,
+            setting,
+            waited: humantime::format_duration(round_to_ms(start.elapsed())).to_string(),
+        }
+        .into(),
+    })
 }
 
 /// The instance's tags named in `keys`, from instance metadata or, when tags are disabled there
@@ -122,7 +136,9 @@ pub async fn read_tags(
             tracing::info!(
                 "tags in instance metadata are disabled: reading them with ec2:DescribeTags"
             );
-            let mut tags = crate::ec2::instance_tags(region, instance_id).await?;
+            let mut tags =
+                crate::ec2::instance_tags(region, instance_id, config.identity.imds_deadline)
+                    .await?;
             tags.retain(|key, _| keys.contains(&key.as_str()));
             Ok(tags)
         }

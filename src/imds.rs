@@ -2,16 +2,22 @@
 //! rejected with 401, so this one caches the token itself and drops it on 401.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Mutex;
+
+use crate::retry;
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 const ENDPOINT_ENV: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
 const TOKEN_TTL_SECONDS: u32 = 21600;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// IMDS is on the instance itself: short waits, never more than a second.
+const BACKOFF: retry::Backoff = retry::Backoff {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(1),
+};
 /// EC2's largest answers (user data, 16 KiB; 50 tags of 128+256 characters) fit many times over:
 /// anything longer is not EC2's metadata service, and is not read into memory.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -19,7 +25,8 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
     #[error(
-        "instance metadata at {endpoint} did not answer {path} within {waited} (last error: {last}); \
+        "instance metadata at {endpoint} did not answer {path} within {waited} ({attempts} \
+         attempts; last error: {last}); \
          on EC2 check that the metadata endpoint is enabled (HttpEndpoint=enabled) and, inside a \
          container, that HttpPutResponseHopLimit is at least 2"
     )]
@@ -27,6 +34,7 @@ pub enum ImdsError {
         endpoint: String,
         path: String,
         waited: String,
+        attempts: u32,
         last: String,
     },
     #[error(
@@ -120,26 +128,30 @@ impl ImdsClient {
     /// GET `/latest/<path>`; `Ok(None)` when IMDS says 404. Retries connection failures, 5xx
     /// and stale tokens with bounded backoff until the client's deadline.
     pub async fn get(&self, path: &str) -> Result<Option<String>, ImdsError> {
-        let start = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let last = match self.try_get(path).await {
-                Ok(body) => return Ok(body),
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(why)) => why,
-            };
-            tracing::debug!(path, error = %last, "instance metadata request failed, retrying");
-            if start.elapsed() + backoff >= self.deadline {
-                return Err(ImdsError::Unreachable {
-                    endpoint: self.endpoint.clone(),
-                    path: path.to_string(),
-                    waited: humantime::format_duration(round_to_ms(start.elapsed())).to_string(),
-                    last,
-                });
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+        let tried = retry::retry(BACKOFF, self.deadline, |_| async {
+            self.try_get(path).await.map_err(|attempt| match attempt {
+                Attempt::Fatal(e) => retry::Failure::Permanent(e),
+                Attempt::Retry(why) => {
+                    tracing::debug!(path, error = %why, "instance metadata request failed, retrying");
+                    retry::Failure::Transient(why)
+                }
+            })
+        })
+        .await;
+        tried.map_err(|stopped| match stopped {
+            retry::Stopped::Permanent(e) => e,
+            retry::Stopped::GaveUp {
+                last,
+                attempts,
+                waited,
+            } => ImdsError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                path: path.to_string(),
+                waited: humantime::format_duration(round_to_ms(waited)).to_string(),
+                attempts,
+                last,
+            },
+        })
     }
 
     /// Like [`get`](Self::get) for values that always exist on EC2.

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod imds;
 pub mod logging;
 pub mod plan;
+mod retry;
 pub mod secrets;
 pub mod service;
 pub mod status;

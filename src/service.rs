@@ -6,12 +6,13 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::unistd::{Gid, Uid, User};
 
 use crate::envfile::Environment;
 use crate::plan::Plan;
+use crate::retry::{self, Look, Unready};
 
 const SYSTEMCTL: &str = "systemctl";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -114,51 +115,53 @@ pub async fn start_systemd(
         tracing::info!(%unit, "restarting the unit");
         systemctl(&["restart", unit]).await?;
     }
-    let start = Instant::now();
-    loop {
-        let current = unit_state(unit).await?;
-        match current.active.as_str() {
-            "active" => {
-                if restart {
-                    stays_up(unit, &current, settle).await?;
-                }
-                return Ok(UnitReport {
-                    state: current.active,
-                    restarted: restart,
-                });
-            }
-            "activating" | "reloading" if start.elapsed() < timeout => {
-                tokio::time::sleep(POLL_INTERVAL).await
-            }
-            "activating" | "reloading" => {
-                return Err(ServiceError::StartTimeout {
-                    unit: unit.clone(),
-                    state: current.active,
-                    waited: humantime::format_duration(timeout).to_string(),
-                })
-            }
-            _ => {
-                return Err(ServiceError::NotActive {
+    let started = retry::poll(POLL_INTERVAL, timeout, || async {
+        match unit_state(unit).await {
+            Err(e) => Look::Failed(e),
+            Ok(current) => match current.active.as_str() {
+                "active" => Look::Ready(current),
+                "activating" | "reloading" => Look::Pending(current),
+                _ => Look::Failed(ServiceError::NotActive {
                     unit: unit.clone(),
                     state: current.active,
                     result: current.result,
-                })
-            }
+                }),
+            },
         }
+    })
+    .await;
+    let current = match started {
+        Ok(current) => current,
+        Err(Unready::Failed(e)) => return Err(e),
+        Err(Unready::TimedOut(current)) => {
+            return Err(ServiceError::StartTimeout {
+                unit: unit.clone(),
+                state: current.active,
+                waited: humantime::format_duration(timeout).to_string(),
+            })
+        }
+    };
+    if restart {
+        stays_up(unit, &current, settle).await?;
     }
+    Ok(UnitReport {
+        state: current.active,
+        restarted: restart,
+    })
 }
 
 /// A service that exits right after it started is "active" for a moment (Type=simple counts the
 /// fork as started), and with Restart= it may be active again by the next look. So: it must stay
 /// active, without systemd restarting it, for `settle`.
 async fn stays_up(unit: &str, started: &UnitState, settle: Duration) -> Result<(), ServiceError> {
-    let deadline = Instant::now() + settle;
-    while Instant::now() < deadline {
-        tokio::time::sleep(SETTLE_POLL_INTERVAL.min(deadline - Instant::now())).await;
-        let now = unit_state(unit).await?;
+    let held = retry::poll(SETTLE_POLL_INTERVAL, settle, || async {
+        let now = match unit_state(unit).await {
+            Ok(now) => now,
+            Err(e) => return Look::Failed(e),
+        };
         let restarts = now.restarts.saturating_sub(started.restarts);
         if now.active != "active" || restarts > 0 {
-            return Err(ServiceError::DidNotStay {
+            return Look::Failed(ServiceError::DidNotStay {
                 unit: unit.to_string(),
                 settle: humantime::format_duration(settle).to_string(),
                 state: now.active,
@@ -170,8 +173,15 @@ async fn stays_up(unit: &str, started: &UnitState, settle: Duration) -> Result<(
                 },
             });
         }
+        Look::<std::convert::Infallible, _, _>::Pending(())
+    })
+    .await;
+    // Still up when settle ran out: that is what was asked.
+    match held {
+        Err(Unready::TimedOut(())) => Ok(()),
+        Err(Unready::Failed(e)) => Err(e),
+        Ok(never) => match never {},
     }
-    Ok(())
 }
 
 fn render_drop_in(plan: &Plan) -> String {

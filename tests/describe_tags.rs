@@ -157,3 +157,26 @@ fn a_launch_with_bad_tags_is_abandoned_with_the_group_from_describe_tags() {
         )]
     );
 }
+
+#[test]
+fn a_throttled_describe_tags_is_retried_with_backoff_until_the_deadline() {
+    let throttling = AwsError::start_ec2("RequestLimitExceeded", 503, "Request limit exceeded.");
+    let instance = Instance::exec_mode(FALLBACK);
+    let run = instance.run_with(
+        &untagged_metadata(&instance_id()),
+        &["boot"],
+        &[("AWS_ENDPOINT_URL_EC2", throttling.url.as_str())],
+    );
+    // identity.imds_deadline is 3s in the test config: waits of up to 2 s fit a few tries.
+    run.expect(75)
+        .stderr_has("ec2:DescribeTags failed ")
+        .stderr_has("RequestLimitExceeded");
+    let calls = throttling.calls();
+    assert!(calls >= 2, "tried {calls} times");
+    assert!(
+        run.stderr()
+            .contains(&format!("failed {calls} times within")),
+        "{}",
+        run.stderr()
+    );
+}

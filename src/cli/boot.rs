@@ -14,6 +14,7 @@ use crate::git::{self, GitError};
 use crate::health::Checker;
 use crate::imds::ImdsClient;
 use crate::plan::Plan;
+use crate::retry::{self, Look, Unready};
 use crate::secrets;
 use crate::service::{self, ServiceError};
 use crate::status::{self, GitStatus, Outcome, Recorder, ServiceStatus, WARMED};
@@ -222,21 +223,28 @@ impl LaunchHook {
 /// Polls the health report until it is green or `lifecycle.health_wait` has passed.
 async fn wait_until_healthy(config: &Config) -> bool {
     let checker = Checker::new(config);
-    let started = Instant::now();
-    loop {
-        let health = checker.check().await;
-        if health.healthy {
-            return true;
-        }
-        if started.elapsed() >= config.lifecycle.health_wait {
+    let waited = retry::poll(
+        Duration::from_secs(1),
+        config.lifecycle.health_wait,
+        || async {
+            match checker.check().await {
+                health if health.healthy => Look::<(), _, std::convert::Infallible>::Ready(()),
+                health => Look::Pending(health),
+            }
+        },
+    )
+    .await;
+    match waited {
+        Ok(()) => true,
+        Err(Unready::TimedOut(health)) => {
             tracing::error!(
                 state = health.state,
                 reason = health.reason.as_deref().unwrap_or_default(),
                 "the instance did not turn healthy in time; abandoning the launch"
             );
-            return false;
+            false
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        Err(Unready::Failed(never)) => match never {},
     }
 }
 
@@ -532,36 +540,43 @@ async fn within<T>(
 /// One boot at a time: cloud-init and the boot unit may both start one. Waits for the other to
 /// finish, up to `wait`.
 async fn lock(path: &Path, wait: Duration) -> Result<Flock<File>, Error> {
-    let started = Instant::now();
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o644)
         .open(path)
         .map_err(|e| Error::io(format!("failed to open the lock {}", path.display()), e))?;
-    let mut announced = false;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(lock),
-            Err((returned, nix::errno::Errno::EWOULDBLOCK)) => file = returned,
-            Err((_, errno)) => {
-                return Err(Error::io(
-                    format!("failed to lock {}", path.display()),
-                    errno.into(),
-                ))
+    // flock takes the file and gives it back when the lock is held elsewhere.
+    let mut unlocked = Some(file);
+    let mut looks = 0;
+    let locked = retry::poll(LOCK_POLL_INTERVAL, wait, || {
+        looks += 1;
+        let file = unlocked
+            .take()
+            .expect("a pending look gives the file back for the next");
+        let look = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Look::Ready(lock),
+            Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
+                if looks == 1 {
+                    tracing::info!(lock = %path.display(), "another boot is running, waiting for it");
+                }
+                unlocked = Some(returned);
+                Look::Pending(())
             }
-        }
-        if started.elapsed() >= wait {
-            return Err(Error::Locked {
-                path: path.display().to_string(),
-                waited: humantime::format_duration(wait).to_string(),
-            });
-        }
-        if !announced {
-            tracing::info!(lock = %path.display(), "another boot is running, waiting for it");
-            announced = true;
-        }
-        tokio::time::sleep(LOCK_POLL_INTERVAL).await;
-    }
+            Err((_, errno)) => Look::Failed(Error::io(
+                format!("failed to lock {}", path.display()),
+                errno.into(),
+            )),
+        };
+        std::future::ready(look)
+    })
+    .await;
+    locked.map_err(|unready| match unready {
+        Unready::Failed(e) => e,
+        Unready::TimedOut(()) => Error::Locked {
+            path: path.display().to_string(),
+            waited: humantime::format_duration(wait).to_string(),
+        },
+    })
 }

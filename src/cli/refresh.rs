@@ -1,4 +1,3 @@
-use std::io::Read;
 use std::time::Duration;
 
 use clap::Args;
@@ -42,7 +41,8 @@ impl RefreshArgs {
             let delay = if self.now {
                 Duration::ZERO
             } else {
-                random_part_of(config.refresh.window)
+                // Spread over the window, so that a fleet does not restart at once.
+                crate::retry::random_part_of(config.refresh.window)
             };
             tracing::info!(
                 secrets = %changed.join(", "),
@@ -53,15 +53,4 @@ impl RefreshArgs {
             super::boot::boot(config).await
         })
     }
-}
-
-/// A uniformly spread delay in `[0, window)`, so that a fleet does not restart at once.
-fn random_part_of(window: Duration) -> Duration {
-    let mut bytes = [0u8; 8];
-    let random = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map(|()| u64::from_ne_bytes(bytes))
-        .unwrap_or_else(|_| u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let millis = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-    Duration::from_millis(random % millis)
 }

@@ -285,25 +285,28 @@ pub struct AwsError {
 
 impl AwsError {
     pub fn start(code: &str, status: u16, message: &str) -> AwsError {
-        Self::start_skewed(code, status, message, 0)
+        Self::start_with(code, status, message, &[])
+    }
+
+    /// The same error in the EC2 Query protocol's XML shape.
+    pub fn start_ec2(code: &str, status: u16, message: &str) -> AwsError {
+        Self::start_with(code, status, message, &["--ec2"])
     }
 
     /// Its Date header runs `offset_seconds` ahead of this machine's clock.
     pub fn start_skewed(code: &str, status: u16, message: &str, offset_seconds: i64) -> AwsError {
-        let (status, offset) = (status.to_string(), offset_seconds.to_string());
-        let (child, url) = start_fake(
-            "AWS_ERROR",
-            &[
-                "--code",
-                code,
-                "--status",
-                &status,
-                "--message",
-                message,
-                "--date-offset",
-                &offset,
-            ],
-        );
+        let offset = offset_seconds.to_string();
+        Self::start_with(code, status, message, &["--date-offset", &offset])
+    }
+
+    fn start_with(code: &str, status: u16, message: &str, extra: &[&str]) -> AwsError {
+        let status = status.to_string();
+        let args = [
+            &["--code", code, "--status", &status, "--message", message][..],
+            extra,
+        ]
+        .concat();
+        let (child, url) = start_fake("AWS_ERROR", &args);
         AwsError {
             _process: Reaped(child),
             url,

@@ -6,6 +6,9 @@ The error has the documented shape of the JSON protocol (awsJson1_1, used by Sec
 the HTTP status, an `x-amzn-ErrorType` header and a body {"__type": CODE, "message": TEXT}.
 
   aws_error_endpoint.py --code ThrottlingException --status 400 --message "Rate exceeded"
+With --ec2 the error has the EC2 Query protocol's shape instead: an XML body
+<Response><Errors><Error><Code>CODE</Code><Message>TEXT</Message></Error></Errors>…</Response>,
+as EC2 answers (throttling: HTTP 503 RequestLimitExceeded).
 With --date-offset SECONDS its Date header runs that far ahead (or behind), to stand for a
 skewed local clock.
 prints "listening on http://127.0.0.1:PORT"; GET /fake/requests returns the number of calls so far.
@@ -15,6 +18,7 @@ import argparse
 import json
 import threading
 import time
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -48,6 +52,14 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.calls += 1
         args = self.server.args
+        if args.ec2:
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+                f"<Code>{escape(args.code)}</Code><Message>{escape(args.message)}</Message>"
+                "</Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID>"
+                "</Response>"
+            )
+            return self.send(args.status, body, [("Content-Type", "text/xml;charset=UTF-8")])
         body = json.dumps({"__type": args.code, "message": args.message})
         self.send(
             args.status,
@@ -66,6 +78,7 @@ def main():
     parser.add_argument("--status", type=int, default=400)
     parser.add_argument("--message", default="")
     parser.add_argument("--date-offset", type=float, default=0)
+    parser.add_argument("--ec2", action="store_true")
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
