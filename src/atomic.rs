@@ -46,6 +46,7 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
             .open(&temp)?;
         file.write_all(contents)?;
         file.sync_all()?;
+        crate::failpoint::hit(&format!("before-rename:{}", name.to_string_lossy()));
         std::fs::rename(&temp, path)?;
         File::open(dir)?.sync_all()
     })();

@@ -110,7 +110,10 @@ pub enum Error {
     Unhealthy,
     #[error("the last boot failed")]
     LastBootFailed { exit_code: u8 },
-    #[error("the {phase} step did not finish within {limit}")]
+    #[error(
+        "the {phase} step did not finish within {limit}; this is usually temporary (a slow or \
+         unreachable service): boot again later, and check the network path if it persists"
+    )]
     Deadline { phase: &'static str, limit: String },
     #[error("{context}")]
     Io {

@@ -10,6 +10,7 @@ pub mod doctor;
 mod ec2;
 pub mod envfile;
 mod error;
+mod failpoint;
 pub mod git;
 pub mod health;
 mod health_server;

@@ -161,16 +161,21 @@ impl Recorder {
 
     /// Ends the current phase and saves the status.
     pub fn end(&mut self, outcome: Outcome) -> Result<(), StatusError> {
-        if let Some((name, started)) = self.phase_started.take() {
+        let ended = self.phase_started.take().map(|(name, started)| {
             let duration_ms = millis(started.elapsed());
             tracing::info!("{name}: {} in {duration_ms} ms", outcome.as_str());
             self.status.phases.push(Phase {
-                name,
+                name: name.clone(),
                 duration_ms,
                 outcome,
             });
+            name
+        });
+        self.save()?;
+        if let Some(name) = ended {
+            crate::failpoint::hit(&format!("after-{name}"));
         }
-        self.save()
+        Ok(())
     }
 
     /// The boot goes on with something other than what was asked, for `why`.

@@ -147,24 +147,13 @@ fn a_held_lock_ends_the_boot_at_its_deadline() {
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = service.imds("prod");
-    let lock = instance.run.path().join("boot.lock");
-    // The command runs once flock holds the lock: its first line says so. -o: the lock is
-    // flock's alone, and goes with it when it is killed.
-    let mut holder = std::process::Command::new("flock")
-        .arg("-o")
-        .arg(&lock)
-        .args(["sh", "-c", "echo held; exec sleep 30"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert_eq!(first_line(&mut holder), "held\n");
+    let holder = instance.hold_boot_lock();
     let config = std::fs::read_to_string(&instance.config)
         .unwrap()
         .replace("deadline = \"60s\"", "deadline = \"1s\"");
     std::fs::write(&instance.config, config).unwrap();
     let run = instance.run(&imds, &["boot"]);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    drop(holder);
     run.expect(10).stderr_has("another bootagent boot holds");
     assert!(!instance.env_file(&service.name).exists());
 }

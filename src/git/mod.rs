@@ -501,17 +501,25 @@ fn switch_link(layout: &Layout, release: &Path) -> std::io::Result<()> {
     }
     let parent = layout.link.parent().unwrap_or(Path::new("/"));
     let relative = release.strip_prefix(parent).unwrap_or(release);
-    let staging = layout.link.with_file_name(format!(
-        ".{}.link-{}",
+    let prefix = format!(
+        ".{}.link-",
         layout
             .link
             .file_name()
             .unwrap_or_default()
-            .to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&staging);
+            .to_string_lossy()
+    );
+    // Staging links of switches that were killed midway (under the boot lock, none is live).
+    for entry in std::fs::read_dir(parent)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let staging = layout
+        .link
+        .with_file_name(format!("{prefix}{}", std::process::id()));
     std::os::unix::fs::symlink(relative, &staging)?;
+    crate::failpoint::hit("release-switch");
     std::fs::rename(&staging, &layout.link)?;
     std::fs::File::open(parent)?.sync_all()
 }

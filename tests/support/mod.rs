@@ -877,8 +877,18 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 impl SampleRepo {
+    /// Where the world's git daemon serves the repository of service `name`.
+    pub fn url_of(name: &str) -> String {
+        format!("{}/{name}.git", world("GIT_URL"))
+    }
+
+    /// The bare repository of service `name` on disk.
+    pub fn path_of(name: &str) -> PathBuf {
+        PathBuf::from(world("GIT_ROOT")).join(format!("{name}.git"))
+    }
+
     pub fn create(name: &str) -> SampleRepo {
-        let path = PathBuf::from(world("GIT_ROOT")).join(format!("{name}.git"));
+        let path = SampleRepo::path_of(name);
         git(
             Path::new("/"),
             &["init", "-q", "--bare", path.to_str().unwrap()],
@@ -889,7 +899,7 @@ impl SampleRepo {
         git(work.path(), &["add", "."]);
         git(work.path(), &["commit", "-q", "-m", "base"]);
         let mut repo = SampleRepo {
-            url: format!("{}/{name}.git", world("GIT_URL")),
+            url: SampleRepo::url_of(name),
             path,
             commits: BTreeMap::new(),
         };
@@ -1063,6 +1073,21 @@ deadline = "60s"
         let drop_ins = self.root.path().join("config.d");
         std::fs::create_dir_all(&drop_ins).unwrap();
         std::fs::write(drop_ins.join(name), text).unwrap();
+    }
+
+    /// Another process holding the boot lock, as a boot in progress would, until the guard
+    /// goes. It holds it once this returns: flock runs the command only then, and the command's
+    /// first line says so. (-o: the lock is flock's alone, and goes with it when it is killed.)
+    pub fn hold_boot_lock(&self) -> Reaped {
+        let mut holder = Command::new("flock")
+            .arg("-o")
+            .arg(self.run.path().join("boot.lock"))
+            .args(["sh", "-c", "echo held; exec sleep 30"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert_eq!(first_line(&mut holder), "held\n");
+        Reaped(holder)
     }
 
     /// The recorder's command line in config, for a drop-in that changes it.

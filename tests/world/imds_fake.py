@@ -18,7 +18,8 @@ The world it describes comes from a JSON file (--state) and can be changed while
 State keys: instance_id, region, availability_zone, account_id, tags (object, or null for tags
 in metadata disabled), tags_delay (seconds after start before tags appear), lifecycle_state,
 spot_action (object or null), tokens_required (bool), disabled (bool), delay (seconds added to
-every answer), fail_next (count of requests to answer with 500), expire_tokens_after (after this
+every answer), fail_next (count of requests to answer with fail_status, 500 unless set: 503 and
+429 are what a throttled or overloaded IMDS sends), expire_tokens_after (after this
 many answered GETs every issued token goes stale once, as when IMDS restarts mid-boot).
 """
 
@@ -44,6 +45,7 @@ DEFAULT_STATE = {
     "disabled": False,
     "delay": 0,
     "fail_next": 0,
+    "fail_status": 500,
     "expire_tokens_after": None,
 }
 
@@ -156,13 +158,14 @@ class Handler(BaseHTTPRequestHandler):
             failing = state["fail_next"] > 0
             if failing:
                 state["fail_next"] -= 1
+            fail_status = state["fail_status"]
         if delay:
             time.sleep(delay)
         if disabled:
             self.answer(403, "Forbidden")
             return True
         if failing:
-            self.answer(500, "Internal Server Error")
+            self.answer(fail_status, "Too Many Requests" if fail_status == 429 else "Error")
             return True
         return False
 

@@ -172,3 +172,11 @@ def test_expire_tokens_after_makes_tokens_stale_once(imds):
     fresh = token(base)
     for _ in range(3):
         assert get(base, "meta-data/instance-id", fresh)[0] == 200
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_failures_come_with_the_configured_status_then_stop(imds, status):
+    base = imds(fail_next=2, fail_status=status)
+    assert request("PUT", f"{base}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})[0] == status
+    assert request("PUT", f"{base}/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"})[0] == status
+    assert get(base, "meta-data/instance-id", token(base)) == (200, "i-0123456789abcdef0")

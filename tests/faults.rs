@@ -1,0 +1,1326 @@
+//! The fault matrix: every fault the boot chain can meet, at the moment it strikes, run against
+//! the real binary and the test world, with what the operator must see and what must be left.
+//! Writes docs/faults.md (generated: edit this file, not that one), then fails if any row
+//! differs from its expectation.
+//!
+//! Each row starts from an instance that booted once (the earlier env file and release), then
+//! brings a change — a new secret version and a new commit — and meets the fault on the way.
+//! A row checks the exit code, the outcome a reader of status.json sees, that the message names
+//! the cause and the fix, which env file and release are left, that a boot afterwards converges
+//! where it should, and that neither the old nor the new secret value (canaries) appears in any
+//! output or in any file written outside the env file.
+
+mod support;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Mutex;
+
+use support::*;
+
+/// What a row leaves: the state from before the faulty boot, or the change it brought.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Left {
+    Earlier,
+    New,
+}
+
+impl Left {
+    fn word(self) -> &'static str {
+        match self {
+            Left::Earlier => "earlier kept",
+            Left::New => "new",
+        }
+    }
+}
+
+/// The exit "code" of a process killed by SIGKILL.
+const KILLED: i32 = -9;
+
+struct Expect {
+    code: i32,
+    /// As `bootagent status --json` reads it.
+    outcome: &'static str,
+    /// What the message must say: the cause, and the fix where there is one to give.
+    says: &'static [&'static str],
+    env: Left,
+    release: Left,
+    /// A plain boot afterwards (the fault gone) brings the change.
+    converges: bool,
+}
+
+/// One instance that booted once, and the change the next boot should bring.
+struct Setup {
+    name: String,
+    instance: Instance,
+    imds: Imds,
+    earlier_env: Vec<u8>,
+    earlier_commit: String,
+    new_commit: String,
+    canaries: [String; 2],
+}
+
+impl Setup {
+    fn prepare(config: &str) -> Setup {
+        let name = unique("fault");
+        let mut repo = SampleRepo::create(&name);
+        let old = canary();
+        let secret = format!("{name}_env_prod");
+        create_secret(
+            &secret,
+            &serde_json::json!({ "TOKEN": old, "PORT": 8080 }).to_string(),
+        );
+        let imds = Imds::for_service(&name, "prod", &repo.url);
+        let instance = Instance::exec_mode(config);
+        instance.run(&imds, &["boot"]).expect(0);
+        let earlier_env = std::fs::read(instance.env_file(&name)).unwrap();
+        let earlier_commit = instance.running_commit(&name);
+        let new = canary();
+        put_secret_value(
+            &secret,
+            &serde_json::json!({ "TOKEN": new, "PORT": 8080 }).to_string(),
+        );
+        let new_commit = repo.push_version("prod", "prod build 2\n");
+        Setup {
+            name,
+            instance,
+            imds,
+            earlier_env,
+            earlier_commit,
+            new_commit,
+            canaries: [old, new],
+        }
+    }
+
+    /// The boot with the world's endpoints plus `env`.
+    fn boot(&self, imds: &Imds, env: &[(&str, &str)]) -> Run {
+        self.instance.run_with(imds, &["boot"], env)
+    }
+
+    /// The same instance tagged with another Repository.
+    fn imds_with_repository(&self, url: &str) -> Imds {
+        Imds::for_service(&self.name, "prod", url)
+    }
+
+    fn env_left(&self) -> Option<Left> {
+        let now = std::fs::read(self.instance.env_file(&self.name)).ok()?;
+        if now == self.earlier_env {
+            Some(Left::Earlier)
+        } else if String::from_utf8_lossy(&now).contains(&self.canaries[1]) {
+            Some(Left::New)
+        } else {
+            None
+        }
+    }
+
+    fn release_left(&self) -> Option<Left> {
+        let running = std::fs::read_link(self.instance.checkout(&self.name)).ok()?;
+        let running = running.file_name()?.to_string_lossy().into_owned();
+        if running == self.earlier_commit {
+            Some(Left::Earlier)
+        } else if running == self.new_commit {
+            Some(Left::New)
+        } else {
+            None
+        }
+    }
+
+    fn outcome(&self) -> String {
+        let run = self.instance.run(&self.imds, &["status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&run.stdout())
+            .map(|status| status["outcome"].as_str().unwrap_or("?").to_string())
+            .unwrap_or_else(|_| "no status".to_string())
+    }
+
+    /// Where a canary was found: in `runs`' output or in a file outside the env file and the
+    /// service's own record of its environment.
+    fn leaks(&self, runs: &[&Run]) -> Vec<String> {
+        let mut found = Vec::new();
+        for canary in &self.canaries {
+            for (n, run) in runs.iter().enumerate() {
+                if run.stdout().contains(canary.as_str()) || run.stderr().contains(canary.as_str())
+                {
+                    found.push(format!("output of run {}", n + 1));
+                }
+            }
+            let env_file = self.instance.env_file(&self.name);
+            let files = [
+                files_containing(self.instance.root.path(), canary),
+                files_containing(self.instance.run.path(), canary),
+            ]
+            .concat();
+            found.extend(
+                files
+                    .into_iter()
+                    .filter(|path| *path != env_file && !path.starts_with(&self.instance.out))
+                    .map(|path| path.display().to_string()),
+            );
+        }
+        found
+    }
+}
+
+/// How a row meets its fault.
+enum Strike {
+    /// Sets the fault up and runs the faulty boot (or command).
+    Run(fn(&Setup) -> Run),
+    /// A boot killed with SIGKILL at this failpoint (src/failpoint.rs).
+    Kill(&'static str),
+    /// A boot killed inside the write of its env file.
+    KillInEnvWrite,
+}
+
+struct Fault {
+    fault: String,
+    when: &'static str,
+    /// A config drop-in for the instance.
+    config: &'static str,
+    strike: Strike,
+    expect: Expect,
+}
+
+/// A row as docs/faults.md prints it, and what did not match.
+struct Row {
+    fault: String,
+    when: &'static str,
+    expected: String,
+    observed: String,
+    problems: Vec<String>,
+}
+
+fn check(fault: &Fault) -> Row {
+    let setup = Setup::prepare(fault.config);
+    let run = match fault.strike {
+        Strike::Run(strike) => strike(&setup),
+        Strike::Kill(point) => killed_at(&setup, point),
+        Strike::KillInEnvWrite => killed_at(&setup, &format!("before-rename:{}.env", setup.name)),
+    };
+    let expect = &fault.expect;
+    let code = if run.0.status.code().is_none() {
+        KILLED
+    } else {
+        run.code()
+    };
+    let outcome = setup.outcome();
+    let (env, release) = (setup.env_left(), setup.release_left());
+    let mut problems = Vec::new();
+    if code != expect.code {
+        problems.push(format!("exit {code}"));
+    }
+    if outcome != expect.outcome {
+        problems.push(format!("outcome {outcome}"));
+    }
+    let message = format!("{}{}", run.stdout(), run.stderr());
+    for needle in expect.says {
+        if !message.contains(needle) {
+            let said = run.stderr();
+            let tail = &said[said.len().saturating_sub(400)..];
+            problems.push(format!("message lacks {needle:?} (it ends: {tail:?})"));
+        }
+    }
+    if env != Some(expect.env) {
+        problems.push(format!("env file {env:?}"));
+    }
+    if release != Some(expect.release) {
+        problems.push(format!("release {release:?}"));
+    }
+    let mut runs = vec![run];
+    let converged = if expect.converges {
+        let again = setup.boot(&setup.imds, &[]);
+        let temporary = std::fs::read_dir(setup.instance.run.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .count();
+        let ok = again.code() == 0
+            && setup.env_left() == Some(Left::New)
+            && setup.release_left() == Some(Left::New)
+            && temporary == 0
+            && no_staging_links(&setup);
+        if !ok {
+            problems.push(format!(
+                "did not converge: exit {}, env {:?}, release {:?}, {temporary} temporary files",
+                again.code(),
+                setup.env_left(),
+                setup.release_left()
+            ));
+        }
+        runs.push(again);
+        Some(ok)
+    } else {
+        None
+    };
+    let leaks = setup.leaks(&runs.iter().collect::<Vec<_>>());
+    if !leaks.is_empty() {
+        problems.push(format!("secret in {}", leaks.join(", ")));
+    }
+    let shown = |code: i32| {
+        if code == KILLED {
+            "killed".to_string()
+        } else {
+            code.to_string()
+        }
+    };
+    let says = if expect.says.is_empty() {
+        String::new()
+    } else {
+        let needles: Vec<String> = expect.says.iter().map(|s| format!("`{s}`")).collect();
+        format!("; says {}", needles.join(" + "))
+    };
+    let expected = format!(
+        "{}, {}{says}; env {}, release {}{}",
+        shown(expect.code),
+        expect.outcome,
+        expect.env.word(),
+        expect.release.word(),
+        if expect.converges {
+            "; next boot converges"
+        } else {
+            ""
+        }
+    );
+    let observed = if problems.is_empty() {
+        format!(
+            "as expected{}; no secret in any output or file",
+            match converged {
+                Some(true) => ", converged",
+                _ => "",
+            }
+        )
+    } else {
+        problems.join("; ")
+    };
+    Row {
+        fault: fault.fault.clone(),
+        when: fault.when,
+        expected,
+        observed,
+        problems,
+    }
+}
+
+/// No `.name.link-*` left beside the release link by a killed switch.
+fn no_staging_links(setup: &Setup) -> bool {
+    let link = setup.instance.checkout(&setup.name);
+    let parent = link.parent().unwrap_or(Path::new("/"));
+    let prefix = format!(".{}.link-", setup.name);
+    std::fs::read_dir(parent)
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(&prefix))
+}
+
+fn imds_with(setup: &Setup, state: serde_json::Value) -> Imds {
+    let mut full = serde_json::json!({
+        "tags": {
+            "Service": setup.name,
+            "Environment": "prod",
+            "Repository": SampleRepo::url_of(&setup.name),
+        },
+    });
+    for (key, value) in state.as_object().unwrap() {
+        full[key] = value.clone();
+    }
+    Imds::start(full)
+}
+
+fn with_endpoint(setup: &Setup, key: &str, url: &str) -> Run {
+    setup.boot(&setup.imds, &[(key, url)])
+}
+
+fn killed_at(setup: &Setup, point: &str) -> Run {
+    setup.boot(&setup.imds, &[("BOOTAGENT_FAILPOINT", point)])
+}
+
+const FAST_SECRETS: &str = "[secrets]\ntimeout = \"3s\"\n";
+const FAST_GIT: &str = "[git]\ntimeout = \"2s\"\ndeadline = \"4s\"\n";
+const FAIL_ON_GIT: &str = "[git]\ntimeout = \"2s\"\ndeadline = \"4s\"\non_failure = \"fail\"\n";
+const FALLBACK: &str = "[identity]\ndescribe_tags_fallback = true\n";
+
+fn faults() -> Vec<Fault> {
+    let ok = |env, release| Expect {
+        code: 0,
+        outcome: "succeeded",
+        says: &[],
+        env,
+        release,
+        converges: false,
+    };
+    vec![
+        // Instance metadata.
+        Fault {
+            fault: "IMDS slow (0.3 s per answer)".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| s.boot(&imds_with(s, serde_json::json!({"delay": 0.3})), &[])),
+            expect: ok(Left::New, Left::New),
+        },
+        Fault {
+            fault: "IMDS 5xx storm, short (4 answers)".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                s.boot(&imds_with(s, serde_json::json!({"fail_next": 4})), &[])
+            }),
+            expect: ok(Left::New, Left::New),
+        },
+        Fault {
+            fault: "IMDS 429 throttling (4 answers)".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                let state = serde_json::json!({"fail_next": 4, "fail_status": 429});
+                s.boot(&imds_with(s, state), &[])
+            }),
+            expect: ok(Left::New, Left::New),
+        },
+        Fault {
+            fault: "IMDS 5xx storm, lasting".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                s.boot(&imds_with(s, serde_json::json!({"fail_next": 100000})), &[])
+            }),
+            expect: Expect {
+                code: 75,
+                outcome: "failed",
+                says: &[
+                    "did not answer",
+                    "attempts; last error: token request: HTTP 500",
+                    "HttpEndpoint=enabled",
+                ],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "IMDS token revoked mid-boot".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                s.boot(
+                    &imds_with(s, serde_json::json!({"expire_tokens_after": 2})),
+                    &[],
+                )
+            }),
+            expect: ok(Left::New, Left::New),
+        },
+        Fault {
+            fault: "tags arrive late (1 s)".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                s.boot(&imds_with(s, serde_json::json!({"tags_delay": 1})), &[])
+            }),
+            expect: ok(Left::New, Left::New),
+        },
+        Fault {
+            fault: "tags arrive after identity.tag_wait".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                s.boot(&imds_with(s, serde_json::json!({"tags_delay": 30})), &[])
+            }),
+            expect: Expect {
+                code: 3,
+                outcome: "failed",
+                says: &[
+                    "instance tag Service is missing (waited 2s",
+                    "identity.service_tag",
+                ],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "tags in metadata disabled".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| s.boot(&imds_with(s, serde_json::json!({"tags": null})), &[])),
+            expect: Expect {
+                code: 4,
+                outcome: "failed",
+                says: &[
+                    "tags in metadata are disabled",
+                    "--instance-metadata-tags enabled",
+                ],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "IMDS disabled (403)".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                s.boot(&imds_with(s, serde_json::json!({"disabled": true})), &[])
+            }),
+            expect: Expect {
+                code: 15,
+                outcome: "failed",
+                says: &["HTTP 403", "--http-endpoint enabled"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "IMDS down (connection refused)".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                let refusing = RefusingPort::bind();
+                let url = refusing.url("http", "");
+                with_endpoint(s, "AWS_EC2_METADATA_SERVICE_ENDPOINT", &url)
+            }),
+            expect: Expect {
+                code: 75,
+                outcome: "failed",
+                says: &["did not answer meta-data/instance-id", "Connection refused"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "IMDS answer over 1 MiB".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                let huge = "a".repeat(2 << 20);
+                let state = serde_json::json!({"tags": {"Service": huge, "Environment": "prod"}});
+                s.boot(&Imds::start(state), &[])
+            }),
+            expect: Expect {
+                code: 15,
+                outcome: "failed",
+                says: &["more than 1048576 bytes", "something other than EC2's"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "Service tag with `../`".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                let state =
+                    serde_json::json!({"tags": {"Service": "../../etc", "Environment": "prod"}});
+                s.boot(&Imds::start(state), &[])
+            }),
+            expect: Expect {
+                code: 3,
+                outcome: "failed",
+                says: &["instance tag Service=\"../../etc\" is not a valid name"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "unknown environment tag".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                let state = serde_json::json!({"tags": {"Service": s.name, "Environment": "qa"}});
+                s.boot(&Imds::start(state), &[])
+            }),
+            expect: Expect {
+                code: 3,
+                outcome: "failed",
+                says: &["\"qa\"", "[environments]"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        // ec2:DescribeTags, when tags in metadata are disabled.
+        Fault {
+            fault: "DescribeTags refused (UnauthorizedOperation)".into(),
+            when: "identity (fallback)",
+            config: FALLBACK,
+            strike: Strike::Run(|s| {
+                let refused = AwsError::start_ec2(
+                    "UnauthorizedOperation",
+                    403,
+                    "You are not authorized to perform this operation.",
+                );
+                let imds = imds_with(s, serde_json::json!({"tags": null}));
+                s.boot(&imds, &[("AWS_ENDPOINT_URL_EC2", refused.url.as_str())])
+            }),
+            expect: Expect {
+                code: 4,
+                outcome: "failed",
+                says: &["UnauthorizedOperation", "ec2:DescribeTags"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "DescribeTags throttled (RequestLimitExceeded)".into(),
+            when: "identity (fallback)",
+            config: FALLBACK,
+            strike: Strike::Run(|s| {
+                let throttling =
+                    AwsError::start_ec2("RequestLimitExceeded", 503, "Request limit exceeded.");
+                let imds = imds_with(s, serde_json::json!({"tags": null}));
+                s.boot(&imds, &[("AWS_ENDPOINT_URL_EC2", throttling.url.as_str())])
+            }),
+            expect: Expect {
+                code: 75,
+                outcome: "failed",
+                says: &[
+                    "ec2:DescribeTags failed",
+                    "times within",
+                    "RequestLimitExceeded",
+                ],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        // Secrets Manager.
+        Fault {
+            fault: "Secrets Manager throttling".into(),
+            when: "secrets",
+            config: FAST_SECRETS,
+            strike: Strike::Run(|s| {
+                let throttling = AwsError::start("ThrottlingException", 400, "Rate exceeded");
+                with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &throttling.url)
+            }),
+            expect: Expect {
+                code: 75,
+                outcome: "failed",
+                says: &[
+                    "did not return secret",
+                    "ThrottlingException",
+                    "boot again later",
+                ],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "Secrets Manager 5xx".into(),
+            when: "secrets",
+            config: FAST_SECRETS,
+            strike: Strike::Run(|s| {
+                let down = AwsError::start("InternalServiceError", 500, "internal error");
+                with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &down.url)
+            }),
+            expect: Expect {
+                code: 75,
+                outcome: "failed",
+                says: &["did not return secret", "boot again later"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "Secrets Manager stalls (accepts, never answers)".into(),
+            when: "secrets",
+            config: FAST_SECRETS,
+            strike: Strike::Run(|s| {
+                let silent = silent_listener();
+                let url = format!("http://{}", silent.local_addr().unwrap());
+                with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &url)
+            }),
+            expect: Expect {
+                code: 75,
+                outcome: "failed",
+                // The SDK's operation timeout and the step's own end together; either says so.
+                says: &["3s", "boot again later"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "access to the secret denied".into(),
+            when: "secrets",
+            config: "",
+            strike: Strike::Run(|s| {
+                let denied = AwsError::start(
+                    "AccessDeniedException",
+                    400,
+                    "User is not authorized to perform: secretsmanager:GetSecretValue",
+                );
+                with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &denied.url)
+            }),
+            expect: Expect {
+                code: 5,
+                outcome: "failed",
+                says: &["was denied", "secretsmanager:GetSecretValue"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "secret deleted".into(),
+            when: "secrets",
+            config: "",
+            strike: Strike::Run(|s| {
+                secretsmanager(
+                    "DeleteSecret",
+                    serde_json::json!({"SecretId": format!("{}_env_prod", s.name), "ForceDeleteWithoutRecovery": true}),
+                );
+                s.boot(&s.imds, &[])
+            }),
+            expect: Expect {
+                code: 5,
+                outcome: "failed",
+                says: &["was not found", "create it"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: false,
+            },
+        },
+        Fault {
+            fault: "KMS cannot decrypt the secret".into(),
+            when: "secrets",
+            config: "",
+            strike: Strike::Run(|s| {
+                let kms = AwsError::start(
+                    "DecryptionFailure",
+                    400,
+                    "Secrets Manager can't decrypt the protected secret text using the provided KMS key.",
+                );
+                with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &kms.url)
+            }),
+            expect: Expect {
+                code: 5,
+                outcome: "failed",
+                says: &["could not be decrypted", "kms:Decrypt"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "secret is not JSON".into(),
+            when: "secrets",
+            config: "",
+            strike: Strike::Run(|s| malformed(s, "TOKEN=abc")),
+            expect: malformed_expect(&[
+                "is not valid JSON",
+                "store the variables as a JSON object",
+            ]),
+        },
+        Fault {
+            fault: "secret holds a nested object".into(),
+            when: "secrets",
+            config: "",
+            strike: Strike::Run(|s| malformed(s, r#"{"TOKEN": {"inner": "x"}}"#)),
+            expect: malformed_expect(&["key \"TOKEN\" holds an object"]),
+        },
+        Fault {
+            fault: "secret gives a key twice".into(),
+            when: "secrets",
+            config: "",
+            strike: Strike::Run(|s| malformed(s, r#"{"TOKEN": "a", "TOKEN": "b"}"#)),
+            expect: malformed_expect(&["key \"TOKEN\" is given twice"]),
+        },
+        Fault {
+            fault: "secret value with a NUL".into(),
+            when: "secrets",
+            config: "",
+            strike: Strike::Run(|s| malformed(s, r#"{"TOKEN": "a\u0000b"}"#)),
+            expect: malformed_expect(&["variable TOKEN holds a NUL character"]),
+        },
+        // Git.
+        Fault {
+            fault: "git remote refuses connections".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                let refusing = RefusingPort::bind();
+                s.boot(
+                    &s.imds_with_repository(&refusing.url("git", "/app.git")),
+                    &[],
+                )
+            }),
+            expect: degraded(&["running last good commit", "Connection refused"]),
+        },
+        Fault {
+            fault: "git remote refuses connections, on_failure = fail".into(),
+            when: "git",
+            config: FAIL_ON_GIT,
+            strike: Strike::Run(|s| {
+                let refusing = RefusingPort::bind();
+                s.boot(
+                    &s.imds_with_repository(&refusing.url("git", "/app.git")),
+                    &[],
+                )
+            }),
+            expect: Expect {
+                code: 75,
+                outcome: "failed",
+                says: &["cannot reach git remote", "check that the remote is up"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: false,
+            },
+        },
+        Fault {
+            fault: "git remote accepts and never answers".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                let silent = silent_listener();
+                let url = format!("git://{}/app.git", silent.local_addr().unwrap());
+                s.boot(&s.imds_with_repository(&url), &[])
+            }),
+            expect: degraded(&["the remote did not answer within 2s (git.timeout)"]),
+        },
+        Fault {
+            fault: "git remote drips a byte at a time (git://)".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                let drip = DripRemote::start(false);
+                s.boot(&s.imds_with_repository(&drip.url), &[])
+            }),
+            expect: degraded(&["the checkout did not finish within 4s (git.deadline)"]),
+        },
+        Fault {
+            fault: "git remote drips a byte at a time (HTTP)".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                let drip = DripRemote::start(true);
+                s.boot(&s.imds_with_repository(&drip.url), &[])
+            }),
+            expect: degraded(&["the checkout did not finish within 4s (git.deadline)"]),
+        },
+        Fault {
+            fault: "git remote drops the connection".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                let hangup = HangUp::start();
+                s.boot(&s.imds_with_repository(&hangup.url), &[])
+            }),
+            expect: degraded(&["running last good commit", "cannot reach git remote"]),
+        },
+        Fault {
+            fault: "git branch deleted".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                git(
+                    &SampleRepo::path_of(&s.name),
+                    &["update-ref", "-d", "refs/heads/prod"],
+                );
+                s.boot(&s.imds, &[])
+            }),
+            expect: Expect {
+                converges: false,
+                ..degraded(&[
+                    "running last good commit",
+                    "has no branch or tag prod",
+                    "fix git.ref",
+                ])
+            },
+        },
+        Fault {
+            fault: "ssh host key changed".into(),
+            when: "git",
+            config: "",
+            strike: Strike::Run(ssh_host_key_changed),
+            expect: degraded(&["running last good commit", "is not the host pinned in"]),
+        },
+        Fault {
+            fault: "TLS certificate not trusted".into(),
+            when: "git",
+            config: "",
+            strike: Strike::Run(|s| {
+                let ca = TestCa::issue_for("127.0.0.1");
+                let server = GitHttp::start_tls("deploy", "pw", &ca);
+                s.boot(&s.imds_with_repository(&server.repo_url(&s.name)), &[])
+            }),
+            expect: degraded(&["running last good commit", "does not trust"]),
+        },
+        Fault {
+            fault: "file system of the checkout full (ENOSPC)".into(),
+            when: "git",
+            config: "",
+            strike: Strike::Run(checkout_disk_full),
+            expect: Expect {
+                converges: false,
+                ..degraded(&["running last good commit", "No space left on device"])
+            },
+        },
+        // The env file.
+        Fault {
+            fault: "run dir full (ENOSPC)".into(),
+            when: "env_file",
+            config: "",
+            strike: Strike::Run(run_dir_full),
+            expect: Expect {
+                code: 9,
+                outcome: "failed",
+                says: &["failed to write", "No space left on device"],
+                env: Left::Earlier,
+                release: Left::New,
+                converges: false,
+            },
+        },
+        // The service (exec mode).
+        Fault {
+            fault: "service command cannot be run".into(),
+            when: "command",
+            config: "",
+            strike: Strike::Run(|s| {
+                s.instance.add_config(
+                    "20-command.toml",
+                    "[service]\ncommand = [\"/nonexistent/app\"]\n",
+                );
+                s.boot(&s.imds, &[])
+            }),
+            expect: Expect {
+                code: 8,
+                outcome: "failed",
+                says: &[
+                    "/nonexistent/app cannot be run as nobody: no such file",
+                    "fix service.command",
+                ],
+                env: Left::Earlier,
+                release: Left::New,
+                converges: false,
+            },
+        },
+        // Concurrency.
+        Fault {
+            fault: "boot lock held by another boot".into(),
+            when: "start",
+            config: "[boot]\ndeadline = \"1s\"\n",
+            strike: Strike::Run(|s| {
+                let _holder = s.instance.hold_boot_lock();
+                s.boot(&s.imds, &[])
+            }),
+            expect: Expect {
+                code: 10,
+                outcome: "succeeded",
+                says: &["another bootagent boot holds", "still running or hung"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        // SIGKILL at each phase boundary and inside the two atomic switches.
+        killed("identity", "after-identity", Left::Earlier, Left::Earlier),
+        killed("secrets", "after-secrets", Left::Earlier, Left::Earlier),
+        killed("git", "after-git", Left::Earlier, Left::New),
+        killed("command", "after-command", Left::Earlier, Left::New),
+        killed("env_file", "after-env_file", Left::New, Left::New),
+        Fault {
+            fault: "SIGKILL inside the env file's write".into(),
+            when: "env_file",
+            config: "",
+            strike: Strike::KillInEnvWrite,
+            expect: Expect {
+                code: KILLED,
+                outcome: "failed",
+                says: &[],
+                env: Left::Earlier,
+                release: Left::New,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "SIGKILL inside the release switch".into(),
+            when: "git",
+            config: "",
+            strike: Strike::Kill("release-switch"),
+            expect: Expect {
+                code: KILLED,
+                outcome: "failed",
+                says: &[],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        // The clock.
+        Fault {
+            fault: "clock 10 min off AWS's".into(),
+            when: "doctor",
+            config: "",
+            strike: Strike::Run(|s| {
+                let ahead = AwsError::start_skewed("InternalServiceError", 500, "down", 600);
+                s.instance.run_with(
+                    &s.imds,
+                    &["doctor", "--json"],
+                    &[("AWS_ENDPOINT_URL", ahead.url.as_str())],
+                )
+            }),
+            expect: Expect {
+                code: 13,
+                outcome: "succeeded",
+                says: &[
+                    "from AWS's clock: SigV4 requests will be refused",
+                    "Amazon Time Sync",
+                ],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        // Auto Scaling lifecycle calls.
+        Fault {
+            fault: "no active lifecycle action".into(),
+            when: "lifecycle complete",
+            config: "",
+            strike: Strike::Run(|s| lifecycle_complete(s, 0, false)),
+            expect: Expect {
+                code: 0,
+                outcome: "succeeded",
+                says: &["No active Lifecycle Action", "nothing to complete"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "Auto Scaling throttles twice".into(),
+            when: "lifecycle complete",
+            config: "",
+            strike: Strike::Run(|s| lifecycle_complete(s, 2, true)),
+            expect: Expect {
+                code: 0,
+                outcome: "succeeded",
+                says: &[],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "Auto Scaling throttles on".into(),
+            when: "lifecycle complete",
+            config: "",
+            strike: Strike::Run(|s| lifecycle_complete(s, 100, true)),
+            expect: Expect {
+                code: 75,
+                outcome: "succeeded",
+                says: &["Throttling", "CompleteLifecycleAction"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: true,
+            },
+        },
+    ]
+}
+
+fn malformed(setup: &Setup, text: &str) -> Run {
+    put_secret_value(&format!("{}_env_prod", setup.name), text);
+    setup.boot(&setup.imds, &[])
+}
+
+fn malformed_expect(says: &'static [&'static str]) -> Expect {
+    Expect {
+        code: 6,
+        outcome: "failed",
+        says,
+        env: Left::Earlier,
+        release: Left::Earlier,
+        converges: false,
+    }
+}
+
+/// The last good release kept, the new secrets written: the boot goes on, degraded.
+fn degraded(says: &'static [&'static str]) -> Expect {
+    Expect {
+        code: 0,
+        outcome: "degraded",
+        says,
+        env: Left::New,
+        release: Left::Earlier,
+        converges: true,
+    }
+}
+
+fn killed(phase: &'static str, point: &'static str, env: Left, release: Left) -> Fault {
+    Fault {
+        fault: format!("SIGKILL after the {phase} phase"),
+        when: phase,
+        config: "",
+        strike: Strike::Kill(point),
+        expect: Expect {
+            code: KILLED,
+            outcome: "failed",
+            says: &[],
+            env,
+            release,
+            converges: true,
+        },
+    }
+}
+
+fn ssh_host_key_changed(setup: &Setup) -> Run {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_keygen(keys.path(), "deploy");
+    let mut server = GitSsh::start(&[&public]);
+    let known_hosts = keys.path().join("known_hosts");
+    std::fs::write(&known_hosts, server.known_hosts_line()).unwrap();
+    setup.instance.add_config(
+        "30-ssh.toml",
+        &format!(
+            "[git]\nssh_key = \"{}\"\nknown_hosts = \"{}\"\n",
+            key.display(),
+            known_hosts.display()
+        ),
+    );
+    server.change_host_key();
+    let run = setup.boot(
+        &setup.imds_with_repository(&server.repo_url(&setup.name)),
+        &[],
+    );
+    // The key goes with this function: the next boot fetches over git:// again.
+    setup.instance.add_config("30-ssh.toml", "");
+    run
+}
+
+/// The checkout's directory (repository and releases) on a 1 MiB tmpfs, and a new commit of
+/// 600 KB that cannot be compressed: the fetch fits, the extraction does not.
+fn checkout_disk_full(setup: &Setup) -> Run {
+    let srv = setup.instance.root.path().join("srv");
+    let hidden = srv.join(format!(".{}", setup.name));
+    let saved = tempfile::tempdir_in(setup.instance.root.path()).unwrap();
+    copy_tree(&hidden, saved.path());
+    let mounted = SmallTmpfs::mount(&hidden, "1m");
+    copy_tree(saved.path(), &hidden);
+    let work = tempfile::tempdir().unwrap();
+    let origin = SampleRepo::path_of(&setup.name);
+    git(
+        Path::new("/"),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            "prod",
+            origin.to_str().unwrap(),
+            work.path().to_str().unwrap(),
+        ],
+    );
+    let mut noise = vec![0u8; 600 * 1024];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut noise,
+    )
+    .unwrap();
+    std::fs::write(work.path().join("noise"), noise).unwrap();
+    git(work.path(), &["add", "noise"]);
+    git(
+        work.path(),
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "noise",
+        ],
+    );
+    git(work.path(), &["push", "-q", "origin", "prod"]);
+    let run = setup.boot(&setup.imds, &[]);
+    // Unmounted, the directory holds what it held before: the release in service.
+    drop(mounted);
+    run
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// A tmpfs of 64 KiB as the run dir, and a new secret version of 70 KB: the status fits, the
+/// new env file does not. What the tmpfs held goes back to the run dir afterwards, where the
+/// checks look.
+fn run_dir_full(setup: &Setup) -> Run {
+    put_secret_value(
+        &format!("{}_env_prod", setup.name),
+        &serde_json::json!({ "TOKEN": setup.canaries[1], "PORT": 8080, "BIG": "x".repeat(70 * 1024) })
+            .to_string(),
+    );
+    let run_dir = setup.instance.run.path();
+    let saved = tempfile::tempdir().unwrap();
+    copy_tree(run_dir, saved.path());
+    let mounted = SmallTmpfs::mount(run_dir, "64k");
+    copy_tree(saved.path(), run_dir);
+    let run = setup.boot(&setup.imds, &[]);
+    let after = tempfile::tempdir().unwrap();
+    copy_tree(run_dir, after.path());
+    drop(mounted);
+    copy_tree(after.path(), run_dir);
+    run
+}
+
+fn lifecycle_complete(setup: &Setup, throttles: u32, active: bool) -> Run {
+    let asg = AsgFake::start();
+    if active {
+        asg.activate("web-asg", "launching", "i-0123456789abcdef0");
+    }
+    asg.throttle(throttles);
+    let imds = Imds::with_tags(&[
+        ("Service", &setup.name),
+        ("Environment", "prod"),
+        ("aws:autoscaling:groupName", "web-asg"),
+    ]);
+    setup.instance.run_with(
+        &imds,
+        &[
+            "lifecycle",
+            "complete",
+            "--result",
+            "continue",
+            "--hook",
+            "launching",
+        ],
+        &[("AWS_ENDPOINT_URL_AUTO_SCALING", asg.url.as_str())],
+    )
+}
+
+/// A loopback server that accepts each connection and closes it at once.
+struct HangUp {
+    _thread: std::thread::JoinHandle<()>,
+    url: String,
+}
+
+impl HangUp {
+    fn start() -> HangUp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("git://{}/app.git", listener.local_addr().unwrap());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming().take(16) {
+                drop(stream);
+            }
+        });
+        HangUp {
+            _thread: thread,
+            url,
+        }
+    }
+}
+
+/// A small tmpfs that is unmounted when the guard goes.
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    fn mount(at: &Path, size: &str) -> SmallTmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallTmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn the_fault_matrix_holds_and_is_written_to_docs_faults_md() {
+    let faults = faults();
+    let next = Mutex::new(0usize);
+    let rows: Mutex<Vec<(usize, Row)>> = Mutex::new(Vec::new());
+    // Two workers: the rows are independent instances, and most time is spent waiting.
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| loop {
+                let index = {
+                    let mut next = next.lock().unwrap();
+                    let index = *next;
+                    *next += 1;
+                    index
+                };
+                let Some(fault) = faults.get(index) else {
+                    return;
+                };
+                let row = check(fault);
+                rows.lock().unwrap().push((index, row));
+            });
+        }
+    });
+    let mut rows = rows.into_inner().unwrap();
+    rows.sort_by_key(|(index, _)| *index);
+    let mut doc = String::from(
+        "# Fault matrix\n\n\
+         Generated by `tests/faults.rs` on every run of the suite — do not edit by hand. Each row \
+         starts from an instance that booted once, then brings a change (a new secret version and \
+         a new commit) and meets the fault. *Expected* is what the row requires: the exit code, \
+         the outcome `bootagent status` reads, what the message says (cause and fix), which env \
+         file and release are left (the earlier ones, or the new ones), and whether a boot \
+         afterwards converges. Every row also searches all output and every file written outside \
+         the env file for the old and the new secret value.\n\n\
+         | # | fault | when | expected | observed |\n|---|---|---|---|---|\n",
+    );
+    for (index, row) in &rows {
+        let mark = if row.problems.is_empty() {
+            "ok"
+        } else {
+            "**MISMATCH**"
+        };
+        let _ = writeln!(
+            doc,
+            "| {} | {} | {} | {} | {mark}: {} |",
+            index + 1,
+            row.fault,
+            row.when,
+            row.expected.replace('|', "\\|"),
+            row.observed.replace('|', "\\|"),
+        );
+    }
+    let matched = rows
+        .iter()
+        .filter(|(_, row)| row.problems.is_empty())
+        .count();
+    let _ = writeln!(doc, "\n{matched} of {} rows as expected.", rows.len());
+    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/faults.md"), &doc).unwrap();
+    assert!(rows.len() >= 40, "only {} rows", rows.len());
+    let mismatched: Vec<String> = rows
+        .iter()
+        .filter(|(_, row)| !row.problems.is_empty())
+        .map(|(index, row)| {
+            format!(
+                "{}: {} ({}): {}",
+                index + 1,
+                row.fault,
+                row.when,
+                row.observed
+            )
+        })
+        .collect();
+    assert!(mismatched.is_empty(), "{}", mismatched.join("\n"));
+}
