@@ -213,8 +213,21 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         })?;
         merge(&mut merged, parse_layer(&path, &text)?);
     }
+    settle(&main, merged)
+}
+
+/// The configuration one file's `text` makes over the defaults, without drop-ins: what a file
+/// named `path` would give.
+pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let mut merged = parse_layer(Path::new("<built-in defaults>"), DEFAULTS)?;
+    merge(&mut merged, parse_layer(path, text)?);
+    settle(path, merged)
+}
+
+/// The merged layers as typed, validated settings.
+fn settle(main: &Path, merged: toml::Table) -> Result<Config, ConfigError> {
     let config = Config::deserialize(merged).map_err(|e| ConfigError::Parse {
-        path: main.clone(),
+        path: main.to_path_buf(),
         message: e.message().to_string(),
     })?;
     config.validate()?;

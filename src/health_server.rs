@@ -123,19 +123,9 @@ impl Server {
             }
             Ok(Err(HeadError::Closed)) | Err(_) => return,
         };
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let (method, path) = match request.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => (
-                request.method.unwrap_or_default().to_string(),
-                request.path.unwrap_or_default().to_string(),
-            ),
-            _ => return write(&mut stream, plain(400, "bad request"), false).await,
-        };
-        let head_only = method == "HEAD";
-        let path = path.split('?').next().unwrap_or_default();
-        let response = match (method.as_str(), path) {
-            ("GET" | "HEAD", "/" | "/health") => {
+        let (route, head_only) = route(&head);
+        let response = match route {
+            Route::Health => {
                 let health = self.health().await;
                 Response {
                     status: if health.healthy { 200 } else { 503 },
@@ -144,17 +134,18 @@ impl Server {
                     allow: false,
                 }
             }
-            ("GET" | "HEAD", "/metrics") => Response {
+            Route::Metrics => Response {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
                 body: self.metrics().await,
                 allow: false,
             },
-            (_, "/" | "/health" | "/metrics") => Response {
+            Route::MethodNotAllowed => Response {
                 allow: true,
                 ..plain(405, "method not allowed")
             },
-            _ => plain(404, "not found"),
+            Route::NotFound => plain(404, "not found"),
+            Route::BadRequest => plain(400, "bad request"),
         };
         write(&mut stream, response, head_only).await;
     }
@@ -228,6 +219,38 @@ impl Server {
         }
         out
     }
+}
+
+/// What a request head asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Metrics,
+    MethodNotAllowed,
+    NotFound,
+    BadRequest,
+}
+
+/// Where a complete request head (up to its blank line) goes, and whether it is a HEAD. The
+/// head comes from anyone who can reach the port: it is parsed by httparse, bounded.
+pub fn route(head: &[u8]) -> (Route, bool) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let (method, path) = match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => (
+            request.method.unwrap_or_default(),
+            request.path.unwrap_or_default(),
+        ),
+        _ => return (Route::BadRequest, false),
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    let route = match (method, path) {
+        ("GET" | "HEAD", "/" | "/health") => Route::Health,
+        ("GET" | "HEAD", "/metrics") => Route::Metrics,
+        (_, "/" | "/health" | "/metrics") => Route::MethodNotAllowed,
+        _ => Route::NotFound,
+    };
+    (route, method == "HEAD")
 }
 
 fn plain(status: u16, text: &str) -> Response {

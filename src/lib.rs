@@ -13,7 +13,7 @@ mod error;
 mod failpoint;
 pub mod git;
 pub mod health;
-mod health_server;
+pub mod health_server;
 pub mod history;
 pub mod identity;
 pub mod imds;

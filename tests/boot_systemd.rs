@@ -467,6 +467,19 @@ fn generated_values_reach_the_unit_exactly_through_its_environment_file() {
                 "round {round}: {key} as the unit got it"
             );
         }
+        // The model of systemd's reader (what the renderer's property tests and fuzzing check
+        // against) reads the same file as systemd did.
+        let file = container.sh(&format!("cat /run/bootagent/{name}.env"));
+        let modelled: BTreeMap<String, String> = bootagent::envfile::parse_systemd(&file)
+            .into_iter()
+            .collect();
+        for key in values.keys() {
+            assert_eq!(
+                modelled.get(key),
+                received.get(key),
+                "round {round}: the model reads {key} as systemd does"
+            );
+        }
     }
 }
 
