@@ -18,7 +18,10 @@ use crate::{envfile, git, identity, secrets, status};
 /// SigV4 requests are refused past 5 minutes of skew; warn well before.
 const SKEW_FAIL: Duration = Duration::from_secs(300);
 const SKEW_WARN: Duration = Duration::from_secs(60);
-const LOW_SPACE_BYTES: u64 = 100 * 1024 * 1024;
+/// A boot writes kilobytes to the run dir (env file, status, a deploy key): a small tmpfs is fine.
+const LOW_RUN_DIR_BYTES: u64 = 1024 * 1024;
+/// A checkout needs room for a release beside the one in service.
+const LOW_CHECKOUT_BYTES: u64 = 100 * 1024 * 1024;
 const JOURNAL_LINES: &str = "10";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -477,6 +480,7 @@ async fn check_isolation(
         return skip("no Secrets Manager client");
     };
     let mut readable = Vec::new();
+    let mut untold = Vec::new();
     for env in config
         .environments
         .keys()
@@ -497,14 +501,22 @@ async fn check_isolation(
             version_id: None,
             ..other.secrets
         };
-        if secrets::load(&client, &identity.region, &probe)
-            .await
-            .is_ok()
-        {
-            readable.push(format!("{id} ({env})"));
+        match secrets::load(&client, &identity.region, &probe).await {
+            Ok(_) => readable.push(format!("{id} ({env})")),
+            // Refused or absent: not readable from here, which is the point.
+            Err(e) if !e.is_transient() && !e.is_local() => {}
+            Err(e) => untold.push(format!("{id} ({env}): {e}")),
         }
     }
-    if readable.is_empty() {
+    if readable.is_empty() && !untold.is_empty() {
+        warn(
+            format!(
+                "could not tell whether other environments' secrets are readable: {}",
+                untold.join("; ")
+            ),
+            "fix the secret check first, then look again",
+        )
+    } else if readable.is_empty() {
         ok("other environments' secrets are not readable from here")
     } else {
         warn(
@@ -638,16 +650,16 @@ async fn check_unit(plan: Arc<Plan>) -> Finding {
 }
 
 async fn check_disk(config: Arc<Config>, plan: Option<Arc<Plan>>) -> Finding {
-    let mut paths = vec![config.paths.run_dir.clone()];
+    let mut paths = vec![(config.paths.run_dir.clone(), LOW_RUN_DIR_BYTES)];
     if let Some(plan) = &plan {
         // The checkout's nearest existing ancestor: its file system is where clones land.
         let mut dir = plan.git.dir.clone();
         while !dir.exists() && dir.pop() {}
-        paths.push(dir);
+        paths.push((dir, LOW_CHECKOUT_BYTES));
     }
     let mut low = Vec::new();
     let mut report = Vec::new();
-    for path in paths.iter().filter(|p| p.exists()) {
+    for (path, needed) in paths.iter().filter(|(p, _)| p.exists()) {
         let Ok(stats) = nix::sys::statvfs::statvfs(path) else {
             continue;
         };
@@ -657,7 +669,7 @@ async fn check_disk(config: Arc<Config>, plan: Option<Arc<Plan>>) -> Finding {
             path.display(),
             free / (1024 * 1024)
         ));
-        if free < LOW_SPACE_BYTES {
+        if free < *needed {
             low.push(path.display().to_string());
         }
     }

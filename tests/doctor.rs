@@ -335,3 +335,35 @@ fn a_remote_that_drips_ends_the_git_check_within_its_timeout() {
     );
     report.only_fails("git", "slow or unreachable", &[]);
 }
+
+#[test]
+fn isolation_is_not_called_ok_when_secrets_manager_cannot_be_asked() {
+    let world = World::booted();
+    let refusing = RefusingPort::bind();
+    let (_, report) = world.doctor(
+        &world.imds(),
+        &[(
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+            Some(&refusing.url("http", "")),
+        )],
+    );
+    assert_eq!(report.verdict("secret"), "fail", "{}", report.0);
+    assert_eq!(report.verdict("isolation"), "warn", "{}", report.0);
+    let detail = report.check("isolation")["detail"].as_str().unwrap();
+    assert!(detail.contains("could not tell"), "{detail}");
+}
+
+#[test]
+fn a_small_tmpfs_run_dir_has_room_enough() {
+    let world = World::booted();
+    let run_dir = world.instance.run.path();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m,mode=755", "tmpfs"])
+        .arg(run_dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a small tmpfs needs root");
+    let (_, report) = world.doctor(&world.imds(), &[]);
+    let _ = Command::new("umount").arg(run_dir).status();
+    assert_eq!(report.verdict("disk"), "ok", "{}", report.0);
+}
