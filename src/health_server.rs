@@ -347,10 +347,18 @@ mod tests {
     #[test]
     fn only_get_and_head_of_the_served_paths_are_answered() {
         let cases: &[(&[u8], Route, bool)] = &[
-            (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", Route::Health, false),
+            (
+                b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                Route::Health,
+                false,
+            ),
             (b"HEAD /?probe=1 HTTP/1.0\r\n\r\n", Route::Health, true),
             (b"GET /metrics HTTP/1.1\r\n\r\n", Route::Metrics, false),
-            (b"POST /health HTTP/1.1\r\n\r\n", Route::MethodNotAllowed, false),
+            (
+                b"POST /health HTTP/1.1\r\n\r\n",
+                Route::MethodNotAllowed,
+                false,
+            ),
             (b"GET /secrets HTTP/1.1\r\n\r\n", Route::NotFound, false),
             (b"\x16\x03\x01garbage\r\n\r\n", Route::BadRequest, false),
             (b"GET /health HTTP/1.1\r\n", Route::BadRequest, false),

@@ -145,6 +145,11 @@ pub enum SecretsError {
          keep one"
     )]
     DuplicateKey { id: String, key: String },
+    #[error(
+        "secret {id}: key {key:?} holds a string with a \\u escape that names no character (a lone \
+         surrogate such as \\ud800); store the value as plain UTF-8 text"
+    )]
+    BadString { id: String, key: String },
 }
 
 impl SecretsError {
@@ -168,6 +173,7 @@ impl SecretsError {
                 | SecretsError::BadValue { .. }
                 | SecretsError::BadKey { .. }
                 | SecretsError::DuplicateKey { .. }
+                | SecretsError::BadString { .. }
         )
     }
 }
@@ -484,9 +490,15 @@ fn json_members(id: &str, text: &str) -> Result<Vec<(String, Box<RawValue>)>, Se
 fn scalar(id: &str, key: &str, value: &RawValue) -> Result<Zeroizing<String>, SecretsError> {
     let text = value.get();
     match kind(text) {
-        "a JSON string" => Ok(Zeroizing::new(
-            serde_json::from_str(text).expect("a raw JSON string parses as one"),
-        )),
+        // Valid JSON text, yet no string: a lone surrogate escape (`\ud800`) names no character.
+        "a JSON string" => {
+            serde_json::from_str(text)
+                .map(Zeroizing::new)
+                .map_err(|_| SecretsError::BadString {
+                    id: id.to_string(),
+                    key: key.to_string(),
+                })
+        }
         "a number" | "a boolean" => Ok(Zeroizing::new(text.to_string())),
         found => Err(SecretsError::BadValue {
             id: id.to_string(),
@@ -589,6 +601,21 @@ mod tests {
                 ("E", "x\"\u{e9}")
             ]
         );
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_refused_by_key_not_a_crash() {
+        // Found by fuzzing (secret_to_env_file): valid JSON text, but no string.
+        let err =
+            parse_object("s", &format!(r#"{{"OK": "{CANARY}", "BAD": "x\ud800y"}}"#)).unwrap_err();
+        assert!(matches!(err, SecretsError::BadString { .. }), "{err}");
+        assert!(err.is_malformed());
+        let text = err.to_string();
+        assert!(
+            text.contains("key \"BAD\" holds a string with a \\u escape"),
+            "{text}"
+        );
+        assert!(!text.contains(CANARY), "{text}");
     }
 
     #[test]

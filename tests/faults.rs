@@ -729,6 +729,15 @@ fn faults() -> Vec<Fault> {
             expect: malformed_expect(&["key \"TOKEN\" is given twice"]),
         },
         Fault {
+            fault: "secret string with a lone surrogate escape (`\\ud800`)".into(),
+            when: "secrets",
+            config: "",
+            strike: Strike::Run(|s| malformed(s, r#"{"TOKEN": "a\ud800b"}"#)),
+            expect: malformed_expect(&[
+                "key \"TOKEN\" holds a string with a \\u escape that names no character",
+            ]),
+        },
+        Fault {
             fault: "secret value with a NUL".into(),
             when: "secrets",
             config: "",
