@@ -30,9 +30,13 @@ fuzz_target!(|data: &[u8]| {
             _ => (config.identity.environment_tag.clone(), value),
         })
         .collect();
-    if let Ok(identity) =
-        bootagent::identity::resolve(&config, &tags, "i-0123456789abcdef0", "us-east-1", Duration::ZERO)
-    {
+    if let Ok(identity) = bootagent::identity::resolve(
+        &config,
+        &tags,
+        "i-0123456789abcdef0",
+        "us-east-1",
+        Duration::ZERO,
+    ) {
         let _ = bootagent::plan::build(&config, &identity);
     }
 });

@@ -1,11 +1,14 @@
 //! A git remote's answer to the ref listing (pkt-lines from an untrusted remote) through libgit2's
-//! smart protocol, as bootagent's transports hand it over: a stateful stream, like git:// and
-//! ssh://. libgit2 must list refs or fail, never crash.
+//! smart protocol, as bootagent's transports hand it over (a stateful stream, like git:// and
+//! ssh://), and through bootagent's own reading of the listed refs (`git::remote_commit`). It
+//! must find the ref or fail, never crash: a ref name that is not UTF-8 once did.
 #![no_main]
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
-use std::sync::Once;
+use std::path::Path;
+use std::sync::{Once, OnceLock};
+use std::time::Duration;
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
 use libfuzzer_sys::fuzz_target;
@@ -17,7 +20,11 @@ thread_local! {
 struct Remote;
 
 impl SmartSubtransport for Remote {
-    fn action(&self, _url: &str, _action: Service) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
+    fn action(
+        &self,
+        _url: &str,
+        _action: Service,
+    ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
         let answer = ANSWER.with(|answer| answer.borrow().clone());
         Ok(Box::new(Answer(io::Cursor::new(answer))))
     }
@@ -45,24 +52,40 @@ impl Write for Answer {
     }
 }
 
+fn credentials() -> &'static bootagent::git::Credentials {
+    static CREDENTIALS: OnceLock<bootagent::git::Credentials> = OnceLock::new();
+    CREDENTIALS.get_or_init(|| {
+        let config = bootagent::config::from_text(Path::new("fuzz.toml"), "").expect("defaults");
+        let mut none = bootagent::secrets::LoadedSecrets {
+            versions: Vec::new(),
+            vars: Default::default(),
+        };
+        bootagent::git::Credentials::from_config(&config.git, Path::new("/tmp"), true, &mut none)
+            .expect("no credentials to read")
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
         // SAFETY: once, before this thread uses libgit2 for anything else.
-        unsafe { git2::transport::register("fuzz", |remote| Transport::smart(remote, false, Remote)) }
-            .expect("the fuzz transport registers");
+        unsafe {
+            git2::transport::register("fuzz", |remote| Transport::smart(remote, false, Remote))
+        }
+        .expect("the fuzz transport registers");
     });
     ANSWER.with(|answer| *answer.borrow_mut() = data.to_vec());
-    let Ok(mut remote) = git2::Remote::create_detached("fuzz://remote/app.git") else {
-        return;
-    };
-    let connected = remote.connect_auth(git2::Direction::Fetch, None, None);
-    if let Ok(connection) = &connected {
-        if let Ok(heads) = connection.list() {
-            for head in heads {
-                let _ = (head.name(), head.oid());
-            }
-        }
+    let limits = bootagent::git::Limits::new(
+        Duration::from_secs(10),
+        "fuzz",
+        bootagent::git::Cancel::default(),
+    );
+    for reference in ["prod", "v1", "0123456789012345678901234567890123456789"] {
+        let _ = bootagent::git::remote_commit(
+            "fuzz://remote/app.git",
+            reference,
+            credentials(),
+            &limits,
+        );
     }
-    drop(connected);
 });

@@ -34,9 +34,13 @@ fuzz_target!(|data: &[u8]| {
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .collect();
     let config = config();
-    let Ok(identity) =
-        bootagent::identity::resolve(config, &tags, "i-0123456789abcdef0", "us-east-1", Duration::ZERO)
-    else {
+    let Ok(identity) = bootagent::identity::resolve(
+        config,
+        &tags,
+        "i-0123456789abcdef0",
+        "us-east-1",
+        Duration::ZERO,
+    ) else {
         return;
     };
     assert!(bootagent::identity::is_valid_name(&identity.service));
@@ -46,7 +50,8 @@ fuzz_target!(|data: &[u8]| {
     for path in [&plan.git.dir, &plan.env_file] {
         assert!(path.is_absolute(), "{}", path.display());
         assert!(
-            path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_))),
+            path.components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_))),
             "{} climbs out",
             path.display()
         );

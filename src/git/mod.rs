@@ -390,7 +390,7 @@ pub fn sync(
     let mut connection = remote
         .connect_auth(Direction::Fetch, None, None)
         .map_err(|e| network_error(e, url, &session))?;
-    let (source_ref, advertised) = advertised_ref(&connection, url, &plan.reference, &session)?;
+    let (source_ref, advertised) = advertised_ref(&mut connection, url, &plan.reference, &session)?;
     if layout.current() == Some(advertised) {
         return Ok(Checkout {
             commit: advertised.to_string(),
@@ -623,34 +623,66 @@ pub fn remote_commit(
     let session = credentials.session(url, limits)?;
     let mut remote =
         git2::Remote::create_detached(url).map_err(|e| network_error(e, url, &session))?;
-    let connection = remote
+    let mut connection = remote
         .connect_auth(Direction::Fetch, None, None)
         .map_err(|e| network_error(e, url, &session))?;
-    Ok(advertised_ref(&connection, url, reference, &session)?
+    Ok(advertised_ref(&mut connection, url, reference, &session)?
         .1
         .to_string())
 }
 
 /// Finds `reference` among the refs the connected remote lists.
 fn advertised_ref(
-    connection: &git2::RemoteConnection<'_, '_, '_>,
+    connection: &mut git2::RemoteConnection<'_, '_, '_>,
     url: &str,
     reference: &str,
     session: &ActiveSession,
 ) -> Result<(String, Oid), GitError> {
-    let heads = connection
-        .list()
-        .map_err(|e| network_error(e, url, session))?;
-    find_ref(heads, reference).ok_or_else(|| GitError::RefNotFound {
+    let heads = list_refs(connection.remote()).map_err(|e| network_error(e, url, session))?;
+    find_ref(&heads, reference).ok_or_else(|| GitError::RefNotFound {
         url: redact(url),
         reference: reference.to_string(),
     })
 }
 
+/// The refs a connected remote advertised: each name as the bytes it is, and its commit. Ref
+/// names are bytes and the remote is untrusted, so git2's `RemoteConnection::list` (whose
+/// `RemoteHead::name` panics on a name that is not UTF-8) is not used.
+fn list_refs(remote: &git2::Remote<'_>) -> Result<Vec<(Vec<u8>, Oid)>, git2::Error> {
+    use git2::Binding;
+    let mut heads: *mut *const libgit2_sys::git_remote_head = std::ptr::null_mut();
+    let mut count: usize = 0;
+    // SAFETY: `remote` is connected (git_remote_ls fails otherwise); libgit2 fills `heads` with
+    // `count` pointers to heads it owns until the connection ends, which outlives this call.
+    unsafe {
+        if libgit2_sys::git_remote_ls(&mut heads, &mut count, remote.raw()) < 0 {
+            return Err(git2::Error::last_error(-1));
+        }
+        if heads.is_null() || count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut refs = Vec::with_capacity(count);
+        for &head in std::slice::from_raw_parts(heads, count) {
+            if head.is_null() || (*head).name.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr((*head).name).to_bytes().to_vec();
+            let id = (*head).oid.id;
+            refs.push((name, Oid::from_bytes(&id)?));
+        }
+        Ok(refs)
+    }
+}
+
 /// The advertised ref for `reference` and the commit it points at: a branch first, then a tag
 /// (peeled, so an annotated tag gives its commit), or a full commit id as itself.
-fn find_ref(heads: &[git2::RemoteHead<'_>], reference: &str) -> Option<(String, Oid)> {
-    let lookup = |name: &str| heads.iter().find(|h| h.name() == name).map(|h| h.oid());
+fn find_ref(heads: &[(Vec<u8>, Oid)], reference: &str) -> Option<(String, Oid)> {
+    let lookup = |name: &str| {
+        heads
+            .iter()
+            .find(|(advertised, _)| advertised == name.as_bytes())
+            .map(|(_, oid)| *oid)
+    };
     let branch = format!("refs/heads/{reference}");
     if let Some(oid) = lookup(&branch) {
         return Some((branch, oid));
@@ -743,6 +775,55 @@ pub fn serialize_redacted<S: serde::Serializer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs git in `dir`; the repository's own config only.
+    fn git(dir: &Path, args: &[&std::ffi::OsStr]) {
+        let status = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "git {args:?}");
+    }
+
+    #[test]
+    fn a_ref_name_that_is_not_utf8_is_listed_without_a_panic() {
+        // Found by fuzzing (git_advertisement): git allows bytes over 0x7f in ref names, and a
+        // remote may advertise any; git2's `RemoteHead::name` panics on them.
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let os = |s: &str| std::ffi::OsStr::new(s).to_owned();
+        git(
+            dir.path(),
+            &[&os("init"), &os("-q"), &os("-b"), &os("prod")],
+        );
+        git(
+            dir.path(),
+            &[
+                &os("commit"),
+                &os("-q"),
+                &os("--allow-empty"),
+                &os("-m"),
+                &os("x"),
+            ],
+        );
+        let odd = std::ffi::OsStr::from_bytes(b"refs/heads/odd-\xff");
+        git(dir.path(), &[&os("update-ref"), odd, &os("HEAD")]);
+        let config = crate::config::from_text(Path::new("t.toml"), "").unwrap();
+        let mut none = crate::secrets::LoadedSecrets {
+            versions: Vec::new(),
+            vars: Default::default(),
+        };
+        let credentials =
+            Credentials::from_config(&config.git, dir.path(), true, &mut none).unwrap();
+        let limits = Limits::new(Duration::from_secs(30), "test", Cancel::default());
+        let url = format!("file://{}", dir.path().display());
+        let commit = remote_commit(&url, "prod", &credentials, &limits).unwrap();
+        assert_eq!(commit.len(), 40);
+        let err = remote_commit(&url, "nosuch", &credentials, &limits).unwrap_err();
+        assert!(matches!(err, GitError::RefNotFound { .. }), "{err}");
+    }
 
     #[test]
     fn local_repositories_are_told_from_remote_ones() {
