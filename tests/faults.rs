@@ -381,18 +381,14 @@ fn faults() -> Vec<Fault> {
             strike: Strike::Run(|s| {
                 s.boot(&imds_with(s, serde_json::json!({"fail_next": 100000})), &[])
             }),
-            expect: Expect {
-                code: 75,
-                outcome: "failed",
-                says: &[
+            expect: fails(
+                75,
+                &[
                     "did not answer",
                     "attempts; last error: token request: HTTP 500",
                     "HttpEndpoint=enabled",
                 ],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            ),
         },
         Fault {
             fault: "IMDS token revoked mid-boot".into(),
@@ -422,34 +418,26 @@ fn faults() -> Vec<Fault> {
             strike: Strike::Run(|s| {
                 s.boot(&imds_with(s, serde_json::json!({"tags_delay": 30})), &[])
             }),
-            expect: Expect {
-                code: 3,
-                outcome: "failed",
-                says: &[
+            expect: fails(
+                3,
+                &[
                     "instance tag Service is missing (waited 2s",
                     "identity.service_tag",
                 ],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            ),
         },
         Fault {
             fault: "tags in metadata disabled".into(),
             when: "identity",
             config: "",
             strike: Strike::Run(|s| s.boot(&imds_with(s, serde_json::json!({"tags": null})), &[])),
-            expect: Expect {
-                code: 4,
-                outcome: "failed",
-                says: &[
+            expect: fails(
+                4,
+                &[
                     "tags in metadata are disabled",
                     "--instance-metadata-tags enabled",
                 ],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            ),
         },
         Fault {
             fault: "IMDS disabled (403)".into(),
@@ -458,14 +446,7 @@ fn faults() -> Vec<Fault> {
             strike: Strike::Run(|s| {
                 s.boot(&imds_with(s, serde_json::json!({"disabled": true})), &[])
             }),
-            expect: Expect {
-                code: 15,
-                outcome: "failed",
-                says: &["HTTP 403", "--http-endpoint enabled"],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            expect: fails(15, &["HTTP 403", "--http-endpoint enabled"]),
         },
         Fault {
             fault: "IMDS down (connection refused)".into(),
@@ -476,14 +457,10 @@ fn faults() -> Vec<Fault> {
                 let url = refusing.url("http", "");
                 with_endpoint(s, "AWS_EC2_METADATA_SERVICE_ENDPOINT", &url)
             }),
-            expect: Expect {
-                code: 75,
-                outcome: "failed",
-                says: &["did not answer meta-data/instance-id", "Connection refused"],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            expect: fails(
+                75,
+                &["did not answer meta-data/instance-id", "Connection refused"],
+            ),
         },
         Fault {
             fault: "IMDS answer over 1 MiB".into(),
@@ -494,14 +471,10 @@ fn faults() -> Vec<Fault> {
                 let state = serde_json::json!({"tags": {"Service": huge, "Environment": "prod"}});
                 s.boot(&Imds::start(state), &[])
             }),
-            expect: Expect {
-                code: 15,
-                outcome: "failed",
-                says: &["more than 1048576 bytes", "something other than EC2's"],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            expect: fails(
+                15,
+                &["more than 1048576 bytes", "something other than EC2's"],
+            ),
         },
         Fault {
             fault: "Service tag with `../`".into(),
@@ -512,14 +485,10 @@ fn faults() -> Vec<Fault> {
                     serde_json::json!({"tags": {"Service": "../../etc", "Environment": "prod"}});
                 s.boot(&Imds::start(state), &[])
             }),
-            expect: Expect {
-                code: 3,
-                outcome: "failed",
-                says: &["instance tag Service=\"../../etc\" is not a valid name"],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            expect: fails(
+                3,
+                &["instance tag Service=\"../../etc\" is not a valid name"],
+            ),
         },
         Fault {
             fault: "unknown environment tag".into(),
@@ -552,14 +521,7 @@ fn faults() -> Vec<Fault> {
                 let imds = imds_with(s, serde_json::json!({"tags": null}));
                 s.boot(&imds, &[("AWS_ENDPOINT_URL_EC2", refused.url.as_str())])
             }),
-            expect: Expect {
-                code: 4,
-                outcome: "failed",
-                says: &["UnauthorizedOperation", "ec2:DescribeTags"],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            expect: fails(4, &["UnauthorizedOperation", "ec2:DescribeTags"]),
         },
         Fault {
             fault: "DescribeTags throttled (RequestLimitExceeded)".into(),
@@ -571,18 +533,14 @@ fn faults() -> Vec<Fault> {
                 let imds = imds_with(s, serde_json::json!({"tags": null}));
                 s.boot(&imds, &[("AWS_ENDPOINT_URL_EC2", throttling.url.as_str())])
             }),
-            expect: Expect {
-                code: 75,
-                outcome: "failed",
-                says: &[
+            expect: fails(
+                75,
+                &[
                     "ec2:DescribeTags failed",
                     "times within",
                     "RequestLimitExceeded",
                 ],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            ),
         },
         // Secrets Manager.
         Fault {
@@ -593,18 +551,14 @@ fn faults() -> Vec<Fault> {
                 let throttling = AwsError::start("ThrottlingException", 400, "Rate exceeded");
                 with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &throttling.url)
             }),
-            expect: Expect {
-                code: 75,
-                outcome: "failed",
-                says: &[
+            expect: fails(
+                75,
+                &[
                     "did not return secret",
                     "ThrottlingException",
                     "boot again later",
                 ],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            ),
         },
         Fault {
             fault: "Secrets Manager 5xx".into(),
@@ -614,14 +568,7 @@ fn faults() -> Vec<Fault> {
                 let down = AwsError::start("InternalServiceError", 500, "internal error");
                 with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &down.url)
             }),
-            expect: Expect {
-                code: 75,
-                outcome: "failed",
-                says: &["did not return secret", "boot again later"],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            expect: fails(75, &["did not return secret", "boot again later"]),
         },
         Fault {
             fault: "Secrets Manager stalls (accepts, never answers)".into(),
@@ -654,14 +601,7 @@ fn faults() -> Vec<Fault> {
                 );
                 with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &denied.url)
             }),
-            expect: Expect {
-                code: 5,
-                outcome: "failed",
-                says: &["was denied", "secretsmanager:GetSecretValue"],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            expect: fails(5, &["was denied", "secretsmanager:GetSecretValue"]),
         },
         Fault {
             fault: "secret deleted".into(),
@@ -695,14 +635,7 @@ fn faults() -> Vec<Fault> {
                 );
                 with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &kms.url)
             }),
-            expect: Expect {
-                code: 5,
-                outcome: "failed",
-                says: &["could not be decrypted", "kms:Decrypt"],
-                env: Left::Earlier,
-                release: Left::Earlier,
-                converges: true,
-            },
+            expect: fails(5, &["could not be decrypted", "kms:Decrypt"]),
         },
         Fault {
             fault: "secret is not JSON".into(),
@@ -1029,6 +962,18 @@ fn faults() -> Vec<Fault> {
     ]
 }
 
+/// A boot that fails before anything changed, and a next boot (the fault gone) that converges.
+fn fails(code: i32, says: &'static [&'static str]) -> Expect {
+    Expect {
+        code,
+        outcome: "failed",
+        says,
+        env: Left::Earlier,
+        release: Left::Earlier,
+        converges: true,
+    }
+}
+
 fn malformed(setup: &Setup, text: &str) -> Run {
     put_secret_value(&format!("{}_env_prod", setup.name), text);
     setup.boot(&setup.imds, &[])
@@ -1228,34 +1173,6 @@ impl HangUp {
             _thread: thread,
             url,
         }
-    }
-}
-
-/// A small tmpfs that is unmounted when the guard goes.
-struct SmallTmpfs(std::path::PathBuf);
-
-impl SmallTmpfs {
-    fn mount(at: &Path, size: &str) -> SmallTmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let status = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=755"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root");
-        SmallTmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 

@@ -213,13 +213,7 @@ fn a_full_tmpfs_keeps_the_earlier_env_file_and_says_so() {
     );
     let instance = Instance::exec_mode("");
     let run_dir = instance.run.path();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k,mode=755", "tmpfs"])
-        .arg(run_dir)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mounting a small tmpfs needs root");
-    let unmount = Unmount(run_dir.to_path_buf());
+    let mounted = SmallTmpfs::mount(run_dir, "64k");
     let earlier = instance.env_file(&name);
     std::fs::write(&earlier, format!("OLD=\"{}\"\n", "k".repeat(20 * 1024))).unwrap();
     let before = std::fs::read(&earlier).unwrap();
@@ -234,15 +228,7 @@ fn a_full_tmpfs_keeps_the_earlier_env_file_and_says_so() {
         .filter(|n| n.to_string_lossy().contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
-    drop(unmount);
-}
-
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
+    drop(mounted);
 }
 
 #[test]

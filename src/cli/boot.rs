@@ -422,7 +422,7 @@ fn keep_last_good(
 ) -> Result<(git::Checkout, Option<String>), Error> {
     let current = git::Layout::of(&plan.git.dir).current();
     match (config.git.on_failure, current, &error) {
-        (OnGitFailure::LastGood, Some(commit), Error::Git(_) | Error::Deadline { .. }) => {
+        (OnGitFailure::LastGood, Some(commit), Error::Git(_)) => {
             let note = format!(
                 "running last good commit {commit} because {}",
                 error.chain().replace("\n -> ", ": ")

@@ -1284,3 +1284,31 @@ pub fn assert_no_canary(canary: &str, outputs: &[(&str, &str)]) {
         );
     }
 }
+
+/// A small tmpfs that is unmounted when the guard goes.
+pub struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    pub fn mount(at: &Path, size: &str) -> SmallTmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallTmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
