@@ -31,8 +31,12 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`systemctl {args}` failed: {message}")]
-    Systemctl { args: String, message: String },
+    #[error("`systemctl {args}` failed: {message}{hint}")]
+    Systemctl {
+        args: String,
+        message: String,
+        hint: String,
+    },
     #[error(
         "{unit} is {state} (result: {result}) after its start; see `journalctl -u {unit}` for \
          why it stopped"
@@ -54,7 +58,10 @@ pub enum ServiceError {
         result: String,
         restarted: String,
     },
-    #[error("{unit} was still {state} after {waited}; see `journalctl -u {unit}`")]
+    #[error(
+        "{unit} was still {state} after {waited}; see `journalctl -u {unit}` for what its start \
+         waits on, and raise service.start_timeout if it needs longer"
+    )]
     StartTimeout {
         unit: String,
         state: String,
@@ -111,11 +118,24 @@ pub async fn start_systemd(
         // fresh count, as an operator running `systemctl reset-failed` would give it.
         systemctl(&["reset-failed", unit]).await?;
     }
+    let began = std::time::Instant::now();
     if restart {
         tracing::info!(%unit, "restarting the unit");
-        systemctl(&["restart", unit]).await?;
+        // `systemctl restart` waits for the start job: for a unit that hangs in its start, up to
+        // the unit's own TimeoutStartSec. The boot waits only service.start_timeout.
+        match tokio::time::timeout(timeout, systemctl(&["restart", unit])).await {
+            Ok(restarted) => drop(restarted?),
+            Err(_) => {
+                return Err(ServiceError::StartTimeout {
+                    unit: unit.clone(),
+                    state: unit_state(unit).await?.describe(),
+                    waited: humantime::format_duration(timeout).to_string(),
+                })
+            }
+        }
     }
-    let started = retry::poll(POLL_INTERVAL, timeout, || async {
+    let left = timeout.saturating_sub(began.elapsed());
+    let started = retry::poll(POLL_INTERVAL, left, || async {
         match unit_state(unit).await {
             Err(e) => Look::Failed(e),
             Ok(current) => match current.active.as_str() {
@@ -123,7 +143,7 @@ pub async fn start_systemd(
                 "activating" | "reloading" => Look::Pending(current),
                 _ => Look::Failed(ServiceError::NotActive {
                     unit: unit.clone(),
-                    state: current.active,
+                    state: current.describe(),
                     result: current.result,
                 }),
             },
@@ -136,7 +156,7 @@ pub async fn start_systemd(
         Err(Unready::TimedOut(current)) => {
             return Err(ServiceError::StartTimeout {
                 unit: unit.clone(),
-                state: current.active,
+                state: current.describe(),
                 waited: humantime::format_duration(timeout).to_string(),
             })
         }
@@ -164,7 +184,7 @@ async fn stays_up(unit: &str, started: &UnitState, settle: Duration) -> Result<(
             return Look::Failed(ServiceError::DidNotStay {
                 unit: unit.to_string(),
                 settle: humantime::format_duration(settle).to_string(),
-                state: now.active,
+                state: now.describe(),
                 result: now.result,
                 restarted: match restarts {
                     0 => String::new(),
@@ -223,12 +243,30 @@ pub struct UnitState {
     pub active: String,
     /// Result: `success`, `exit-code` …
     pub result: String,
+    /// SubState: `running`, `auto-restart` (exited, and Restart= brings it back) …
+    pub sub: String,
     /// NRestarts: how often Restart= restarted it (0 on systemd before 235, which lacks it).
     pub restarts: u64,
 }
 
+impl UnitState {
+    /// The state as `systemctl status` shows it: `activating (auto-restart)`, `failed`.
+    fn describe(&self) -> String {
+        if self.sub == self.active {
+            self.active.clone()
+        } else {
+            format!("{} ({})", self.active, self.sub)
+        }
+    }
+}
+
 pub async fn unit_state(unit: &str) -> Result<UnitState, ServiceError> {
-    let out = systemctl(&["show", "--property=ActiveState,Result,NRestarts", unit]).await?;
+    let out = systemctl(&[
+        "show",
+        "--property=ActiveState,SubState,Result,NRestarts",
+        unit,
+    ])
+    .await?;
     let value = |key: &str| {
         out.lines()
             .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
@@ -238,6 +276,7 @@ pub async fn unit_state(unit: &str) -> Result<UnitState, ServiceError> {
     Ok(UnitState {
         active: value("ActiveState"),
         result: value("Result"),
+        sub: value("SubState"),
         restarts: value("NRestarts").parse().unwrap_or(0),
     })
 }
@@ -245,6 +284,7 @@ pub async fn unit_state(unit: &str) -> Result<UnitState, ServiceError> {
 async fn systemctl(args: &[&str]) -> Result<String, ServiceError> {
     let failed = |message: String| ServiceError::Systemctl {
         args: args.join(" "),
+        hint: systemctl_hint(args.last().unwrap_or(&""), &message),
         message,
     };
     let output = tokio::process::Command::new(SYSTEMCTL)
@@ -259,6 +299,19 @@ async fn systemctl(args: &[&str]) -> Result<String, ServiceError> {
         ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The fix for what systemd refuses most often, as systemctl words it.
+fn systemctl_hint(unit: &str, message: &str) -> String {
+    if message.contains("not found") {
+        format!(
+            "; install {unit} in the image, or set service.unit to the unit that runs the service"
+        )
+    } else if message.contains("bad unit file setting") {
+        format!("; `systemd-analyze verify {unit}` names the setting to fix")
+    } else {
+        String::new()
+    }
 }
 
 /// Exec mode: the service's command, ready to replace this process.

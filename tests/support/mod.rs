@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod container;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_bootagent");
 pub const NOBODY_UID: &str = "65534";
 

@@ -1,0 +1,202 @@
+//! An nspawn container running a real systemd as PID 1, with the binary, the recorder and a
+//! config under /share, reaching the test world over the shared loopback.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::*;
+
+/// Stopped when dropped.
+pub struct Container {
+    name: String,
+    leader: String,
+    share: tempfile::TempDir,
+}
+
+impl Container {
+    /// Boots a container with the binary, the recorder and `config` under /share.
+    pub fn boot(config: &str) -> Container {
+        let share = open_tempdir("/tmp");
+        std::fs::set_permissions(share.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::copy(BIN, share.path().join("bootagent")).unwrap();
+        std::fs::copy(world("RECORDER"), share.path().join("recorder.sh")).unwrap();
+        std::fs::write(share.path().join("config.toml"), config).unwrap();
+        let out = share.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let name = unique("ba");
+        let started = Command::new(world("NSPAWN"))
+            .args(["start", &name, &world("ROOTFS")])
+            .arg(share.path())
+            .output()
+            .unwrap();
+        assert!(
+            started.status.success(),
+            "nspawn: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let leader = String::from_utf8(started.stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        Container {
+            name,
+            leader,
+            share,
+        }
+    }
+
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        Command::new(world("NSPAWN"))
+            .args(["run", &self.leader])
+            .args(argv)
+            .output()
+            .unwrap()
+    }
+
+    pub fn sh(&self, script: &str) -> String {
+        let out = self.exec(&["sh", "-c", script]);
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn install_unit(&self, unit: &str, service_section: &str) {
+        self.sh(&format!(
+            "printf '[Unit]\\nDescription=sample service\\nStartLimitIntervalSec=0\\n[Service]\\n{service_section}\\n' \
+             > /etc/systemd/system/{unit} && systemctl daemon-reload"
+        ));
+    }
+
+    pub fn bootagent(&self, imds: &Imds, args: &[&str]) -> Run {
+        self.bootagent_with(imds, &[], args)
+    }
+
+    /// Runs bootagent inside with the test world's endpoints plus `env` (NAME=value).
+    pub fn bootagent_with(&self, imds: &Imds, env: &[&str], args: &[&str]) -> Run {
+        Run(self.bootagent_command(imds, env, args).output().unwrap())
+    }
+
+    /// Starts a long-running bootagent command inside; [`Container::stop_watch`] ends it.
+    pub fn spawn_watch(&self, imds: &Imds, env: &[&str]) -> std::process::Child {
+        self.bootagent_command(imds, env, &["lifecycle", "watch", "--interval", "200ms"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Ends a spawned command: its child inside the container (nsenter forks into the PID
+    /// namespace), then nsenter itself follows.
+    pub fn stop_watch(mut watch: std::process::Child) {
+        let _ = Command::new("pkill")
+            .args(["-P", &watch.id().to_string()])
+            .status();
+        let _ = watch.wait();
+    }
+
+    pub fn bootagent_command(&self, imds: &Imds, env: &[&str], args: &[&str]) -> Command {
+        let imds_endpoint = format!("AWS_EC2_METADATA_SERVICE_ENDPOINT={}", imds.url);
+        let moto = format!("AWS_ENDPOINT_URL={}", world("MOTO"));
+        let mut argv = vec![
+            "env",
+            "-i",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "BOOTAGENT_CONFIG=/share/config.toml",
+            "AWS_ACCESS_KEY_ID=testing",
+            "AWS_SECRET_ACCESS_KEY=testing",
+            &imds_endpoint,
+            &moto,
+        ];
+        argv.extend_from_slice(env);
+        argv.push("/share/bootagent");
+        argv.extend_from_slice(args);
+        let mut command = Command::new(world("NSPAWN"));
+        command.args(["run", &self.leader]).args(&argv);
+        command
+    }
+
+    /// Installs the binary, /share/config.toml and the shipped units as a package would, with
+    /// drop-ins that point them at the test world (and the health server at a port of its own
+    /// choosing: [`Container::health_url`]).
+    pub fn install_shipped_units(&self, imds: &Imds) {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+        for unit_file in [
+            "bootagent-boot.service",
+            "bootagent-health.service",
+            "bootagent-lifecycle.service",
+            "bootagent-refresh.service",
+            "bootagent-refresh.timer",
+        ] {
+            std::fs::copy(shipped.join(unit_file), self.out().join(unit_file)).unwrap();
+        }
+        self.sh(&format!(
+            "set -e
+             mkdir -p /etc/bootagent /usr/local/bin
+             cp /share/bootagent /usr/local/bin/bootagent
+             cp /share/config.toml /etc/bootagent/config.toml
+             cp /share/bootagent-*.service /share/bootagent-*.timer /etc/systemd/system/
+             for unit in boot refresh; do
+                 mkdir -p /etc/systemd/system/bootagent-$unit.service.d
+                 printf '[Service]\\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds} AWS_ENDPOINT_URL={moto} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\\n' \\
+                     > /etc/systemd/system/bootagent-$unit.service.d/test-world.conf
+             done
+             mkdir -p /etc/systemd/system/bootagent-health.service.d
+             printf '[Service]\\nExecStart=\\nExecStart=/usr/local/bin/bootagent health-report --listen 127.0.0.1:0\\n' \\
+                 > /etc/systemd/system/bootagent-health.service.d/test-port.conf
+             systemctl daemon-reload",
+            imds = imds.url,
+            moto = world("MOTO"),
+        ));
+    }
+
+    /// The started health server's URL: the address it logged (field ADDRESS) once it listened.
+    pub fn health_url(&self) -> String {
+        let mut address = None;
+        eventually(10, "the health server's address in the journal", || {
+            let journal = self.sh("journalctl --no-pager -o json -u bootagent-health.service");
+            address = journal
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find(|entry| entry["MESSAGE"] == "serving health reports")
+                .and_then(|entry| entry["F_ADDRESS"].as_str().map(str::to_string));
+            address.is_some()
+        });
+        format!("http://{}/health", address.unwrap())
+    }
+
+    pub fn show(&self, unit: &str, property: &str) -> String {
+        self.sh(&format!("systemctl show --value -p {property} {unit}"))
+            .trim()
+            .to_string()
+    }
+
+    pub fn out(&self) -> &Path {
+        self.share.path()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new(world("NSPAWN"))
+            .args(["stop", &self.name, &self.leader])
+            .status();
+    }
+}
+
+/// Waits up to `seconds` for `condition`, looking every 50 ms.
+pub fn eventually(seconds: u64, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
