@@ -839,6 +839,30 @@ fn faults() -> Vec<Fault> {
             expect: degraded(&["running last good commit", "cannot reach git remote"]),
         },
         Fault {
+            fault: "git remote stalls mid-pack".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                let stalling = PackTamperer::start(Tamper::Stall, &s.name);
+                s.boot(&s.imds_with_repository(&stalling.url), &[])
+            }),
+            expect: degraded(&["running last good commit", "within 2s (git.timeout)"]),
+        },
+        Fault {
+            fault: "git remote sends a corrupt pack".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                let corrupting = PackTamperer::start(Tamper::Corrupt, &s.name);
+                s.boot(&s.imds_with_repository(&corrupting.url), &[])
+            }),
+            expect: degraded(&[
+                "running last good commit",
+                "sent a damaged pack",
+                "git fsck",
+            ]),
+        },
+        Fault {
             fault: "git branch deleted".into(),
             when: "git",
             config: FAST_GIT,
@@ -1259,6 +1283,86 @@ impl HangUp {
             _thread: thread,
             url,
         }
+    }
+}
+
+/// What a [`PackTamperer`] does to the pack the git daemon sends.
+#[derive(Clone, Copy)]
+enum Tamper {
+    /// Flips a byte of the pack: the pkt-line framing stays valid, the pack does not.
+    Corrupt,
+    /// Sends half of the first packet of pack data, then nothing, holding the connection open.
+    Stall,
+}
+
+/// A git:// proxy in front of the world's git daemon that reads the daemon's answer as
+/// pkt-lines and tampers with the pack inside them (side-band channel 1).
+struct PackTamperer {
+    _thread: std::thread::JoinHandle<()>,
+    url: String,
+}
+
+impl PackTamperer {
+    fn start(tamper: Tamper, name: &str) -> PackTamperer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("git://{}/{name}.git", listener.local_addr().unwrap());
+        let daemon = world("GIT_URL").replacen("git://", "", 1);
+        let thread = std::thread::spawn(move || {
+            for client in listener.incoming().take(16).flatten() {
+                let daemon = daemon.clone();
+                std::thread::spawn(move || {
+                    let _ = tamper_with_pack(client, &daemon, tamper);
+                });
+            }
+        });
+        PackTamperer {
+            _thread: thread,
+            url,
+        }
+    }
+}
+
+/// Relays the client's requests as they are, and the daemon's answer packet by packet.
+fn tamper_with_pack(
+    client: std::net::TcpStream,
+    daemon: &str,
+    tamper: Tamper,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut answers = std::net::TcpStream::connect(daemon)?;
+    let (mut requests, mut to_daemon) = (client.try_clone()?, answers.try_clone()?);
+    std::thread::spawn(move || std::io::copy(&mut requests, &mut to_daemon));
+    let mut to_client = client;
+    // The pack's first 12 bytes are its header ("PACK", version, object count).
+    let mut pack_bytes = 0;
+    let mut tampered = false;
+    loop {
+        let mut head = [0u8; 4];
+        answers.read_exact(&mut head)?;
+        let length = std::str::from_utf8(&head)
+            .ok()
+            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+            .ok_or(std::io::ErrorKind::InvalidData)?;
+        // 0000-0003 are flush and delimiter packets without payload.
+        let mut payload = vec![0u8; length.saturating_sub(4)];
+        answers.read_exact(&mut payload)?;
+        if payload.first() == Some(&1) && !tampered {
+            pack_bytes += payload.len() - 1;
+            if pack_bytes > 12 {
+                tampered = true;
+                match tamper {
+                    Tamper::Corrupt => *payload.last_mut().unwrap() ^= 0xff,
+                    Tamper::Stall => {
+                        to_client.write_all(&head)?;
+                        to_client.write_all(&payload[..payload.len() / 2])?;
+                        std::thread::sleep(std::time::Duration::from_secs(60));
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        to_client.write_all(&head)?;
+        to_client.write_all(&payload)?;
     }
 }
 

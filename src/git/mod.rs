@@ -28,6 +28,11 @@ pub enum GitError {
     #[error("git remote {url} refused access: {message}; check the deploy key or token")]
     Denied { url: String, message: String },
     #[error(
+        "git remote {url} sent a damaged pack ({message}), which was discarded; boot again, and \
+         if it persists, run `git fsck` in the remote repository"
+    )]
+    DamagedPack { url: String, message: String },
+    #[error(
         "git remote {url} is not the host pinned in {known_hosts}: {message}; if its host key \
          really changed, verify the new key out of band and replace the old one in {known_hosts}"
     )]
@@ -71,7 +76,10 @@ pub enum GitError {
 
 impl GitError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, GitError::Unreachable { .. })
+        matches!(
+            self,
+            GitError::Unreachable { .. } | GitError::DamagedPack { .. }
+        )
     }
 }
 
@@ -730,6 +738,16 @@ fn network_error(error: git2::Error, url: &str, session: &ActiveSession) -> GitE
     let message = error.message().replace(url, &shown);
     if error.code() == git2::ErrorCode::Auth {
         GitError::Denied {
+            url: shown.to_string(),
+            message,
+        }
+    } else if matches!(
+        error.class(),
+        git2::ErrorClass::Zlib | git2::ErrorClass::Indexer
+    ) {
+        // What arrived does not unpack or does not match its checksum: bytes damaged in
+        // transit, or a broken repository on the server.
+        GitError::DamagedPack {
             url: shown.to_string(),
             message,
         }
