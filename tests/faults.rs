@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use support::container::Container;
+use support::netns::{NetNs, Peer};
 use support::*;
 
 /// What a row leaves: the state from before the faulty boot, or the change it brought.
@@ -838,6 +839,56 @@ fn faults() -> Vec<Fault> {
             }),
             expect: degraded(&["running last good commit", "cannot reach git remote"]),
         },
+        // Real network faults, on links of a network namespace.
+        Fault {
+            fault: "every link at 64 kbit/s (tc tbf)".into(),
+            when: "network",
+            config: "",
+            strike: Strike::Run(|s| {
+                boot_over_links(s, |netns, links| {
+                    for peer in [&links.imds, &links.moto, &links.git] {
+                        netns.slow(peer, "64kbit");
+                    }
+                })
+            }),
+            expect: ok(Left::New, Left::New),
+        },
+        Fault {
+            fault: "packets to IMDS dropped (tc tbf)".into(),
+            when: "identity",
+            config: "",
+            strike: Strike::Run(|s| {
+                boot_over_links(s, |netns, links| netns.drop_packets(&links.imds))
+            }),
+            expect: fails(75, &["did not answer", "HttpEndpoint=enabled"]),
+        },
+        Fault {
+            fault: "packets to Secrets Manager dropped (tc tbf)".into(),
+            when: "secrets",
+            config: FAST_SECRETS,
+            strike: Strike::Run(|s| {
+                boot_over_links(s, |netns, links| netns.drop_packets(&links.moto))
+            }),
+            expect: fails(75, &["did not return secret", "boot again later"]),
+        },
+        Fault {
+            fault: "packets to the git remote dropped (tc tbf)".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                boot_over_links(s, |netns, links| netns.drop_packets(&links.git))
+            }),
+            expect: degraded(&["running last good commit", "within 2s (git.timeout)"]),
+        },
+        Fault {
+            fault: "no route to the git remote".into(),
+            when: "git",
+            config: FAST_GIT,
+            strike: Strike::Run(|s| {
+                boot_over_links(s, |netns, links| netns.unreachable(&links.git))
+            }),
+            expect: degraded(&["running last good commit", "No route to host"]),
+        },
         Fault {
             fault: "git remote stalls mid-pack".into(),
             when: "git",
@@ -1284,6 +1335,44 @@ impl HangUp {
             url,
         }
     }
+}
+
+/// The links of a namespace to the servers a boot talks to.
+struct Links {
+    imds: Peer,
+    moto: Peer,
+    git: Peer,
+}
+
+/// `host:port` of a URL.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap()
+}
+
+/// The boot run inside a network namespace that reaches IMDS, moto and the git daemon each over
+/// a real link of its own, after `fault` did its worst to those links.
+fn boot_over_links(setup: &Setup, fault: fn(&NetNs, &Links)) -> Run {
+    let netns = NetNs::create();
+    let git = netns.reach(authority(&world("GIT_URL")));
+    // The Repository tag names the git daemon as the namespace reaches it.
+    let imds = setup.imds_with_repository(&format!("git://{}/{}.git", git.address, setup.name));
+    let links = Links {
+        imds: netns.reach(authority(&imds.url)),
+        moto: netns.reach(authority(&world("MOTO"))),
+        git,
+    };
+    fault(&netns, &links);
+    Run(setup
+        .instance
+        .command_via(&netns.exec_prefix(), &imds, &["boot"])
+        .env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://{}", links.imds.address),
+        )
+        .env("AWS_ENDPOINT_URL", format!("http://{}", links.moto.address))
+        .output()
+        .unwrap())
 }
 
 /// What a [`PackTamperer`] does to the pack the git daemon sends.

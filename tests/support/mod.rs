@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod container;
+pub mod netns;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bootagent");
 pub const NOBODY_UID: &str = "65534";
@@ -1206,7 +1207,19 @@ deadline = "60s"
     }
 
     pub fn command(&self, imds: &Imds, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
+        self.command_via(&[], imds, args)
+    }
+
+    /// [`Instance::command`] run through `prefix` (`ip netns exec NAME`, say).
+    pub fn command_via(&self, prefix: &[String], imds: &Imds, args: &[&str]) -> Command {
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
         command
             .args(args)
             .env_clear()
