@@ -137,8 +137,8 @@ impl Container {
         }
         self.sh(&format!(
             "set -e
-             mkdir -p /etc/bootagent /usr/local/bin
-             cp /share/bootagent /usr/local/bin/bootagent
+             mkdir -p /etc/bootagent
+             cp /share/bootagent /usr/bin/bootagent
              cp /share/config.toml /etc/bootagent/config.toml
              cp /share/bootagent-*.service /share/bootagent-*.timer /etc/systemd/system/
              for unit in boot refresh; do
@@ -147,7 +147,7 @@ impl Container {
                      > /etc/systemd/system/bootagent-$unit.service.d/test-world.conf
              done
              mkdir -p /etc/systemd/system/bootagent-health.service.d
-             printf '[Service]\\nExecStart=\\nExecStart=/usr/local/bin/bootagent health-report --listen 127.0.0.1:0\\n' \\
+             printf '[Service]\\nExecStart=\\nExecStart=/usr/bin/bootagent health-report --listen 127.0.0.1:0\\n' \\
                  > /etc/systemd/system/bootagent-health.service.d/test-port.conf
              systemctl daemon-reload",
             imds = imds.url,
