@@ -1,0 +1,75 @@
+# Bakes an Amazon Linux 2023 image with bootagent: the rpm from this directory's build, the
+# image's settings, and the pinned host key of the git server. The package enables the units
+# without starting the boot, so the build instance boots nothing.
+#   packer init . && packer build -var version=0.1.0 .
+
+packer {
+  required_plugins {
+    amazon = {
+      source  = "github.com/hashicorp/amazon"
+      version = ">= 1.3.0"
+    }
+  }
+}
+
+variable "version" {
+  type    = string
+  default = "0.1.0"
+}
+
+variable "arch" {
+  type    = string
+  default = "aarch64"
+}
+
+variable "region" {
+  type    = string
+  default = "eu-west-1"
+}
+
+source "amazon-ebs" "al2023" {
+  region        = var.region
+  instance_type = var.arch == "aarch64" ? "t4g.small" : "t3.small"
+  ssh_username  = "ec2-user"
+  ami_name      = "bootagent-${var.version}-${var.arch}-{{timestamp}}"
+
+  source_ami_filter {
+    filters = {
+      name         = "al2023-ami-2023.*-kernel-*-${var.arch == "aarch64" ? "arm64" : "x86_64"}"
+      architecture = var.arch == "aarch64" ? "arm64" : "x86_64"
+    }
+    owners      = ["amazon"]
+    most_recent = true
+  }
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 2
+    instance_metadata_tags      = "enabled"
+  }
+}
+
+build {
+  sources = ["source.amazon-ebs.al2023"]
+
+  provisioner "file" {
+    source      = "bootagent-${var.version}-1.${var.arch}.rpm"
+    destination = "/tmp/bootagent.rpm"
+  }
+
+  provisioner "file" {
+    source      = "known_hosts"
+    destination = "/tmp/known_hosts"
+  }
+
+  provisioner "shell" {
+    inline = [
+      "sudo dnf install -y /tmp/bootagent.rpm",
+      "sudo install -m 0644 /tmp/known_hosts /etc/bootagent/known_hosts",
+      "printf '[service]\\nuser = \"app\"\\n' | sudo tee /etc/bootagent/config.d/10-image.toml",
+      "sudo systemctl is-enabled bootagent-boot.service",
+      "bootagent --version",
+    ]
+  }
+}
