@@ -1,5 +1,6 @@
 //! Structured logs: to the journal when systemd connected our stderr to it (`JOURNAL_STREAM`),
-//! so fields stay queryable; to stderr otherwise.
+//! so fields stay queryable; to stderr otherwise — also when a parent's stderr went to the
+//! journal but ours was redirected (cloud-init's runcmd writing to its log file, `2>file`).
 
 use std::io::IsTerminal;
 
@@ -14,8 +15,9 @@ pub fn init(verbose: bool) {
     } else {
         LevelFilter::INFO
     };
-    let journald = std::env::var_os("JOURNAL_STREAM")
-        .and_then(|_| tracing_journald::layer().ok())
+    let journald = stderr_is_the_journal()
+        .then(tracing_journald::layer)
+        .and_then(Result::ok)
         .map(|layer| layer.with_syslog_identifier("bootagent".into()));
     let registry = tracing_subscriber::registry();
     match journald {
@@ -30,5 +32,39 @@ pub fn init(verbose: bool) {
                     .with_filter(level),
             )
             .init(),
+    }
+}
+
+/// Whether stderr is the stream systemd connected to the journal: `JOURNAL_STREAM` names its
+/// device and inode, and children inherit the variable even when their stderr goes elsewhere.
+fn stderr_is_the_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    is_stream(&stream.to_string_lossy(), stderr.st_dev, stderr.st_ino)
+}
+
+/// Whether `JOURNAL_STREAM` (`DEVICE:INODE`, in decimal) names this device and inode.
+fn is_stream(journal_stream: &str, device: u64, inode: u64) -> bool {
+    journal_stream
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((device, inode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_matches_only_its_own_device_and_inode() {
+        assert!(is_stream("8:12345", 8, 12345));
+        assert!(!is_stream("8:12345", 8, 12346));
+        assert!(!is_stream("9:12345", 8, 12345));
+        assert!(!is_stream("", 8, 12345));
+        assert!(!is_stream("8-12345", 8, 12345));
     }
 }

@@ -302,24 +302,6 @@ fn generated_values_reach_the_unit_exactly_through_its_environment_file() {
     }
 }
 
-/// The HTTP status code curl gets for `url`.
-fn http_status(url: &str) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            url,
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The recorder writes its file just after the unit becomes active: wait for it, boundedly.
 fn wait_for_file(path: &Path) -> Vec<u8> {
     for _ in 0..100 {

@@ -12,39 +12,78 @@ pub struct Container {
     name: String,
     leader: String,
     share: tempfile::TempDir,
+    /// A root of its own that outlives a reboot; `None`: an overlay over the world's rootfs,
+    /// thrown away at poweroff.
+    root: Option<PrivateRoot>,
 }
 
 impl Container {
     /// Boots a container with the binary, the recorder and `config` under /share.
     pub fn boot(config: &str) -> Container {
+        let share = Container::share();
+        std::fs::copy(BIN, share.path().join("bootagent")).unwrap();
+        std::fs::write(share.path().join("config.toml"), config).unwrap();
+        Container::start(share, None)
+    }
+
+    /// Boots a container from `root`, a writable layer of its own: what is installed in it
+    /// survives [`Container::reboot`], as on an instance.
+    pub fn boot_private(root: PrivateRoot) -> Container {
+        Container::start(Container::share(), Some(root))
+    }
+
+    /// A /share with the recorder and an `out/` anyone may write.
+    fn share() -> tempfile::TempDir {
         let share = open_tempdir("/tmp");
         std::fs::set_permissions(share.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        std::fs::copy(BIN, share.path().join("bootagent")).unwrap();
         std::fs::copy(world("RECORDER"), share.path().join("recorder.sh")).unwrap();
-        std::fs::write(share.path().join("config.toml"), config).unwrap();
         let out = share.path().join("out");
         std::fs::create_dir(&out).unwrap();
         std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+        share
+    }
+
+    fn start(share: tempfile::TempDir, root: Option<PrivateRoot>) -> Container {
         let name = unique("ba");
-        let started = Command::new(world("NSPAWN"))
-            .args(["start", &name, &world("ROOTFS")])
-            .arg(share.path())
-            .output()
-            .unwrap();
+        let leader = Container::start_systemd(&name, share.path(), root.as_ref());
+        Container {
+            name,
+            leader,
+            share,
+            root,
+        }
+    }
+
+    /// Starts systemd in the container; its leader's PID.
+    fn start_systemd(name: &str, share: &Path, root: Option<&PrivateRoot>) -> String {
+        let mut command = Command::new(world("NSPAWN"));
+        match root {
+            Some(root) => command.args(["start-persistent", name]).arg(root.merged()),
+            None => command.args(["start", name, &world("ROOTFS")]),
+        };
+        let started = command.arg(share).output().unwrap();
         assert!(
             started.status.success(),
             "nspawn: {}",
             String::from_utf8_lossy(&started.stderr)
         );
-        let leader = String::from_utf8(started.stdout)
+        String::from_utf8(started.stdout)
             .unwrap()
             .trim()
-            .to_string();
-        Container {
-            name,
-            leader,
-            share,
-        }
+            .to_string()
+    }
+
+    /// Powers the container off and boots it again from the same root.
+    pub fn reboot(&mut self) {
+        assert!(self.root.is_some(), "only a private root survives a reboot");
+        self.stop();
+        self.leader = Container::start_systemd(&self.name, self.share.path(), self.root.as_ref());
+    }
+
+    fn stop(&self) {
+        let _ = Command::new(world("NSPAWN"))
+            .args(["stop", &self.name, &self.leader])
+            .status();
     }
 
     pub fn exec(&self, argv: &[&str]) -> Output {
@@ -183,9 +222,64 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new(world("NSPAWN"))
-            .args(["stop", &self.name, &self.leader])
-            .status();
+        self.stop();
+    }
+}
+
+/// An overlay over one of the world's root file systems with an upper layer of its own,
+/// unmounted when dropped. Before the container boots, a test may change it from outside (as an
+/// image build would).
+pub struct PrivateRoot {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRoot {
+    /// Over `lower`: the world's `ROOTFS`, or `ROOTFS_CLOUD_INIT` (the same with cloud-init).
+    pub fn mount(lower: &str) -> PrivateRoot {
+        let dir = open_tempdir("/tmp");
+        for sub in ["upper", "work", "merged"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            world(lower),
+            dir.path().join("upper").display(),
+            dir.path().join("work").display()
+        );
+        let status = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(dir.path().join("merged"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount overlay {options}");
+        PrivateRoot { dir }
+    }
+
+    /// The root as the container sees it.
+    pub fn merged(&self) -> std::path::PathBuf {
+        self.dir.path().join("merged")
+    }
+
+    /// Runs `script` with this root as `/` (chroot), as an image build does before the image
+    /// ever boots.
+    pub fn chroot(&self, script: &str) {
+        let out = Command::new("chroot")
+            .arg(self.merged())
+            .args(["sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "chroot: {script}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateRoot {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.merged()).status();
     }
 }
 

@@ -2,6 +2,9 @@
 # A real systemd as PID 1 in a throwaway container, for systemd-mode tests and the demo.
 #   nspawn.sh start NAME ROOTFS SHAREDIR   boots it (overlay over ROOTFS, SHAREDIR at /share);
 #                                          prints the leader PID once systemd is up
+#   nspawn.sh start-persistent NAME ROOT SHAREDIR
+#                                          the same, writing to ROOT itself, so that what a
+#                                          test installs survives a stop and a start
 #   nspawn.sh run LEADER CMD...            runs CMD inside (all namespaces of the leader)
 #   nspawn.sh stop NAME LEADER             powers it off and removes its cgroups
 # Facts behind the recipe (--keep-unit, the cgroup move, no machinectl) are in
@@ -13,7 +16,16 @@ cgroup_dirs() {
 }
 
 start() {
+    boot "$1" "$2" "$3" --volatile=overlay
+}
+
+start-persistent() {
+    boot "$1" "$2" "$3"
+}
+
+boot() {
     local name=$1 rootfs=$2 share=$3 log
+    local volatile=("${@:4}")
     log=$(mktemp "/tmp/nspawn-$name.XXXXXX.log")
     (
         # The sandbox sits in the root cgroup, where nspawn refuses to run: give it its own.
@@ -22,7 +34,7 @@ start() {
             echo "$BASHPID" > "$dir/cgroup.procs"
         done
         exec systemd-nspawn -q -b -D "$rootfs" -M "$name" --register=no --keep-unit \
-            --console=passive --volatile=overlay --bind="$share:/share" </dev/null
+            --console=passive "${volatile[@]}" --bind="$share:/share" </dev/null
     ) >"$log" 2>&1 &
     local nspawn=$! leader="" state=""
     # Up to 60 s: ~0.4 s alone, much longer beside a loaded test run.
