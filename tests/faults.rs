@@ -669,8 +669,9 @@ fn faults() -> Vec<Fault> {
             expect: Expect {
                 code: 75,
                 outcome: "failed",
-                // The SDK's operation timeout and the step's own end together; either says so.
-                says: &["3s", "boot again later"],
+                // The call's own timeout ends it before the step's (which has a second more), so the
+                // message names the secret.
+                says: &["did not return secret", "3s", "boot again later"],
                 env: Left::Earlier,
                 release: Left::Earlier,
                 converges: true,

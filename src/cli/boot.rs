@@ -266,9 +266,12 @@ async fn steps(
 
     recorder.begin("secrets");
     let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
+    // Each call has secrets.timeout (the SDK's operation timeout); the step gets a second more,
+    // so that a stalled call ends with its own error, which names the secret, rather than the
+    // step's, whichever timer the scheduler happens to wake first.
     let loaded = within(
         "secrets",
-        config.secrets.timeout,
+        config.secrets.timeout + Duration::from_secs(1),
         secrets::load(&client, &plan.identity.region, &plan.secrets),
     )
     .await??;
