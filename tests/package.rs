@@ -383,6 +383,11 @@ fn next_revision(deb: &Path, into: &Path) -> PathBuf {
 #[test]
 fn an_image_with_the_deb_boots_its_service_by_itself_then_upgrades_removes_and_purges() {
     let (name, _repo, imds) = small_service("ami", "prod");
+    let canary = canary();
+    put_secret_value(
+        &format!("{name}_env_prod"),
+        &serde_json::json!({ "DB_PASSWORD": canary }).to_string(),
+    );
     let root = PrivateRoot::mount("ROOTFS");
     install_recorder(&root.merged());
     let mut container = Container::boot_private(root);
@@ -441,6 +446,10 @@ fn an_image_with_the_deb_boots_its_service_by_itself_then_upgrades_removes_and_p
         "{received}"
     );
     assert!(received.contains("BOOTAGENT_ENV=prod"), "{received}");
+    let secret = format!("DB_PASSWORD={canary}");
+    assert!(received.split('\0').any(|variable| variable == secret));
+    let everything = container.sh("journalctl --no-pager -o cat; cat /run/bootagent/status.json");
+    assert_no_canary(&canary, &[("journal and status.json", &everything)]);
     let status = container.exec(&["bootagent", "status"]);
     let told = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{told}");
@@ -547,6 +556,11 @@ fn assert_booted(name: &str, container: &Container) {
     let received = container.sh(&format!("cat /var/tmp/{name}/env"));
     assert!(
         received.contains(&format!("BOOTAGENT_SERVICE={name}")),
+        "{received}"
+    );
+    // small_service's secret.
+    assert!(
+        received.split('\0').any(|variable| variable == "A=1"),
         "{received}"
     );
     let status = container.exec(&["bootagent", "status"]);
