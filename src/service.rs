@@ -118,6 +118,11 @@ pub async fn start_systemd(
         // fresh count, as an operator running `systemctl reset-failed` would give it.
         systemctl(&["reset-failed", unit]).await?;
     }
+    let timed_out = |state: &UnitState| ServiceError::StartTimeout {
+        unit: unit.clone(),
+        state: state.describe(),
+        waited: humantime::format_duration(timeout).to_string(),
+    };
     let began = std::time::Instant::now();
     if restart {
         tracing::info!(%unit, "restarting the unit");
@@ -125,13 +130,7 @@ pub async fn start_systemd(
         // the unit's own TimeoutStartSec. The boot waits only service.start_timeout.
         match tokio::time::timeout(timeout, systemctl(&["restart", unit])).await {
             Ok(restarted) => drop(restarted?),
-            Err(_) => {
-                return Err(ServiceError::StartTimeout {
-                    unit: unit.clone(),
-                    state: unit_state(unit).await?.describe(),
-                    waited: humantime::format_duration(timeout).to_string(),
-                })
-            }
+            Err(_) => return Err(timed_out(&unit_state(unit).await?)),
         }
     }
     let left = timeout.saturating_sub(began.elapsed());
@@ -153,13 +152,7 @@ pub async fn start_systemd(
     let current = match started {
         Ok(current) => current,
         Err(Unready::Failed(e)) => return Err(e),
-        Err(Unready::TimedOut(current)) => {
-            return Err(ServiceError::StartTimeout {
-                unit: unit.clone(),
-                state: current.describe(),
-                waited: humantime::format_duration(timeout).to_string(),
-            })
-        }
+        Err(Unready::TimedOut(current)) => return Err(timed_out(&current)),
     };
     if restart {
         stays_up(unit, &current, settle).await?;

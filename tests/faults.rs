@@ -145,9 +145,11 @@ trait Subject {
     fn boot_again(&self) -> Run;
     /// Temporary files and staging links a killed boot left behind.
     fn leftovers(&self) -> usize;
-    /// Where a canary was found: in `runs`' output or in a file outside the env file and the
-    /// service's own record of its environment.
-    fn leaks(&self, runs: &[&Run]) -> Vec<String>;
+    /// The canaries: the secret values from before and after the change.
+    fn canaries(&self) -> &[String; 2];
+    /// Where a canary was found outside the runs' output: a file outside the env file and the
+    /// service's own record of its environment (and, in the container, the journal).
+    fn leaks(&self) -> Vec<String>;
 }
 
 impl Subject for Setup {
@@ -169,15 +171,13 @@ impl Subject for Setup {
             .unwrap_or_else(|_| "no status".to_string())
     }
 
-    fn leaks(&self, runs: &[&Run]) -> Vec<String> {
+    fn canaries(&self) -> &[String; 2] {
+        &self.canaries
+    }
+
+    fn leaks(&self) -> Vec<String> {
         let mut found = Vec::new();
         for canary in &self.canaries {
-            for (n, run) in runs.iter().enumerate() {
-                if run.stdout().contains(canary.as_str()) || run.stderr().contains(canary.as_str())
-                {
-                    found.push(format!("output of run {}", n + 1));
-                }
-            }
             let env_file = self.instance.env_file(&self.name);
             let files = [
                 files_containing(self.instance.root.path(), canary),
@@ -346,7 +346,14 @@ fn judge(
     } else {
         None
     };
-    let leaks = subject.leaks(&runs.iter().collect::<Vec<_>>());
+    let mut leaks = subject.leaks();
+    for canary in subject.canaries() {
+        for (n, run) in runs.iter().enumerate() {
+            if run.stdout().contains(canary.as_str()) || run.stderr().contains(canary.as_str()) {
+                leaks.push(format!("output of run {}", n + 1));
+            }
+        }
+    }
     if !leaks.is_empty() {
         problems.push(format!("secret in {}", leaks.join(", ")));
     }
@@ -1648,17 +1655,15 @@ impl Subject for UnitSetup<'_> {
             .count()
     }
 
-    fn leaks(&self, runs: &[&Run]) -> Vec<String> {
+    fn canaries(&self) -> &[String; 2] {
+        &self.canaries
+    }
+
+    fn leaks(&self) -> Vec<String> {
         let mut found = Vec::new();
         let journal = self.container.sh("journalctl --no-pager -o cat");
         let record = self.container.out().join("out").join(&self.name);
         for canary in &self.canaries {
-            for (n, run) in runs.iter().enumerate() {
-                if run.stdout().contains(canary.as_str()) || run.stderr().contains(canary.as_str())
-                {
-                    found.push(format!("output of run {}", n + 1));
-                }
-            }
             if journal.contains(canary.as_str()) {
                 found.push("the journal".to_string());
             }

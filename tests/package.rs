@@ -408,21 +408,13 @@ fn an_image_with_the_deb_boots_its_service_by_itself_then_upgrades_removes_and_p
         "bootagent-lifecycle.service",
         "bootagent-refresh.timer",
     ] {
-        let enabled = container.exec(&["systemctl", "is-enabled", unit]);
-        assert_eq!(
-            String::from_utf8_lossy(&enabled.stdout).trim(),
-            "enabled",
-            "{unit}"
-        );
+        assert_enabled(&container, unit);
     }
     assert_eq!(
         container.show("bootagent-boot.service", "ActiveState"),
         "inactive"
     );
-    assert!(!container
-        .exec(&["test", "-e", "/run/bootagent/status.json"])
-        .status
-        .success());
+    container.sh("test ! -e /run/bootagent/status.json");
     let out = format!("/share/out/{name}");
     container.sh(&bake(&name, &out, &imds));
     container.sh("echo '# edited by the image bake' >> /etc/bootagent/config.toml");
@@ -430,15 +422,7 @@ fn an_image_with_the_deb_boots_its_service_by_itself_then_upgrades_removes_and_p
     // The instance launches: nothing but systemd starts bootagent.
     container.reboot();
     let unit = format!("{name}.service");
-    eventually(60, "bootagent-boot to finish", || {
-        container.show("bootagent-boot.service", "ActiveState") != "activating"
-    });
-    assert_eq!(
-        container.show("bootagent-boot.service", "ActiveState"),
-        "active",
-        "{}",
-        container.sh("journalctl --no-pager -u bootagent-boot.service")
-    );
+    assert_boot_unit_succeeded(&container);
     assert_eq!(container.show(&unit, "ActiveState"), "active");
     let received = container.sh(&format!("cat {out}/env"));
     assert!(
@@ -481,10 +465,7 @@ fn an_image_with_the_deb_boots_its_service_by_itself_then_upgrades_removes_and_p
         container.show("bootagent-health.service", "ActiveState"),
         "inactive"
     );
-    assert!(!container
-        .exec(&["test", "-e", "/usr/bin/bootagent"])
-        .status
-        .success());
+    container.sh("test ! -e /usr/bin/bootagent");
     container.sh("test ! -e /etc/systemd/system/multi-user.target.wants/bootagent-boot.service");
     assert_eq!(container.show(&unit, "ActiveState"), "active");
     container.sh("test -e /etc/bootagent/config.toml && test -d /var/lib/bootagent");
@@ -492,6 +473,28 @@ fn an_image_with_the_deb_boots_its_service_by_itself_then_upgrades_removes_and_p
     // Purged: the config and the boot history go too.
     container.sh("apt-get purge -y -q bootagent");
     container.sh("test ! -e /etc/bootagent/config.toml && test ! -e /var/lib/bootagent");
+}
+
+/// bootagent-boot.service ran, to the end, and succeeded (a oneshot that remains active).
+fn assert_boot_unit_succeeded(container: &Container) {
+    eventually(60, "bootagent-boot to finish", || {
+        container.show("bootagent-boot.service", "ActiveState") != "activating"
+    });
+    assert_eq!(
+        container.show("bootagent-boot.service", "ActiveState"),
+        "active",
+        "{}",
+        container.sh("journalctl --no-pager -u bootagent-boot.service")
+    );
+}
+
+fn assert_enabled(container: &Container, unit: &str) {
+    let enabled = container.exec(&["systemctl", "is-enabled", unit]);
+    assert_eq!(
+        String::from_utf8_lossy(&enabled.stdout).trim(),
+        "enabled",
+        "{unit}"
+    );
 }
 
 /// An image with the package whose cloud-init runs bootagent, as `user_data` (an example from
@@ -589,16 +592,9 @@ fn cloud_init_runs_bootagent_boot_from_runcmd() {
 #[test]
 fn cloud_init_user_data_that_enables_the_packaged_unit_boots_through_systemd() {
     let (name, container, _repo) = boot_with_cloud_init("enable-unit.yaml", false);
-    eventually(60, "bootagent-boot to finish", || {
-        container.show("bootagent-boot.service", "ActiveState") != "activating"
-    });
-    assert_eq!(
-        container.show("bootagent-boot.service", "ActiveState"),
-        "active"
-    );
+    assert_boot_unit_succeeded(&container);
     assert_booted(&name, &container);
-    let enabled = container.exec(&["systemctl", "is-enabled", "bootagent-boot.service"]);
-    assert_eq!(String::from_utf8_lossy(&enabled.stdout).trim(), "enabled");
+    assert_enabled(&container, "bootagent-boot.service");
     let journal = container.sh("journalctl --no-pager -o cat -u bootagent-boot.service");
     assert!(journal.contains("boot succeeded"), "{journal}");
 }
