@@ -1,11 +1,11 @@
 //! ASG lifecycle hooks: complete a launch or termination action (CONTINUE or ABANDON) and
 //! record heartbeats while work goes on.
 
-use std::time::Duration;
-
+use aws_config::SdkConfig;
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use crate::aws::NoTrustRoots;
+use crate::config::LifecycleConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -51,6 +51,19 @@ pub enum Answer {
     NoActiveAction,
 }
 
+/// The one place that says which group an instance's lifecycle calls name: `lifecycle.group`,
+/// or else the group its `aws:autoscaling:groupName` tag names.
+fn group_of(
+    config: &LifecycleConfig,
+    tagged_group: Option<String>,
+) -> Result<String, LifecycleError> {
+    config
+        .group
+        .clone()
+        .or(tagged_group)
+        .ok_or(LifecycleError::NoGroup)
+}
+
 /// The outcome of a lifecycle action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ActionResult {
@@ -74,19 +87,26 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub async fn new(
+    /// The lifecycle of `instance_id` in its group: `lifecycle.group`, or else the group its
+    /// `aws:autoscaling:groupName` tag names (`tagged_group`).
+    pub async fn connect(
+        config: &LifecycleConfig,
         region: &str,
-        timeout: Duration,
-        group: Option<String>,
         instance_id: &str,
+        tagged_group: Option<String>,
     ) -> Result<Lifecycle, LifecycleError> {
-        let group = group.ok_or(LifecycleError::NoGroup)?;
-        let sdk_config = crate::aws::load(region, timeout).await?;
-        Ok(Lifecycle {
-            client: aws_sdk_autoscaling::Client::new(&sdk_config),
+        let group = group_of(config, tagged_group)?;
+        let sdk_config = crate::aws::load(region, config.timeout).await?;
+        Ok(Lifecycle::with_sdk(&sdk_config, group, instance_id))
+    }
+
+    /// A client over `sdk_config`, which decides endpoint, credentials and HTTP client.
+    pub fn with_sdk(sdk_config: &SdkConfig, group: String, instance_id: &str) -> Lifecycle {
+        Lifecycle {
+            client: aws_sdk_autoscaling::Client::new(sdk_config),
             group,
             instance_id: instance_id.to_string(),
-        })
+        }
     }
 
     pub async fn complete(
@@ -143,7 +163,17 @@ impl Lifecycle {
                     tracing::warn!(hook, %group, "{message}: nothing to complete");
                     return Ok(Answer::NoActiveAction);
                 }
-                if code == "Throttling" || service.raw().status().as_u16() >= 500 {
+                let status = service.raw().status().as_u16();
+                if code.is_empty() {
+                    // Not an answer of Auto Scaling's: a proxy's page, a truncated body.
+                    return Err(LifecycleError::Unreachable {
+                        action,
+                        hook,
+                        group,
+                        detail: format!("unreadable response with HTTP {status}"),
+                    });
+                }
+                if code == "Throttling" || status >= 500 {
                     return Err(LifecycleError::Unreachable {
                         action,
                         hook,
@@ -166,5 +196,142 @@ impl Lifecycle {
                 detail: DisplayErrorContext(&error).to_string(),
             }),
         }
+    }
+}
+
+/// The calls answered in process, as Auto Scaling answers them (the Query protocol).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::SdkAnswers;
+
+    const COMPLETED: &str = r#"<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">
+  <CompleteLifecycleActionResult/>
+  <ResponseMetadata><RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId></ResponseMetadata>
+</CompleteLifecycleActionResponse>"#;
+
+    fn error(code: &str, message: &str) -> String {
+        format!(
+            r#"<ErrorResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">
+  <Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>
+  <RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId>
+</ErrorResponse>"#
+        )
+    }
+
+    async fn lifecycle(answers: &SdkAnswers) -> Lifecycle {
+        Lifecycle::with_sdk(&answers.sdk_config().await, "web".into(), "i-0abc")
+    }
+
+    #[tokio::test]
+    async fn a_completed_action_names_the_group_hook_instance_and_result() {
+        let answers = SdkAnswers::new(&[(200, COMPLETED)]);
+        let answer = lifecycle(&answers)
+            .await
+            .complete("launching", ActionResult::Abandon)
+            .await
+            .unwrap();
+        assert_eq!(answer, Answer::Done);
+        let sent = answers.requests();
+        assert_eq!(sent.len(), 1);
+        for part in [
+            "Action=CompleteLifecycleAction",
+            "AutoScalingGroupName=web",
+            "LifecycleHookName=launching",
+            "InstanceId=i-0abc",
+            "LifecycleActionResult=ABANDON",
+        ] {
+            assert!(sent[0].contains(part), "{part} in {}", sent[0]);
+        }
+    }
+
+    #[tokio::test]
+    async fn no_active_action_is_an_answer_not_a_failure() {
+        let none = error(
+            "ValidationError",
+            "No active Lifecycle Action found with instance ID i-0abc",
+        );
+        let answers = SdkAnswers::new(&[(400, &none)]);
+        let answer = lifecycle(&answers)
+            .await
+            .heartbeat("launching")
+            .await
+            .unwrap();
+        assert_eq!(answer, Answer::NoActiveAction);
+        assert!(answers.requests()[0].contains("Action=RecordLifecycleActionHeartbeat"));
+    }
+
+    #[tokio::test]
+    async fn another_validation_error_is_a_refusal_that_is_not_retried() {
+        let unknown_hook = error(
+            "ValidationError",
+            "No Lifecycle Hook found for name launching in group web",
+        );
+        let answers = SdkAnswers::new(&[(400, &unknown_hook)]);
+        let err = lifecycle(&answers)
+            .await
+            .complete("launching", ActionResult::Continue)
+            .await
+            .unwrap_err();
+        assert!(!err.is_transient(), "{err}");
+        assert!(
+            err.to_string().contains(
+                "Auto Scaling refused CompleteLifecycleAction for hook launching of group web: \
+                 ValidationError: No Lifecycle Hook found"
+            ),
+            "{err}"
+        );
+        assert_eq!(answers.requests().len(), 1);
+        assert_eq!(crate::Error::from(err).exit_code(), crate::exit::LIFECYCLE);
+    }
+
+    #[tokio::test]
+    async fn throttling_that_lasts_is_transient_after_the_sdk_retries() {
+        let throttled = error("Throttling", "Rate exceeded");
+        let answers = SdkAnswers::new(&[(400, &throttled)]);
+        let err = lifecycle(&answers)
+            .await
+            .complete("launching", ActionResult::Continue)
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(
+            err.to_string().contains("Throttling: Rate exceeded"),
+            "{err}"
+        );
+        assert_eq!(answers.requests().len(), 3);
+        assert_eq!(crate::Error::from(err).exit_code(), crate::exit::TRANSIENT);
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_auto_scalings_is_transient() {
+        let answers = SdkAnswers::new(&[(502, "<html>Bad Gateway</html>")]);
+        let err = lifecycle(&answers)
+            .await
+            .heartbeat("launching")
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unreadable response with HTTP 502"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_group_comes_from_the_config_before_the_tag() {
+        let mut config = crate::config::from_text(
+            std::path::Path::new("test.toml"),
+            "[lifecycle]\ngroup = \"from-config\"\n",
+        )
+        .unwrap()
+        .lifecycle;
+        let tagged = || Some("tagged".to_string());
+        assert_eq!(group_of(&config, tagged()).unwrap(), "from-config");
+        config.group = None;
+        assert_eq!(group_of(&config, tagged()).unwrap(), "tagged");
+        let err = group_of(&config, None).unwrap_err();
+        assert!(err.to_string().contains("set lifecycle.group"), "{err}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::identity::is_valid_name;
+use crate::names::{is_valid_name, is_variable_name};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bootagent/config.toml";
 const DEFAULTS: &str = include_str!("../packaging/defaults.toml");
@@ -25,6 +25,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("invalid configuration: {0}")]
+    Template(#[from] crate::template::TemplateError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,9 +49,13 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LifecycleConfig {
-    pub launch_hook: String,
-    pub termination_hook: String,
-    pub group: String,
+    #[serde(deserialize_with = "optional_text")]
+    pub launch_hook: Option<String>,
+    #[serde(deserialize_with = "optional_text")]
+    pub termination_hook: Option<String>,
+    /// `None`: the group named by the instance's `aws:autoscaling:groupName` tag.
+    #[serde(deserialize_with = "optional_text")]
+    pub group: Option<String>,
     #[serde(deserialize_with = "duration")]
     pub heartbeat: Duration,
     #[serde(deserialize_with = "duration")]
@@ -65,7 +71,8 @@ pub struct LifecycleConfig {
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     pub listen: String,
-    pub app_url: String,
+    #[serde(deserialize_with = "optional_url")]
+    pub app_url: Option<String>,
     #[serde(deserialize_with = "duration")]
     pub app_timeout: Duration,
     #[serde(deserialize_with = "duration")]
@@ -96,9 +103,12 @@ pub struct IdentityConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsConfig {
-    pub main: String,
+    /// A template; `None` when the service has no main secret.
+    #[serde(deserialize_with = "optional_text")]
+    pub main: Option<String>,
     pub version_stage: String,
-    pub version_id: String,
+    #[serde(deserialize_with = "optional_text")]
+    pub version_id: Option<String>,
     pub format: EnvFileFormat,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
@@ -125,6 +135,29 @@ pub struct PathsConfig {
     pub allow_persistent_env_file: bool,
 }
 
+/// The one place that knows where bootagent's files live.
+impl PathsConfig {
+    /// What the last boot did, step by step (on tmpfs: it goes with each reboot).
+    pub fn status_file(&self) -> PathBuf {
+        self.run_dir.join("status.json")
+    }
+
+    /// Held by the boot that writes status.json, for as long as it runs.
+    pub fn lock_file(&self) -> PathBuf {
+        self.run_dir.join("boot.lock")
+    }
+
+    /// The service's environment, secrets included: only ever in the run dir.
+    pub fn env_file(&self, service: &str) -> PathBuf {
+        self.run_dir.join(format!("{service}.env"))
+    }
+
+    /// Present while the instance drains before termination: health answers 503 from then on.
+    pub fn draining_marker(&self) -> PathBuf {
+        self.run_dir.join("draining")
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitConfig {
@@ -136,8 +169,10 @@ pub struct GitConfig {
     pub keep: usize,
     pub on_failure: OnGitFailure,
     pub username: String,
-    pub token: String,
-    pub ssh_key: String,
+    #[serde(deserialize_with = "optional_credential")]
+    pub token: Option<Credential>,
+    #[serde(deserialize_with = "optional_credential")]
+    pub ssh_key: Option<Credential>,
     pub known_hosts: PathBuf,
     /// Each connect, and each wait for the remote's next bytes.
     #[serde(deserialize_with = "duration")]
@@ -145,6 +180,34 @@ pub struct GitConfig {
     /// The whole checkout.
     #[serde(deserialize_with = "duration")]
     pub deadline: Duration,
+}
+
+/// Where a git credential (`git.token`, `git.ssh_key`) comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// `secret:NAME`: the variable NAME of the loaded secrets, which the service then does not
+    /// receive.
+    Secret(String),
+    /// A file on the instance.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Credential {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.strip_prefix("secret:") {
+            Some(name) if is_variable_name(name) => Ok(Credential::Secret(name.to_string())),
+            Some(name) => Err(format!(
+                "\"secret:{name}\" must name a secret variable (letters, digits and '_', not \
+                 starting with a digit)"
+            )),
+            None if Path::new(text).is_absolute() => Ok(Credential::File(PathBuf::from(text))),
+            None => Err(format!(
+                "{text:?} is neither \"secret:NAME\" nor an absolute file path"
+            )),
+        }
+    }
 }
 
 /// What a boot does when the checkout fails but a release is already in service.
@@ -171,7 +234,9 @@ pub struct ServiceConfig {
     pub unit: String,
     pub user: String,
     pub command: Vec<String>,
-    pub endpoint: String,
+    /// A template; `None` when the service has no public URL.
+    #[serde(deserialize_with = "optional_text")]
+    pub endpoint: Option<String>,
     #[serde(default)]
     pub endpoints: BTreeMap<String, String>,
     #[serde(deserialize_with = "duration")]
@@ -185,6 +250,35 @@ pub struct ServiceConfig {
 pub struct BootConfig {
     #[serde(deserialize_with = "duration")]
     pub deadline: Duration,
+}
+
+/// An empty string is how the TOML files say "none".
+fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Ok(Some(text).filter(|text| !text.is_empty()))
+}
+
+fn optional_credential<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Credential>, D::Error> {
+    optional_text(deserializer)?
+        .map(|text| text.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// An http:// or https:// URL, or none.
+fn optional_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let url = optional_text(deserializer)?;
+    if let Some(url) = &url {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| serde::de::Error::custom(format!("{url:?} is not a URL ({e})")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(serde::de::Error::custom(format!(
+                "{url:?} is not an http:// or https:// URL"
+            )));
+        }
+    }
+    Ok(url)
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -299,14 +393,14 @@ impl Config {
     /// Every value that is a template.
     fn templates(&self) -> Vec<&str> {
         let mut all = vec![
-            self.secrets.main.as_str(),
-            &self.git.url,
+            self.git.url.as_str(),
             &self.git.reference,
             &self.git.dir,
             &self.service.unit,
             &self.service.user,
-            &self.service.endpoint,
         ];
+        all.extend(self.secrets.main.as_deref());
+        all.extend(self.service.endpoint.as_deref());
         all.extend(self.secrets.vars.values().map(String::as_str));
         all.extend(
             self.env
@@ -358,10 +452,7 @@ impl Config {
             }
         }
         for (section, vars) in &self.env {
-            if let Some(name) = vars
-                .keys()
-                .find(|name| !crate::secrets::is_variable_name(name))
-            {
+            if let Some(name) = vars.keys().find(|name| !is_variable_name(name)) {
                 return Err(ConfigError::Invalid(format!(
                     "env.{section}: {name:?} is not a valid variable name (letters, digits and \
                      '_', not starting with a digit)"
@@ -376,7 +467,7 @@ impl Config {
             }
         }
         for name in self.secrets.vars.keys() {
-            if !crate::secrets::is_variable_name(name) {
+            if !is_variable_name(name) {
                 return Err(ConfigError::Invalid(format!(
                     "secrets.vars.{name}: not a valid variable name (letters, digits and '_', not \
                      starting with a digit)"
@@ -411,7 +502,7 @@ impl Config {
                 "git.depth must be at least 1 (1 is a shallow clone)".into(),
             ));
         }
-        if self.service.manager == Manager::Exec && !self.lifecycle.launch_hook.is_empty() {
+        if self.service.manager == Manager::Exec && self.lifecycle.launch_hook.is_some() {
             return Err(ConfigError::Invalid(
                 "lifecycle.launch_hook needs service.manager = \"systemd\": in exec mode bootagent \
                  becomes the service and cannot complete the hook after it starts"
@@ -443,7 +534,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = load(Some(&write(dir.path(), "config.toml", ""))).unwrap();
         assert_eq!(config.identity.service_tag, "Service");
-        assert_eq!(config.secrets.main, "{service}_env_{env}");
+        assert_eq!(config.secrets.main.as_deref(), Some("{service}_env_{env}"));
         assert_eq!(config.git.reference, "{env}");
         assert_eq!(config.identity.tag_wait, Duration::from_secs(30));
         assert_eq!(config.environments["prod"], ["prod", "production"]);
@@ -544,5 +635,62 @@ mod tests {
         );
         let err = load(Some(&main)).unwrap_err().to_string();
         assert!(err.contains("\"soon\" is not a duration"), "{err}");
+    }
+
+    #[test]
+    fn empty_strings_are_none_and_credentials_are_typed_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = load(Some(&write(dir.path(), "config.toml", ""))).unwrap();
+        assert_eq!(defaults.lifecycle.launch_hook, None);
+        assert_eq!(defaults.health.app_url, None);
+        assert_eq!(defaults.git.token, None);
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[git]\ntoken = \"secret:GIT_TOKEN\"\nssh_key = \"/etc/bootagent/deploy_key\"\n\
+             [secrets]\nmain = \"\"\n",
+        );
+        let config = load(Some(&main)).unwrap();
+        assert_eq!(
+            config.git.token,
+            Some(Credential::Secret("GIT_TOKEN".into()))
+        );
+        assert_eq!(
+            config.git.ssh_key,
+            Some(Credential::File("/etc/bootagent/deploy_key".into()))
+        );
+        assert_eq!(config.secrets.main, None);
+    }
+
+    #[test]
+    fn a_credential_that_is_neither_a_secret_variable_nor_an_absolute_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (value, said) in [
+            ("secret:{service}_key", "must name a secret variable"),
+            (
+                "deploy_key",
+                "is neither \"secret:NAME\" nor an absolute file path",
+            ),
+        ] {
+            let main = write(
+                dir.path(),
+                "config.toml",
+                &format!("[git]\nssh_key = {value:?}\n"),
+            );
+            let err = load(Some(&main)).unwrap_err().to_string();
+            assert!(err.contains(said), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_app_url_that_is_not_http_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[health]\napp_url = \"localhost:8080/healthz\"\n",
+        );
+        let err = load(Some(&main)).unwrap_err().to_string();
+        assert!(err.contains("is not an http:// or https:// URL"), "{err}");
     }
 }

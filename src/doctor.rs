@@ -10,7 +10,7 @@ use aws_sdk_secretsmanager::primitives::{DateTime, DateTimeFormat};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, Manager};
+use crate::config::{Config, Credential, Manager};
 use crate::imds::ImdsClient;
 use crate::plan::Plan;
 use crate::{envfile, git, identity, secrets, status};
@@ -155,7 +155,7 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
                 &mut set,
                 "credentials",
                 timeout,
-                Box::pin(check_credentials(plan.clone())),
+                Box::pin(check_credentials(plan.clone(), timeout)),
             );
             // The clock is judged from the Date header of the secret check's answers.
             let (secret_plan, secret_client) = (plan.clone(), client.clone());
@@ -337,14 +337,13 @@ async fn bounded_plan(
             // The hint follows the cause: bad tags are fixed on the instance, the rest where
             // their own check points.
             let fix = match &e {
-                crate::Error::Identity(_) => {
+                identity::FetchError::Identity(_) => {
                     "tag the instance with valid Service and Environment tags (see the message)"
                 }
-                crate::Error::Imds(_) => "fix what the imds check reports first",
-                crate::Error::Ec2(_) => "fix what the tags check reports first",
-                _ => "see the message",
+                identity::FetchError::Imds(_) => "fix what the imds check reports first",
+                identity::FetchError::Ec2(_) => "fix what the tags check reports first",
             };
-            fail(e.chain().replace('\n', " "), fix)
+            fail(crate::Error::from(e).chain().replace('\n', " "), fix)
         })?;
         crate::plan::build(config, &identity)
             .map_err(|e| fail(e.to_string(), "fix the configuration named in the message"))
@@ -390,12 +389,13 @@ async fn secrets_client(
     Some(aws_sdk_secretsmanager::Client::from_conf(config))
 }
 
-async fn check_credentials(plan: Arc<Plan>) -> Finding {
+/// The credentials every AWS client of a boot would use: the shared SDK configuration's.
+async fn check_credentials(plan: Arc<Plan>, timeout: Duration) -> Finding {
     use aws_sdk_secretsmanager::config::ProvideCredentials;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(plan.identity.region.clone()))
-        .load()
-        .await;
+    let sdk = match crate::aws::load(&plan.identity.region, timeout).await {
+        Ok(sdk) => sdk,
+        Err(e) => return fail(e.to_string(), "install the ca-certificates package"),
+    };
     let Some(provider) = sdk.credentials_provider() else {
         return fail(
             "no credentials provider",
@@ -543,7 +543,7 @@ async fn check_git(
         Err(finding) => return finding,
     };
     let reference = plan.git.reference.clone();
-    let shown = git::redact(&url);
+    let shown = crate::remote::redact(&url);
     // The listing stops by itself within the check's time, so no git thread outlives doctor.
     let limits = git::Limits::new(timeout, "doctor --timeout", git::Cancel::default());
     let answer = tokio::task::spawn_blocking(move || {
@@ -569,7 +569,7 @@ async fn git_credentials(
     let mut loaded = secrets::LoadedSecrets::default();
     if [&config.git.token, &config.git.ssh_key]
         .iter()
-        .any(|source| source.starts_with("secret:"))
+        .any(|source| matches!(source, Some(Credential::Secret(_))))
     {
         let Some(client) = client else {
             return Err(skip(
@@ -684,7 +684,7 @@ async fn check_disk(config: Arc<Config>, plan: Option<Arc<Plan>>) -> Finding {
 }
 
 async fn check_last_boot(config: Arc<Config>) -> Finding {
-    match status::read(&config.paths.run_dir.join("status.json")) {
+    match status::read(&config.paths) {
         Ok(s) => match (&s.outcome, &s.error) {
             (status::Outcome::Succeeded, _) => ok(format!(
                 "succeeded at {}",

@@ -2,15 +2,12 @@
 //! (if configured) answers, and the instance is not draining. Read by `health-report`, one-shot
 //! or served to the ALB.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::{Config, Manager};
-use crate::status::{self, Outcome, StatusError};
-
-/// Present while the instance drains before termination: health answers 503 from then on.
-pub const DRAINING_MARKER: &str = "draining";
+use crate::config::{Config, Manager, PathsConfig};
+use crate::status::{self, Outcome, ServiceState, StatusError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
@@ -42,7 +39,7 @@ impl Health {
 }
 
 pub struct Checker {
-    run_dir: PathBuf,
+    paths: PathsConfig,
     app_url: Option<String>,
     http: reqwest::Client,
 }
@@ -55,17 +52,17 @@ impl Checker {
             .build()
             .expect("a plain HTTP client builds");
         Checker {
-            run_dir: config.paths.run_dir.clone(),
-            app_url: Some(config.health.app_url.clone()).filter(|url| !url.is_empty()),
+            paths: config.paths.clone(),
+            app_url: config.health.app_url.clone(),
             http,
         }
     }
 
     pub async fn check(&self) -> Health {
-        if self.run_dir.join(DRAINING_MARKER).exists() {
+        if self.paths.draining_marker().exists() {
             return Health::not("draining", "the instance is draining before termination");
         }
-        let status = match status::read(&self.run_dir.join("status.json")) {
+        let status = match status::read(&self.paths) {
             Ok(status) => status,
             Err(StatusError::Missing { .. }) => {
                 return Health::not("booting", "no boot has run yet")
@@ -125,7 +122,7 @@ impl Checker {
 /// bootagent became.
 async fn service_down(status: &status::Status) -> Option<Health> {
     let service = status.service.as_ref()?;
-    if service.state == status::WARMED {
+    if service.state == ServiceState::Warmed {
         return Some(Health::not(
             "warmed",
             "the instance waits in a warm pool; the service starts when it goes in service",
@@ -156,44 +153,153 @@ async fn service_down(status: &status::Status) -> Option<Health> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{Recorder, ServiceStatus};
+    use crate::status::{ErrorReport, ServiceState, ServiceStatus, Status};
+    use crate::testing::{HttpStub, Reply};
+
+    /// A run dir of its own, and the app's health URL when there is one.
+    fn instance(app_url: Option<&str>) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = format!("[paths]\nrun_dir = \"{}\"\n", dir.path().display());
+        if let Some(url) = app_url {
+            text.push_str(&format!(
+                "[health]\napp_url = \"{url}\"\napp_timeout = \"300ms\"\n"
+            ));
+        }
+        let config = crate::config::from_text(&dir.path().join("config.toml"), &text).unwrap();
+        (dir, config)
+    }
 
     /// A finished exec-mode boot whose service is this very process (so it lives).
-    fn checker_after(degraded: Option<&str>) -> (tempfile::TempDir, Checker) {
-        let dir = tempfile::tempdir().unwrap();
-        let config_file = dir.path().join("config.toml");
-        std::fs::write(
-            &config_file,
-            format!("[paths]\nrun_dir = \"{}\"\n", dir.path().display()),
-        )
-        .unwrap();
-        let config = crate::config::load(Some(&config_file)).unwrap();
-        let mut recorder = Recorder::start(&dir.path().join("status.json"));
-        recorder.status.service = Some(ServiceStatus {
+    fn booted(config: &Config, outcome: Outcome, change: impl FnOnce(&mut Status)) {
+        let mut status = Status::starting();
+        status.service = Some(ServiceStatus {
             manager: Manager::Exec,
             unit: "app.service".into(),
-            state: "exec".into(),
+            state: ServiceState::Exec,
             restarted: true,
         });
-        if let Some(why) = degraded {
-            recorder.degrade(why.to_string());
-        }
-        recorder.finish(None).unwrap();
-        (dir, Checker::new(&config))
+        status.outcome = outcome;
+        change(&mut status);
+        let json = serde_json::to_string(&status).unwrap();
+        std::fs::write(config.paths.status_file(), json).unwrap();
+    }
+
+    async fn health_of(config: &Config) -> (bool, &'static str, String) {
+        let health = Checker::new(config).check().await;
+        (
+            health.healthy,
+            health.state,
+            health.reason.unwrap_or_default(),
+        )
     }
 
     #[tokio::test]
     async fn a_degraded_boot_serves_and_says_why() {
-        let (_dir, checker) = checker_after(Some("running last good commit abc because x"));
+        let (_dir, config) = instance(None);
+        booted(&config, Outcome::Degraded, |status| {
+            status.degraded = Some("running last good commit abc because x".into())
+        });
         assert_eq!(
-            checker.check().await,
+            Checker::new(&config).check().await,
             Health {
                 healthy: true,
                 state: "degraded",
                 reason: Some("running last good commit abc because x".into()),
             }
         );
-        let (_dir, checker) = checker_after(None);
-        assert_eq!(checker.check().await, Health::ok());
+        booted(&config, Outcome::Succeeded, |_| {});
+        assert_eq!(Checker::new(&config).check().await, Health::ok());
+    }
+
+    #[tokio::test]
+    async fn before_the_first_boot_and_after_a_failed_one_it_is_not_healthy() {
+        let (_dir, config) = instance(None);
+        assert_eq!(
+            health_of(&config).await,
+            (false, "booting", "no boot has run yet".into())
+        );
+        booted(&config, Outcome::Failed, |status| {
+            status.error = Some(ErrorReport {
+                message: "secret calendar_env_prod was not found".into(),
+                exit_code: crate::exit::SECRET_UNAVAILABLE,
+            })
+        });
+        assert_eq!(
+            health_of(&config).await,
+            (
+                false,
+                "boot-failed",
+                "the last boot failed (exit code 5)".into()
+            )
+        );
+        // `running` with no boot holding the lock: that boot was killed.
+        booted(&config, Outcome::Running, |_| {});
+        assert_eq!(
+            health_of(&config).await,
+            (
+                false,
+                "boot-failed",
+                "the last boot failed (exit code 75)".into()
+            )
+        );
+        std::fs::write(config.paths.status_file(), "{not json").unwrap();
+        assert_eq!(health_of(&config).await.1, "boot-failed");
+    }
+
+    #[tokio::test]
+    async fn warmed_draining_and_a_gone_process_are_each_named() {
+        let (_dir, config) = instance(None);
+        booted(&config, Outcome::Succeeded, |status| {
+            status.service.as_mut().unwrap().state = ServiceState::Warmed
+        });
+        assert_eq!(health_of(&config).await.1, "warmed");
+        booted(&config, Outcome::Succeeded, |status| status.pid = u32::MAX);
+        assert_eq!(
+            health_of(&config).await,
+            (
+                false,
+                "service-down",
+                "the service process has exited".into()
+            )
+        );
+        std::fs::write(config.paths.draining_marker(), "").unwrap();
+        assert_eq!(health_of(&config).await.1, "draining");
+    }
+
+    #[tokio::test]
+    async fn the_apps_own_answer_decides_once_the_boot_is_good() {
+        let app = HttpStub::start(|seen| match seen.path.as_str() {
+            "/ok" => Reply::new(200, "fine"),
+            "/moved" => Reply::new(302, ""),
+            "/slow" => Reply::new(200, "late").after(std::time::Duration::from_secs(3)),
+            _ => Reply::new(500, "broken"),
+        })
+        .await;
+        for (path, healthy, reason) in [
+            ("/ok", true, ""),
+            ("/broken", false, "the app's health URL answered HTTP 500"),
+            ("/moved", false, "the app's health URL answered HTTP 302"),
+            (
+                "/slow",
+                false,
+                "the app's health URL did not answer in time",
+            ),
+        ] {
+            let (_dir, config) = instance(Some(&format!("{}{path}", app.url)));
+            booted(&config, Outcome::Succeeded, |_| {});
+            let (is, state, why) = health_of(&config).await;
+            assert_eq!((is, why.as_str()), (healthy, reason), "{path}");
+            let expected = if healthy { "healthy" } else { "app-unhealthy" };
+            assert_eq!(state, expected, "{path}");
+        }
+        let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", refusing.local_addr().unwrap());
+        drop(refusing);
+        let (_dir, config) = instance(Some(&url));
+        booted(&config, Outcome::Succeeded, |_| {});
+        assert_eq!(
+            health_of(&config).await.2,
+            "the app's health URL could not be reached"
+        );
     }
 }

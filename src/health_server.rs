@@ -29,7 +29,7 @@ pub struct Limits {
 
 pub struct Server {
     checker: Checker,
-    status_file: std::path::PathBuf,
+    paths: crate::config::PathsConfig,
     cached: Mutex<Option<(Instant, Health)>>,
     header_timeout: Duration,
     /// Connections still reading their request head, oldest first, each with the way to end it.
@@ -43,12 +43,12 @@ const EVICTION_WAIT: Duration = Duration::from_millis(200);
 pub async fn serve(
     listener: TcpListener,
     checker: Checker,
-    status_file: std::path::PathBuf,
+    paths: crate::config::PathsConfig,
     limits: Limits,
 ) -> std::io::Result<()> {
     let server = Arc::new(Server {
         checker,
-        status_file,
+        paths,
         cached: Mutex::new(None),
         header_timeout: limits.header_timeout,
         reading: std::sync::Mutex::new(VecDeque::new()),
@@ -177,7 +177,7 @@ impl Server {
             "1 when the health check passes.",
             &[(String::new(), f64::from(u8::from(health.healthy)))],
         );
-        if let Ok(status) = status::read(&self.status_file) {
+        if let Ok(status) = status::read(&self.paths) {
             gauge(
                 "bootagent_boot_succeeded",
                 "1 when the last boot succeeded.",

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::git::Action;
 use crate::status::{Outcome, Status};
 
 pub const FILE: &str = "history.jsonl";
@@ -20,8 +21,7 @@ pub struct Entry {
     pub service: Option<String>,
     pub env: Option<String>,
     pub commit: Option<String>,
-    /// `cloned`, `fetched`, `unchanged` or `kept`.
-    pub git_action: Option<String>,
+    pub git_action: Option<Action>,
     /// The error with its causes, as status.json has it.
     pub error: Option<String>,
     /// Why a degraded boot kept something other than what was asked.
@@ -39,7 +39,7 @@ impl Entry {
             service: status.identity.as_ref().map(|id| id.service.clone()),
             env: status.identity.as_ref().map(|id| id.env.clone()),
             commit: status.git.as_ref().map(|git| git.commit.clone()),
-            git_action: status.git.as_ref().map(|git| git.action.clone()),
+            git_action: status.git.as_ref().map(|git| git.action),
             error: status.error.as_ref().map(|e| e.message.clone()),
             degraded: status.degraded.clone(),
         }
@@ -88,16 +88,15 @@ pub fn read(state_dir: &Path) -> std::io::Result<Vec<Entry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::Recorder;
 
     #[test]
     fn the_newest_boots_are_kept_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let mut recorder = Recorder::start(&dir.path().join("status.json"));
+        let mut status = Status::starting();
         for n in 0..KEEP + 5 {
-            recorder.status.started_at = format!("boot {n}");
-            record(&state, &recorder.status).unwrap();
+            status.started_at = format!("boot {n}");
+            record(&state, &status).unwrap();
         }
         let entries = read(&state).unwrap();
         assert_eq!(entries.len(), KEEP);
@@ -108,11 +107,11 @@ mod tests {
     #[test]
     fn a_boot_recorded_twice_keeps_one_line() {
         let dir = tempfile::tempdir().unwrap();
-        let mut recorder = Recorder::start(&dir.path().join("status.json"));
-        recorder.status.outcome = Outcome::Succeeded;
-        record(dir.path(), &recorder.status).unwrap();
-        recorder.status.outcome = Outcome::Failed;
-        record(dir.path(), &recorder.status).unwrap();
+        let mut status = Status::starting();
+        status.outcome = Outcome::Succeeded;
+        record(dir.path(), &status).unwrap();
+        status.outcome = Outcome::Failed;
+        record(dir.path(), &status).unwrap();
         let entries = read(dir.path()).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].outcome, Outcome::Failed);
@@ -122,8 +121,8 @@ mod tests {
     fn no_history_yet_is_empty_and_a_foreign_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read(dir.path()).unwrap().is_empty());
-        let recorder = Recorder::start(&dir.path().join("status.json"));
-        record(dir.path(), &recorder.status).unwrap();
+        let status = Status::starting();
+        record(dir.path(), &status).unwrap();
         let path = dir.path().join(FILE);
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.insert_str(0, "{\"from\": \"the future\"}\n");

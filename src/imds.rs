@@ -289,3 +289,184 @@ fn describe(error: &reqwest::Error) -> String {
 pub(crate) fn round_to_ms(duration: Duration) -> Duration {
     Duration::from_millis(duration.as_millis() as u64)
 }
+
+/// The client against an HTTP server in this process that answers as IMDS does.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::testing::{HttpStub, Reply, Seen};
+
+    const TOKEN_PATH: &str = "/latest/api/token";
+
+    /// IMDSv2: a PUT hands out `token-N`, the N-th token; GETs go to `get`.
+    async fn imds(get: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> HttpStub {
+        let issued = AtomicUsize::new(0);
+        HttpStub::start(
+            move |seen| match (seen.method.as_str(), seen.path.as_str()) {
+                ("PUT", TOKEN_PATH) => Reply::new(
+                    200,
+                    &format!("token-{}", issued.fetch_add(1, Ordering::SeqCst) + 1),
+                ),
+                _ => get(seen),
+            },
+        )
+        .await
+    }
+
+    fn gets(stub: &HttpStub) -> usize {
+        stub.seen().iter().filter(|s| s.method == "GET").count()
+    }
+
+    #[tokio::test]
+    async fn values_are_read_with_one_token_and_404_is_none() {
+        let stub = imds(|seen| match seen.path.as_str() {
+            "/latest/meta-data/instance-id" => Reply::new(200, "i-0abc"),
+            _ => Reply::new(404, ""),
+        })
+        .await;
+        let client = ImdsClient::new(&stub.url, Duration::from_secs(2));
+        let id = client.get_required("meta-data/instance-id").await.unwrap();
+        assert_eq!(id, "i-0abc");
+        assert_eq!(client.get("meta-data/nothing").await.unwrap(), None);
+        let seen = stub.seen();
+        let puts: Vec<_> = seen.iter().filter(|s| s.method == "PUT").collect();
+        assert_eq!(puts.len(), 1, "the token is reused: {seen:?}");
+        assert_eq!(
+            puts[0].header("x-aws-ec2-metadata-token-ttl-seconds"),
+            Some("21600")
+        );
+        assert!(seen
+            .iter()
+            .filter(|s| s.method == "GET")
+            .all(|s| s.header("x-aws-ec2-metadata-token") == Some("token-1")));
+    }
+
+    #[tokio::test]
+    async fn a_token_rejected_with_401_is_replaced_and_the_read_goes_on() {
+        let stub = imds(|seen| match seen.header("x-aws-ec2-metadata-token") {
+            Some("token-1") => Reply::new(401, ""),
+            _ => Reply::new(200, "i-0abc"),
+        })
+        .await;
+        let client = ImdsClient::new(&stub.url, Duration::from_secs(5));
+        assert_eq!(
+            client
+                .get("meta-data/instance-id")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("i-0abc")
+        );
+        let puts = stub.seen().iter().filter(|s| s.method == "PUT").count();
+        assert_eq!(puts, 2);
+    }
+
+    #[tokio::test]
+    async fn a_403_is_final_and_says_how_to_enable_the_endpoint() {
+        let stub = imds(|_| Reply::new(403, "")).await;
+        let client = ImdsClient::new(&stub.url, Duration::from_secs(5));
+        let err = client.get("meta-data/instance-id").await.unwrap_err();
+        assert!(matches!(err, ImdsError::Forbidden { .. }), "{err}");
+        assert!(err.to_string().contains("--http-endpoint enabled"), "{err}");
+        assert_eq!(gets(&stub), 1, "a 403 is not retried");
+    }
+
+    #[tokio::test]
+    async fn a_403_to_the_token_request_is_final_too() {
+        let stub = HttpStub::start(|_| Reply::new(403, "")).await;
+        let client = ImdsClient::new(&stub.url, Duration::from_secs(5));
+        let err = client.get("meta-data/instance-id").await.unwrap_err();
+        assert!(
+            matches!(&err, ImdsError::Forbidden { path } if path == TOKEN_PATH),
+            "{err}"
+        );
+        assert_eq!(stub.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_until_an_answer_comes() {
+        let failures = Arc::new(AtomicUsize::new(0));
+        let stub = imds({
+            let failures = failures.clone();
+            move |_| match failures.fetch_add(1, Ordering::SeqCst) {
+                0 => Reply::new(500, ""),
+                1 => Reply::new(503, ""),
+                _ => Reply::new(200, "eu-west-1"),
+            }
+        })
+        .await;
+        let client = ImdsClient::new(&stub.url, Duration::from_secs(10));
+        let region = client.get("meta-data/placement/region").await.unwrap();
+        assert_eq!(region.as_deref(), Some("eu-west-1"));
+        assert_eq!(gets(&stub), 3);
+    }
+
+    #[tokio::test]
+    async fn server_errors_that_last_end_at_the_deadline_with_the_attempts_counted() {
+        let stub = imds(|_| Reply::new(500, "")).await;
+        let client = ImdsClient::new(&stub.url, Duration::from_millis(500));
+        let err = client.get("meta-data/instance-id").await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        let ImdsError::Unreachable { attempts, last, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(*attempts as usize, gets(&stub));
+        assert!(*attempts > 1, "{err}");
+        assert_eq!(last, "HTTP 500");
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_ends_as_unreachable_after_the_request_timeout() {
+        let stub = imds(|_| Reply::new(200, "late").after(Duration::from_secs(5))).await;
+        let client = ImdsClient::new(&stub.url, Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let err = client.get("meta-data/instance-id").await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(4), "{err}");
+        assert!(err.to_string().contains("did not answer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tags_disabled_is_told_apart_from_an_absent_tag() {
+        let disabled = imds(|_| Reply::new(404, "")).await;
+        let client = ImdsClient::new(&disabled.url, Duration::from_secs(2));
+        let err = client.tags(&["Service"]).await.unwrap_err();
+        assert!(err.is_tags_disabled(), "{err}");
+
+        // Environment is listed but deleted before it is read; Repository is not listed.
+        let enabled = imds(|seen| match seen.path.as_str() {
+            "/latest/meta-data/tags/instance" => Reply::new(200, "Service\nEnvironment"),
+            "/latest/meta-data/tags/instance/Service" => Reply::new(200, "calendar"),
+            _ => Reply::new(404, ""),
+        })
+        .await;
+        let client = ImdsClient::new(&enabled.url, Duration::from_secs(2));
+        let tags = client
+            .tags(&["Service", "Environment", "Repository"])
+            .await
+            .unwrap();
+        assert_eq!(
+            tags,
+            BTreeMap::from([("Service".into(), "calendar".into())])
+        );
+    }
+
+    #[tokio::test]
+    async fn what_ec2_never_answers_is_refused() {
+        let redirect = imds(|_| Reply::new(302, "")).await;
+        let client = ImdsClient::new(&redirect.url, Duration::from_secs(2));
+        let err = client.get("meta-data/instance-id").await.unwrap_err();
+        assert!(
+            matches!(err, ImdsError::Unexpected { status: 302, .. }),
+            "{err}"
+        );
+        let huge = "x".repeat(MAX_ANSWER_BYTES + 1);
+        let flood = imds(move |_| Reply::new(200, &huge)).await;
+        let client = ImdsClient::new(&flood.url, Duration::from_secs(2));
+        let err = client.get("user-data").await.unwrap_err();
+        assert!(matches!(err, ImdsError::TooLarge { .. }), "{err}");
+    }
+}

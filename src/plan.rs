@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, EnvFileFormat, Manager};
-use crate::identity::Identity;
+use crate::identity::{self, Identity};
+use crate::imds::ImdsClient;
 use crate::template::{render, render_required, TemplateVars};
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,7 +61,7 @@ impl SecretRef {
 pub struct GitPlan {
     /// `None` when the URL template uses an unset value (no `Repository` tag). Printed without
     /// credentials.
-    #[serde(serialize_with = "crate::git::serialize_redacted")]
+    #[serde(serialize_with = "crate::remote::serialize_redacted")]
     pub url: Option<String>,
     #[serde(rename = "ref")]
     pub reference: String,
@@ -76,6 +77,27 @@ pub struct ServicePlan {
     pub command: Vec<String>,
     /// systemd mode: the runtime drop-in that points the unit at the env file and checkout.
     pub drop_in: Option<PathBuf>,
+}
+
+/// Who the instance is could not be read, or the config does not render for it.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Identity(#[from] identity::FetchError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Identity from IMDS, then the plan. Needs no AWS credentials (unless tags come from the EC2
+/// API).
+pub async fn resolve(config: &Config) -> Result<Plan, ResolveError> {
+    resolve_with(&identity::imds_client(config), config).await
+}
+
+/// [`resolve`] with a client the caller keeps using (and whose token it reuses).
+pub async fn resolve_with(imds: &ImdsClient, config: &Config) -> Result<Plan, ResolveError> {
+    let identity = identity::fetch(imds, config).await?;
+    Ok(build(config, &identity)?)
 }
 
 pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> {
@@ -103,15 +125,16 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
     }
     env.insert("BOOTAGENT_SERVICE".into(), identity.service.clone());
     env.insert("BOOTAGENT_ENV".into(), identity.env.clone());
-    let (endpoint_key, endpoint) = match config.service.endpoints.get(&identity.env) {
-        Some(template) => (format!("service.endpoints.{}", identity.env), template),
-        None => ("service.endpoint".to_string(), &config.service.endpoint),
+    let endpoint = match config.service.endpoints.get(&identity.env) {
+        Some(template) => Some((format!("service.endpoints.{}", identity.env), template)),
+        None => config
+            .service
+            .endpoint
+            .as_ref()
+            .map(|template| ("service.endpoint".to_string(), template)),
     };
-    if !endpoint.is_empty() {
-        env.insert(
-            "BOOTAGENT_ENDPOINT".into(),
-            required(&endpoint_key, endpoint)?,
-        );
+    if let Some((key, template)) = endpoint {
+        env.insert("BOOTAGENT_ENDPOINT".into(), required(&key, template)?);
     }
 
     let unit = required("service.unit", &config.service.unit)?;
@@ -127,7 +150,6 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
             git_dir.display()
         )));
     }
-    let run_dir = &config.paths.run_dir;
     let drop_in = (config.service.manager == Manager::Systemd).then(|| {
         config
             .paths
@@ -145,9 +167,15 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
 
     Ok(Plan {
         secrets: SecretsPlan {
-            main: Some(required("secrets.main", &config.secrets.main)?).filter(|id| !id.is_empty()),
+            main: config
+                .secrets
+                .main
+                .as_deref()
+                .map(|template| required("secrets.main", template))
+                .transpose()?
+                .filter(|id| !id.is_empty()),
             version_stage: config.secrets.version_stage.clone(),
-            version_id: Some(config.secrets.version_id.clone()).filter(|id| !id.is_empty()),
+            version_id: config.secrets.version_id.clone(),
             vars: config
                 .secrets
                 .vars
@@ -160,9 +188,9 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
             format: config.secrets.format,
         },
         env,
-        env_file: run_dir.join(format!("{}.env", identity.service)),
-        status_file: run_dir.join("status.json"),
-        lock_file: run_dir.join(crate::status::LOCK_FILE),
+        env_file: config.paths.env_file(&identity.service),
+        status_file: config.paths.status_file(),
+        lock_file: config.paths.lock_file(),
         git: GitPlan {
             url: render("git.url", &config.git.url, &vars)?,
             reference: required("git.ref", &config.git.reference)?,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
+use crate::names::is_variable_name;
 use crate::plan::SecretsPlan;
 
 /// Variable values hold secret bytes: they are wiped when dropped.
@@ -342,6 +343,8 @@ where
             let code = service.code().unwrap_or_default();
             let message = service.message().unwrap_or_default().to_string();
             match code {
+                // What the SDK could not read as an error of Secrets Manager's has no code.
+                "" if status != Some(403) => unreadable(id, region, status),
                 "ResourceNotFoundException" => SecretsError::NotFound {
                     id,
                     region,
@@ -380,13 +383,19 @@ where
             detail: DisplayErrorContext(&error).to_string(),
         },
         // A response that did not parse may echo the secret: report only its status.
-        _ => SecretsError::Unreachable {
-            id,
-            region,
-            detail: match status {
-                Some(status) => format!("unreadable response with HTTP {status}"),
-                None => "unreadable response".to_string(),
-            },
+        _ => unreadable(id, region, status),
+    }
+}
+
+/// An answer that is not Secrets Manager's (a truncated body, a proxy's page): reported by its
+/// status only, since its text may hold secret bytes, and worth another try.
+fn unreadable(id: String, region: String, status: Option<u16>) -> SecretsError {
+    SecretsError::Unreachable {
+        id,
+        region,
+        detail: match status {
+            Some(status) => format!("unreadable response with HTTP {status}"),
+            None => "unreadable response".to_string(),
         },
     }
 }
@@ -520,14 +529,6 @@ fn kind(json: &str) -> &'static str {
     }
 }
 
-pub fn is_variable_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,6 +640,175 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("DB-URL"), "{err}");
-        assert!(is_variable_name("_A1") && !is_variable_name("1A") && !is_variable_name(""));
+    }
+
+    /// The client's calls answered in process, as Secrets Manager answers them.
+    mod answered {
+        use super::*;
+        use crate::config::EnvFileFormat;
+        use crate::testing::SdkAnswers;
+
+        const FOUND: &str = r#"{"ARN": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:calendar_env_prod-AbCdEf",
+            "Name": "calendar_env_prod", "VersionId": "v-1", "VersionStages": ["AWSCURRENT"],
+            "SecretString": "{\"PORT\": \"8080\"}"}"#;
+
+        fn plan() -> SecretsPlan {
+            SecretsPlan {
+                main: Some("calendar_env_prod".into()),
+                version_stage: "AWSCURRENT".into(),
+                version_id: None,
+                vars: BTreeMap::new(),
+                format: EnvFileFormat::Systemd,
+            }
+        }
+
+        fn error(code: &str, message: &str) -> String {
+            format!(r#"{{"__type": "{code}", "Message": "{message}"}}"#)
+        }
+
+        async fn load_answered(answers: &SdkAnswers) -> Result<LoadedSecrets, SecretsError> {
+            let client = aws_sdk_secretsmanager::Client::new(&answers.sdk_config().await);
+            load(&client, "eu-west-1", &plan()).await
+        }
+
+        /// The error's message and the exit code `boot` would end with, and the calls made.
+        async fn failed(answers: &[(u16, &str)]) -> (String, u8, Vec<String>) {
+            let answers = SdkAnswers::new(answers);
+            let err = load_answered(&answers).await.unwrap_err();
+            let message = err.to_string();
+            (
+                message,
+                crate::Error::from(err).exit_code(),
+                answers.requests(),
+            )
+        }
+
+        #[tokio::test]
+        async fn a_found_secret_becomes_variables_and_its_version_is_kept() {
+            let answers = SdkAnswers::new(&[(200, FOUND)]);
+            let loaded = load_answered(&answers).await.unwrap();
+            assert_eq!(loaded.vars["PORT"].value.as_str(), "8080");
+            assert_eq!(
+                loaded.versions,
+                [SecretVersion {
+                    id: "calendar_env_prod".into(),
+                    version_id: Some("v-1".into())
+                }]
+            );
+            assert_eq!(answers.requests(), ["secretsmanager.GetSecretValue"]);
+        }
+
+        #[tokio::test]
+        async fn a_missing_secret_names_itself_and_is_not_retried() {
+            let not_found = error(
+                "ResourceNotFoundException",
+                "Secrets Manager can't find the specified secret.",
+            );
+            let (message, code, calls) = failed(&[(400, &not_found)]).await;
+            assert_eq!(code, crate::exit::SECRET_UNAVAILABLE);
+            assert!(
+                message.contains("secret calendar_env_prod was not found in region eu-west-1"),
+                "{message}"
+            );
+            assert_eq!(calls.len(), 1);
+        }
+
+        #[tokio::test]
+        async fn a_denial_names_the_permission_to_grant() {
+            let denied = error(
+                "AccessDeniedException",
+                "User: arn:aws:sts::123456789012:assumed-role/app is not authorized",
+            );
+            let (message, code, _) = failed(&[(400, &denied)]).await;
+            assert_eq!(code, crate::exit::SECRET_UNAVAILABLE);
+            assert!(
+                message.contains("secretsmanager:GetSecretValue"),
+                "{message}"
+            );
+            assert!(message.contains("assumed-role/app"), "{message}");
+            // A denial that reaches the SDK as a bare 403, without a code.
+            let (message, _, _) = failed(&[(403, "")]).await;
+            assert!(message.contains("was denied"), "{message}");
+        }
+
+        #[tokio::test]
+        async fn a_key_the_role_may_not_use_names_kms_decrypt() {
+            let kms = error("DecryptionFailure", "Access to KMS is not allowed");
+            let (message, code, _) = failed(&[(400, &kms)]).await;
+            assert_eq!(code, crate::exit::SECRET_UNAVAILABLE);
+            assert!(message.contains("kms:Decrypt"), "{message}");
+        }
+
+        #[tokio::test]
+        async fn a_refusal_without_a_known_meaning_is_shown_as_aws_says_it() {
+            let deleted = error(
+                "InvalidRequestException",
+                "You can't perform this operation on the secret because it was marked for deletion.",
+            );
+            let (message, code, calls) = failed(&[(400, &deleted)]).await;
+            assert_eq!(code, crate::exit::SECRET_UNAVAILABLE);
+            assert!(
+                message.contains("InvalidRequestException: You can't perform this operation"),
+                "{message}"
+            );
+            assert_eq!(calls.len(), 1);
+        }
+
+        #[tokio::test]
+        async fn throttling_and_server_errors_are_retried_then_transient() {
+            let throttled = error("ThrottlingException", "Rate exceeded");
+            let (message, code, calls) = failed(&[(400, &throttled)]).await;
+            assert_eq!(code, crate::exit::TRANSIENT);
+            assert!(
+                message.contains("ThrottlingException: Rate exceeded"),
+                "{message}"
+            );
+            assert_eq!(calls.len(), 3, "the SDK's standard retries: {calls:?}");
+            let internal = error(
+                "InternalServiceError",
+                "An error occurred on the server side.",
+            );
+            let (message, code, _) = failed(&[(500, &internal)]).await;
+            assert_eq!(code, crate::exit::TRANSIENT);
+            assert!(message.contains("boot again later"), "{message}");
+        }
+
+        #[tokio::test]
+        async fn a_throttled_call_that_then_passes_loads_the_secret() {
+            let throttled = error("ThrottlingException", "Rate exceeded");
+            let answers = SdkAnswers::new(&[(400, &throttled), (200, FOUND)]);
+            let loaded = load_answered(&answers).await.unwrap();
+            assert_eq!(loaded.vars["PORT"].value.as_str(), "8080");
+            assert_eq!(answers.requests().len(), 2);
+        }
+
+        #[tokio::test]
+        async fn an_answer_that_does_not_parse_is_reported_by_status_only() {
+            let garbled = format!("{{\"SecretString\": \"{CANARY}");
+            let (message, code, _) = failed(&[(200, &garbled)]).await;
+            assert_eq!(code, crate::exit::TRANSIENT, "{message}");
+            assert!(
+                message.contains("unreadable response with HTTP 200"),
+                "{message}"
+            );
+            assert!(!message.contains(CANARY), "{message}");
+        }
+
+        #[tokio::test]
+        async fn describe_finds_the_version_that_carries_the_stage() {
+            let described = r#"{"Name": "calendar_env_prod", "VersionIdsToStages":
+                {"v-1": ["AWSPREVIOUS"], "v-2": ["AWSCURRENT", "AWSPENDING"]}}"#;
+            let answers = SdkAnswers::new(&[(200, described)]);
+            let client = aws_sdk_secretsmanager::Client::new(&answers.sdk_config().await);
+            let recorded = [SecretVersion {
+                id: "calendar_env_prod".into(),
+                version_id: Some("v-1".into()),
+            }];
+            let changed = changed(&client, "eu-west-1", &plan(), &recorded)
+                .await
+                .unwrap();
+            assert_eq!(changed, ["calendar_env_prod"]);
+            assert_eq!(answers.requests(), ["secretsmanager.DescribeSecret"]);
+        }
     }
 }

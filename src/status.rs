@@ -2,17 +2,16 @@
 //! It holds secret ids and VersionIds, never values.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Manager, PathsConfig};
+use crate::git::Action;
 use crate::identity::Identity;
 use crate::secrets::SecretVersion;
 
 pub const SCHEMA_VERSION: u32 = 1;
-pub const WARMED: &str = "warmed";
-/// Beside status.json in the run dir: held by the boot that writes it, for as long as it runs.
-pub const LOCK_FILE: &str = "boot.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -91,8 +90,7 @@ pub struct GitStatus {
     pub reference: String,
     pub dir: PathBuf,
     pub commit: String,
-    /// `cloned`, `fetched`, `unchanged` or `kept`.
-    pub action: String,
+    pub action: Action,
     #[serde(default)]
     pub received_bytes: usize,
     /// Why the release in service is not the planned one, when it is not.
@@ -102,12 +100,49 @@ pub struct GitStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceStatus {
-    pub manager: crate::config::Manager,
+    pub manager: Manager,
     pub unit: String,
-    /// systemd's ActiveState, `exec` once the command replaced bootagent, or [`WARMED`] when
-    /// the instance waits in a warm pool with everything prepared but the service not started.
-    pub state: String,
+    pub state: ServiceState,
     pub restarted: bool,
+}
+
+/// What the boot left the service in; written as one word in status.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum ServiceState {
+    /// The instance waits in a warm pool with everything prepared; the service starts when it
+    /// goes in service.
+    Warmed,
+    /// The command replaced bootagent (exec mode).
+    Exec,
+    /// The unit's systemd ActiveState when the boot ended: `active`, `failed`, …
+    Unit(String),
+}
+
+impl From<String> for ServiceState {
+    fn from(word: String) -> Self {
+        match word.as_str() {
+            "warmed" => ServiceState::Warmed,
+            "exec" => ServiceState::Exec,
+            _ => ServiceState::Unit(word),
+        }
+    }
+}
+
+impl From<ServiceState> for String {
+    fn from(state: ServiceState) -> Self {
+        state.to_string()
+    }
+}
+
+impl std::fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServiceState::Warmed => "warmed",
+            ServiceState::Exec => "exec",
+            ServiceState::Unit(active) => active,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,136 +151,26 @@ pub struct ErrorReport {
     pub exit_code: u8,
 }
 
-/// Keeps status.json current while a boot runs: each phase is recorded as it ends.
-pub struct Recorder {
-    path: PathBuf,
-    pub status: Status,
-    phase_started: Option<(String, Instant)>,
-    /// Where the finished boot is added to the history, if anywhere.
-    history_dir: Option<PathBuf>,
-}
-
-impl Recorder {
-    pub fn start(path: &Path) -> Self {
-        Recorder {
-            path: path.to_path_buf(),
-            status: Status {
-                schema: SCHEMA_VERSION,
-                bootagent_version: env!("CARGO_PKG_VERSION").to_string(),
-                pid: std::process::id(),
-                started_at: timestamp(SystemTime::now()),
-                finished_at: None,
-                outcome: Outcome::Running,
-                phases: Vec::new(),
-                identity: None,
-                secrets: Vec::new(),
-                git: None,
-                service: None,
-                error: None,
-                degraded: None,
-            },
-            phase_started: None,
-            history_dir: None,
-        }
-    }
-
-    /// Records the boot in `state_dir`'s history when it finishes.
-    pub fn with_history(mut self, state_dir: &Path) -> Self {
-        self.history_dir = Some(state_dir.to_path_buf());
-        self
-    }
-
-    pub fn begin(&mut self, name: &str) {
-        self.phase_started = Some((name.to_string(), Instant::now()));
-    }
-
-    /// Ends the current phase and saves the status.
-    pub fn end(&mut self, outcome: Outcome) -> Result<(), StatusError> {
-        let ended = self.phase_started.take().map(|(name, started)| {
-            let duration_ms = millis(started.elapsed());
-            tracing::info!("{name}: {} in {duration_ms} ms", outcome.as_str());
-            self.status.phases.push(Phase {
-                name: name.clone(),
-                duration_ms,
-                outcome,
-            });
-            name
-        });
-        self.save()?;
-        if let Some(name) = ended {
-            crate::failpoint::hit(&format!("after-{name}"));
-        }
-        Ok(())
-    }
-
-    /// The boot goes on with something other than what was asked, for `why`.
-    pub fn degrade(&mut self, why: String) {
-        self.status.degraded = Some(why);
-    }
-
-    pub fn finish(&mut self, error: Option<&crate::Error>) -> Result<(), StatusError> {
-        self.status.finished_at = Some(timestamp(SystemTime::now()));
-        self.status.error = error.map(|e| ErrorReport {
-            message: e.chain(),
-            exit_code: e.exit_code(),
-        });
-        self.status.outcome = match (error, &self.status.degraded) {
-            (Some(_), _) => Outcome::Failed,
-            (None, Some(_)) => Outcome::Degraded,
-            (None, None) => Outcome::Succeeded,
-        };
-        self.end(self.status.outcome)?;
-        match (&self.status.error, &self.status.degraded) {
-            (None, None) => {
-                tracing::info!(outcome = "succeeded", "boot succeeded: {}", self.summary())
-            }
-            (None, Some(why)) => tracing::warn!(
-                outcome = "degraded",
-                "boot degraded: {}; {why}",
-                self.summary()
-            ),
-            (Some(error), _) => tracing::error!(
-                outcome = "failed",
-                "boot failed with exit code {}",
-                error.exit_code
-            ),
-        }
-        if let Some(dir) = &self.history_dir {
-            if let Err(e) = crate::history::record(dir, &self.status) {
-                // The history is for operators looking back; it never fails a boot.
-                tracing::warn!(error = %e, dir = %dir.display(), "could not record the boot in the history");
-            }
-        }
-        Ok(())
-    }
-
-    /// What runs now, in one line: `calendar/prod at <commit> (fetched), calendar.service active`.
-    fn summary(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(id) = &self.status.identity {
-            parts.push(format!("{}/{}", id.service, id.env));
-        }
-        if let Some(git) = &self.status.git {
-            parts.push(format!("at {} ({})", git.commit, git.action));
-        }
-        let mut line = parts.join(" ");
-        if let Some(service) = &self.status.service {
-            line.push_str(&format!(", {} {}", service.unit, service.state));
-        }
-        line
-    }
-
-    pub fn save(&self) -> Result<(), StatusError> {
-        let mut json = serde_json::to_vec_pretty(&self.status).expect("status serializes");
-        json.push(b'\n');
-        crate::atomic::write_file(&self.path, &json, 0o644).map_err(|source| StatusError::Write {
-            path: self.path.clone(),
-            source,
-        })
-    }
-}
-
 impl Status {
+    /// A boot that starts now, in this process.
+    pub fn starting() -> Status {
+        Status {
+            schema: SCHEMA_VERSION,
+            bootagent_version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started_at: now(),
+            finished_at: None,
+            outcome: Outcome::Running,
+            phases: Vec::new(),
+            identity: None,
+            secrets: Vec::new(),
+            git: None,
+            service: None,
+            error: None,
+            degraded: None,
+        }
+    }
+
     /// A boot that said `running` but whose process is gone (killed, or the machine stopped)
     /// failed, and a new boot is what helps: it is reported so, with the transient exit code.
     pub fn mark_interrupted(&mut self) {
@@ -256,31 +181,32 @@ impl Status {
                  machine stopped, while it ran; run bootagent boot again (a new boot converges)",
                 self.started_at, self.pid
             ),
-            exit_code: crate::error::exit::TRANSIENT,
+            exit_code: crate::exit::TRANSIENT,
         });
     }
 }
 
 /// The last boot's status. One that says `running` while no boot holds the lock was
 /// interrupted, and is read as such (see [`Status::mark_interrupted`]).
-pub fn read(path: &Path) -> Result<Status, StatusError> {
-    let status = read_as_written(path)?;
-    if status.outcome != Outcome::Running || boot_in_progress(path) {
+pub fn read(paths: &PathsConfig) -> Result<Status, StatusError> {
+    let path = paths.status_file();
+    let status = read_as_written(&path)?;
+    if status.outcome != Outcome::Running || boot_in_progress(&paths.lock_file()) {
         return Ok(status);
     }
     // No boot runs now; the one that wrote `running` may have finished since the first read.
-    let mut status = read_as_written(path)?;
+    let mut status = read_as_written(&path)?;
     if status.outcome == Outcome::Running {
         status.mark_interrupted();
     }
     Ok(status)
 }
 
-/// Whether a boot holds the lock beside `status_path`. When that cannot be told (the lock file
-/// is not readable), a boot is assumed to run.
-fn boot_in_progress(status_path: &Path) -> bool {
+/// Whether a boot holds `lock`. When that cannot be told (the lock file is not readable), a
+/// boot is assumed to run.
+fn boot_in_progress(lock: &Path) -> bool {
     use nix::fcntl::{Flock, FlockArg};
-    match std::fs::File::open(status_path.with_file_name(LOCK_FILE)) {
+    match std::fs::File::open(lock) {
         Ok(file) => Flock::lock(file, FlockArg::LockSharedNonblock).is_err(),
         // Every boot creates the lock before it writes its status.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -310,10 +236,7 @@ pub fn read_as_written(path: &Path) -> Result<Status, StatusError> {
     })
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn timestamp(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
+/// The time now, as status.json and the history write it.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }

@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::ConfigError;
+/// A template that cannot be rendered: it names its config key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(String);
 
 /// Values a template may use. `None` is a known placeholder with no value (an absent
 /// `Repository` tag): a template using it renders to "unset" rather than to a wrong string.
@@ -22,7 +25,7 @@ pub fn render(
     key: &str,
     template: &str,
     vars: &TemplateVars,
-) -> Result<Option<String>, ConfigError> {
+) -> Result<Option<String>, TemplateError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     let mut unset = false;
@@ -38,7 +41,7 @@ pub fn render(
             Some(Some(value)) => out.push_str(value),
             Some(None) => unset = true,
             None => {
-                return Err(ConfigError::Invalid(format!(
+                return Err(TemplateError(format!(
                     "{key} = {template:?} uses unknown placeholder {{{name}}}; known: {}",
                     vars.keys()
                         .map(|k| format!("{{{k}}}"))
@@ -58,16 +61,16 @@ pub fn render_required(
     key: &str,
     template: &str,
     vars: &TemplateVars,
-) -> Result<String, ConfigError> {
+) -> Result<String, TemplateError> {
     render(key, template, vars)?.ok_or_else(|| {
-        ConfigError::Invalid(format!(
+        TemplateError(format!(
             "{key} = {template:?} uses a placeholder that has no value on this instance"
         ))
     })
 }
 
-fn unbalanced(key: &str, template: &str) -> ConfigError {
-    ConfigError::Invalid(format!("{key} = {template:?} has an unbalanced brace"))
+fn unbalanced(key: &str, template: &str) -> TemplateError {
+    TemplateError(format!("{key} = {template:?} has an unbalanced brace"))
 }
 
 #[cfg(test)]

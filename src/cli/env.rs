@@ -78,7 +78,7 @@ impl DiffArgs {
 
     /// The variable names of each environment's secrets, read with this instance's identity.
     async fn compare(&self, config: &Config) -> Result<Comparison, Error> {
-        let here = super::plan::resolve(config).await?.identity;
+        let here = crate::plan::resolve(config).await?.identity;
         let client = secrets::client(&here.region, config.secrets.timeout).await?;
         let mut names = Vec::new();
         for env in [&self.a, &self.b] {

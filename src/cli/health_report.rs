@@ -46,8 +46,7 @@ impl HealthReportArgs {
                         header_timeout: config.health.header_timeout,
                         max_connections: config.health.max_connections.get(),
                     };
-                    let status_file = config.paths.run_dir.join("status.json");
-                    health_server::serve(listener, checker, status_file, limits)
+                    health_server::serve(listener, checker, config.paths.clone(), limits)
                         .await
                         .map_err(|e| Error::io("the health server stopped", e))
                 })

@@ -1,10 +1,6 @@
-use std::time::Duration;
-
 use clap::Args;
 
-use crate::config::{Config, Manager};
-use crate::secrets;
-use crate::status;
+use crate::config::Config;
 use crate::Error;
 
 #[derive(Debug, Args)]
@@ -15,42 +11,7 @@ pub struct RefreshArgs {
 }
 
 impl RefreshArgs {
-    /// Compares the secret versions in use (status.json) with the current ones (DescribeSecret,
-    /// which returns no values); when one changed, waits a random part of the window and runs
-    /// the boot again, which re-renders the env file and restarts the unit.
     pub fn run(self, config: &Config) -> Result<(), Error> {
-        if config.service.manager == Manager::Exec {
-            return Err(Error::Usage(
-                "refresh restarts services under systemd; in exec mode, restart the container or \
-                 process to pick up new secrets"
-                    .into(),
-            ));
-        }
-        let last = status::read(&config.paths.run_dir.join("status.json"))?;
-        let runtime = super::runtime()?;
-        runtime.block_on(async {
-            let plan = super::plan::resolve(config).await?;
-            let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
-            let changed =
-                secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets)
-                    .await?;
-            if changed.is_empty() {
-                tracing::info!("secrets unchanged, nothing to do");
-                return Ok(());
-            }
-            let delay = if self.now {
-                Duration::ZERO
-            } else {
-                // Spread over the window, so that a fleet does not restart at once.
-                crate::retry::random_part_of(config.refresh.window)
-            };
-            tracing::info!(
-                secrets = %changed.join(", "),
-                delay = %humantime::format_duration(delay),
-                "secrets have new versions, booting again after the delay"
-            );
-            tokio::time::sleep(delay).await;
-            super::boot::boot(config).await
-        })
+        super::runtime()?.block_on(crate::refresh::refresh(config, self.now))
     }
 }

@@ -21,7 +21,7 @@ impl StatusArgs {
         if self.history {
             return print_history(config, self.json);
         }
-        let status = status::read(&config.paths.run_dir.join("status.json"))?;
+        let status = status::read(&config.paths)?;
         if self.json {
             println!(
                 "{}",

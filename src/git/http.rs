@@ -171,7 +171,7 @@ impl HttpStream {
         }
         if !self.post && without_credentials(&self.endpoint).as_ref() != Some(response.url()) {
             let moved = moved_base(&self.endpoint, response.url())?;
-            tracing::info!(to = %super::redact(&moved), "the repository moved: following the redirect");
+            tracing::info!(to = %crate::remote::redact(&moved), "the repository moved: following the redirect");
             *lock(&self.moved_to) = Some(moved);
         }
         Ok(response)
@@ -198,7 +198,7 @@ fn moved_base(requested: &str, landed: &reqwest::Url) -> Result<String, Failure>
         Failure::Unreachable(format!(
             "the remote redirected to {}, another host or not a repository; if the repository \
              moved there, set git.url (or the Repository tag) to its new URL",
-            super::redact(landed.as_str())
+            crate::remote::redact(landed.as_str())
         ))
     })
 }

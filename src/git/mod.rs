@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use git2::{Direction, FetchOptions, Oid, Repository};
 
-use crate::config::GitConfig;
+use crate::config::{Credential, GitConfig};
 use crate::plan::GitPlan;
+use crate::remote::redact;
 use transport::{ActiveSession, Failure};
 pub use transport::{Cancel, Limits};
 
@@ -92,7 +93,9 @@ pub struct Checkout {
     pub received_bytes: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the boot did to the checkout; written in status.json and the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     Cloned,
     Fetched,
@@ -101,14 +104,14 @@ pub enum Action {
     Kept,
 }
 
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
             Action::Cloned => "cloned",
             Action::Fetched => "fetched",
             Action::Unchanged => "unchanged",
             Action::Kept => "kept",
-        }
+        })
     }
 }
 
@@ -170,9 +173,8 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// The credentials `config` names. `git.token` and `git.ssh_key` each take `secret:NAME`,
-    /// the variable NAME out of the loaded secrets (so the service does not receive it), or a
-    /// file path; empty means none. A key from a secret is written, mode 0600, into `run_dir`,
+    /// The credentials `config` names. A `secret:NAME` one is taken out of the loaded secrets
+    /// (so the service does not receive it). A key from a secret is written, mode 0600, into `run_dir`,
     /// which must be memory-backed.
     pub fn from_config(
         config: &GitConfig,
@@ -180,21 +182,26 @@ impl Credentials {
         allow_persistent: bool,
         secrets: &mut crate::secrets::LoadedSecrets,
     ) -> Result<Credentials, GitError> {
-        let token = match config.token.strip_prefix("secret:") {
-            _ if config.token.is_empty() => None,
-            Some(name) => Some(take_secret(secrets, name, "git.token").map_err(token_error)?),
-            None => Some(
-                std::fs::read_to_string(&config.token)
+        let token = match &config.token {
+            None => None,
+            Some(Credential::Secret(name)) => {
+                Some(take_secret(secrets, name, "git.token").map_err(token_error)?)
+            }
+            Some(Credential::File(path)) => Some(
+                std::fs::read_to_string(path)
                     .map(|text| zeroize::Zeroizing::new(text.trim().to_string()))
                     .map_err(|e| {
-                        token_error(format!("cannot read the token file {}: {e}", config.token))
+                        token_error(format!(
+                            "cannot read the token file {}: {e}",
+                            path.display()
+                        ))
                     })?,
             ),
         };
         let mut key_file = None;
-        let identity = match config.ssh_key.strip_prefix("secret:") {
-            _ if config.ssh_key.is_empty() => None,
-            Some(name) => {
+        let identity = match &config.ssh_key {
+            None => None,
+            Some(Credential::Secret(name)) => {
                 let key = take_secret(secrets, name, "git.ssh_key").map_err(key_error)?;
                 crate::envfile::check_memory_backed(run_dir, allow_persistent)
                     .map_err(|e| key_error(e.to_string()))?;
@@ -204,15 +211,14 @@ impl Credentials {
                 key_file = Some(written);
                 Some(path)
             }
-            None => {
-                let path = PathBuf::from(&config.ssh_key);
-                std::fs::File::open(&path).map_err(|e| {
+            Some(Credential::File(path)) => {
+                std::fs::File::open(path).map_err(|e| {
                     key_error(format!(
                         "cannot read the deploy key {}: {e}",
                         path.display()
                     ))
                 })?;
-                Some(path)
+                Some(path.clone())
             }
         };
         Ok(Credentials {
@@ -759,35 +765,10 @@ fn network_error(error: git2::Error, url: &str, session: &ActiveSession) -> GitE
     }
 }
 
-/// The URL without any password or token, fit for logs and messages. An ssh user name stays
-/// (`git@`, `deploy@` tell which account is used; ssh URLs carry no password), while over HTTP
-/// the user part itself is often the token.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    if ssh::is_ssh_url(url) && !rest[..at].contains(':') {
-        return url.to_string();
-    }
-    format!("{scheme}://***@{}", &rest[at + 1..])
-}
-
 /// Whether `url` names a repository on this machine (`file://`, or a path), which libgit2
 /// reads with its local transport.
 fn is_local(url: &str) -> bool {
     url.starts_with("file://") || (!url.contains("://") && !ssh::is_ssh_url(url))
-}
-
-/// Serializes an optional URL [`redact`]ed: for what is written to files and printed.
-pub fn serialize_redacted<S: serde::Serializer>(
-    url: &Option<String>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serde::Serialize::serialize(&url.as_deref().map(redact), serializer)
 }
 
 #[cfg(test)]
@@ -856,31 +837,5 @@ mod tests {
         ] {
             assert!(!is_local(remote), "{remote}");
         }
-    }
-
-    #[test]
-    fn credentials_are_redacted_from_urls() {
-        assert_eq!(
-            redact("https://user:tok3n@git.example/a/b.git"),
-            "https://***@git.example/a/b.git"
-        );
-        assert_eq!(redact("git://git.example/a.git"), "git://git.example/a.git");
-        assert_eq!(redact("/srv/repo.git"), "/srv/repo.git");
-        assert_eq!(
-            redact("ssh://git@git.example/a.git"),
-            "ssh://git@git.example/a.git"
-        );
-        assert_eq!(
-            redact("ssh://git:pw@git.example/a.git"),
-            "ssh://***@git.example/a.git"
-        );
-        assert_eq!(
-            redact("https://tok3n@git.example/a.git"),
-            "https://***@git.example/a.git"
-        );
-        assert_eq!(
-            redact("https://git.example/a@b.git"),
-            "https://git.example/a@b.git"
-        );
     }
 }

@@ -56,7 +56,7 @@ struct SshRemote {
 
 impl SshRemote {
     fn parse(url: &str) -> Result<SshRemote, String> {
-        let scheme_rest = ["ssh://", "ssh+git://", "git+ssh://"]
+        let scheme_rest = crate::remote::SSH_SCHEMES
             .iter()
             .find_map(|scheme| url.strip_prefix(scheme));
         let remote = match scheme_rest {

@@ -1,0 +1,154 @@
+//! The git step of a boot: the checkout on a thread of its own, and the last-good decision
+//! when it fails.
+
+use std::time::Instant;
+
+use crate::config::{Config, OnGitFailure};
+use crate::git::{self, GitError};
+use crate::plan::Plan;
+use crate::service::ServiceError;
+use crate::Error;
+
+/// The checkout, or when it fails and `git.on_failure` allows, the release already in service
+/// with a note that says why.
+pub(super) async fn checkout_or_keep(
+    config: &Config,
+    plan: &Plan,
+    credentials: git::Credentials,
+    git_work: &GitWork,
+    boot_ends: Instant,
+) -> Result<(git::Checkout, Option<String>), Error> {
+    match checkout(config, plan, credentials, git_work, boot_ends).await {
+        Ok(checkout) => Ok((checkout, None)),
+        Err(error) => {
+            log_security_event(&error);
+            keep_last_good(config, plan, error)
+        }
+    }
+}
+
+/// With `git.on_failure = "last-good"`, a failed checkout lets the boot go on with the release
+/// already in service, and says so; without such a release, or with "fail", the error stands.
+/// A remote that is not who it was pinned to be is logged apart from ordinary failures, with
+/// the field `security_event`, so that journal alerts can match it.
+fn log_security_event(error: &Error) {
+    let event = match error {
+        Error::Git(GitError::HostKey { .. }) => "ssh-host-key-mismatch",
+        Error::Git(GitError::Certificate { .. }) => "tls-certificate-refused",
+        _ => return,
+    };
+    tracing::error!(
+        security_event = event,
+        "{}",
+        error.chain().replace("\n -> ", ": ")
+    );
+}
+
+fn keep_last_good(
+    config: &Config,
+    plan: &Plan,
+    error: Error,
+) -> Result<(git::Checkout, Option<String>), Error> {
+    let current = git::Layout::of(&plan.git.dir).current();
+    match (config.git.on_failure, current, &error) {
+        (OnGitFailure::LastGood, Some(commit), Error::Git(_)) => {
+            let note = format!(
+                "running last good commit {commit} because {}",
+                error.chain().replace("\n -> ", ": ")
+            );
+            tracing::warn!("{note}");
+            let kept = git::Checkout {
+                commit: commit.to_string(),
+                action: git::Action::Kept,
+                received_objects: 0,
+                received_bytes: 0,
+            };
+            Ok((kept, Some(note)))
+        }
+        _ => Err(error),
+    }
+}
+
+/// The git sync of a boot, on a thread of its own: the boot can stop it and wait for it to end
+/// before it decides what runs, writes its status or lets the lock go. (A task of tokio's
+/// blocking pool would outlive a boot that timed out, and might switch the release afterwards.)
+#[derive(Default)]
+pub(super) struct GitWork {
+    cancel: git::Cancel,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl GitWork {
+    /// Cancels the sync if it still runs, then waits for its thread: the transports end at
+    /// their next read, which the per-read timeout bounds.
+    pub(super) async fn stop(&self) {
+        self.cancel.cancel();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+async fn checkout(
+    config: &Config,
+    plan: &Plan,
+    credentials: git::Credentials,
+    git_work: &GitWork,
+    boot_ends: Instant,
+) -> Result<git::Checkout, Error> {
+    let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
+        tag: config.identity.repository_tag.clone(),
+    })?;
+    let user = &plan.service.user;
+    let owner = match nix::unistd::User::from_name(user) {
+        Ok(Some(found)) => git::Owner {
+            uid: found.uid.as_raw(),
+            gid: found.gid.as_raw(),
+        },
+        _ => return Err(ServiceError::UnknownUser { user: user.clone() }.into()),
+    };
+    let git_plan = plan.git.clone();
+    // git.deadline, or what is left of the boot's, whichever ends first.
+    let boot_left = boot_ends.saturating_duration_since(Instant::now());
+    let limits = if config.git.deadline <= boot_left {
+        git::Limits::new(config.git.deadline, "git.deadline", git_work.cancel.clone())
+    } else {
+        git::Limits::new(
+            boot_left,
+            "what was left of boot.deadline",
+            git_work.cancel.clone(),
+        )
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    // The HTTP transport runs its requests on this runtime.
+    let runtime = tokio::runtime::Handle::current();
+    let thread = std::thread::Builder::new()
+        .name("git".into())
+        .spawn(move || {
+            let _inside = runtime.enter();
+            let _ = done.send(git::sync(
+                &git_plan,
+                &url,
+                Some(owner),
+                &credentials,
+                &limits,
+            ));
+        })
+        .map_err(|e| Error::io("failed to start the git thread", e))?;
+    *git_work
+        .thread
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(thread);
+    let result = result.await.map_err(|_| {
+        Error::io(
+            "the git thread failed",
+            std::io::Error::other("it ended without an answer"),
+        )
+    })?;
+    Ok(result?)
+}

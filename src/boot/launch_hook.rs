@@ -1,0 +1,126 @@
+//! The launch hook's side of a boot: heartbeats while it runs, then CONTINUE or ABANDON.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::autoscaling::{ActionResult, Lifecycle};
+use crate::config::Config;
+use crate::health::Checker;
+use crate::plan::Plan;
+use crate::retry::{self, Look, Unready};
+use crate::Error;
+
+/// ABANDONs the launch of a boot that failed before it knew who the instance is (bad tags, say):
+/// IMDS may still name the instance and its group, which is all an ABANDON needs.
+pub(super) async fn abandon_without_identity(config: &Config, hook: &str) -> Result<(), Error> {
+    let imds = crate::identity::imds_client(config);
+    let instance_id = imds.get_required("meta-data/instance-id").await?;
+    let region = crate::identity::region(&imds).await?;
+    // The tag is read only when the config does not name the group.
+    let tagged_group = match config.lifecycle.group {
+        Some(_) => None,
+        None => {
+            let tag = crate::identity::ASG_GROUP_TAG;
+            crate::identity::read_tags(&imds, config, &region, &instance_id, &[tag])
+                .await?
+                .remove(tag)
+        }
+    };
+    let lifecycle =
+        Lifecycle::connect(&config.lifecycle, &region, &instance_id, tagged_group).await?;
+    lifecycle.complete(hook, ActionResult::Abandon).await?;
+    Ok(())
+}
+
+/// The launch hook's side of a boot: heartbeats while it runs, then CONTINUE once the instance
+/// is healthy, or ABANDON when the boot failed or health stayed red.
+pub(super) struct LaunchHook {
+    lifecycle: Arc<Lifecycle>,
+    hook: String,
+    heartbeats: tokio::task::JoinHandle<()>,
+}
+
+impl LaunchHook {
+    pub(super) async fn start(config: &Config, plan: &Plan) -> Result<Option<LaunchHook>, Error> {
+        let Some(hook) = config.lifecycle.launch_hook.clone() else {
+            return Ok(None);
+        };
+        let id = &plan.identity;
+        let lifecycle = Lifecycle::connect(
+            &config.lifecycle,
+            &id.region,
+            &id.instance_id,
+            id.asg_group.clone(),
+        )
+        .await?;
+        let lifecycle = Arc::new(lifecycle);
+        let every = config.lifecycle.heartbeat;
+        let heartbeats = tokio::spawn({
+            let (lifecycle, hook) = (lifecycle.clone(), hook.clone());
+            async move {
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    ticks.tick().await;
+                    if let Err(e) = lifecycle.heartbeat(&hook).await {
+                        tracing::warn!(error = %e, "a lifecycle heartbeat failed");
+                    }
+                }
+            }
+        });
+        Ok(Some(LaunchHook {
+            lifecycle,
+            hook,
+            heartbeats,
+        }))
+    }
+
+    pub(super) async fn complete(self, result: ActionResult) -> Result<(), Error> {
+        self.heartbeats.abort();
+        self.lifecycle.complete(&self.hook, result).await?;
+        Ok(())
+    }
+
+    pub(super) async fn finish(self, config: &Config, booted: bool) -> Result<(), Error> {
+        let healthy = booted && wait_until_healthy(config).await;
+        self.heartbeats.abort();
+        let result = match (booted, healthy) {
+            (true, true) => ActionResult::Continue,
+            (false, _) if !config.lifecycle.abandon_on_failure => return Ok(()),
+            _ => ActionResult::Abandon,
+        };
+        self.lifecycle.complete(&self.hook, result).await?;
+        if booted && !healthy {
+            return Err(Error::Unhealthy);
+        }
+        Ok(())
+    }
+}
+
+/// Polls the health report until it is green or `lifecycle.health_wait` has passed.
+async fn wait_until_healthy(config: &Config) -> bool {
+    let checker = Checker::new(config);
+    let waited = retry::poll(
+        Duration::from_secs(1),
+        config.lifecycle.health_wait,
+        || async {
+            match checker.check().await {
+                health if health.healthy => Look::<(), _, std::convert::Infallible>::Ready(()),
+                health => Look::Pending(health),
+            }
+        },
+    )
+    .await;
+    match waited {
+        Ok(()) => true,
+        Err(Unready::TimedOut(health)) => {
+            tracing::error!(
+                state = health.state,
+                reason = health.reason.as_deref().unwrap_or_default(),
+                "the instance did not turn healthy in time; abandoning the launch"
+            );
+            false
+        }
+        Err(Unready::Failed(never)) => match never {},
+    }
+}

@@ -1,0 +1,251 @@
+//! The boot pipeline: identity, secrets, git, env file, service — under the lock, recorded in
+//! status.json, with the launch hook answered at the end. `boot`, `refresh` and `lifecycle
+//! watch` all run it.
+
+mod checkout;
+mod launch_hook;
+mod lock;
+mod recorder;
+
+use std::time::{Duration, Instant};
+
+use crate::autoscaling::ActionResult;
+use crate::config::{Config, Manager};
+use crate::envfile;
+use crate::git;
+use crate::imds::ImdsClient;
+use crate::plan::Plan;
+use crate::secrets;
+use crate::service;
+use crate::status::{GitStatus, Outcome, ServiceState, ServiceStatus};
+use crate::Error;
+
+use checkout::GitWork;
+use launch_hook::LaunchHook;
+use recorder::Recorder;
+
+/// The whole boot under the lock, recorded in status.json.
+pub async fn boot(config: &Config) -> Result<(), Error> {
+    let started = Instant::now();
+    let deadline = config.boot.deadline;
+    let run_dir = &config.paths.run_dir;
+    std::fs::create_dir_all(run_dir)
+        .map_err(|e| Error::io(format!("failed to create {}", run_dir.display()), e))?;
+    envfile::check_memory_backed(run_dir, config.paths.allow_persistent_env_file)?;
+    let _lock = lock::lock(&config.paths.lock_file(), deadline).await?;
+    lock::clear_interrupted_boot(&config.paths);
+
+    let mut recorder = Recorder::start(&config.paths);
+    recorder.save()?;
+    let remaining = deadline.saturating_sub(started.elapsed());
+    let mut launch_hook = None;
+    let git_work = GitWork::default();
+    let work = steps(
+        config,
+        &mut recorder,
+        &mut launch_hook,
+        &git_work,
+        started + deadline,
+    );
+    let result = match tokio::time::timeout(remaining, work).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Deadline {
+            phase: "boot",
+            limit: humantime::format_duration(deadline).to_string(),
+        }),
+    };
+    // Nothing is decided or recorded while git may still change the release in service.
+    git_work.stop().await;
+    recorder.finish(result.as_ref().err())?;
+    let warmed = recorder
+        .status
+        .service
+        .as_ref()
+        .is_some_and(|s| s.state == ServiceState::Warmed);
+    match (launch_hook, result) {
+        // A warm pool's launch is complete once everything is prepared.
+        (Some(hook), Ok(())) if warmed => hook.complete(ActionResult::Continue).await,
+        (Some(hook), Ok(())) => hook.finish(config, true).await,
+        (Some(hook), Err(error)) => {
+            // The boot's own error is what the caller needs; a failed ABANDON is only logged.
+            if let Err(hook_error) = hook.finish(config, false).await {
+                tracing::error!(error = %hook_error.chain(), "could not abandon the launch");
+            }
+            Err(error)
+        }
+        (None, Err(error)) => {
+            // A launch hook is set, but the boot failed before it knew the instance.
+            if let (Some(hook), true) = (
+                &config.lifecycle.launch_hook,
+                config.lifecycle.abandon_on_failure,
+            ) {
+                if let Err(hook_error) = launch_hook::abandon_without_identity(config, hook).await {
+                    tracing::error!(error = %hook_error.chain(), "could not abandon the launch");
+                }
+            }
+            Err(error)
+        }
+        (None, Ok(())) => Ok(()),
+    }
+}
+
+/// The boot proper. Secrets are fetched and checked before the checkout, and the env file is
+/// written only after it, so a failure at any step leaves the previous env file in place.
+async fn steps(
+    config: &Config,
+    recorder: &mut Recorder,
+    launch_hook: &mut Option<LaunchHook>,
+    git_work: &GitWork,
+    boot_ends: Instant,
+) -> Result<(), Error> {
+    recorder.begin("identity");
+    let imds = crate::identity::imds_client(config);
+    let plan = crate::plan::resolve_with(&imds, config).await?;
+    recorder.status.identity = Some(plan.identity.clone());
+    *launch_hook = LaunchHook::start(config, &plan).await?;
+    recorder.end(Outcome::Succeeded)?;
+
+    recorder.begin("secrets");
+    let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
+    // Each call has secrets.timeout (the SDK's operation timeout); the step gets a second more,
+    // so that a stalled call ends with its own error, which names the secret, rather than the
+    // step's, whichever timer the scheduler happens to wake first.
+    let loaded = within(
+        "secrets",
+        config.secrets.timeout + Duration::from_secs(1),
+        secrets::load(&client, &plan.identity.region, &plan.secrets),
+    )
+    .await??;
+    recorder.status.secrets = loaded.versions.clone();
+    let mut loaded = loaded;
+    let credentials = git::Credentials::from_config(
+        &config.git,
+        &config.paths.run_dir,
+        config.paths.allow_persistent_env_file,
+        &mut loaded,
+    )?;
+    let environment = envfile::compose(&plan.env, loaded)?;
+    let rendered = envfile::render(&environment, plan.secrets.format)?;
+    recorder.end(Outcome::Succeeded)?;
+
+    recorder.begin("git");
+    let (checkout, note) =
+        checkout::checkout_or_keep(config, &plan, credentials, git_work, boot_ends).await?;
+    if let Some(note) = &note {
+        recorder.degrade(note.clone());
+    }
+    recorder.status.git = Some(GitStatus {
+        url: crate::remote::redact(plan.git.url.as_deref().unwrap_or_default()),
+        reference: plan.git.reference.clone(),
+        dir: plan.git.dir.clone(),
+        commit: checkout.commit.clone(),
+        action: checkout.action,
+        received_bytes: checkout.received_bytes,
+        note,
+    });
+    recorder.end(if recorder.status.degraded.is_some() {
+        Outcome::Degraded
+    } else {
+        Outcome::Succeeded
+    })?;
+
+    // Exec mode: whether the service's user can run the command is known now, before the env
+    // file changes.
+    let exec_command = match plan.service.manager {
+        Manager::Exec => {
+            recorder.begin("command");
+            let command = service::prepare_exec(&plan, &environment)?;
+            recorder.end(Outcome::Succeeded)?;
+            Some(command)
+        }
+        Manager::Systemd => None,
+    };
+    drop(environment);
+
+    recorder.begin("env_file");
+    let env_changed = envfile::write(&plan.env_file, &rendered)?;
+    recorder.end(Outcome::Succeeded)?;
+
+    recorder.begin("service");
+    if in_warm_pool(&imds).await {
+        // Everything is ready; starting waits for the instance to go in service, when
+        // `lifecycle watch` boots again.
+        tracing::info!("the instance is in a warm pool: prepared, not starting the service");
+        recorder.status.service = Some(ServiceStatus {
+            manager: plan.service.manager,
+            unit: plan.service.unit.clone(),
+            state: ServiceState::Warmed,
+            restarted: false,
+        });
+        recorder.end(Outcome::Succeeded)?;
+        return Ok(());
+    }
+    match exec_command {
+        None => {
+            let code_changed =
+                matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
+            let report = within(
+                "service",
+                config.service.start_timeout + config.service.settle + Duration::from_secs(5),
+                service::start_systemd(
+                    &plan,
+                    env_changed,
+                    code_changed,
+                    config.service.start_timeout,
+                    config.service.settle,
+                ),
+            )
+            .await??;
+            recorder.status.service = Some(ServiceStatus {
+                manager: Manager::Systemd,
+                unit: plan.service.unit.clone(),
+                state: ServiceState::Unit(report.state),
+                restarted: report.restarted,
+            });
+            recorder.end(Outcome::Succeeded)?;
+            prune_releases(config, &plan);
+            Ok(())
+        }
+        Some(command) => {
+            prune_releases(config, &plan);
+            recorder.status.service = Some(ServiceStatus {
+                manager: Manager::Exec,
+                unit: plan.service.unit.clone(),
+                state: ServiceState::Exec,
+                restarted: true,
+            });
+            // The status must say "succeeded" before this process becomes the service; should
+            // exec fail, the caller records that failure over it.
+            recorder.finish(None)?;
+            Err(command.exec().into())
+        }
+    }
+}
+
+/// Old releases go once the new one is in service; failing to remove them costs only disk.
+fn prune_releases(config: &Config, plan: &Plan) {
+    match git::prune(&plan.git.dir, config.git.keep) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "pruned old releases"),
+        Err(e) => tracing::warn!(error = %e, "could not prune old releases"),
+    }
+}
+
+/// In a warm pool (`Warmed:*`) the instance is prepared but its service must not start yet.
+/// Outside an Auto Scaling group, or when IMDS cannot say, it is not.
+async fn in_warm_pool(imds: &ImdsClient) -> bool {
+    matches!(imds.target_lifecycle_state().await, Ok(Some(state)) if state.starts_with("Warmed:"))
+}
+
+async fn within<T>(
+    phase: &'static str,
+    limit: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| Error::Deadline {
+            phase,
+            limit: humantime::format_duration(limit).to_string(),
+        })
+}

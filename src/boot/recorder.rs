@@ -1,0 +1,113 @@
+//! Keeps status.json current while a boot runs, and adds the finished boot to the history.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::config::PathsConfig;
+use crate::status::{ErrorReport, Outcome, Phase, Status, StatusError};
+
+/// Each phase is recorded as it ends, so status.json always says how far the boot got.
+pub struct Recorder {
+    path: PathBuf,
+    pub status: Status,
+    phase_started: Option<(String, Instant)>,
+    history_dir: PathBuf,
+}
+
+impl Recorder {
+    pub fn start(paths: &PathsConfig) -> Self {
+        Recorder {
+            path: paths.status_file(),
+            status: Status::starting(),
+            phase_started: None,
+            history_dir: paths.state_dir.clone(),
+        }
+    }
+
+    pub fn begin(&mut self, name: &str) {
+        self.phase_started = Some((name.to_string(), Instant::now()));
+    }
+
+    /// Ends the current phase and saves the status.
+    pub fn end(&mut self, outcome: Outcome) -> Result<(), StatusError> {
+        let ended = self.phase_started.take().map(|(name, started)| {
+            let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            tracing::info!("{name}: {} in {duration_ms} ms", outcome.as_str());
+            self.status.phases.push(Phase {
+                name: name.clone(),
+                duration_ms,
+                outcome,
+            });
+            name
+        });
+        self.save()?;
+        if let Some(name) = ended {
+            crate::failpoint::hit(&format!("after-{name}"));
+        }
+        Ok(())
+    }
+
+    /// The boot goes on with something other than what was asked, for `why`.
+    pub fn degrade(&mut self, why: String) {
+        self.status.degraded = Some(why);
+    }
+
+    pub fn finish(&mut self, error: Option<&crate::Error>) -> Result<(), StatusError> {
+        self.status.finished_at = Some(crate::status::now());
+        self.status.error = error.map(|e| ErrorReport {
+            message: e.chain(),
+            exit_code: e.exit_code(),
+        });
+        self.status.outcome = match (error, &self.status.degraded) {
+            (Some(_), _) => Outcome::Failed,
+            (None, Some(_)) => Outcome::Degraded,
+            (None, None) => Outcome::Succeeded,
+        };
+        self.end(self.status.outcome)?;
+        match (&self.status.error, &self.status.degraded) {
+            (None, None) => {
+                tracing::info!(outcome = "succeeded", "boot succeeded: {}", self.summary())
+            }
+            (None, Some(why)) => tracing::warn!(
+                outcome = "degraded",
+                "boot degraded: {}; {why}",
+                self.summary()
+            ),
+            (Some(error), _) => tracing::error!(
+                outcome = "failed",
+                "boot failed with exit code {}",
+                error.exit_code
+            ),
+        }
+        if let Err(e) = crate::history::record(&self.history_dir, &self.status) {
+            // The history is for operators looking back; it never fails a boot.
+            tracing::warn!(error = %e, dir = %self.history_dir.display(), "could not record the boot in the history");
+        }
+        Ok(())
+    }
+
+    /// What runs now, in one line: `calendar/prod at <commit> (fetched), calendar.service active`.
+    fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(id) = &self.status.identity {
+            parts.push(format!("{}/{}", id.service, id.env));
+        }
+        if let Some(git) = &self.status.git {
+            parts.push(format!("at {} ({})", git.commit, git.action));
+        }
+        let mut line = parts.join(" ");
+        if let Some(service) = &self.status.service {
+            line.push_str(&format!(", {} {}", service.unit, service.state));
+        }
+        line
+    }
+
+    pub fn save(&self) -> Result<(), StatusError> {
+        let mut json = serde_json::to_vec_pretty(&self.status).expect("status serializes");
+        json.push(b'\n');
+        crate::atomic::write_file(&self.path, &json, 0o644).map_err(|source| StatusError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}

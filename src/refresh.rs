@@ -1,0 +1,45 @@
+//! `refresh`: when a secret has a new version, boot again (which re-renders the env file and
+//! restarts the unit), after a random part of the window so that a fleet does not restart at
+//! once.
+
+use std::time::Duration;
+
+use crate::config::{Config, Manager};
+use crate::secrets;
+use crate::status;
+use crate::Error;
+
+/// Compares the secret versions in use (status.json) with the current ones (DescribeSecret,
+/// which returns no values); when one changed, waits a random part of the window (none with
+/// `now`) and boots again.
+pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
+    if config.service.manager == Manager::Exec {
+        return Err(Error::Usage(
+            "refresh restarts services under systemd; in exec mode, restart the container or \
+             process to pick up new secrets"
+                .into(),
+        ));
+    }
+    let last = status::read(&config.paths)?;
+    let plan = crate::plan::resolve(config).await?;
+    let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
+    let changed =
+        secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets).await?;
+    if changed.is_empty() {
+        tracing::info!("secrets unchanged, nothing to do");
+        return Ok(());
+    }
+    let delay = if now {
+        Duration::ZERO
+    } else {
+        // Spread over the window, so that a fleet does not restart at once.
+        crate::retry::random_part_of(config.refresh.window)
+    };
+    tracing::info!(
+        secrets = %changed.join(", "),
+        delay = %humantime::format_duration(delay),
+        "secrets have new versions, booting again after the delay"
+    );
+    tokio::time::sleep(delay).await;
+    crate::boot::boot(config).await
+}
