@@ -34,3 +34,31 @@ mod template;
 mod testing;
 
 pub use error::Error;
+
+#[cfg(test)]
+mod tests {
+    /// The README's layout section names every module, so that a newcomer finds each one there.
+    #[test]
+    fn the_readme_layout_names_every_module() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let layout = &readme[readme.find("## Layout").expect("a layout section")..];
+        let mut missing = Vec::new();
+        for entry in std::fs::read_dir(root.join("src")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if matches!(name.as_str(), "main" | "lib") {
+                continue;
+            }
+            let ways = [
+                format!("`{name}`"),
+                format!("`src/{name}/`"),
+                format!("`src/{name}.rs`"),
+            ];
+            if !ways.iter().any(|way| layout.contains(way)) {
+                missing.push(name);
+            }
+        }
+        assert!(missing.is_empty(), "the README's layout omits {missing:?}");
+    }
+}

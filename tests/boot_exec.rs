@@ -1,7 +1,5 @@
 //! `bootagent boot` in exec mode on the host, against moto, a git daemon and the IMDS fake.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
@@ -45,6 +43,7 @@ impl Service {
 
 #[test]
 fn each_environment_gets_its_secret_branch_and_variables() {
+    support::needs_world!();
     let service = Service::create();
     for (tag, env) in [
         ("test", "test"),
@@ -102,6 +101,7 @@ fn each_environment_gets_its_secret_branch_and_variables() {
 
 #[test]
 fn second_boot_does_not_reclone_and_follows_a_new_commit() {
+    support::needs_world!();
     let mut service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = service.imds("stage");
@@ -126,6 +126,7 @@ fn second_boot_does_not_reclone_and_follows_a_new_commit() {
 
 #[test]
 fn concurrent_boots_take_turns() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = service.imds("prod");
@@ -144,6 +145,7 @@ fn concurrent_boots_take_turns() {
 
 #[test]
 fn a_held_lock_ends_the_boot_at_its_deadline() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = service.imds("prod");
@@ -160,6 +162,7 @@ fn a_held_lock_ends_the_boot_at_its_deadline() {
 
 #[test]
 fn stale_token_is_replaced_after_401() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = Imds::start(serde_json::json!({
@@ -178,6 +181,7 @@ fn stale_token_is_replaced_after_401() {
 
 #[test]
 fn tags_arriving_late_are_waited_for() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = Imds::start(serde_json::json!({
@@ -190,6 +194,7 @@ fn tags_arriving_late_are_waited_for() {
 
 #[test]
 fn plan_needs_no_credentials_and_shows_an_unset_repository() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "staging")]);
     let run = Run(instance
@@ -209,6 +214,7 @@ fn plan_needs_no_credentials_and_shows_an_unset_repository() {
 
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = service.imds("prod");
@@ -222,6 +228,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 
 #[test]
 fn status_command_reports_the_last_boot() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = service.imds("stage");
@@ -243,6 +250,7 @@ fn status_command_reports_the_last_boot() {
 
 #[test]
 fn the_history_keeps_every_boot_across_reboots() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = service.imds("stage");
@@ -336,6 +344,7 @@ fn failing_boot(
 
 #[test]
 fn tags_in_metadata_disabled_is_named_as_such() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let imds = Imds::start(serde_json::json!({ "tags": null }));
     failing_boot(
@@ -353,6 +362,7 @@ fn tags_in_metadata_disabled_is_named_as_such() {
 
 #[test]
 fn missing_service_tag_names_the_tag_and_the_fix() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let imds = Imds::with_tags(&[("Environment", "prod")]);
     let started = Instant::now();
@@ -372,6 +382,7 @@ fn missing_service_tag_names_the_tag_and_the_fix() {
 
 #[test]
 fn unknown_environment_lists_the_known_ones() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "qa")]);
     failing_boot(
@@ -390,6 +401,7 @@ fn unknown_environment_lists_the_known_ones() {
 
 #[test]
 fn path_traversal_in_a_tag_is_refused() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let imds = Imds::with_tags(&[("Service", "../../etc"), ("Environment", "prod")]);
     failing_boot(
@@ -405,6 +417,7 @@ fn path_traversal_in_a_tag_is_refused() {
 
 #[test]
 fn missing_secret_names_its_id_and_region() {
+    support::needs_world!();
     let name = unique("nosecret");
     let repo = SampleRepo::create(&name);
     let instance = Instance::exec_mode("");
@@ -423,6 +436,7 @@ fn missing_secret_names_its_id_and_region() {
 
 #[test]
 fn secret_that_is_not_a_json_object_is_refused_without_echoing_it() {
+    support::needs_world!();
     let canary = canary();
     for (value, found) in [
         (format!("\"{canary}\""), "is a JSON string"),
@@ -446,6 +460,7 @@ fn secret_that_is_not_a_json_object_is_refused_without_echoing_it() {
 
 #[test]
 fn metadata_refused_with_403_is_a_permanent_error_naming_the_metadata_options() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let imds = Imds::start(serde_json::json!({ "disabled": true }));
     failing_boot(
@@ -468,6 +483,7 @@ fn metadata_refused_with_403_is_a_permanent_error_naming_the_metadata_options() 
 
 #[test]
 fn an_oversized_metadata_answer_is_refused_without_reading_it_whole() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let huge = "a".repeat(2 << 20);
     let imds = Imds::with_tags(&[("Service", &huge), ("Environment", "prod")]);
@@ -483,6 +499,7 @@ fn an_oversized_metadata_answer_is_refused_without_reading_it_whole() {
 
 #[test]
 fn a_nul_in_a_secret_value_is_refused_by_name_before_the_env_file_changes() {
+    support::needs_world!();
     let canary = canary();
     let name = unique("nul");
     create_secret(
@@ -503,6 +520,7 @@ fn a_nul_in_a_secret_value_is_refused_by_name_before_the_env_file_changes() {
 
 #[test]
 fn numbers_reach_the_service_as_written_and_a_key_given_twice_is_refused() {
+    support::needs_world!();
     let service = Service::create();
     let secret = format!("{}_env_test", service.name);
     put_secret_value(
@@ -535,6 +553,7 @@ fn numbers_reach_the_service_as_written_and_a_key_given_twice_is_refused() {
 
 #[test]
 fn imds_down_fails_within_its_deadline() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let refusing = RefusingPort::bind();
     let earlier = Earlier::plant(&instance, "any");
@@ -557,6 +576,7 @@ fn imds_down_fails_within_its_deadline() {
 
 #[test]
 fn git_remote_down_keeps_the_earlier_env_file() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let refusing = RefusingPort::bind();
@@ -574,6 +594,7 @@ fn git_remote_down_keeps_the_earlier_env_file() {
 
 #[test]
 fn missing_branch_names_remote_and_ref() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("[git]\nref = \"release-{env}\"\n");
     let imds = service.imds("prod");
@@ -589,6 +610,7 @@ fn missing_branch_names_remote_and_ref() {
 
 #[test]
 fn run_dir_on_persistent_disk_is_refused() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let on_disk = instance.root.path().join("run");
     let config = std::fs::read_to_string(&instance.config).unwrap().replace(
@@ -607,6 +629,7 @@ fn run_dir_on_persistent_disk_is_refused() {
 
 #[test]
 fn missing_ca_store_is_named_instead_of_failing_obscurely() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = service.imds("test");
@@ -627,6 +650,7 @@ fn missing_ca_store_is_named_instead_of_failing_obscurely() {
 
 #[test]
 fn aws_region_overrides_the_region_from_imds() {
+    support::needs_world!();
     let instance = Instance::exec_mode("[secrets]\nmain = \"{service}-{region}\"\n");
     let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "test")]);
     let run = instance.run_with(&imds, &["plan"], &[("AWS_REGION", "eu-central-1")]);
@@ -638,6 +662,7 @@ fn aws_region_overrides_the_region_from_imds() {
 
 #[test]
 fn a_boot_killed_midway_is_reported_failed_and_the_next_boot_clears_what_it_left() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     // Tags appear late: the boot waits in its first phase, its status saying `running`.
@@ -697,6 +722,7 @@ fn a_boot_killed_midway_is_reported_failed_and_the_next_boot_clears_what_it_left
 
 #[test]
 fn a_command_the_service_user_cannot_run_fails_the_boot_before_it_says_succeeded() {
+    support::needs_world!();
     let service = Service::create();
     let instance = Instance::exec_mode("");
     let imds = service.imds("test");

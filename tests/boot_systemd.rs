@@ -1,8 +1,6 @@
 //! `bootagent boot` in systemd mode against a real systemd (PID 1 of an nspawn container), with
 //! moto, the git daemon and the IMDS fake reached over the shared loopback.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -22,6 +20,7 @@ settle = "100ms"
 
 #[test]
 fn each_environment_runs_under_systemd_with_its_env_file_and_checkout() {
+    support::needs_world!();
     let container = Container::boot(CONFIG);
     for (tag, env) in [("test", "test"), ("staging", "stage"), ("prod", "prod")] {
         boot_one_environment(&container, tag, env);
@@ -113,6 +112,7 @@ fn boot_one_environment(container: &Container, tag: &str, env: &str) {
 
 #[test]
 fn a_unit_that_cannot_start_is_reported_with_exit_code_8() {
+    support::needs_world!();
     let (name, _repo, imds) = small_service("sdfail", "test");
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
@@ -129,6 +129,7 @@ fn a_unit_that_cannot_start_is_reported_with_exit_code_8() {
 
 #[test]
 fn a_unit_that_exits_right_after_starting_fails_the_boot() {
+    support::needs_world!();
     let (name, _repo, imds) = small_service("sdcrash", "test");
     let container = Container::boot(CONFIG);
     std::fs::create_dir(container.out().join("config.d")).unwrap();
@@ -162,6 +163,7 @@ fn a_unit_that_exits_right_after_starting_fails_the_boot() {
 
 #[test]
 fn shipped_boot_unit_boots_the_service_under_its_hardening() {
+    support::needs_world!();
     let name = unique("unit");
     let repo = SampleRepo::create(&name);
     let canary = canary();
@@ -254,6 +256,7 @@ fn shipped_boot_unit_boots_the_service_under_its_hardening() {
 
 #[test]
 fn generated_values_reach_the_unit_exactly_through_its_environment_file() {
+    support::needs_world!();
     let mut rng = Rng::from_env();
     let name = unique("rt");
     let repo = SampleRepo::create(&name);
@@ -315,6 +318,7 @@ fn wait_for_file(path: &Path) -> Vec<u8> {
 
 #[test]
 fn a_unit_that_failed_gets_a_fresh_start_limit_on_the_next_boot() {
+    support::needs_world!();
     let (name, _repo, imds) = small_service("limit", "test");
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
@@ -333,6 +337,7 @@ fn a_unit_that_failed_gets_a_fresh_start_limit_on_the_next_boot() {
 
 #[test]
 fn refresh_restarts_the_unit_only_after_a_secret_changed() {
+    support::needs_world!();
     let name = unique("refresh");
     let repo = SampleRepo::create(&name);
     let secret = format!("{name}_env_prod");
@@ -377,6 +382,7 @@ fn refresh_restarts_the_unit_only_after_a_secret_changed() {
 
 #[test]
 fn doctor_shows_a_failed_unit_with_its_last_journal_lines() {
+    support::needs_world!();
     let (name, _repo, imds) = small_service("docunit", "test");
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
@@ -440,6 +446,7 @@ fn launch(
 
 #[test]
 fn a_slow_launch_sends_heartbeats_then_exactly_one_continue() {
+    support::needs_world!();
     let (_container, asg, run) = launch("launch", "prod", Some(r#"{"A": "1"}"#), "2.5");
     run.expect(0);
     let calls = asg.calls();
@@ -466,6 +473,7 @@ fn a_slow_launch_sends_heartbeats_then_exactly_one_continue() {
 
 #[test]
 fn a_failed_launch_is_abandoned_exactly_once() {
+    support::needs_world!();
     let (_container, asg, run) = launch("abandon", "prod", None, "0");
     run.expect(5);
     let completions: Vec<_> = asg
@@ -486,6 +494,7 @@ fn a_failed_launch_is_abandoned_exactly_once() {
 
 #[test]
 fn termination_drains_then_stops_then_completes_the_hook() {
+    support::needs_world!();
     let (name, _repo, imds) = small_service("term", "test");
     let asg = AsgFake::start();
     let container = Container::boot(&format!(
@@ -525,6 +534,7 @@ fn termination_drains_then_stops_then_completes_the_hook() {
 
 #[test]
 fn a_warm_pool_instance_is_prepared_then_started_when_in_service() {
+    support::needs_world!();
     let (name, repo, imds) = small_service("warm", "test");
     imds.set(serde_json::json!({"lifecycle_state": "Warmed:Stopped"}));
     let container = Container::boot(CONFIG);
@@ -558,6 +568,7 @@ fn a_warm_pool_instance_is_prepared_then_started_when_in_service() {
 
 #[test]
 fn a_spot_interruption_drains_and_stops_without_a_hook() {
+    support::needs_world!();
     let (name, _repo, imds) = small_service("spot", "test");
     let container = Container::boot(&format!("{CONFIG}\n[lifecycle]\ndrain = \"1s\"\n"));
     let unit = format!("{name}.service");
@@ -579,6 +590,7 @@ fn a_spot_interruption_drains_and_stops_without_a_hook() {
 
 #[test]
 fn a_launch_with_bad_tags_is_abandoned_too() {
+    support::needs_world!();
     let (_container, asg, run) = launch("badtags", "qa", None, "0");
     run.expect(3);
     assert_eq!(
@@ -592,6 +604,7 @@ fn a_launch_with_bad_tags_is_abandoned_too() {
 
 #[test]
 fn the_shipped_boot_unit_fetches_over_ssh_with_a_deploy_key_from_a_secret() {
+    support::needs_world!();
     let name = unique("sdssh");
     let repo = SampleRepo::create(&name);
     let keys = tempfile::tempdir().unwrap();

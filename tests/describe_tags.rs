@@ -1,8 +1,6 @@
 //! `identity.describe_tags_fallback`: with tags in instance metadata disabled, the tags come from
 //! ec2:DescribeTags (moto's EC2, signatures and IAM checked where the test turns that on).
 
-mod support;
-
 use support::*;
 
 const FALLBACK: &str = "[identity]\ndescribe_tags_fallback = true\n";
@@ -23,6 +21,7 @@ fn untagged_metadata(instance_id: &str) -> Imds {
 
 #[test]
 fn tags_come_from_describe_tags_when_metadata_has_none() {
+    support::needs_world!();
     let name = unique("dt");
     let repo = SampleRepo::create(&name);
     create_secret(&format!("{name}_env_stage"), r#"{"A": "1"}"#);
@@ -57,6 +56,7 @@ fn tags_come_from_describe_tags_when_metadata_has_none() {
 
 #[test]
 fn without_the_fallback_disabled_tags_are_named_as_such() {
+    support::needs_world!();
     let id = instance_id();
     ec2_create_tags(&id, &[("Service", "calendar"), ("Environment", "test")]);
     Instance::exec_mode("")
@@ -67,6 +67,7 @@ fn without_the_fallback_disabled_tags_are_named_as_such() {
 
 #[test]
 fn describe_tags_is_signed_as_aws_checks_it() {
+    support::needs_world!();
     let moto = Moto::start_private();
     let name = unique("signed");
     let repo = SampleRepo::create(&name);
@@ -102,6 +103,7 @@ fn describe_tags_is_signed_as_aws_checks_it() {
 
 #[test]
 fn a_role_that_may_not_describe_tags_is_told_which_permission_it_lacks() {
+    support::needs_world!();
     let moto = Moto::start_private();
     let id = instance_id();
     moto.ec2_create_tags(&id, &[("Service", "calendar"), ("Environment", "prod")]);
@@ -127,6 +129,7 @@ fn a_role_that_may_not_describe_tags_is_told_which_permission_it_lacks() {
 
 #[test]
 fn a_launch_with_bad_tags_is_abandoned_with_the_group_from_describe_tags() {
+    support::needs_world!();
     let asg = AsgFake::start();
     let id = instance_id();
     ec2_create_tags(
@@ -160,6 +163,7 @@ fn a_launch_with_bad_tags_is_abandoned_with_the_group_from_describe_tags() {
 
 #[test]
 fn a_throttled_describe_tags_is_retried_with_backoff_until_the_deadline() {
+    support::needs_world!();
     let throttling = AwsError::start_ec2("RequestLimitExceeded", 503, "Request limit exceeded.");
     let instance = Instance::exec_mode(FALLBACK);
     let run = instance.run_with(

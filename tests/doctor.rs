@@ -1,7 +1,5 @@
 //! `bootagent doctor`: for each check, break exactly that link and see it fail with its hint.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -151,6 +149,7 @@ fn validate_against_schema(json: &str) {
 
 #[test]
 fn a_working_chain_passes_every_check() {
+    support::needs_world!();
     let world = World::booted();
     let (code, report) = world.doctor(&world.imds(), &[]);
     assert_eq!(code, 0, "{}", report.0);
@@ -174,6 +173,7 @@ fn a_working_chain_passes_every_check() {
 
 #[test]
 fn imds_refusing_connections_is_not_blamed_on_the_hop_limit() {
+    support::needs_world!();
     let world = World::booted();
     let refusing = RefusingPort::bind();
     let dead = refusing.url("http", "");
@@ -201,6 +201,7 @@ fn imds_refusing_connections_is_not_blamed_on_the_hop_limit() {
 
 #[test]
 fn disabled_tags_fail_the_tags_check() {
+    support::needs_world!();
     let world = World::booted();
     let imds = Imds::start(serde_json::json!({ "tags": null }));
     let (code, report) = world.doctor(&imds, &[]);
@@ -211,6 +212,7 @@ fn disabled_tags_fail_the_tags_check() {
 
 #[test]
 fn an_unknown_environment_fails_the_identity_check() {
+    support::needs_world!();
     let world = World::booted();
     let (_, report) = world.doctor(&world.imds_with(&[("Environment", "qa")]), &[]);
     report.only_fails("identity", "Environment tags", &NEED_IDENTITY);
@@ -218,6 +220,7 @@ fn an_unknown_environment_fails_the_identity_check() {
 
 #[test]
 fn missing_credentials_fail_the_credentials_check() {
+    support::needs_world!();
     let world = World::booted();
     let (_, report) = world.doctor(
         &world.imds(),
@@ -233,6 +236,7 @@ fn missing_credentials_fail_the_credentials_check() {
 
 #[test]
 fn a_missing_secret_fails_the_secret_check() {
+    support::needs_world!();
     let world = World::booted();
     let (_, report) = world.doctor(&world.imds(), &[]);
     assert_eq!(report.verdict("secret"), "ok");
@@ -248,6 +252,7 @@ fn a_missing_secret_fails_the_secret_check() {
 
 #[test]
 fn a_readable_secret_of_another_environment_is_a_loud_warning() {
+    support::needs_world!();
     let world = World::booted();
     create_secret(&format!("{}_env_prod", world.name), r#"{"A": "prod"}"#);
     let (code, report) = world.doctor(&world.imds(), &[]);
@@ -262,6 +267,7 @@ fn a_readable_secret_of_another_environment_is_a_loud_warning() {
 
 #[test]
 fn a_skewed_clock_fails_the_clock_check() {
+    support::needs_world!();
     let world = World::booted();
     let ahead = AwsError::start_skewed("InternalServiceError", 500, "down", 600);
     let (_, report) = world.doctor(&world.imds(), &[("AWS_ENDPOINT_URL", Some(&ahead.url))]);
@@ -272,6 +278,7 @@ fn a_skewed_clock_fails_the_clock_check() {
 
 #[test]
 fn an_unreachable_remote_fails_the_git_check() {
+    support::needs_world!();
     let world = World::booted();
     let refusing = RefusingPort::bind();
     let dead = refusing.url("git", "/x.git");
@@ -281,6 +288,7 @@ fn an_unreachable_remote_fails_the_git_check() {
 
 #[test]
 fn a_readable_env_file_fails_the_env_file_check() {
+    support::needs_world!();
     use std::os::unix::fs::PermissionsExt;
     let world = World::booted();
     let env_file = world.instance.env_file(&world.name);
@@ -291,6 +299,7 @@ fn a_readable_env_file_fails_the_env_file_check() {
 
 #[test]
 fn low_free_space_fails_the_disk_check() {
+    support::needs_world!();
     let world = World::booted();
     let run_dir = world.instance.run.path();
     // Keep the boot's files: mount a tiny tmpfs over the run dir with copies of them.
@@ -321,6 +330,7 @@ fn low_free_space_fails_the_disk_check() {
 
 #[test]
 fn a_failed_last_boot_fails_the_last_boot_check() {
+    support::needs_world!();
     let world = World::booted();
     let unknown = world.imds_with(&[("Environment", "qa")]);
     world.instance.run(&unknown, &["boot"]).expect(3);
@@ -330,6 +340,7 @@ fn a_failed_last_boot_fails_the_last_boot_check() {
 
 #[test]
 fn a_remote_that_drips_ends_the_git_check_within_its_timeout() {
+    support::needs_world!();
     let world = World::booted();
     world
         .instance
@@ -348,6 +359,7 @@ fn a_remote_that_drips_ends_the_git_check_within_its_timeout() {
 
 #[test]
 fn isolation_is_not_called_ok_when_secrets_manager_cannot_be_asked() {
+    support::needs_world!();
     let world = World::booted();
     let refusing = RefusingPort::bind();
     // Each probe is retried by the SDK (about a second each): time enough, however loaded the
@@ -368,6 +380,7 @@ fn isolation_is_not_called_ok_when_secrets_manager_cannot_be_asked() {
 
 #[test]
 fn a_small_tmpfs_run_dir_has_room_enough() {
+    support::needs_world!();
     let world = World::booted();
     let run_dir = world.instance.run.path();
     let mounted = SmallTmpfs::mount(run_dir, "4m");

@@ -1,8 +1,6 @@
 //! Checkouts over smart HTTP with a deploy token from a secret, through `git http-backend`
 //! behind Basic authentication.
 
-mod support;
-
 use support::*;
 
 struct Setup {
@@ -45,6 +43,7 @@ const WITH_TOKEN: &str = "[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"depl
 
 #[test]
 fn a_deploy_token_from_a_secret_checks_out_and_never_lands_anywhere() {
+    support::needs_world!();
     let setup = setup();
     let instance = Instance::exec_mode(WITH_TOKEN);
     let run = instance.run(&setup.imds(), &["boot"]);
@@ -59,6 +58,7 @@ fn a_deploy_token_from_a_secret_checks_out_and_never_lands_anywhere() {
 
 #[test]
 fn a_wrong_token_is_refused_with_a_clear_message() {
+    support::needs_world!();
     let setup = setup();
     create_secret(
         &format!("{}-wrong", setup.name),
@@ -78,6 +78,7 @@ fn a_wrong_token_is_refused_with_a_clear_message() {
 
 #[test]
 fn a_protected_remote_without_a_token_names_the_setting() {
+    support::needs_world!();
     let setup = setup();
     let instance = Instance::exec_mode("");
     instance
@@ -88,6 +89,7 @@ fn a_protected_remote_without_a_token_names_the_setting() {
 
 #[test]
 fn a_token_variable_no_secret_defines_is_named() {
+    support::needs_world!();
     let setup = setup();
     let instance = Instance::exec_mode("[git]\ntoken = \"secret:NOPE\"\n");
     instance
@@ -114,6 +116,7 @@ fn boot_trusting(instance: &Instance, imds: &Imds, ca: &TestCa) -> Run {
 
 #[test]
 fn https_with_a_trusted_private_ca_checks_out_with_the_token() {
+    support::needs_world!();
     let (setup, ca) = setup_tls("127.0.0.1");
     assert!(setup.server.url.starts_with("https://"));
     let instance = Instance::exec_mode(WITH_TOKEN);
@@ -125,6 +128,7 @@ fn https_with_a_trusted_private_ca_checks_out_with_the_token() {
 
 #[test]
 fn an_untrusted_certificate_is_refused_and_the_release_in_service_stays() {
+    support::needs_world!();
     let (mut setup, ca) = setup_tls("127.0.0.1");
     let instance = Instance::exec_mode(&format!("{WITH_TOKEN}on_failure = \"fail\"\n"));
     boot_trusting(&instance, &setup.imds(), &ca).expect(0);
@@ -145,6 +149,7 @@ fn an_untrusted_certificate_is_refused_and_the_release_in_service_stays() {
 
 #[test]
 fn a_certificate_for_another_name_is_refused() {
+    support::needs_world!();
     let (setup, ca) = setup_tls("127.0.0.2");
     let instance = Instance::exec_mode(WITH_TOKEN);
     boot_trusting(&instance, &setup.imds(), &ca)
@@ -155,6 +160,7 @@ fn a_certificate_for_another_name_is_refused() {
 
 #[test]
 fn a_remote_that_accepts_and_never_answers_is_given_up_on_after_git_timeout() {
+    support::needs_world!();
     let silent = silent_listener();
     let url = format!("https://{}/app.git", silent.local_addr().unwrap());
     let name = unique("silent");
@@ -165,6 +171,7 @@ fn a_remote_that_accepts_and_never_answers_is_given_up_on_after_git_timeout() {
 
 #[test]
 fn a_renamed_repository_is_followed_to_its_new_name() {
+    support::needs_world!();
     let setup = setup_serving("moved", |name, token| {
         GitHttp::start_moved("deploy", token, &format!("{name}-old"), name)
     });
@@ -178,6 +185,7 @@ fn a_renamed_repository_is_followed_to_its_new_name() {
 
 #[test]
 fn https_goes_through_the_proxy_the_environment_names() {
+    support::needs_world!();
     let (setup, ca) = setup_tls("127.0.0.1");
     let proxy = ConnectProxy::start();
     let instance = Instance::exec_mode(WITH_TOKEN);
@@ -201,6 +209,7 @@ fn https_goes_through_the_proxy_the_environment_names() {
 
 #[test]
 fn credentials_in_the_repository_tag_are_redacted_wherever_it_is_shown() {
+    support::needs_world!();
     let setup = setup();
     let url = setup.server.repo_url(&setup.name).replacen(
         "http://",

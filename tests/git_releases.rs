@@ -1,7 +1,5 @@
 //! Releases: atomic switches, pruning, and convergence after the agent is killed mid-way.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -38,6 +36,7 @@ fn releases(instance: &Instance, name: &str) -> Vec<String> {
 
 #[test]
 fn old_releases_are_pruned_to_the_configured_count() {
+    support::needs_world!();
     let (name, mut repo, imds) = small_service("rel", "test");
     let instance = Instance::exec_mode("[git]\nkeep = 2\n");
     let mut commits = vec![repo.commits["test"].clone()];
@@ -66,6 +65,7 @@ fn old_releases_are_pruned_to_the_configured_count() {
 
 #[test]
 fn a_killed_boot_never_leaves_a_half_written_release_in_service() {
+    support::needs_world!();
     let mut rng = Rng::from_env();
     let (name, mut repo, imds) = small_service("rel", "prod");
     let instance = Instance::exec_mode("");
@@ -135,6 +135,7 @@ fn a_killed_boot_never_leaves_a_half_written_release_in_service() {
 
 #[test]
 fn a_remote_down_keeps_the_last_good_release_and_says_why() {
+    support::needs_world!();
     let (name, repo, imds) = small_service("rel", "stage");
     let instance = Instance::exec_mode("");
     instance.run(&imds, &["boot"]).expect(0);
@@ -180,6 +181,7 @@ fn a_remote_down_keeps_the_last_good_release_and_says_why() {
 
 #[test]
 fn with_on_failure_fail_a_remote_down_fails_the_boot() {
+    support::needs_world!();
     let (name, repo, imds) = small_service("rel", "stage");
     let instance = Instance::exec_mode("[git]\non_failure = \"fail\"\n");
     instance.run(&imds, &["boot"]).expect(0);
@@ -194,6 +196,7 @@ fn with_on_failure_fail_a_remote_down_fails_the_boot() {
 
 #[test]
 fn locks_left_by_a_killed_fetch_do_not_block_the_next() {
+    support::needs_world!();
     let (name, mut repo, imds) = small_service("rel", "test");
     let instance = Instance::exec_mode("[git]\non_failure = \"fail\"\n");
     instance.run(&imds, &["boot"]).expect(0);
@@ -208,6 +211,7 @@ fn locks_left_by_a_killed_fetch_do_not_block_the_next() {
 
 #[test]
 fn a_release_tag_or_a_full_commit_id_can_pin_the_checkout() {
+    support::needs_world!();
     let (name, mut repo, imds) = small_service("rel", "prod");
     let pinned = repo.commits["prod"].clone();
     git(&repo.path, &["tag", "-a", "-m", "release", "v1.0", &pinned]);
@@ -238,6 +242,7 @@ fn a_release_tag_or_a_full_commit_id_can_pin_the_checkout() {
 
 #[test]
 fn an_instance_tag_can_name_the_release() {
+    support::needs_world!();
     let (name, mut repo, _imds) = small_service("rel", "prod");
     let pinned = repo.commits["prod"].clone();
     git(&repo.path, &["tag", "v2.3.1", &pinned]);
@@ -263,6 +268,7 @@ fn an_instance_tag_can_name_the_release() {
 
 #[test]
 fn a_new_commit_fetches_only_what_is_new() {
+    support::needs_world!();
     let (name, mut repo, imds) = small_service("delta", "test");
     repo.push_many_files("test", 300, 0);
     let instance = Instance::exec_mode("");
@@ -283,6 +289,7 @@ fn a_new_commit_fetches_only_what_is_new() {
 
 #[test]
 fn a_file_url_checks_out_whole_and_follows_new_commits() {
+    support::needs_world!();
     let (name, mut repo, _) = small_service("file", "stage");
     let url = format!("file://{}", repo.path.display());
     let imds = Imds::for_service(&name, "stage", &url);
@@ -317,6 +324,7 @@ fn assert_drip_is_cut_off(remote: &DripRemote, config: &str, expected: &str) -> 
 
 #[test]
 fn a_remote_that_drips_over_git_is_cut_off_at_git_deadline() {
+    support::needs_world!();
     let remote = DripRemote::start(false);
     let run = assert_drip_is_cut_off(
         &remote,
@@ -328,6 +336,7 @@ fn a_remote_that_drips_over_git_is_cut_off_at_git_deadline() {
 
 #[test]
 fn a_remote_that_drips_over_http_is_cut_off_at_git_deadline() {
+    support::needs_world!();
     let remote = DripRemote::start(true);
     assert!(remote.url.starts_with("http://"), "{}", remote.url);
     assert_drip_is_cut_off(
@@ -340,6 +349,7 @@ fn a_remote_that_drips_over_http_is_cut_off_at_git_deadline() {
 
 #[test]
 fn the_boot_deadline_stops_git_before_the_status_is_written() {
+    support::needs_world!();
     let remote = DripRemote::start(false);
     // Git's own limit (what is left of the boot's) and the boot's deadline end together;
     // either way the boot stops git and waits for it before it writes its status.

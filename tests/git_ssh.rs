@@ -1,8 +1,6 @@
 //! Checkouts over SSH from a real `sshd` on loopback: a deploy key from a secret or a file, the
 //! server's host key pinned in known_hosts, and what happens when either does not match.
 
-mod support;
-
 use std::path::PathBuf;
 
 use support::*;
@@ -79,6 +77,7 @@ impl Setup {
 
 #[test]
 fn a_deploy_key_from_a_secret_checks_out_and_is_left_nowhere() {
+    support::needs_world!();
     let setup = setup();
     let instance = setup.instance("secret:DEPLOY_KEY");
     let run = instance.run(&setup.imds(), &["boot"]);
@@ -93,6 +92,7 @@ fn a_deploy_key_from_a_secret_checks_out_and_is_left_nowhere() {
 
 #[test]
 fn a_deploy_key_file_checks_out_and_a_new_commit_is_fetched() {
+    support::needs_world!();
     let mut setup = setup();
     let instance = setup.instance(&setup.key.display().to_string());
     instance.run(&setup.imds(), &["boot"]).expect(0);
@@ -104,6 +104,7 @@ fn a_deploy_key_file_checks_out_and_a_new_commit_is_fetched() {
 
 #[test]
 fn a_changed_host_key_is_refused_and_the_release_in_service_stays() {
+    support::needs_world!();
     let mut setup = setup();
     let (instance, first) = setup.booted_then_pushed();
 
@@ -138,6 +139,7 @@ fn a_changed_host_key_is_refused_and_the_release_in_service_stays() {
 
 #[test]
 fn a_host_missing_from_known_hosts_is_refused() {
+    support::needs_world!();
     let setup = setup();
     std::fs::write(&setup.known_hosts, "").unwrap();
     let instance = setup.instance("secret:DEPLOY_KEY");
@@ -151,6 +153,7 @@ fn a_host_missing_from_known_hosts_is_refused() {
 
 #[test]
 fn a_missing_known_hosts_file_is_named_with_the_fix() {
+    support::needs_world!();
     let setup = setup();
     std::fs::remove_file(&setup.known_hosts).unwrap();
     let instance = setup.instance("secret:DEPLOY_KEY");
@@ -166,6 +169,7 @@ fn a_missing_known_hosts_file_is_named_with_the_fix() {
 
 #[test]
 fn a_wrong_deploy_key_is_refused_and_the_release_in_service_stays() {
+    support::needs_world!();
     let mut setup = setup();
     let (instance, first) = setup.booted_then_pushed();
 
@@ -186,6 +190,7 @@ fn a_wrong_deploy_key_is_refused_and_the_release_in_service_stays() {
 
 #[test]
 fn a_deploy_key_others_can_read_is_refused_by_ssh_with_its_reason() {
+    support::needs_world!();
     let setup = setup();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&setup.key, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -198,6 +203,7 @@ fn a_deploy_key_others_can_read_is_refused_by_ssh_with_its_reason() {
 
 #[test]
 fn a_server_that_is_down_is_transient_and_named() {
+    support::needs_world!();
     let mut setup = setup();
     setup.server.stop();
     let instance = setup.instance("secret:DEPLOY_KEY");
@@ -210,6 +216,7 @@ fn a_server_that_is_down_is_transient_and_named() {
 
 #[test]
 fn no_key_file_outlives_the_boot_that_wrote_it() {
+    support::needs_world!();
     let setup = setup();
     let instance = setup.instance("secret:DEPLOY_KEY");
     // One left by a boot that was killed (no process has this pid).
@@ -227,6 +234,7 @@ fn no_key_file_outlives_the_boot_that_wrote_it() {
 
 #[test]
 fn a_remote_that_accepts_and_never_answers_is_given_up_on_after_git_timeout() {
+    support::needs_world!();
     let setup = setup();
     let silent = silent_listener();
     let port = silent.local_addr().unwrap().port();
@@ -240,6 +248,7 @@ fn a_remote_that_accepts_and_never_answers_is_given_up_on_after_git_timeout() {
 
 #[test]
 fn an_ssh_url_that_would_pass_options_to_ssh_is_refused_before_ssh_runs() {
+    support::needs_world!();
     let setup = setup();
     // A Repository tag is untrusted input: as an ssh host this is an option whose command would
     // create `injected` in bootagent's working directory.
@@ -260,6 +269,7 @@ fn an_ssh_url_that_would_pass_options_to_ssh_is_refused_before_ssh_runs() {
 
 #[test]
 fn a_machine_without_the_ssh_client_is_told_so() {
+    support::needs_world!();
     let setup = setup();
     let instance = setup.instance("secret:DEPLOY_KEY");
     // Nothing on this PATH: bootagent itself needs no program before the service.
@@ -270,6 +280,7 @@ fn a_machine_without_the_ssh_client_is_told_so() {
 
 #[test]
 fn a_deploy_key_stored_without_its_final_newline_still_works() {
+    support::needs_world!();
     let setup = setup();
     // Secret consoles and `jq -r` often drop it; OpenSSH refuses a key file without it.
     let trimmed = std::fs::read_to_string(&setup.key)

@@ -1,7 +1,5 @@
 //! `bootagent health-report`, one-shot and served to the ALB, on the host in exec mode.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -108,6 +106,7 @@ impl Drop for App {
 
 #[test]
 fn one_shot_report_follows_boot_service_app_and_draining() {
+    support::needs_world!();
     let app = App::start();
     let booted = Booted::start(&format!("[health]\napp_url = \"{}\"\n", app.url()));
     let (code, health) = booted.report();
@@ -128,6 +127,7 @@ fn one_shot_report_follows_boot_service_app_and_draining() {
 
 #[test]
 fn one_shot_report_sees_a_missing_boot_and_a_dead_service() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let imds = Imds::with_tags(&[]);
     let run = instance.run(&imds, &["health-report"]);
@@ -149,6 +149,7 @@ fn one_shot_report_sees_a_missing_boot_and_a_dead_service() {
 
 #[test]
 fn a_failed_boot_is_unhealthy_with_its_exit_code() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let imds = Imds::with_tags(&[("Service", "nosuch"), ("Environment", "qa")]);
     instance.run(&imds, &["boot"]).expect(3);
@@ -232,6 +233,7 @@ impl Drop for HealthServer {
 
 #[test]
 fn the_alb_sees_200_then_503_within_one_interval_of_draining() {
+    support::needs_world!();
     let booted = Booted::start("");
     let server = HealthServer::start(&booted);
     let answer = server.get("/health");
@@ -265,6 +267,7 @@ fn the_alb_sees_200_then_503_within_one_interval_of_draining() {
 
 #[test]
 fn the_health_server_refuses_what_it_does_not_serve() {
+    support::needs_world!();
     let booted = Booted::start("");
     let server = HealthServer::start(&booted);
     assert!(server.get("/secrets").starts_with("HTTP/1.1 404"));
@@ -287,6 +290,7 @@ fn the_health_server_refuses_what_it_does_not_serve() {
 
 #[test]
 fn slow_clients_cannot_starve_the_health_check() {
+    support::needs_world!();
     // The bounds below are the header timeout itself: an answer that had to wait for a slow
     // client to time out comes after it, however fast or slow the machine.
     let header_timeout = Duration::from_secs(3);
@@ -345,6 +349,7 @@ fn slow_clients_cannot_starve_the_health_check() {
 
 #[test]
 fn the_alb_sees_503_within_one_interval_of_the_app_failing() {
+    support::needs_world!();
     let app = App::start();
     let booted = Booted::start(&format!("[health]\napp_url = \"{}\"\n", app.url()));
     let server = HealthServer::start(&booted);

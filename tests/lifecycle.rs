@@ -1,7 +1,5 @@
 //! `bootagent lifecycle complete|heartbeat` against the Auto Scaling fake, through the real SDK.
 
-mod support;
-
 use support::*;
 
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
@@ -24,6 +22,7 @@ fn lifecycle(instance: &Instance, imds: &Imds, asg: &AsgFake, args: &[&str]) -> 
 
 #[test]
 fn complete_and_heartbeat_reach_auto_scaling() {
+    support::needs_world!();
     let asg = AsgFake::start();
     asg.activate("web-asg", "launching", INSTANCE_ID);
     let (instance, imds) = instance_in_group(Some("web-asg"));
@@ -55,6 +54,7 @@ fn complete_and_heartbeat_reach_auto_scaling() {
 
 #[test]
 fn no_active_action_is_reported_not_fatal() {
+    support::needs_world!();
     let asg = AsgFake::start();
     let (instance, imds) = instance_in_group(Some("web-asg"));
     lifecycle(
@@ -69,6 +69,7 @@ fn no_active_action_is_reported_not_fatal() {
 
 #[test]
 fn throttled_calls_are_retried() {
+    support::needs_world!();
     let asg = AsgFake::start();
     asg.activate("web-asg", "launching", INSTANCE_ID);
     asg.throttle(2);
@@ -86,6 +87,7 @@ fn throttled_calls_are_retried() {
 
 #[test]
 fn an_unknown_group_names_the_tag_and_the_setting() {
+    support::needs_world!();
     let asg = AsgFake::start();
     let (instance, imds) = instance_in_group(None);
     lifecycle(
@@ -110,6 +112,7 @@ fn an_unknown_group_names_the_tag_and_the_setting() {
 
 #[test]
 fn a_zero_watch_interval_is_a_usage_error_not_a_busy_loop() {
+    support::needs_world!();
     let (instance, imds) = instance_in_group(Some("web-asg"));
     instance
         .run(&imds, &["lifecycle", "watch", "--interval", "0s"])

@@ -4,8 +4,6 @@
 //! package manager, baked, rebooted (bootagent then boots the service with nothing else starting
 //! it), upgraded, removed and purged.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -72,6 +70,7 @@ fn expected_files(units: &str) -> Vec<String> {
 
 #[test]
 fn each_deb_lists_the_files_an_instance_needs_and_keeps_the_config_as_a_conffile() {
+    support::needs_world!();
     for (arch, binary_arch) in [("amd64", "x86-64"), ("arm64", "ARM aarch64")] {
         let deb = artifact(&format!("_{arch}.deb"));
         let deb = deb.to_str().unwrap();
@@ -121,6 +120,7 @@ fn each_deb_lists_the_files_an_instance_needs_and_keeps_the_config_as_a_conffile
 
 #[test]
 fn each_rpm_lists_the_files_marks_the_config_noreplace_and_never_starts_the_boot() {
+    support::needs_world!();
     for arch in ["x86_64", "aarch64"] {
         let rpm = artifact(&format!(".{arch}.rpm"));
         let rpm = rpm.to_str().unwrap();
@@ -161,6 +161,7 @@ fn each_rpm_lists_the_files_marks_the_config_noreplace_and_never_starts_the_boot
 
 #[test]
 fn lintian_reports_no_errors_on_the_deb() {
+    support::needs_world!();
     let deb = artifact("_amd64.deb");
     let out = Command::new("lintian")
         .args(["--no-tag-display-limit"])
@@ -186,6 +187,7 @@ const RPMLINT_ACCEPTED: [&str; 6] = [
 
 #[test]
 fn rpmlint_reports_no_errors_but_the_accepted_ones() {
+    support::needs_world!();
     for arch in ["x86_64", "aarch64"] {
         let rpm = artifact(&format!(".{arch}.rpm"));
         let out = Command::new("rpmlint").arg(&rpm).output().unwrap();
@@ -206,6 +208,7 @@ fn rpmlint_reports_no_errors_but_the_accepted_ones() {
 
 #[test]
 fn the_tarballs_hold_binary_units_docs_and_examples_and_the_sums_match() {
+    support::needs_world!();
     let check = Command::new("sha256sum")
         .args(["--check", "--strict", "SHA256SUMS"])
         .current_dir(packages())
@@ -291,6 +294,7 @@ fn embedded_dependencies(binary: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn the_packaged_binary_names_its_crates_for_image_scanners() {
+    support::needs_world!();
     let deb = artifact("_amd64.deb");
     let unpacked = tempfile::tempdir().unwrap();
     output(
@@ -382,6 +386,7 @@ fn next_revision(deb: &Path, into: &Path) -> PathBuf {
 
 #[test]
 fn an_image_with_the_deb_boots_its_service_by_itself_then_upgrades_removes_and_purges() {
+    support::needs_world!();
     let (name, _repo, imds) = small_service("ami", "prod");
     let canary = canary();
     put_secret_value(
@@ -576,6 +581,7 @@ fn assert_booted(name: &str, container: &Container) {
 
 #[test]
 fn cloud_init_runs_bootagent_boot_from_runcmd() {
+    support::needs_world!();
     let (name, container, _repo) = boot_with_cloud_init("run-bootagent.yaml", false);
     assert_booted(&name, &container);
     // cloud-init ran it (its output is in cloud-init's log), not the unit, which stayed off.
@@ -591,6 +597,7 @@ fn cloud_init_runs_bootagent_boot_from_runcmd() {
 
 #[test]
 fn cloud_init_user_data_that_enables_the_packaged_unit_boots_through_systemd() {
+    support::needs_world!();
     let (name, container, _repo) = boot_with_cloud_init("enable-unit.yaml", false);
     assert_boot_unit_succeeded(&container);
     assert_booted(&name, &container);
@@ -601,6 +608,7 @@ fn cloud_init_user_data_that_enables_the_packaged_unit_boots_through_systemd() {
 
 #[test]
 fn cloud_init_accepts_every_example_user_data_by_its_schema() {
+    support::needs_world!();
     let root = PrivateRoot::mount("ROOTFS_CLOUD_INIT");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/examples/cloud-init");
     let mut checked = 0;

@@ -1,8 +1,6 @@
 //! Secrets to environment: several secrets, version pinning, the dotenv format, exact round
 //! trips of generated nasty values, and the failure paths (denied, full tmpfs).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -35,6 +33,7 @@ fn read_with_python_dotenv(path: &std::path::Path) -> BTreeMap<String, String> {
 
 #[test]
 fn taskmanager_layout_maps_plain_secrets_to_variables() {
+    support::needs_world!();
     let name = unique("tm");
     let (_repo, imds) = repo_and_imds(&name, "production");
     let db = canary();
@@ -76,6 +75,7 @@ fn taskmanager_layout_maps_plain_secrets_to_variables() {
 
 #[test]
 fn a_variable_from_two_sources_names_both() {
+    support::needs_world!();
     let name = unique("dup");
     let (_repo, imds) = repo_and_imds(&name, "test");
     create_secret(&format!("{name}_env_test"), r#"{"DATABASE_URL": "a"}"#);
@@ -91,6 +91,7 @@ fn a_variable_from_two_sources_names_both() {
 
 #[test]
 fn a_missing_json_field_is_named() {
+    support::needs_world!();
     let name = unique("field");
     let (_repo, imds) = repo_and_imds(&name, "test");
     create_secret(&format!("{name}_env_test"), r#"{"A": "1"}"#);
@@ -104,6 +105,7 @@ fn a_missing_json_field_is_named() {
 
 #[test]
 fn version_id_pins_the_main_secret() {
+    support::needs_world!();
     let name = unique("pin");
     let (_repo, imds) = repo_and_imds(&name, "stage");
     let secret = format!("{name}_env_stage");
@@ -137,6 +139,7 @@ fn version_id_pins_the_main_secret() {
 
 #[test]
 fn dotenv_values_round_trip_through_python_dotenv() {
+    support::needs_world!();
     let mut rng = Rng::from_env();
     let name = unique("dotenv");
     let (_repo, imds) = repo_and_imds(&name, "test");
@@ -166,6 +169,7 @@ fn dotenv_values_round_trip_through_python_dotenv() {
 
 #[test]
 fn dotenv_refuses_a_carriage_return_by_name_and_keeps_the_earlier_file() {
+    support::needs_world!();
     let name = unique("dotcr");
     let (_repo, imds) = repo_and_imds(&name, "test");
     let canary = canary();
@@ -185,6 +189,7 @@ fn dotenv_refuses_a_carriage_return_by_name_and_keeps_the_earlier_file() {
 
 #[test]
 fn access_denied_is_reported_with_the_fix_and_keeps_the_earlier_file() {
+    support::needs_world!();
     let moto = Moto::start_private();
     let name = unique("denied");
     let (_repo, imds) = repo_and_imds(&name, "prod");
@@ -204,6 +209,7 @@ fn access_denied_is_reported_with_the_fix_and_keeps_the_earlier_file() {
 
 #[test]
 fn a_full_tmpfs_keeps_the_earlier_env_file_and_says_so() {
+    support::needs_world!();
     let name = unique("full");
     let (_repo, imds) = repo_and_imds(&name, "test");
     let big = "x".repeat(48 * 1024);
@@ -233,6 +239,7 @@ fn a_full_tmpfs_keeps_the_earlier_env_file_and_says_so() {
 
 #[test]
 fn refresh_in_exec_mode_says_what_to_do_instead() {
+    support::needs_world!();
     let instance = Instance::exec_mode("");
     let imds = Imds::with_tags(&[("Service", "calendar"), ("Environment", "test")]);
     instance
@@ -243,6 +250,7 @@ fn refresh_in_exec_mode_says_what_to_do_instead() {
 
 #[test]
 fn throttling_is_retried_then_reported_as_transient() {
+    support::needs_world!();
     let name = unique("throttled");
     let (_repo, imds) = repo_and_imds(&name, "test");
     let throttling = AwsError::start("ThrottlingException", 400, "Rate exceeded");
@@ -269,6 +277,7 @@ fn throttling_is_retried_then_reported_as_transient() {
 
 #[test]
 fn env_diff_names_variables_one_environment_lacks_without_values() {
+    support::needs_world!();
     let name = unique("parity");
     let canary = canary();
     create_secret(
@@ -313,6 +322,7 @@ fn env_diff_names_variables_one_environment_lacks_without_values() {
 
 #[test]
 fn a_kms_decryption_failure_names_the_permission() {
+    support::needs_world!();
     let name = unique("kms");
     let (_repo, imds) = repo_and_imds(&name, "prod");
     let kms = AwsError::start(
@@ -332,6 +342,7 @@ fn a_kms_decryption_failure_names_the_permission() {
 
 #[test]
 fn the_service_receives_its_public_endpoint() {
+    support::needs_world!();
     let name = unique("endpoint");
     let (_repo, imds) = repo_and_imds(&name, "production");
     create_secret(&format!("{name}_env_prod"), r#"{"A": "1"}"#);

@@ -2,12 +2,10 @@
 //! exposure (`systemd-analyze security --offline=true`) stays at or below what the README
 //! reports, so hardening cannot quietly creep back.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use support::BIN;
+use support::bin;
 
 /// Each service unit's exposure as the README states it (0.0 best, 10.0 worst).
 const EXPOSURE: [(&str, f64); 4] = [
@@ -61,7 +59,7 @@ fn systemd_analyze_verify_finds_nothing_to_say() {
     for entry in std::fs::read_dir(shipped("")).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap();
         let path = dir.path().join(entry.file_name());
-        std::fs::write(&path, text.replace("/usr/bin/bootagent", BIN)).unwrap();
+        std::fs::write(&path, text.replace("/usr/bin/bootagent", bin())).unwrap();
         units.push(path);
     }
     let out = Command::new("systemd-analyze")

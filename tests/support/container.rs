@@ -21,7 +21,7 @@ impl Container {
     /// Boots a container with the binary, the recorder and `config` under /share.
     pub fn boot(config: &str) -> Container {
         let share = Container::share();
-        std::fs::copy(BIN, share.path().join("bootagent")).unwrap();
+        std::fs::copy(bin(), share.path().join("bootagent")).unwrap();
         std::fs::write(share.path().join("config.toml"), config).unwrap();
         Container::start(share, None)
     }
@@ -164,7 +164,7 @@ impl Container {
     /// drop-ins that point them at the test world (and the health server at a port of its own
     /// choosing: [`Container::health_url`]).
     pub fn install_shipped_units(&self, imds: &Imds) {
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+        let shipped = crate::repository().join("systemd");
         for unit_file in [
             "bootagent-boot.service",
             "bootagent-health.service",

@@ -1,0 +1,341 @@
+//! Git servers: the world's git daemon with sample repositories, git over HTTP(S) with a test CA,
+//! a remote that drips, and a CONNECT proxy.
+
+use crate::*;
+
+/// A private CA and one server certificate it issued, made with the openssl CLI.
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    /// The CA's certificate: what a client must trust (SSL_CERT_FILE).
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestCa {
+    /// A CA and a certificate for the IP address `server_ip`.
+    pub fn issue_for(server_ip: &str) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &[
+                    "req",
+                    "-x509",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=bootagent test CA",
+                ],
+                &ec[..],
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req", "-subj", "/CN=git server"],
+                &ec[..],
+                &["-keyout", "server.key", "-out", "server.csr"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            path("server.ext"),
+            format!(
+                "subjectAltName=IP:{server_ip}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        TestCa {
+            ca_cert: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server.key"),
+            _dir: dir,
+        }
+    }
+}
+
+/// Smart HTTP for the world's repositories behind Basic auth (tests/world/git_http_server.py).
+pub struct GitHttp {
+    _process: Reaped,
+    pub url: String,
+}
+
+impl GitHttp {
+    pub fn start(user: &str, password: &str) -> GitHttp {
+        GitHttp::start_with(user, password, &[])
+    }
+
+    /// The same over HTTPS, with the certificate `tls` issued.
+    pub fn start_tls(user: &str, password: &str, tls: &TestCa) -> GitHttp {
+        let (cert, key) = (tls.server_cert.to_str(), tls.server_key.to_str());
+        GitHttp::start_with(
+            user,
+            password,
+            &["--tls-cert", cert.unwrap(), "--tls-key", key.unwrap()],
+        )
+    }
+
+    /// Like [`GitHttp::start`], with the repository `old` renamed to `new`: requests under the
+    /// old name are redirected (301) to the new one.
+    pub fn start_moved(user: &str, password: &str, old: &str, new: &str) -> GitHttp {
+        GitHttp::start_with(user, password, &["--moved", &format!("{old}={new}")])
+    }
+
+    fn start_with(user: &str, password: &str, extra: &[&str]) -> GitHttp {
+        let root = world("GIT_ROOT");
+        let args = [
+            &["--root", &root, "--user", user, "--password", password][..],
+            extra,
+        ]
+        .concat();
+        let (child, url) = start_fake("GIT_HTTP", &args);
+        GitHttp {
+            _process: Reaped(child),
+            url,
+        }
+    }
+
+    pub fn repo_url(&self, name: &str) -> String {
+        format!("{}/{name}.git", self.url)
+    }
+}
+
+/// A git remote that answers a byte at a time and never finishes (tests/world/drip_server.py):
+/// every read returns quickly, so only a deadline over the whole checkout ends it.
+pub struct DripRemote {
+    _process: Reaped,
+    pub url: String,
+}
+
+impl DripRemote {
+    /// Over git:// (`http = false`) or over HTTP.
+    pub fn start(http: bool) -> DripRemote {
+        let (child, url) = start_fake("DRIP", if http { &["--http"] } else { &[] });
+        let base = url.replacen("tcp://", "git://", 1);
+        DripRemote {
+            _process: Reaped(child),
+            url: format!("{base}/app.git"),
+        }
+    }
+}
+
+/// Runs doctor's git check against `imds`'s remote with `git.timeout = "1s"` in `instance`'s
+/// config, and asserts that the transport's own deadline ended it (doctor's 5 s limit on a check
+/// would say something else).
+pub fn assert_gives_up_after_git_timeout(instance: &Instance, imds: &Imds) {
+    let (_, git) = instance.doctor_check(imds, "git");
+    assert_eq!(git["verdict"], "fail", "{git}");
+    let detail = git["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the remote did not answer within 1s (git.timeout)"),
+        "{detail}"
+    );
+}
+
+/// An HTTPS proxy (CONNECT tunnels only) that records where it was asked to connect
+/// (tests/world/connect_proxy.py).
+pub struct ConnectProxy {
+    _process: Reaped,
+    pub url: String,
+}
+
+impl ConnectProxy {
+    pub fn start() -> ConnectProxy {
+        let (child, url) = start_fake("PROXY", &[]);
+        ConnectProxy {
+            _process: Reaped(child),
+            url,
+        }
+    }
+
+    /// The `host:port` of every CONNECT so far.
+    pub fn connects(&self) -> Vec<String> {
+        let body = curl(&["-sSf", &format!("{}/fake/connects", self.url)]);
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// A repository on the git daemon with `test`, `stage` and `prod` branches that differ.
+pub struct SampleRepo {
+    pub url: String,
+    pub path: PathBuf,
+    pub commits: BTreeMap<String, String>,
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl SampleRepo {
+    /// Where the world's git daemon serves the repository of service `name`.
+    pub fn url_of(name: &str) -> String {
+        format!("{}/{name}.git", world("GIT_URL"))
+    }
+
+    /// The bare repository of service `name` on disk.
+    pub fn path_of(name: &str) -> PathBuf {
+        PathBuf::from(world("GIT_ROOT")).join(format!("{name}.git"))
+    }
+
+    pub fn create(name: &str) -> SampleRepo {
+        let path = SampleRepo::path_of(name);
+        git(
+            Path::new("/"),
+            &["init", "-q", "--bare", path.to_str().unwrap()],
+        );
+        let work = tempfile::tempdir().unwrap();
+        git(work.path(), &["init", "-q", "-b", "test"]);
+        std::fs::write(work.path().join("README"), "sample service\n").unwrap();
+        git(work.path(), &["add", "."]);
+        git(work.path(), &["commit", "-q", "-m", "base"]);
+        let mut repo = SampleRepo {
+            url: SampleRepo::url_of(name),
+            path,
+            commits: BTreeMap::new(),
+        };
+        for env in ["test", "stage", "prod"] {
+            git(work.path(), &["checkout", "-q", "-B", env, "test"]);
+            repo.commit_on(work.path(), env, &format!("{env} build 1\n"));
+        }
+        repo
+    }
+
+    /// A working clone of `branch`, to commit on and push from.
+    fn clone_branch(&self, branch: &str) -> tempfile::TempDir {
+        let work = tempfile::tempdir().unwrap();
+        git(
+            Path::new("/"),
+            &[
+                "clone",
+                "-q",
+                "-b",
+                branch,
+                self.path.to_str().unwrap(),
+                work.path().to_str().unwrap(),
+            ],
+        );
+        work
+    }
+
+    /// Commits a new VERSION on `branch` and pushes it; returns the commit id.
+    pub fn push_version(&mut self, branch: &str, version: &str) -> String {
+        let work = self.clone_branch(branch);
+        self.commit_on(work.path(), branch, version)
+    }
+
+    /// Commits `count` files of about 4 KiB each (contents depend on `round`) on `branch`,
+    /// for checkouts that take a while; returns the commit id.
+    pub fn push_many_files(&mut self, branch: &str, count: usize, round: usize) -> String {
+        let work = self.clone_branch(branch);
+        let dir = work.path().join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..count {
+            let line = format!("round {round} file {i}\n");
+            std::fs::write(
+                dir.join(format!("f{i:04}.txt")),
+                line.repeat(4096 / line.len()),
+            )
+            .unwrap();
+        }
+        git(work.path(), &["add", "data"]);
+        self.commit_on(work.path(), branch, &format!("{branch} round {round}\n"))
+    }
+
+    /// The tree of `commit` extracted by git itself, to compare releases with.
+    pub fn extract(&self, commit: &str, into: &Path) {
+        let archive = Command::new("git")
+            .arg("--git-dir")
+            .arg(&self.path)
+            .args(["archive", "--format=tar", commit])
+            .output()
+            .unwrap();
+        assert!(archive.status.success());
+        std::fs::create_dir_all(into).unwrap();
+        let mut tar = Command::new("tar")
+            .arg("-x")
+            .arg("-C")
+            .arg(into)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        tar.stdin
+            .take()
+            .unwrap()
+            .write_all(&archive.stdout)
+            .unwrap();
+        assert!(tar.wait().unwrap().success());
+    }
+
+    fn commit_on(&mut self, work: &Path, branch: &str, version: &str) -> String {
+        std::fs::write(work.join("VERSION"), version).unwrap();
+        git(work, &["add", "VERSION"]);
+        git(work, &["commit", "-q", "-m", version.trim()]);
+        git(
+            work,
+            &[
+                "push",
+                "-q",
+                self.path.to_str().unwrap(),
+                &format!("{branch}:{branch}"),
+            ],
+        );
+        let commit = git(work, &["rev-parse", "HEAD"]);
+        self.commits.insert(branch.to_string(), commit.clone());
+        commit
+    }
+}
