@@ -552,6 +552,13 @@ async fn check_git(
     .await;
     match answer {
         Ok(Ok(commit)) => ok(format!("{shown} {} is at {commit}", plan.git.reference)),
+        // The listing's own limit is the check's: whichever timer wakes first, a remote that
+        // did not answer in time gets the same hint.
+        Ok(Err(e)) if e.is_transient() => fail(
+            e.to_string(),
+            "check the remote and the network path to it (slow or unreachable), or rerun with a \
+             longer --timeout",
+        ),
         Ok(Err(e)) => fail(
             e.to_string(),
             "check the remote, its credentials and git.ref",

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 mod ec2;
+mod envdiff;
 pub mod envfile;
 mod error;
 pub mod exit;

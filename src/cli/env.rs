@@ -1,11 +1,8 @@
-use std::collections::BTreeSet;
-
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use crate::config::Config;
+use crate::envdiff::{self, Comparison};
 use crate::Error;
-use crate::{identity, secrets};
 
 #[derive(Debug, Args)]
 pub struct EnvArgs {
@@ -31,16 +28,6 @@ struct DiffArgs {
     json: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct Comparison {
-    service: String,
-    a: String,
-    b: String,
-    only_in_a: Vec<String>,
-    only_in_b: Vec<String>,
-    in_both: usize,
-}
-
 impl EnvArgs {
     pub fn run(self, config: &Config) -> Result<(), Error> {
         match self.command {
@@ -51,16 +38,7 @@ impl EnvArgs {
 
 impl DiffArgs {
     fn run(self, config: &Config) -> Result<(), Error> {
-        // The arguments are the caller's, not the instance's tags: a usage error (exit 2).
-        for env in [&self.a, &self.b] {
-            if identity::canonical_environment(config, env).is_none() {
-                return Err(Error::Usage(format!(
-                    "env diff: {env:?} names no environment; use one of: {}",
-                    identity::known_environments(config)
-                )));
-            }
-        }
-        let comparison = super::runtime()?.block_on(self.compare(config))?;
+        let comparison = super::runtime()?.block_on(envdiff::compare(config, &self.a, &self.b))?;
         if self.json {
             println!(
                 "{}",
@@ -74,28 +52,6 @@ impl DiffArgs {
         } else {
             Err(Error::EnvironmentsDiffer)
         }
-    }
-
-    /// The variable names of each environment's secrets, read with this instance's identity.
-    async fn compare(&self, config: &Config) -> Result<Comparison, Error> {
-        let here = crate::plan::resolve(config).await?.identity;
-        let client = secrets::client(&here.region, config.secrets.timeout).await?;
-        let mut names = Vec::new();
-        for env in [&self.a, &self.b] {
-            let identity = here.in_environment(config, env)?;
-            let plan = crate::plan::build(config, &identity)?;
-            let loaded = secrets::load(&client, &identity.region, &plan.secrets).await?;
-            names.push(loaded.vars.into_keys().collect::<BTreeSet<_>>());
-        }
-        let (a, b) = (&names[0], &names[1]);
-        Ok(Comparison {
-            service: here.service,
-            a: self.a.clone(),
-            b: self.b.clone(),
-            only_in_a: a.difference(b).cloned().collect(),
-            only_in_b: b.difference(a).cloned().collect(),
-            in_both: a.intersection(b).count(),
-        })
     }
 }
 

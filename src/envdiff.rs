@@ -1,0 +1,50 @@
+//! `env diff`: which variable names two environments' secrets define, read with this
+//! instance's identity and credentials. Names only: values are never compared or shown.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::{identity, secrets, Error};
+
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    pub service: String,
+    pub a: String,
+    pub b: String,
+    pub only_in_a: Vec<String>,
+    pub only_in_b: Vec<String>,
+    pub in_both: usize,
+}
+
+/// The variable names of environments `a` and `b` (canonical names or aliases).
+pub async fn compare(config: &Config, a: &str, b: &str) -> Result<Comparison, Error> {
+    // The arguments are the caller's, not the instance's tags: a usage error (exit 2).
+    for env in [a, b] {
+        if identity::canonical_environment(config, env).is_none() {
+            return Err(Error::Usage(format!(
+                "env diff: {env:?} names no environment; use one of: {}",
+                identity::known_environments(config)
+            )));
+        }
+    }
+    let here = crate::plan::resolve(config).await?.identity;
+    let client = secrets::client(&here.region, config.secrets.timeout).await?;
+    let mut names = Vec::new();
+    for env in [a, b] {
+        let identity = here.in_environment(config, env)?;
+        let plan = crate::plan::build(config, &identity)?;
+        let loaded = secrets::load(&client, &identity.region, &plan.secrets).await?;
+        names.push(loaded.vars.into_keys().collect::<BTreeSet<_>>());
+    }
+    let (in_a, in_b) = (&names[0], &names[1]);
+    Ok(Comparison {
+        service: here.service,
+        a: a.to_string(),
+        b: b.to_string(),
+        only_in_a: in_a.difference(in_b).cloned().collect(),
+        only_in_b: in_b.difference(in_a).cloned().collect(),
+        in_both: in_a.intersection(in_b).count(),
+    })
+}
