@@ -43,7 +43,18 @@ pub struct Config {
     pub health: HealthConfig,
     pub lifecycle: LifecycleConfig,
     pub refresh: RefreshConfig,
+    pub deploy: DeployConfig,
     pub boot: BootConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// After a change to what runs, how long the unit may take to settle and the app to answer.
+    #[serde(deserialize_with = "duration")]
+    pub health_wait: Duration,
+    /// The environments whose instances follow their ref on the deploy timer.
+    pub follow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -459,6 +470,13 @@ impl Config {
                 )));
             }
         }
+        for env in &self.deploy.follow {
+            if !self.environments.contains_key(env) {
+                return Err(ConfigError::Invalid(format!(
+                    "deploy.follow names {env:?}, which is no environment"
+                )));
+            }
+        }
         for env in self.service.endpoints.keys() {
             if !self.environments.contains_key(env) {
                 return Err(ConfigError::Invalid(format!(
@@ -486,6 +504,7 @@ impl Config {
             ("git.deadline", self.git.deadline),
             ("service.start_timeout", self.service.start_timeout),
             ("boot.deadline", self.boot.deadline),
+            ("deploy.health_wait", self.deploy.health_wait),
         ];
         if let Some((key, _)) = must_be_positive.iter().find(|(_, value)| value.is_zero()) {
             return Err(ConfigError::Invalid(format!(

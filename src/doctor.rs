@@ -589,13 +589,8 @@ async fn git_credentials(
                 skip("a git credential is in a secret, which the secret check could not read")
             })?;
     }
-    git::Credentials::from_config(
-        &config.git,
-        &config.paths.run_dir,
-        config.paths.allow_persistent_env_file,
-        &mut loaded,
-    )
-    .map_err(|e| fail(e.to_string(), "fix git.token or git.ssh_key"))
+    git::Credentials::from_config(config, &mut loaded)
+        .map_err(|e| fail(e.to_string(), "fix git.token or git.ssh_key"))
 }
 
 async fn check_env_file(config: Arc<Config>, plan: Arc<Plan>) -> Finding {
@@ -705,6 +700,15 @@ async fn check_last_boot(config: Arc<Config>) -> Finding {
                 ),
                 "the release in service is not the one asked for: fix the cause named (the git \
                  check shows the remote now), then bootagent boot",
+            ),
+            (status::Outcome::RolledBack, _) => fail(
+                format!(
+                    "at {}: {}",
+                    s.finished_at.unwrap_or_default(),
+                    s.degraded.unwrap_or_default()
+                ),
+                "the release before the change serves: fix the commit (the journal of the unit \
+                 shows why it failed), push the fix, then bootagent deploy",
             ),
             (status::Outcome::Running, _) => warn(
                 format!("running since {}", s.started_at),

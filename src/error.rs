@@ -48,6 +48,29 @@ pub enum Error {
     ChecksFailed,
     #[error("the instance is not healthy")]
     Unhealthy,
+    #[error(
+        "rolled back from {from} to {to} because {cause}; {from} is not deployed again until \
+         the ref moves on (`bootagent deploy --retry` tries it again)"
+    )]
+    RolledBack {
+        from: String,
+        to: String,
+        cause: String,
+    },
+    #[error(
+        "the change to {from} failed ({cause}), and rolling back to {to} failed too: {failure}; \
+         the service may be down: see `systemctl status` and `journalctl -u` for its unit"
+    )]
+    RollbackFailed {
+        from: String,
+        to: String,
+        cause: String,
+        failure: String,
+    },
+    #[error(
+        "the app's health URL did not answer 2xx within {waited} (deploy.health_wait): {reason}"
+    )]
+    Gate { reason: String, waited: String },
     #[error("the last boot failed")]
     LastBootFailed { exit_code: u8 },
     #[error(
@@ -110,6 +133,8 @@ impl Error {
             }
             Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) => exit::LOCAL,
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
+            Error::RolledBack { .. } => exit::ROLLED_BACK,
+            Error::RollbackFailed { .. } | Error::Gate { .. } => exit::SERVICE,
             Error::Git(_) => exit::GIT,
             Error::Service(_) => exit::SERVICE,
             Error::Lifecycle(LifecycleError::NoTrustRoots(_)) => exit::LOCAL,

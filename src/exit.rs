@@ -33,6 +33,9 @@ pub const LIFECYCLE: u8 = 14;
 /// Instance metadata refused the request (HTTP 403: the endpoint is disabled or this request
 /// is not allowed) or answered what EC2's never does. Retrying cannot help.
 pub const METADATA_UNUSABLE: u8 = 15;
+/// A change to what runs failed its gate (the unit did not settle, or the app's health URL did
+/// not turn green) and the release before it serves again.
+pub const ROLLED_BACK: u8 = 16;
 /// Retries or a deadline ran out on something that may work later (EX_TEMPFAIL).
 pub const TRANSIENT: u8 = 75;
 
@@ -56,5 +59,6 @@ pub const TABLE: &[(u8, Option<bool>)] = &[
     (CHECKS_FAILED, None),
     (LIFECYCLE, Some(false)),
     (METADATA_UNUSABLE, Some(false)),
+    (ROLLED_BACK, Some(false)),
     (TRANSIENT, Some(true)),
 ];

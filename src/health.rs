@@ -12,7 +12,8 @@ use crate::status::{self, Outcome, ServiceState, StatusError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
     pub healthy: bool,
-    /// `healthy`, `degraded` (healthy, running the last good release), `draining`, `booting`,
+    /// `healthy`, `degraded` (healthy, running the last good release), `rolled-back` (healthy,
+    /// running the release a failed change was rolled back to), `draining`, `booting`,
     /// `boot-failed`, `warmed`, `service-down`, `app-unhealthy`.
     pub state: &'static str,
     /// Why it is not healthy; short, and nothing an ALB's neighbours should not see.
@@ -78,28 +79,32 @@ impl Checker {
                     format!("the last boot failed (exit code {code})"),
                 );
             }
-            (Outcome::Succeeded | Outcome::Degraded, _) => {}
+            (Outcome::Succeeded | Outcome::Degraded | Outcome::RolledBack, _) => {}
         }
         if let Some(down) = service_down(&status).await {
             return down;
         }
-        let health = match &self.app_url {
-            Some(url) => self.check_app(url).await,
-            None => Health::ok(),
-        };
+        let health = self.check_app().await;
         // The service runs and answers, so it serves (an ALB keeps it); the state says that it
         // is the last good release rather than the one asked for.
         match status.degraded {
             Some(why) if health.healthy => Health {
                 healthy: true,
-                state: "degraded",
+                state: match status.outcome {
+                    Outcome::RolledBack => "rolled-back",
+                    _ => "degraded",
+                },
                 reason: Some(why),
             },
             _ => health,
         }
     }
 
-    async fn check_app(&self, url: &str) -> Health {
+    /// The app's own health URL alone; healthy when none is configured.
+    pub async fn check_app(&self) -> Health {
+        let Some(url) = &self.app_url else {
+            return Health::ok();
+        };
         match self.http.get(url).send().await {
             Ok(response) if response.status().is_success() => Health::ok(),
             Ok(response) => Health::not(

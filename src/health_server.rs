@@ -186,19 +186,23 @@ impl Server {
                     f64::from(u8::from(status.outcome == Outcome::Succeeded)),
                 )],
             );
-            let outcomes: Vec<(String, f64)> =
-                [Outcome::Succeeded, Outcome::Degraded, Outcome::Failed]
-                    .into_iter()
-                    .map(|outcome| {
-                        (
-                            format!("{{outcome=\"{}\"}}", outcome.as_str()),
-                            f64::from(u8::from(status.outcome == outcome)),
-                        )
-                    })
-                    .collect();
+            let outcomes: Vec<(String, f64)> = [
+                Outcome::Succeeded,
+                Outcome::Degraded,
+                Outcome::RolledBack,
+                Outcome::Failed,
+            ]
+            .into_iter()
+            .map(|outcome| {
+                (
+                    format!("{{outcome=\"{}\"}}", outcome.as_str()),
+                    f64::from(u8::from(status.outcome == outcome)),
+                )
+            })
+            .collect();
             gauge(
                 "bootagent_boot_outcome",
-                "1 for how the last boot ended: succeeded, degraded (the last good release kept) or failed.",
+                "1 for how the last boot ended: succeeded, degraded (the last good release kept), rolled-back (a change failed its gate) or failed.",
                 &outcomes,
             );
             let phases: Vec<(String, f64)> = status
@@ -216,6 +220,39 @@ impl Server {
                 "How long each phase of the last boot took.",
                 &phases,
             );
+        }
+        let deploys = crate::deploys::read(&self.paths.state_dir);
+        let mut counter = |name: &str, help: &str, samples: &[(String, f64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (labels, value) in samples {
+                out.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        counter(
+            "bootagent_deploys_total",
+            "Changes to what runs (a commit, secrets) by outcome: passed the gate, or rolled back.",
+            &[
+                ("{outcome=\"succeeded\"}".into(), deploys.succeeded as f64),
+                (
+                    "{outcome=\"rolled-back\"}".into(),
+                    deploys.rolled_back as f64,
+                ),
+            ],
+        );
+        let last_good = deploys
+            .last_good_at
+            .as_deref()
+            .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok());
+        if let Some(at) = last_good {
+            out.push_str(
+                "# HELP bootagent_last_good_deploy_timestamp_seconds When a change last passed \
+                 the gate.\n# TYPE bootagent_last_good_deploy_timestamp_seconds gauge\n",
+            );
+            out.push_str(&format!(
+                "bootagent_last_good_deploy_timestamp_seconds {}\n",
+                at.as_secs()
+            ));
         }
         out
     }

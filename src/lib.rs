@@ -7,6 +7,8 @@ mod aws;
 mod boot;
 pub mod cli;
 pub mod config;
+mod deploy;
+mod deploys;
 pub mod doctor;
 mod ec2;
 mod envdiff;

@@ -61,7 +61,7 @@ pub async fn watch(config: &Config, interval: Duration) -> Result<(), Error> {
             Ok(Some(state)) if state == "Terminated" => return terminate(config, true).await,
             Ok(Some(state)) if state == "InService" && last_boot_warmed(config) => {
                 tracing::info!("out of the warm pool: booting to start the service");
-                if let Err(e) = crate::boot::boot(config).await {
+                if let Err(e) = crate::boot::boot(config, crate::boot::Run::default()).await {
                     tracing::error!(error = %e.chain(), "the boot out of the warm pool failed");
                 }
             }

@@ -41,5 +41,5 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
         "secrets have new versions, booting again after the delay"
     );
     tokio::time::sleep(delay).await;
-    crate::boot::boot(config).await
+    crate::boot::boot(config, crate::boot::Run::default()).await
 }

@@ -43,6 +43,9 @@ pub enum Outcome {
     Succeeded,
     /// The service runs, but not what was asked: the last good release was kept.
     Degraded,
+    /// A change failed its gate; the release before it serves again.
+    #[serde(rename = "rolled-back")]
+    RolledBack,
     Failed,
 }
 
@@ -52,6 +55,7 @@ impl Outcome {
             Outcome::Running => "running",
             Outcome::Succeeded => "succeeded",
             Outcome::Degraded => "degraded",
+            Outcome::RolledBack => "rolled-back",
             Outcome::Failed => "failed",
         }
     }

@@ -62,6 +62,8 @@ fn expected_files(units: &str) -> Vec<String> {
         "bootagent-lifecycle.service",
         "bootagent-refresh.service",
         "bootagent-refresh.timer",
+        "bootagent-deploy.service",
+        "bootagent-deploy.timer",
     ] {
         files.push(format!("{units}/{unit}"));
     }
@@ -412,6 +414,7 @@ fn an_image_with_the_deb_boots_its_service_by_itself_then_upgrades_removes_and_p
         "bootagent-health.service",
         "bootagent-lifecycle.service",
         "bootagent-refresh.timer",
+        "bootagent-deploy.timer",
     ] {
         assert_enabled(&container, unit);
     }
@@ -540,7 +543,7 @@ fn boot_with_cloud_init(user_data: &str, units_enabled: bool) -> (String, Contai
     if !units_enabled {
         root.chroot(
             "systemctl disable bootagent-boot.service bootagent-health.service \
-             bootagent-lifecycle.service bootagent-refresh.timer",
+             bootagent-lifecycle.service bootagent-refresh.timer bootagent-deploy.timer",
         );
     }
     let container = Container::boot_private(root);

@@ -3,6 +3,7 @@
 mkdir -p /etc/bootagent/config.d
 if [ "$1" -eq 1 ]; then
     systemctl --no-reload enable bootagent-boot.service bootagent-health.service \
-        bootagent-lifecycle.service bootagent-refresh.timer >/dev/null 2>&1 || :
+        bootagent-lifecycle.service bootagent-refresh.timer bootagent-deploy.timer \
+        >/dev/null 2>&1 || :
 fi
 systemctl daemon-reload >/dev/null 2>&1 || :

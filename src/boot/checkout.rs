@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use crate::config::{Config, OnGitFailure};
+use crate::deploys::FailedCommit;
 use crate::git::{self, GitError};
 use crate::plan::Plan;
 use crate::service::ServiceError;
@@ -17,8 +18,9 @@ pub(super) async fn checkout_or_keep(
     credentials: git::Credentials,
     git_work: &GitWork,
     boot_ends: Instant,
+    avoid: Option<FailedCommit>,
 ) -> Result<(git::Checkout, Option<String>), Error> {
-    match checkout(config, plan, credentials, git_work, boot_ends).await {
+    match checkout(config, plan, credentials, git_work, boot_ends, avoid).await {
         Ok(checkout) => Ok((checkout, None)),
         Err(error) => {
             log_security_event(&error);
@@ -27,8 +29,6 @@ pub(super) async fn checkout_or_keep(
     }
 }
 
-/// With `git.on_failure = "last-good"`, a failed checkout lets the boot go on with the release
-/// already in service, and says so; without such a release, or with "fail", the error stands.
 /// A remote that is not who it was pinned to be is logged apart from ordinary failures, with
 /// the field `security_event`, so that journal alerts can match it.
 fn log_security_event(error: &Error) {
@@ -44,6 +44,9 @@ fn log_security_event(error: &Error) {
     );
 }
 
+/// With `git.on_failure = "last-good"`, a failed checkout lets the boot go on with the release
+/// already in service, and says so; without such a release, or with "fail", the error stands.
+/// A ref still at a commit that failed its deploy gate always keeps the release in service.
 fn keep_last_good(
     config: &Config,
     plan: &Plan,
@@ -51,7 +54,8 @@ fn keep_last_good(
 ) -> Result<(git::Checkout, Option<String>), Error> {
     let current = git::Layout::of(&plan.git.dir).current();
     match (config.git.on_failure, current, &error) {
-        (OnGitFailure::LastGood, Some(commit), Error::Git(_)) => {
+        (OnGitFailure::LastGood, Some(commit), Error::Git(_))
+        | (_, Some(commit), Error::Git(GitError::FailedBefore { .. })) => {
             let note = format!(
                 "running last good commit {commit} because {}",
                 error.chain().replace("\n -> ", ": ")
@@ -100,6 +104,7 @@ async fn checkout(
     credentials: git::Credentials,
     git_work: &GitWork,
     boot_ends: Instant,
+    avoid: Option<FailedCommit>,
 ) -> Result<git::Checkout, Error> {
     let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
         tag: config.identity.repository_tag.clone(),
@@ -137,6 +142,7 @@ async fn checkout(
                 Some(owner),
                 &credentials,
                 &limits,
+                avoid.as_ref(),
             ));
         })
         .map_err(|e| Error::io("failed to start the git thread", e))?;

@@ -3,6 +3,7 @@
 //! watch` all run it.
 
 mod checkout;
+mod gate;
 mod launch_hook;
 mod lock;
 mod recorder;
@@ -17,15 +18,23 @@ use crate::imds::ImdsClient;
 use crate::plan::Plan;
 use crate::secrets;
 use crate::service;
-use crate::status::{GitStatus, Outcome, ServiceState, ServiceStatus};
+use crate::status::{GitStatus, Outcome, ServiceState, ServiceStatus, Status};
 use crate::Error;
 
 use checkout::GitWork;
 use launch_hook::LaunchHook;
 use recorder::Recorder;
 
+/// How a boot treats a commit that failed its deploy gate before.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Run {
+    /// Deploy it again (`deploy --retry`); otherwise the release in service stays while the ref
+    /// still names it.
+    pub retry_failed: bool,
+}
+
 /// The whole boot under the lock, recorded in status.json.
-pub async fn boot(config: &Config) -> Result<(), Error> {
+pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
     let started = Instant::now();
     let deadline = config.boot.deadline;
     let run_dir = &config.paths.run_dir;
@@ -34,6 +43,8 @@ pub async fn boot(config: &Config) -> Result<(), Error> {
     envfile::check_memory_backed(run_dir, config.paths.allow_persistent_env_file)?;
     let _lock = lock::lock(&config.paths.lock_file(), deadline).await?;
     lock::clear_interrupted_boot(&config.paths);
+    // What the boot before this one left: whether the release in service was healthy.
+    let before = crate::status::read_as_written(&config.paths.status_file()).ok();
 
     let mut recorder = Recorder::start(&config.paths);
     recorder.save()?;
@@ -42,6 +53,8 @@ pub async fn boot(config: &Config) -> Result<(), Error> {
     let git_work = GitWork::default();
     let work = steps(
         config,
+        run,
+        before.as_ref(),
         &mut recorder,
         &mut launch_hook,
         &git_work,
@@ -93,6 +106,8 @@ pub async fn boot(config: &Config) -> Result<(), Error> {
 /// written only after it, so a failure at any step leaves the previous env file in place.
 async fn steps(
     config: &Config,
+    run: Run,
+    before: Option<&Status>,
     recorder: &mut Recorder,
     launch_hook: &mut Option<LaunchHook>,
     git_work: &GitWork,
@@ -103,6 +118,17 @@ async fn steps(
     let plan = crate::plan::resolve_with(&imds, config).await?;
     recorder.status.identity = Some(plan.identity.clone());
     *launch_hook = LaunchHook::start(config, &plan).await?;
+    // Known before anything changes: the release a failed change rolls back to.
+    let previous = match plan.service.manager {
+        Manager::Systemd => gate::Previous::capture(before, &config.paths, &plan),
+        Manager::Exec => None,
+    };
+    let avoid = match run.retry_failed {
+        true => None,
+        false => crate::deploys::read(&config.paths.state_dir)
+            .avoided(&plan.git.reference)
+            .cloned(),
+    };
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("secrets");
@@ -118,19 +144,14 @@ async fn steps(
     .await??;
     recorder.status.secrets = loaded.versions.clone();
     let mut loaded = loaded;
-    let credentials = git::Credentials::from_config(
-        &config.git,
-        &config.paths.run_dir,
-        config.paths.allow_persistent_env_file,
-        &mut loaded,
-    )?;
+    let credentials = git::Credentials::from_config(config, &mut loaded)?;
     let environment = envfile::compose(&plan.env, loaded)?;
     let rendered = envfile::render(&environment, plan.secrets.format)?;
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("git");
     let (checkout, note) =
-        checkout::checkout_or_keep(config, &plan, credentials, git_work, boot_ends).await?;
+        checkout::checkout_or_keep(config, &plan, credentials, git_work, boot_ends, avoid).await?;
     if let Some(note) = &note {
         recorder.degrade(note.clone());
     }
@@ -184,27 +205,65 @@ async fn steps(
         None => {
             let code_changed =
                 matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
-            let report = within(
-                "service",
-                config.service.start_timeout + config.service.settle + Duration::from_secs(5),
-                service::start_systemd(
-                    &plan,
-                    env_changed,
-                    code_changed,
-                    config.service.start_timeout,
-                    config.service.settle,
-                ),
-            )
-            .await??;
+            let changed = env_changed || code_changed;
+            let started =
+                gate::start(config, &plan, env_changed, code_changed, previous.is_some()).await;
+            let (report, rolled_back) = match (started, &previous) {
+                (Ok(report), _) => {
+                    if changed && report.restarted {
+                        gate::passed(&config.paths, &checkout.commit);
+                    }
+                    (report, None)
+                }
+                (Err(cause), Some(previous)) if changed => {
+                    let to = previous.commit.clone();
+                    let report =
+                        match gate::roll_back(config, &plan, previous, &checkout.commit, &cause)
+                            .await
+                        {
+                            Ok(report) => report,
+                            Err(failure) => {
+                                return Err(Error::RollbackFailed {
+                                    from: checkout.commit.clone(),
+                                    to,
+                                    cause: gate::cause_of(&cause),
+                                    failure: failure.chain().replace("\n -> ", ": "),
+                                })
+                            }
+                        };
+                    if let Some(git) = recorder.status.git.as_mut() {
+                        git.commit = to.clone();
+                    }
+                    if previous.env_restored() {
+                        recorder.status.secrets = previous.secrets().to_vec();
+                    }
+                    let error = Error::RolledBack {
+                        from: checkout.commit.clone(),
+                        to,
+                        cause: gate::cause_of(&cause),
+                    };
+                    recorder.degrade(error.to_string());
+                    (report, Some(error))
+                }
+                (Err(cause), _) => return Err(cause),
+            };
             recorder.status.service = Some(ServiceStatus {
                 manager: Manager::Systemd,
                 unit: plan.service.unit.clone(),
                 state: ServiceState::Unit(report.state),
                 restarted: report.restarted,
             });
-            recorder.end(Outcome::Succeeded)?;
-            prune_releases(config, &plan);
-            Ok(())
+            match rolled_back {
+                Some(error) => {
+                    recorder.end(Outcome::RolledBack)?;
+                    Err(error)
+                }
+                None => {
+                    recorder.end(Outcome::Succeeded)?;
+                    prune_releases(config, &plan);
+                    Ok(())
+                }
+            }
         }
         Some(command) => {
             prune_releases(config, &plan);

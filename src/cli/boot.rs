@@ -18,6 +18,6 @@ impl BootArgs {
             super::plan::print_json(&plan);
             return Ok(());
         }
-        runtime.block_on(crate::boot::boot(config))
+        runtime.block_on(crate::boot::boot(config, crate::boot::Run::default()))
     }
 }

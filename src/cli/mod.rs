@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::Error;
 
 mod boot;
+mod deploy;
 mod doctor;
 mod env;
 mod health_report;
@@ -39,6 +40,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Re-render the env file and restart the service when a secret has a new version
     Refresh(refresh::RefreshArgs),
+    /// Bring the instance to its ref's current head and current secrets, gated, rolling back on
+    /// failure
+    Deploy(deploy::DeployArgs),
     /// Compare environments' secrets (names only)
     Env(env::EnvArgs),
     /// Report health: the last boot succeeded, the service runs, the app answers
@@ -65,6 +69,7 @@ impl Cli {
             Command::Plan(args) => args.run(&config),
             Command::Status(args) => args.run(&config),
             Command::Refresh(args) => args.run(&config),
+            Command::Deploy(args) => args.run(&config),
             Command::Env(args) => args.run(&config),
             Command::HealthReport(args) => args.run(&config),
             Command::Doctor(args) => args.run(&config),

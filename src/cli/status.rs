@@ -69,6 +69,7 @@ fn render_entry(entry: &history::Entry) -> String {
         (Outcome::Failed, None) => "failed".to_string(),
         (Outcome::Succeeded, _) => "succeeded".to_string(),
         (Outcome::Degraded, _) => "degraded".to_string(),
+        (Outcome::RolledBack, _) => "rolled back".to_string(),
         (Outcome::Running, _) => "did not finish".to_string(),
     };
     let mut line = format!("{}  {outcome:<16}", entry.started_at);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use git2::{Direction, FetchOptions, Oid, Repository};
 
-use crate::config::{Credential, GitConfig};
+use crate::config::{Config, Credential};
 use crate::plan::GitPlan;
 use crate::remote::redact;
 use transport::{ActiveSession, Failure};
@@ -33,6 +33,17 @@ pub enum GitError {
          if it persists, run `git fsck` in the remote repository"
     )]
     DamagedPack { url: String, message: String },
+    #[error(
+        "{reference} is still at commit {commit}, which failed its deploy gate at {at} ({reason}); \
+         it is not deployed again until the ref moves on: push a fix, or run `bootagent deploy \
+         --retry` to try it again"
+    )]
+    FailedBefore {
+        reference: String,
+        commit: String,
+        at: String,
+        reason: String,
+    },
     #[error(
         "git remote {url} is not the host pinned in {known_hosts}: {message}; if its host key \
          really changed, verify the new key out of band and replace the old one in {known_hosts}"
@@ -177,11 +188,12 @@ impl Credentials {
     /// (so the service does not receive it). A key from a secret is written, mode 0600, into `run_dir`,
     /// which must be memory-backed.
     pub fn from_config(
-        config: &GitConfig,
-        run_dir: &Path,
-        allow_persistent: bool,
+        settings: &Config,
         secrets: &mut crate::secrets::LoadedSecrets,
     ) -> Result<Credentials, GitError> {
+        let config = &settings.git;
+        let run_dir = &settings.paths.run_dir;
+        let allow_persistent = settings.paths.allow_persistent_env_file;
         let token = match &config.token {
             None => None,
             Some(Credential::Secret(name)) => {
@@ -349,12 +361,16 @@ pub struct Owner {
 /// `url`. A release is checked out in a temporary directory, synced and renamed into place, and
 /// only then does the link switch (a rename too), so whatever is killed or fails when, the link
 /// points at a complete release: the new one or the last good one.
+///
+/// `avoid` is a commit that failed its deploy gate: when the ref still names it and a release is
+/// in service, the sync stops with [`GitError::FailedBefore`] before fetching anything.
 pub fn sync(
     plan: &GitPlan,
     url: &str,
     owner: Option<Owner>,
     credentials: &Credentials,
     limits: &Limits,
+    avoid: Option<&crate::deploys::FailedCommit>,
 ) -> Result<Checkout, GitError> {
     let layout = Layout::of(&plan.dir);
     let local = |action: &'static str| {
@@ -405,6 +421,16 @@ pub fn sync(
         .connect_auth(Direction::Fetch, None, None)
         .map_err(|e| network_error(e, url, &session))?;
     let (source_ref, advertised) = advertised_ref(&mut connection, url, &plan.reference, &session)?;
+    if let Some(failed) = avoid.filter(|f| f.commit == advertised.to_string()) {
+        if layout.current().is_some() {
+            return Err(GitError::FailedBefore {
+                reference: plan.reference.clone(),
+                commit: failed.commit.clone(),
+                at: failed.at.clone(),
+                reason: failed.reason.clone(),
+            });
+        }
+    }
     if layout.current() == Some(advertised) {
         return Ok(Checkout {
             commit: advertised.to_string(),
@@ -536,6 +562,19 @@ fn switch_link(layout: &Layout, release: &Path) -> std::io::Result<()> {
     crate::failpoint::hit("release-switch");
     std::fs::rename(&staging, &layout.link)?;
     std::fs::File::open(parent)?.sync_all()
+}
+
+/// Points the link at the release of `commit` again: a rollback to a release still on disk.
+pub fn restore(dir: &Path, commit: &str) -> std::io::Result<()> {
+    let layout = Layout::of(dir);
+    let release = layout.releases.join(commit);
+    if !release.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the release {} is gone", release.display()),
+        ));
+    }
+    switch_link(&layout, &release)
 }
 
 /// Removes all but the `keep` newest releases (and leftovers of interrupted checkouts), never
@@ -814,8 +853,7 @@ mod tests {
             versions: Vec::new(),
             vars: Default::default(),
         };
-        let credentials =
-            Credentials::from_config(&config.git, dir.path(), true, &mut none).unwrap();
+        let credentials = Credentials::from_config(&config, &mut none).unwrap();
         let limits = Limits::new(Duration::from_secs(30), "test", Cancel::default());
         let url = format!("file://{}", dir.path().display());
         let commit = remote_commit(&url, "prod", &credentials, &limits).unwrap();

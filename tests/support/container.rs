@@ -171,6 +171,8 @@ impl Container {
             "bootagent-lifecycle.service",
             "bootagent-refresh.service",
             "bootagent-refresh.timer",
+            "bootagent-deploy.service",
+            "bootagent-deploy.timer",
         ] {
             std::fs::copy(shipped.join(unit_file), self.out().join(unit_file)).unwrap();
         }
@@ -180,7 +182,7 @@ impl Container {
              cp /share/bootagent /usr/bin/bootagent
              cp /share/config.toml /etc/bootagent/config.toml
              cp /share/bootagent-*.service /share/bootagent-*.timer /etc/systemd/system/
-             for unit in boot refresh; do
+             for unit in boot refresh deploy; do
                  mkdir -p /etc/systemd/system/bootagent-$unit.service.d
                  printf '[Service]\\nEnvironment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds} AWS_ENDPOINT_URL={moto} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\\n' \\
                      > /etc/systemd/system/bootagent-$unit.service.d/test-world.conf

@@ -193,7 +193,8 @@ fn start_listening(mut command: Command) -> (Child, String) {
     (child, url)
 }
 
-fn curl(args: &[&str]) -> String {
+/// curl with `args`; its stdout, after it succeeded.
+pub fn curl(args: &[&str]) -> String {
     let out = Command::new("curl").args(args).output().unwrap();
     assert!(
         out.status.success(),

@@ -1,0 +1,26 @@
+use clap::Args;
+
+use crate::config::Config;
+use crate::deploy::When;
+use crate::Error;
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Deploy a commit that failed its gate before, while the ref still names it
+    #[arg(long)]
+    retry: bool,
+    /// Act only where deploy.follow names this instance's environment (the deploy timer's runs)
+    #[arg(long)]
+    follow: bool,
+}
+
+impl DeployArgs {
+    pub fn run(self, config: &Config) -> Result<(), Error> {
+        let when = if self.follow {
+            When::Following
+        } else {
+            When::Always
+        };
+        super::runtime()?.block_on(crate::deploy::deploy(config, when, self.retry))
+    }
+}

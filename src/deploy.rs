@@ -1,0 +1,96 @@
+//! `deploy`: brings a running instance to the current head of its ref and its current secrets,
+//! through the boot pipeline and its gate. What it looks at first costs one ref listing and a
+//! DescribeSecret per secret (no secret values, unless a git credential is itself in a secret):
+//! when nothing is new, nothing changes — no restart, no status, no history line.
+
+use crate::boot::Run;
+use crate::config::{Config, Credential, Manager};
+use crate::plan::Plan;
+use crate::{deploys, git, secrets, status, Error};
+
+/// Which runs act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Always (an operator's deploy).
+    Always,
+    /// Only where `deploy.follow` names this instance's environment (the deploy timer).
+    Following,
+}
+
+pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(), Error> {
+    if config.service.manager == Manager::Exec {
+        return Err(Error::Usage(
+            "deploy restarts services under systemd; in exec mode bootagent is the service: \
+             restart the container or process to deploy"
+                .into(),
+        ));
+    }
+    let plan = crate::plan::resolve(config).await?;
+    let env = &plan.identity.env;
+    if when == When::Following && !config.deploy.follow.contains(env) {
+        tracing::info!(
+            env = %env,
+            "deploy.follow does not name this environment: it changes by instance refresh or an \
+             explicit deploy"
+        );
+        return Ok(());
+    }
+    let last = status::read(&config.paths)?;
+    let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
+    let new_secrets =
+        secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets).await?;
+    let head = remote_head(config, &plan, &client).await?;
+    let in_service = git::Layout::of(&plan.git.dir)
+        .current()
+        .map(|commit| commit.to_string());
+    if new_secrets.is_empty() && in_service.as_deref() == Some(head.as_str()) {
+        tracing::info!(commit = %head, "up to date: nothing to deploy");
+        return Ok(());
+    }
+    let record = deploys::read(&config.paths.state_dir);
+    let failed_before = record
+        .avoided(&plan.git.reference)
+        .filter(|failed| failed.commit == head);
+    if let (Some(failed), false, true) = (failed_before, retry_failed, new_secrets.is_empty()) {
+        tracing::warn!(
+            commit = %failed.commit,
+            failed_at = %failed.at,
+            "{} is still at a commit that failed its deploy gate ({}); not deploying it again \
+             until the ref moves on (`bootagent deploy --retry` tries it again)",
+            plan.git.reference,
+            failed.reason
+        );
+        return Ok(());
+    }
+    tracing::info!(
+        from = in_service.as_deref().unwrap_or("none"),
+        to = %head,
+        secrets = %new_secrets.join(", "),
+        "deploying"
+    );
+    crate::boot::boot(config, Run { retry_failed }).await
+}
+
+/// The commit the ref names on the remote now: one listing, with the credentials a boot uses.
+async fn remote_head(
+    config: &Config,
+    plan: &Plan,
+    client: &aws_sdk_secretsmanager::Client,
+) -> Result<String, Error> {
+    let url = plan.git.url.clone().ok_or_else(|| git::GitError::NoUrl {
+        tag: config.identity.repository_tag.clone(),
+    })?;
+    let mut loaded = secrets::LoadedSecrets::default();
+    let in_a_secret = |c: &Option<Credential>| matches!(c, Some(Credential::Secret(_)));
+    if in_a_secret(&config.git.token) || in_a_secret(&config.git.ssh_key) {
+        loaded = secrets::load(client, &plan.identity.region, &plan.secrets).await?;
+    }
+    let credentials = git::Credentials::from_config(config, &mut loaded)?;
+    drop(loaded);
+    let reference = plan.git.reference.clone();
+    let limits = git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
+    tokio::task::spawn_blocking(move || git::remote_commit(&url, &reference, &credentials, &limits))
+        .await
+        .map_err(|e| Error::io("the git listing failed", std::io::Error::other(e)))?
+        .map_err(Error::from)
+}

@@ -1,0 +1,368 @@
+//! `bootagent deploy` under a real systemd (PID 1 of an nspawn container) against the world's
+//! git daemon and moto: a push reaches the running service; a commit whose service crashes, or
+//! whose app answers 500, is rolled back to the release before it, with its environment, and is
+//! not deployed again until the ref moves on.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use support::container::Container;
+use support::*;
+
+const CONFIG: &str = r#"[identity]
+tag_wait = "2s"
+
+[service]
+user = "nobody"
+start_timeout = "20s"
+settle = "500ms"
+
+[deploy]
+health_wait = "5s"
+"#;
+
+/// The sample service: crashes at start when the release's VERSION says so; otherwise records
+/// what it received and stays up.
+const APP: &str = r#"#!/bin/sh
+case "$(cat VERSION 2>/dev/null)" in
+crash*) echo "this release crashes at start" >&2; exit 3 ;;
+esac
+exec /share/recorder.sh /share/out --stay
+"#;
+
+/// An instance in `stage` running the sample service under systemd, booted once.
+struct Deployed {
+    name: String,
+    repo: SampleRepo,
+    secret: String,
+    imds: Imds,
+    container: Container,
+    canary: String,
+}
+
+impl Deployed {
+    fn boot(extra_config: &str) -> Deployed {
+        let name = unique("dep");
+        let repo = SampleRepo::create(&name);
+        let canary = canary();
+        let secret = format!("{name}_env_stage");
+        create_secret(
+            &secret,
+            &format!(r#"{{"RELEASE": "one", "CANARY": "{canary}"}}"#),
+        );
+        let imds = Imds::for_service(&name, "staging", &repo.url);
+        let container = Container::boot(&format!("{CONFIG}{extra_config}"));
+        let app = container.out().join("app.sh");
+        std::fs::write(&app, APP).unwrap();
+        std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        container.install_unit(&format!("{name}.service"), "ExecStart=/share/app.sh");
+        container.bootagent(&imds, &["boot"]).expect(0);
+        Deployed {
+            name,
+            repo,
+            secret,
+            imds,
+            container,
+            canary,
+        }
+    }
+
+    fn deploy(&self, args: &[&str]) -> Run {
+        let mut argv = vec!["deploy"];
+        argv.extend_from_slice(args);
+        let run = self.container.bootagent(&self.imds, &argv);
+        assert_no_canary(
+            &self.canary,
+            &[("stdout", &run.stdout()), ("stderr", &run.stderr())],
+        );
+        run
+    }
+
+    fn main_pid(&self) -> String {
+        self.container
+            .show(&format!("{}.service", self.name), "MainPID")
+    }
+
+    fn active(&self) -> String {
+        self.container
+            .show(&format!("{}.service", self.name), "ActiveState")
+    }
+
+    /// The commit the link points at.
+    fn in_service(&self) -> String {
+        let target = self.container.sh(&format!("readlink /srv/{}", self.name));
+        Path::new(target.trim())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// What the running service recorded: its VERSION and its environment.
+    fn service_saw(&self) -> (String, String) {
+        let out = self.container.out().join("out");
+        let version = std::fs::read_to_string(out.join("version")).unwrap_or_default();
+        let env = std::fs::read(out.join("env")).unwrap_or_default();
+        (
+            version.trim().to_string(),
+            String::from_utf8_lossy(&env).replace('\0', "\n"),
+        )
+    }
+
+    fn forget_what_the_service_saw(&self) {
+        let out = self.container.out().join("out");
+        let _ = std::fs::remove_file(out.join("version"));
+        let _ = std::fs::remove_file(out.join("env"));
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.container.sh("cat /run/bootagent/status.json")).unwrap()
+    }
+
+    fn last_history_entry(&self) -> serde_json::Value {
+        let history = self.container.sh("cat /var/lib/bootagent/history.jsonl");
+        serde_json::from_str(history.lines().last().unwrap()).unwrap()
+    }
+
+    fn deploys(&self) -> serde_json::Value {
+        serde_json::from_str(&self.container.sh("cat /var/lib/bootagent/deploys.json")).unwrap()
+    }
+
+    /// Waits for the service to record what it was started with.
+    fn wait_for_service(&self) -> (String, String) {
+        support::container::eventually(20, "the service to record its start", || {
+            !self.service_saw().0.is_empty()
+        });
+        self.service_saw()
+    }
+
+    /// Nothing of the canary in the journal, status.json, the history or the deploy record.
+    fn assert_canary_kept_in_the_env_file(&self) {
+        let everywhere = self.container.sh(
+            "journalctl --no-pager -o cat; cat /run/bootagent/status.json \
+             /var/lib/bootagent/history.jsonl /var/lib/bootagent/deploys.json",
+        );
+        assert!(
+            !everywhere.contains(&self.canary),
+            "the canary leaked into the journal or the records"
+        );
+    }
+}
+
+#[test]
+fn a_push_then_a_deploy_runs_the_new_commit_and_a_run_with_nothing_new_restarts_nothing() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let first_pid = deployed.main_pid();
+    deployed
+        .deploy(&["--follow"])
+        .expect(0)
+        .stderr_has("up to date: nothing to deploy");
+    assert_eq!(deployed.main_pid(), first_pid, "nothing new, no restart");
+
+    deployed.forget_what_the_service_saw();
+    let second = deployed.repo.push_version("stage", "stage build 2");
+    let new_version = put_secret_value(
+        &deployed.secret,
+        &format!(r#"{{"RELEASE": "two", "CANARY": "{}"}}"#, deployed.canary),
+    );
+    deployed
+        .deploy(&["--follow"])
+        .expect(0)
+        .stderr_has("deploying");
+    assert_ne!(deployed.main_pid(), first_pid, "restarted");
+    assert_eq!(deployed.in_service(), second);
+    let (version, env) = deployed.wait_for_service();
+    assert_eq!(version, "stage build 2");
+    assert!(env.contains("RELEASE=two"), "{env}");
+    let status = deployed.status();
+    assert_eq!(status["outcome"], "succeeded");
+    assert_eq!(status["git"]["commit"], second.as_str());
+    assert_eq!(status["secrets"][0]["version_id"], new_version.as_str());
+    assert_eq!(
+        deployed.deploys()["succeeded"],
+        2,
+        "the boot and the deploy"
+    );
+
+    let second_pid = deployed.main_pid();
+    deployed
+        .deploy(&["--follow"])
+        .expect(0)
+        .stderr_has("up to date: nothing to deploy");
+    assert_eq!(deployed.main_pid(), second_pid);
+    deployed.assert_canary_kept_in_the_env_file();
+}
+
+#[test]
+fn prod_does_not_follow_its_branch_but_an_explicit_deploy_does() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let name = deployed.name.clone();
+    // The same service, tagged prod: the timer's runs leave it alone.
+    let prod = Imds::for_service(&name, "production", &deployed.repo.url);
+    create_secret(&format!("{name}_env_prod"), r#"{"RELEASE": "prod"}"#);
+    deployed.container.bootagent(&prod, &["boot"]).expect(0);
+    let pushed = deployed.repo.push_version("prod", "prod build 2");
+    let pid = deployed.main_pid();
+    deployed
+        .container
+        .bootagent(&prod, &["deploy", "--follow"])
+        .expect(0)
+        .stderr_has("deploy.follow does not name this environment");
+    assert_eq!(deployed.main_pid(), pid);
+    deployed.container.bootagent(&prod, &["deploy"]).expect(0);
+    assert_eq!(deployed.in_service(), pushed);
+}
+
+#[test]
+fn a_commit_whose_service_crashes_is_rolled_back_and_not_retried_until_the_ref_moves_on() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let good = deployed.in_service();
+    let good_pid = deployed.main_pid();
+
+    let crashing = deployed.repo.push_version("stage", "crash at start");
+    deployed.forget_what_the_service_saw();
+    let run = deployed.deploy(&["--follow"]);
+    run.expect(16)
+        .stderr_has(&format!("rolled back from {crashing} to {good} because"));
+    // Whether systemd saw it fail at once or right after: the unit, and where to look.
+    run.stderr_has(&format!("because {}.service ", deployed.name))
+        .stderr_has("journalctl -u");
+    assert_eq!(deployed.in_service(), good, "the link is back");
+    assert_eq!(deployed.active(), "active");
+    assert_ne!(
+        deployed.main_pid(),
+        good_pid,
+        "the old release was restarted"
+    );
+    let (version, env) = deployed.wait_for_service();
+    assert_eq!(version, "stage build 1");
+    assert!(env.contains("RELEASE=one"), "{env}");
+    let status = deployed.status();
+    assert_eq!(status["outcome"], "rolled-back");
+    assert_eq!(status["git"]["commit"], good.as_str());
+    assert_eq!(status["error"]["exit_code"], 16);
+    let entry = deployed.last_history_entry();
+    assert_eq!(entry["outcome"], "rolled-back");
+    assert_eq!(entry["commit"], good.as_str());
+    let record = deployed.deploys();
+    assert_eq!(record["rolled_back"], 1);
+    assert_eq!(record["failed"]["commit"], crashing.as_str());
+    let health = deployed
+        .container
+        .bootagent(&deployed.imds, &["health-report"]);
+    health.expect(0);
+    assert!(
+        health.stdout().contains("\"rolled-back\""),
+        "{}",
+        health.stdout()
+    );
+
+    // The timer's next run leaves the failed commit alone.
+    let pid = deployed.main_pid();
+    deployed
+        .deploy(&["--follow"])
+        .expect(0)
+        .stderr_has("still at a commit that failed its deploy gate");
+    assert_eq!(deployed.main_pid(), pid, "no retry, no restart");
+    // Asked for, it is tried again, and rolled back again.
+    deployed.deploy(&["--retry"]).expect(16);
+    assert_eq!(deployed.in_service(), good);
+
+    // A fix moves the ref on, and deploys.
+    let fixed = deployed.repo.push_version("stage", "stage build 3");
+    deployed.forget_what_the_service_saw();
+    deployed.deploy(&["--follow"]).expect(0);
+    assert_eq!(deployed.in_service(), fixed);
+    assert_eq!(deployed.wait_for_service().0, "stage build 3");
+    assert_eq!(deployed.status()["outcome"], "succeeded");
+    assert!(deployed.deploys()["failed"].is_null());
+    deployed.assert_canary_kept_in_the_env_file();
+}
+
+/// The app's own health check, served from the host: 500 while the running release's VERSION
+/// starts with "unhealthy", 200 otherwise.
+struct AppHealth {
+    port: u16,
+}
+
+impl AppHealth {
+    fn start(out: &Path) -> AppHealth {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let version_file = out.join("out/version");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head);
+                let version = std::fs::read_to_string(&version_file).unwrap_or_default();
+                let status = if version.starts_with("unhealthy") {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        AppHealth { port }
+    }
+}
+
+#[test]
+fn a_commit_whose_app_answers_500_is_rolled_back_with_its_old_environment() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let app = AppHealth::start(deployed.container.out());
+    deployed.container.sh(&format!(
+        "printf '[health]\\napp_url = \"http://127.0.0.1:{}/healthz\"\\n' >> /share/config.toml",
+        app.port
+    ));
+    let good = deployed.in_service();
+    deployed.container.install_shipped_units(&deployed.imds);
+    deployed
+        .container
+        .sh("systemctl start bootagent-health.service");
+    let metrics_url = deployed
+        .container
+        .health_url()
+        .replace("/health", "/metrics");
+
+    let unhealthy = deployed.repo.push_version("stage", "unhealthy build");
+    put_secret_value(
+        &deployed.secret,
+        &format!(r#"{{"RELEASE": "two", "CANARY": "{}"}}"#, deployed.canary),
+    );
+    deployed.forget_what_the_service_saw();
+    let started = std::time::Instant::now();
+    let run = deployed.deploy(&["--follow"]);
+    run.expect(16)
+        .stderr_has(&format!("rolled back from {unhealthy} to {good} because"))
+        .stderr_has("answered HTTP 500");
+    // Within deploy.health_wait (5 s) of the gate, plus the restarts (bounded loosely).
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(deployed.in_service(), good);
+    let (version, env) = deployed.wait_for_service();
+    assert_eq!(version, "stage build 1");
+    assert!(env.contains("RELEASE=one"), "the old environment: {env}");
+    let metrics = curl(&["-s", "--max-time", "5", &metrics_url]);
+    assert!(
+        metrics.contains("bootagent_deploys_total{outcome=\"rolled-back\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bootagent_boot_outcome{outcome=\"rolled-back\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bootagent_last_good_deploy_timestamp_seconds "),
+        "{metrics}"
+    );
+    deployed.assert_canary_kept_in_the_env_file();
+}
