@@ -55,6 +55,13 @@ pub struct DeployConfig {
     pub health_wait: Duration,
     /// The environments whose instances follow their ref on the deploy timer.
     pub follow: Vec<String>,
+    /// Run in the new release, as the service's user with its environment, before the switch.
+    pub pre_start: Vec<String>,
+    /// Run once the outcome of a change is known.
+    pub post: Vec<String>,
+    /// Each hook's limit.
+    #[serde(deserialize_with = "duration")]
+    pub hook_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -470,6 +477,16 @@ impl Config {
                 )));
             }
         }
+        for (key, argv) in [
+            ("deploy.pre_start", &self.deploy.pre_start),
+            ("deploy.post", &self.deploy.post),
+        ] {
+            if argv.first().is_some_and(|program| program.is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} starts with an empty program name"
+                )));
+            }
+        }
         for env in &self.deploy.follow {
             if !self.environments.contains_key(env) {
                 return Err(ConfigError::Invalid(format!(
@@ -505,6 +522,7 @@ impl Config {
             ("service.start_timeout", self.service.start_timeout),
             ("boot.deadline", self.boot.deadline),
             ("deploy.health_wait", self.deploy.health_wait),
+            ("deploy.hook_timeout", self.deploy.hook_timeout),
         ];
         if let Some((key, _)) = must_be_positive.iter().find(|(_, value)| value.is_zero()) {
             return Err(ConfigError::Invalid(format!(

@@ -13,7 +13,7 @@ use crate::identity::{FetchError, IdentityError};
 use crate::imds::ImdsError;
 use crate::plan::ResolveError;
 use crate::secrets::SecretsError;
-use crate::service::ServiceError;
+use crate::service::{HookError, ServiceError};
 use crate::status::StatusError;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,8 @@ pub enum Error {
     Git(#[from] GitError),
     #[error("failed to start the service")]
     Service(#[from] ServiceError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
     #[error(transparent)]
     Status(#[from] StatusError),
     #[error("failed to answer the lifecycle hook")]
@@ -136,7 +138,7 @@ impl Error {
             Error::RolledBack { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } | Error::Gate { .. } => exit::SERVICE,
             Error::Git(_) => exit::GIT,
-            Error::Service(_) => exit::SERVICE,
+            Error::Service(_) | Error::Hook(_) => exit::SERVICE,
             Error::Lifecycle(LifecycleError::NoTrustRoots(_)) => exit::LOCAL,
             Error::Lifecycle(LifecycleError::NoGroup) => exit::USAGE,
             Error::Lifecycle(e) if e.is_transient() => exit::TRANSIENT,

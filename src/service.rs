@@ -23,6 +23,7 @@ const SETTLE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub enum ServiceError {
     #[error("user {user} does not exist; create it in the image or set service.user")]
     UnknownUser { user: String },
+
     #[error("cannot run the service as {user}: bootagent runs unprivileged as uid {uid}; run it as root")]
     CannotSwitchUser { user: String, uid: u32 },
     #[error("failed to write the systemd drop-in {path}")]
@@ -377,6 +378,79 @@ impl ExecCommand {
             program: self.program,
             source,
         }
+    }
+}
+
+/// A deploy hook that did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{hook} ({program}) {failure}; its output is in the journal (or bootagent's stderr); nothing \
+     was switched: fix it, or clear {hook}"
+)]
+pub struct HookError {
+    hook: &'static str,
+    program: String,
+    failure: String,
+}
+
+/// A deploy hook: `argv` from the config, run in `dir` as `user` with exactly `vars` (the
+/// service's environment for `deploy.pre_start`, the outcome for `deploy.post`) and a minimal
+/// PATH, HOME, USER and LOGNAME. No secret goes into argv; its output goes where bootagent's
+/// goes (the journal under systemd). Killed when `timeout` passes, or when the boot is dropped.
+pub async fn run_hook<'a>(
+    hook: &'static str,
+    argv: &[String],
+    dir: &Path,
+    user: &str,
+    vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    timeout: Duration,
+) -> Result<(), HookError> {
+    let (program, args) = argv
+        .split_first()
+        .expect("config validation: a hook has a program");
+    let failed = |failure: String| HookError {
+        hook,
+        program: program.clone(),
+        failure,
+    };
+    let target = User::from_name(user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| failed(format!("cannot run as {user}: no such user")))?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", &target.dir)
+        .env("USER", &target.name)
+        .env("LOGNAME", &target.name)
+        .envs(vars)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if Uid::current() != target.uid {
+        // As root, std also drops the supplementary groups before it switches.
+        command.uid(target.uid.as_raw()).gid(target.gid.as_raw());
+    }
+    tracing::info!(hook, program = %program, dir = %dir.display(), "running the hook");
+    let mut child = command
+        .spawn()
+        .map_err(|e| failed(format!("could not be started: {e}")))?;
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.map_err(|e| failed(format!("could not be waited for: {e}")))?,
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(failed(format!(
+                "did not finish within {} (deploy.hook_timeout) and was killed",
+                humantime::format_duration(timeout)
+            )));
+        }
+    };
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => Err(failed(format!("exited with code {code}"))),
+        None => Err(failed(format!("was killed ({status})"))),
     }
 }
 

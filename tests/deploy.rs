@@ -366,3 +366,54 @@ fn a_commit_whose_app_answers_500_is_rolled_back_with_its_old_environment() {
     );
     deployed.assert_canary_kept_in_the_env_file();
 }
+
+const HOOKS: &str = r#"pre_start = ["/bin/sh", "-c", "pwd > /share/out/pre_start.cwd; id -u > /share/out/pre_start.uid; echo \"$RELEASE\" > /share/out/pre_start.release; test \"$(cat VERSION)\" != 'migration fails'"]
+post = ["/bin/sh", "-c", "printf '%s\n' \"$BOOTAGENT_COMMIT\" \"$BOOTAGENT_PREVIOUS_COMMIT\" \"$BOOTAGENT_OUTCOME\" \"$BOOTAGENT_ERROR\" > /share/out/post; env > /share/out/post.env"]
+"#;
+
+/// What the post hook recorded: commit, previous commit, outcome, error.
+fn post_saw(deployed: &Deployed) -> Vec<String> {
+    let text = std::fs::read_to_string(deployed.container.out().join("out/post")).unwrap();
+    text.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn pre_start_runs_in_the_new_release_and_when_it_fails_nothing_switches() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot(HOOKS);
+    let out = deployed.container.out().join("out");
+    let first = deployed.in_service();
+    let read = |file: &str| {
+        std::fs::read_to_string(out.join(file))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        read("pre_start.cwd"),
+        format!("/srv/.{}/releases/{first}", deployed.name)
+    );
+    assert_eq!(read("pre_start.uid"), "65534", "as the service's user");
+    assert_eq!(
+        read("pre_start.release"),
+        "one",
+        "with the service's environment"
+    );
+    assert_eq!(post_saw(&deployed), [first.as_str(), "", "succeeded", ""]);
+
+    let pid = deployed.main_pid();
+    let failing = deployed.repo.push_version("stage", "migration fails");
+    let run = deployed.deploy(&[]);
+    run.expect(8)
+        .stderr_has("deploy.pre_start (/bin/sh) exited with code 1")
+        .stderr_has("nothing was switched");
+    assert_eq!(deployed.in_service(), first, "the old release serves");
+    assert_eq!(deployed.main_pid(), pid, "and was not restarted");
+    let post = post_saw(&deployed);
+    assert_eq!(post[..3], [failing.as_str(), first.as_str(), "failed"]);
+    assert!(post[3].contains("deploy.pre_start"), "{post:?}");
+    let post_env = std::fs::read_to_string(out.join("post.env")).unwrap();
+    assert!(!post_env.contains(&deployed.canary), "post gets no secrets");
+    assert!(!post_env.contains("RELEASE="), "{post_env}");
+    deployed.assert_canary_kept_in_the_env_file();
+}

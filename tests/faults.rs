@@ -1482,15 +1482,16 @@ struct UnitFault {
 }
 
 fn unit_faults() -> Vec<UnitFault> {
-    // The env file and the release are switched before the unit starts; which one serves after a
-    // failed start is for the deploy gate (rollback) to decide. A unit systemd refuses to load
-    // keeps running what it ran: systemd does not stop a unit whose file went bad.
+    // The change fails its gate and is rolled back: the earlier env file and release come back.
+    // Here the unit itself is broken, so the rollback's restart fails too (exit 8, both causes
+    // named), and the next boot, under a working unit, brings the change. A unit systemd refuses
+    // to load keeps running what it ran: systemd does not stop a unit whose file went bad.
     let failed = |says| Expect {
         code: 8,
         outcome: "failed",
         says,
-        env: Left::New,
-        release: Left::New,
+        env: Left::Earlier,
+        release: Left::Earlier,
         converges: true,
     };
     vec![

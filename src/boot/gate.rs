@@ -141,7 +141,7 @@ pub(super) async fn roll_back(
         to = %previous.commit,
         "the change failed its gate, rolling back: {cause_text}"
     );
-    crate::git::restore(&plan.git.dir, &previous.commit).map_err(|e| {
+    crate::git::switch(&plan.git.dir, &previous.commit).map_err(|e| {
         Error::io(
             format!(
                 "failed to switch back to the release of {}",

@@ -49,14 +49,14 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
     let mut recorder = Recorder::start(&config.paths);
     recorder.save()?;
     let remaining = deadline.saturating_sub(started.elapsed());
-    let mut launch_hook = None;
+    let mut effects = Effects::default();
     let git_work = GitWork::default();
     let work = steps(
         config,
         run,
         before.as_ref(),
         &mut recorder,
-        &mut launch_hook,
+        &mut effects,
         &git_work,
         started + deadline,
     );
@@ -75,7 +75,10 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
         .service
         .as_ref()
         .is_some_and(|s| s.state == ServiceState::Warmed);
-    match (launch_hook, result) {
+    if let Some(change) = &effects.change {
+        hooks_after(config, change, &recorder.status).await;
+    }
+    match (effects.launch_hook, result) {
         // A warm pool's launch is complete once everything is prepared.
         (Some(hook), Ok(())) if warmed => hook.complete(ActionResult::Continue).await,
         (Some(hook), Ok(())) => hook.finish(config, true).await,
@@ -109,7 +112,7 @@ async fn steps(
     run: Run,
     before: Option<&Status>,
     recorder: &mut Recorder,
-    launch_hook: &mut Option<LaunchHook>,
+    effects: &mut Effects,
     git_work: &GitWork,
     boot_ends: Instant,
 ) -> Result<(), Error> {
@@ -117,7 +120,7 @@ async fn steps(
     let imds = crate::identity::imds_client(config);
     let plan = crate::plan::resolve_with(&imds, config).await?;
     recorder.status.identity = Some(plan.identity.clone());
-    *launch_hook = LaunchHook::start(config, &plan).await?;
+    effects.launch_hook = LaunchHook::start(config, &plan).await?;
     // Known before anything changes: the release a failed change rolls back to.
     let previous = match plan.service.manager {
         Manager::Systemd => gate::Previous::capture(before, &config.paths, &plan),
@@ -150,8 +153,44 @@ async fn steps(
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("git");
+    let in_service = git::Layout::of(&plan.git.dir)
+        .current()
+        .map(|commit| commit.to_string());
     let (checkout, note) =
         checkout::checkout_or_keep(config, &plan, credentials, git_work, boot_ends, avoid).await?;
+    if matches!(checkout.action, git::Action::Cloned | git::Action::Fetched) {
+        effects.change = Some(Change {
+            previous: in_service.clone(),
+            commit: checkout.commit.clone(),
+            dir: plan.git.dir.clone(),
+            user: plan.service.user.clone(),
+        });
+        if !config.deploy.pre_start.is_empty() {
+            let mut vars: Vec<(&str, &str)> = environment
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect();
+            vars.push(("BOOTAGENT_COMMIT", &checkout.commit));
+            vars.push((
+                "BOOTAGENT_PREVIOUS_COMMIT",
+                in_service.as_deref().unwrap_or_default(),
+            ));
+            service::run_hook(
+                "deploy.pre_start",
+                &config.deploy.pre_start,
+                &git::release_dir(&plan.git.dir, &checkout.commit),
+                &plan.service.user,
+                vars,
+                config.deploy.hook_timeout,
+            )
+            .await?;
+        }
+        git::switch(&plan.git.dir, &checkout.commit).map_err(|e| git::GitError::Local {
+            action: "switch to the new release",
+            dir: plan.git.dir.clone(),
+            message: e.to_string(),
+        })?;
+    }
     if let Some(note) = &note {
         recorder.degrade(note.clone());
     }
@@ -185,6 +224,14 @@ async fn steps(
 
     recorder.begin("env_file");
     let env_changed = envfile::write(&plan.env_file, &rendered)?;
+    if env_changed && effects.change.is_none() {
+        effects.change = Some(Change {
+            previous: in_service.clone(),
+            commit: checkout.commit.clone(),
+            dir: plan.git.dir.clone(),
+            user: plan.service.user.clone(),
+        });
+    }
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("service");
@@ -278,6 +325,61 @@ async fn steps(
             recorder.finish(None)?;
             Err(command.exec().into())
         }
+    }
+}
+
+/// What a boot leaves for after its steps, whether they finished or not.
+#[derive(Default)]
+struct Effects {
+    launch_hook: Option<LaunchHook>,
+    /// A change to what runs was attempted.
+    change: Option<Change>,
+}
+
+/// A change to what runs: a new commit, or the same with a new environment.
+struct Change {
+    previous: Option<String>,
+    commit: String,
+    dir: std::path::PathBuf,
+    user: String,
+}
+
+/// `deploy.post`, once the outcome of a change is known: it reports, and its failure is only
+/// logged (the outcome stands).
+async fn hooks_after(config: &Config, change: &Change, status: &Status) {
+    if config.deploy.post.is_empty() {
+        return;
+    }
+    let error = status
+        .error
+        .as_ref()
+        .map(|e| e.message.replace("\n -> ", ": "));
+    let vars = [
+        ("BOOTAGENT_COMMIT", change.commit.as_str()),
+        (
+            "BOOTAGENT_PREVIOUS_COMMIT",
+            change.previous.as_deref().unwrap_or_default(),
+        ),
+        ("BOOTAGENT_OUTCOME", status.outcome.as_str()),
+        ("BOOTAGENT_ERROR", error.as_deref().unwrap_or_default()),
+    ];
+    // The release in service, or the root when there is none (a first boot that failed).
+    let dir = if change.dir.exists() {
+        change.dir.as_path()
+    } else {
+        std::path::Path::new("/")
+    };
+    let ran = service::run_hook(
+        "deploy.post",
+        &config.deploy.post,
+        dir,
+        &change.user,
+        vars,
+        config.deploy.hook_timeout,
+    )
+    .await;
+    if let Err(e) = ran {
+        tracing::error!(error = %e, "the deploy.post hook failed");
     }
 }
 

@@ -357,10 +357,11 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// Blocking: brings the link at `plan.dir` to a release of the commit `plan.reference` names on
-/// `url`. A release is checked out in a temporary directory, synced and renamed into place, and
-/// only then does the link switch (a rename too), so whatever is killed or fails when, the link
-/// points at a complete release: the new one or the last good one.
+/// Blocking: makes a release of the commit `plan.reference` names on `url`, ready for
+/// [`switch`]. A release is checked out in a temporary directory, synced and renamed into place;
+/// the link switches only when the caller says (a rename too), so whatever is killed or fails
+/// when, the link points at a complete release: the new one or the last good one. `Unchanged`:
+/// the link already points at that commit.
 ///
 /// `avoid` is a commit that failed its deploy gate: when the ref still names it and a release is
 /// in service, the sync stops with [`GitError::FailedBefore`] before fetching anything.
@@ -517,7 +518,6 @@ pub fn sync(
         std::fs::rename(&staging, &release).map_err(io("move the release into place"))?;
     }
     stop_if_exceeded()?;
-    switch_link(&layout, &release).map_err(io("switch to the new release"))?;
     Ok(Checkout {
         commit: advertised.to_string(),
         action,
@@ -564,8 +564,14 @@ fn switch_link(layout: &Layout, release: &Path) -> std::io::Result<()> {
     std::fs::File::open(parent)?.sync_all()
 }
 
-/// Points the link at the release of `commit` again: a rollback to a release still on disk.
-pub fn restore(dir: &Path, commit: &str) -> std::io::Result<()> {
+/// The directory of the release of `commit` under the link `dir`.
+pub fn release_dir(dir: &Path, commit: &str) -> PathBuf {
+    Layout::of(dir).releases.join(commit)
+}
+
+/// Points the link at the release of `commit`: a new one [`sync`] made, or one still on disk (a
+/// rollback).
+pub fn switch(dir: &Path, commit: &str) -> std::io::Result<()> {
     let layout = Layout::of(dir);
     let release = layout.releases.join(commit);
     if !release.is_dir() {
