@@ -198,6 +198,11 @@ pub struct GitConfig {
     /// The whole checkout.
     #[serde(deserialize_with = "duration")]
     pub deadline: Duration,
+    pub verify: Verify,
+    pub signed: Signed,
+    pub allowed_signers: PathBuf,
+    pub gpg_keyring: PathBuf,
+    pub allow_rewind: bool,
 }
 
 /// Where a git credential (`git.token`, `git.ssh_key`) comes from.
@@ -226,6 +231,27 @@ impl std::str::FromStr for Credential {
             )),
         }
     }
+}
+
+/// How the code to deploy is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    None,
+    /// SSH signatures, against `git.allowed_signers`.
+    Ssh,
+    /// OpenPGP signatures, against `git.gpg_keyring`.
+    Gpg,
+}
+
+/// What carries the signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signed {
+    /// The commit the ref names.
+    Commit,
+    /// The annotated tag the ref names (`git.ref` is then a tag).
+    Tag,
 }
 
 /// What a boot does when the checkout fails but a release is already in service.

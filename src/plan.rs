@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, EnvFileFormat, Manager};
+use crate::config::{Config, ConfigError, EnvFileFormat, Manager, Signed, Verify};
 use crate::identity::{self, Identity};
 use crate::imds::ImdsClient;
 use crate::template::{render, render_required, TemplateVars};
@@ -67,6 +67,18 @@ pub struct GitPlan {
     pub reference: String,
     pub dir: PathBuf,
     pub depth: u32,
+    /// Whose signature the code must carry, and whether the branch may rewind.
+    pub trust: Trust,
+}
+
+/// The checks a sync makes before a commit becomes a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Trust {
+    pub verify: Verify,
+    pub signed: Signed,
+    /// The allowed-signers file (ssh) or the keyring (gpg).
+    pub keys: PathBuf,
+    pub allow_rewind: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +208,15 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
             reference: required("git.ref", &config.git.reference)?,
             dir: git_dir,
             depth: config.git.depth,
+            trust: Trust {
+                verify: config.git.verify,
+                signed: config.git.signed,
+                keys: match config.git.verify {
+                    Verify::Gpg => config.git.gpg_keyring.clone(),
+                    _ => config.git.allowed_signers.clone(),
+                },
+                allow_rewind: config.git.allow_rewind,
+            },
         },
         service: ServicePlan {
             manager: config.service.manager,

@@ -49,6 +49,7 @@ fn expected_files(units: &str) -> Vec<String> {
         "/usr/share/bootagent/defaults.toml".to_string(),
         "/usr/share/bootagent/doctor.schema.json".to_string(),
         "/usr/share/bootagent/ssm-bootagent-doctor.json".to_string(),
+        "/usr/share/bootagent/ssm-bootagent-deploy.json".to_string(),
         "/usr/share/bash-completion/completions/bootagent".to_string(),
         "/usr/share/fish/vendor_completions.d/bootagent.fish".to_string(),
         "/usr/share/man/man1/bootagent.1.gz".to_string(),
@@ -246,6 +247,7 @@ fn the_tarballs_hold_binary_units_docs_and_examples_and_the_sums_match() {
             "config.toml",
             "defaults.toml",
             "ssm-bootagent-doctor.json",
+            "ssm-bootagent-deploy.json",
             "examples/cloud-init/run-bootagent.yaml",
             "examples/terraform/main.tf",
         ] {

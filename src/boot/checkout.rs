@@ -29,12 +29,15 @@ pub(super) async fn checkout_or_keep(
     }
 }
 
-/// A remote that is not who it was pinned to be is logged apart from ordinary failures, with
-/// the field `security_event`, so that journal alerts can match it.
+/// A remote that is not who it was pinned to be, and code that is not signed by a trusted key
+/// or that rewinds the release in service, are logged apart from ordinary failures, with the
+/// field `security_event`, so that journal alerts can match them.
 fn log_security_event(error: &Error) {
     let event = match error {
         Error::Git(GitError::HostKey { .. }) => "ssh-host-key-mismatch",
         Error::Git(GitError::Certificate { .. }) => "tls-certificate-refused",
+        Error::Git(GitError::Unverified { .. }) => "code-signature-refused",
+        Error::Git(GitError::Rewound { .. }) => "ref-rewound",
         _ => return,
     };
     tracing::error!(

@@ -5,6 +5,7 @@ mod daemon;
 mod http;
 mod ssh;
 mod transport;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -43,6 +44,25 @@ pub enum GitError {
         commit: String,
         at: String,
         reason: String,
+    },
+    #[error(
+        "refused {object}: {reason}; trusted keys are in {keys} (git.verify): sign it with a \
+         trusted key, or add its key there after checking whose it is"
+    )]
+    Unverified {
+        object: String,
+        reason: String,
+        keys: String,
+    },
+    #[error(
+        "refused {reference} at {commit}: it does not descend from {in_service}, the release in \
+         service (a force push or a rewound branch), and git.allow_rewind = false; push a commit \
+         on top of {in_service}, or deploy it deliberately with git.allow_rewind = true"
+    )]
+    Rewound {
+        reference: String,
+        commit: String,
+        in_service: String,
     },
     #[error(
         "git remote {url} is not the host pinned in {known_hosts}: {message}; if its host key \
@@ -421,7 +441,8 @@ pub fn sync(
     let mut connection = remote
         .connect_auth(Direction::Fetch, None, None)
         .map_err(|e| network_error(e, url, &session))?;
-    let (source_ref, advertised) = advertised_ref(&mut connection, url, &plan.reference, &session)?;
+    let (source_ref, advertised, tag_object) =
+        advertised_ref(&mut connection, url, &plan.reference, &session)?;
     if let Some(failed) = avoid.filter(|f| f.commit == advertised.to_string()) {
         if layout.current().is_some() {
             return Err(GitError::FailedBefore {
@@ -444,48 +465,60 @@ pub fn sync(
     let release = layout.releases.join(advertised.to_string());
     let mut action = Action::Fetched;
     let mut received = (0, 0);
-    if !release.exists() {
-        if repo.find_commit(advertised).is_err() {
-            let mut last_report = Instant::now();
-            let mut callbacks = git2::RemoteCallbacks::new();
-            callbacks.transfer_progress(|progress| {
-                received = (progress.received_objects(), progress.received_bytes());
-                // A local fetch has no transport of ours to stop it: false aborts it here.
-                if limits.exceeded().is_some() {
-                    return false;
-                }
-                // A long transfer says how far it got, at a steady pace.
-                if last_report.elapsed() >= PROGRESS_EVERY {
-                    last_report = Instant::now();
-                    tracing::info!(
-                        objects = progress.received_objects(),
-                        total = progress.total_objects(),
-                        bytes = progress.received_bytes(),
-                        "fetching"
-                    );
-                }
-                true
-            });
-            let mut options = FetchOptions::new();
-            options.remote_callbacks(callbacks);
-            // libgit2's local transport cannot fetch shallow; a repository on this machine's
-            // disk costs no network, so it is fetched whole.
-            if !is_local(url) {
-                options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
+    // The objects the checks and the checkout read: the commit, and the tag that names it.
+    let missing = repo.find_commit(advertised).is_err()
+        || tag_object.is_some_and(|tag| repo.find_tag(tag).is_err());
+    if missing {
+        let mut last_report = Instant::now();
+        let mut callbacks = git2::RemoteCallbacks::new();
+        callbacks.transfer_progress(|progress| {
+            received = (progress.received_objects(), progress.received_bytes());
+            // A local fetch has no transport of ours to stop it: false aborts it here.
+            if limits.exceeded().is_some() {
+                return false;
             }
-            connection
-                .remote()
-                .download(&[format!("+{source_ref}:{TRACKING}")], Some(&mut options))
-                .map_err(|e| network_error(e, url, &session))?;
-            drop(options);
-            // A ref keeps the commit: the next fetch offers it as what this side has, so only
-            // what is new comes.
-            repo.reference(TRACKING, advertised, true, "bootagent fetch")
-                .map_err(local("record the fetched commit"))?;
-            if fresh {
-                action = Action::Cloned;
+            // A long transfer says how far it got, at a steady pace.
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                tracing::info!(
+                    objects = progress.received_objects(),
+                    total = progress.total_objects(),
+                    bytes = progress.received_bytes(),
+                    "fetching"
+                );
             }
+            true
+        });
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(callbacks);
+        // libgit2's local transport cannot fetch shallow; a repository on this machine's
+        // disk costs no network, so it is fetched whole.
+        // Whether the new commit descends from the one in service needs the history.
+        if !is_local(url) && plan.trust.allow_rewind {
+            options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
         }
+        connection
+            .remote()
+            .download(&[format!("+{source_ref}:{TRACKING}")], Some(&mut options))
+            .map_err(|e| network_error(e, url, &session))?;
+        drop(options);
+        // A ref keeps the commit: the next fetch offers it as what this side has, so only
+        // what is new comes.
+        repo.reference(TRACKING, advertised, true, "bootagent fetch")
+            .map_err(local("record the fetched commit"))?;
+        if fresh {
+            action = Action::Cloned;
+        }
+    }
+    trust::check(
+        &repo,
+        &plan.trust,
+        &plan.reference,
+        advertised,
+        tag_object,
+        layout.current(),
+    )?;
+    if !release.exists() {
         let commit = repo
             .find_commit(advertised)
             .map_err(local("find the fetched commit"))?;
@@ -685,9 +718,8 @@ pub fn remote_commit(
     let mut connection = remote
         .connect_auth(Direction::Fetch, None, None)
         .map_err(|e| network_error(e, url, &session))?;
-    Ok(advertised_ref(&mut connection, url, reference, &session)?
-        .1
-        .to_string())
+    let (_, commit, _) = advertised_ref(&mut connection, url, reference, &session)?;
+    Ok(commit.to_string())
 }
 
 /// Finds `reference` among the refs the connected remote lists.
@@ -696,7 +728,7 @@ fn advertised_ref(
     url: &str,
     reference: &str,
     session: &ActiveSession,
-) -> Result<(String, Oid), GitError> {
+) -> Result<(String, Oid, Option<Oid>), GitError> {
     let heads = list_refs(connection.remote()).map_err(|e| network_error(e, url, session))?;
     find_ref(&heads, reference).ok_or_else(|| GitError::RefNotFound {
         url: redact(url),
@@ -733,9 +765,10 @@ fn list_refs(remote: &git2::Remote<'_>) -> Result<Vec<(Vec<u8>, Oid)>, git2::Err
     }
 }
 
-/// The advertised ref for `reference` and the commit it points at: a branch first, then a tag
-/// (peeled, so an annotated tag gives its commit), or a full commit id as itself.
-fn find_ref(heads: &[(Vec<u8>, Oid)], reference: &str) -> Option<(String, Oid)> {
+/// The advertised ref for `reference`, the commit it points at, and the tag object when it is an
+/// annotated tag: a branch first, then a tag (peeled, so an annotated tag gives its commit), or
+/// a full commit id as itself.
+fn find_ref(heads: &[(Vec<u8>, Oid)], reference: &str) -> Option<(String, Oid, Option<Oid>)> {
     let lookup = |name: &str| {
         heads
             .iter()
@@ -744,15 +777,19 @@ fn find_ref(heads: &[(Vec<u8>, Oid)], reference: &str) -> Option<(String, Oid)> 
     };
     let branch = format!("refs/heads/{reference}");
     if let Some(oid) = lookup(&branch) {
-        return Some((branch, oid));
+        return Some((branch, oid, None));
     }
     let tag = format!("refs/tags/{reference}");
-    if let Some(oid) = lookup(&format!("{tag}^{{}}")).or_else(|| lookup(&tag)) {
-        return Some((tag, oid));
+    if let Some(peeled) = lookup(&format!("{tag}^{{}}")) {
+        let object = lookup(&tag);
+        return Some((tag, peeled, object));
+    }
+    if let Some(oid) = lookup(&tag) {
+        return Some((tag, oid, None));
     }
     if reference.len() == 40 {
         let oid = Oid::from_str(reference).ok()?;
-        return Some((reference.to_string(), oid));
+        return Some((reference.to_string(), oid, None));
     }
     None
 }

@@ -164,13 +164,14 @@ def test_the_image_builder_component_installs_and_validates():
     assert used <= declared, used - declared
 
 
-def test_the_ssm_document_runs_doctor_with_declared_parameters():
-    document = json.loads((ROOT / "packaging" / "ssm-bootagent-doctor.json").read_text())
+@pytest.mark.parametrize("command", ["doctor", "deploy"])
+def test_the_ssm_documents_run_their_command_with_declared_parameters(command):
+    document = json.loads((ROOT / "packaging" / f"ssm-bootagent-{command}.json").read_text())
     assert document["schemaVersion"] == "2.2"
     (step,) = document["mainSteps"]
     assert step["action"] == "aws:runShellScript"
     commands = " ".join(step["inputs"]["runCommand"])
-    assert "/usr/bin/bootagent doctor" in commands
+    assert f"/usr/bin/bootagent {command}" in commands
     used = set(re.findall(r"\{\{ (\w+) \}\}", commands))
     assert used == set(document["parameters"])
     for parameter in document["parameters"].values():

@@ -277,6 +277,67 @@ impl SampleRepo {
         self.commit_on(work.path(), branch, version)
     }
 
+    /// Commits a new VERSION on `branch` under the `git -c` settings `settings` (the signing
+    /// ones of [`SshSigner`] or [`GpgSigner`]) and pushes it; returns the commit id.
+    pub fn push_with(&mut self, branch: &str, version: &str, settings: &[String]) -> String {
+        let work = self.clone_branch(branch);
+        std::fs::write(work.path().join("VERSION"), version).unwrap();
+        git(work.path(), &["add", "VERSION"]);
+        let mut commit: Vec<&str> = settings.iter().flat_map(|s| ["-c", s.as_str()]).collect();
+        commit.extend(["commit", "-q", "-m", version]);
+        git(work.path(), &commit);
+        self.push_head(work.path(), branch)
+    }
+
+    /// An annotated tag `name` at `branch`'s head, made under the `git -c` settings `settings`
+    /// (with `tag.gpgSign=true` among them it is signed), pushed.
+    pub fn push_tag(&self, branch: &str, name: &str, settings: &[String]) {
+        let work = self.clone_branch(branch);
+        let mut tag: Vec<&str> = settings.iter().flat_map(|s| ["-c", s.as_str()]).collect();
+        tag.extend(["tag", "-a", "-m", name, name]);
+        git(work.path(), &tag);
+        let path = self.path.to_str().unwrap();
+        git(
+            work.path(),
+            &["push", "-q", path, &format!("refs/tags/{name}")],
+        );
+    }
+
+    /// A lightweight tag `name` at `branch`'s head, pushed.
+    pub fn push_lightweight_tag(&self, branch: &str, name: &str) {
+        let work = self.clone_branch(branch);
+        git(work.path(), &["tag", name]);
+        let path = self.path.to_str().unwrap();
+        git(
+            work.path(),
+            &["push", "-q", path, &format!("refs/tags/{name}")],
+        );
+    }
+
+    /// Moves `branch` to `commit`, as a force push does.
+    pub fn force_push(&mut self, branch: &str, commit: &str) {
+        let path = self.path.to_str().unwrap();
+        git(
+            Path::new("/"),
+            &[
+                "--git-dir",
+                path,
+                "update-ref",
+                &format!("refs/heads/{branch}"),
+                commit,
+            ],
+        );
+        self.commits.insert(branch.to_string(), commit.to_string());
+    }
+
+    fn push_head(&mut self, work: &Path, branch: &str) -> String {
+        let path = self.path.to_str().unwrap().to_string();
+        git(work, &["push", "-q", &path, &format!("{branch}:{branch}")]);
+        let commit = git(work, &["rev-parse", "HEAD"]);
+        self.commits.insert(branch.to_string(), commit.clone());
+        commit
+    }
+
     /// Commits `count` files of about 4 KiB each (contents depend on `round`) on `branch`,
     /// for checkouts that take a while; returns the commit id.
     pub fn push_many_files(&mut self, branch: &str, count: usize, round: usize) -> String {
@@ -325,17 +386,120 @@ impl SampleRepo {
         std::fs::write(work.join("VERSION"), version).unwrap();
         git(work, &["add", "VERSION"]);
         git(work, &["commit", "-q", "-m", version.trim()]);
-        git(
-            work,
-            &[
-                "push",
-                "-q",
-                self.path.to_str().unwrap(),
-                &format!("{branch}:{branch}"),
-            ],
-        );
-        let commit = git(work, &["rev-parse", "HEAD"]);
-        self.commits.insert(branch.to_string(), commit.clone());
-        commit
+        self.push_head(work, branch)
+    }
+}
+
+/// An SSH signing key, and the allowed-signers line that trusts it.
+pub struct SshSigner {
+    key: PathBuf,
+    pub allowed: String,
+}
+
+impl SshSigner {
+    pub fn new(dir: &Path, name: &str) -> SshSigner {
+        let (key, public) = crate::ssh_keygen(dir, name);
+        SshSigner {
+            key,
+            allowed: format!("{name}@example.com {public}"),
+        }
+    }
+
+    /// The `git -c` settings that sign commits and tags with this key.
+    pub fn settings(&self) -> Vec<String> {
+        vec![
+            "gpg.format=ssh".into(),
+            format!("user.signingkey={}", self.key.display()),
+            "commit.gpgSign=true".into(),
+            "tag.gpgSign=true".into(),
+        ]
+    }
+}
+
+/// An OpenPGP signing key in a GnuPG home of its own (its agent stopped when dropped), and its
+/// public key exported as a keyring gpgv reads.
+pub struct GpgSigner {
+    home: tempfile::TempDir,
+    fingerprint: String,
+    pub keyring: PathBuf,
+}
+
+impl GpgSigner {
+    pub fn new(name: &str) -> GpgSigner {
+        let home = tempfile::Builder::new()
+            .prefix("gpg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let gpg = |args: &[&str]| {
+            let out = Command::new("gpg")
+                .arg("--homedir")
+                .arg(home.path())
+                .args(["--batch", "--quiet"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "gpg {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        gpg(&[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            &format!("{name} <{name}@example.com>"),
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys"])).unwrap();
+        let fingerprint = listing
+            .lines()
+            .find_map(|line| line.strip_prefix("fpr:"))
+            .and_then(|rest| rest.split(':').find(|field| !field.is_empty()))
+            .unwrap()
+            .to_string();
+        let keyring = home.path().join("exported.gpg");
+        std::fs::write(&keyring, gpg(&["--export", &fingerprint])).unwrap();
+        let wrapper = home.path().join("gpg-for-git");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec gpg --homedir {} \"$@\"\n",
+                home.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        GpgSigner {
+            home,
+            fingerprint,
+            keyring,
+        }
+    }
+
+    /// The `git -c` settings that sign commits and tags with this key.
+    pub fn settings(&self) -> Vec<String> {
+        vec![
+            format!(
+                "gpg.program={}",
+                self.home.path().join("gpg-for-git").display()
+            ),
+            format!("user.signingkey={}", self.fingerprint),
+            "commit.gpgSign=true".into(),
+            "tag.gpgSign=true".into(),
+        ]
+    }
+}
+
+impl Drop for GpgSigner {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(["--kill", "gpg-agent"])
+            .status();
     }
 }
