@@ -55,8 +55,8 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         tracing::warn!(
             commit = %failed.commit,
             failed_at = %failed.at,
-            "{} is still at a commit that failed its deploy gate ({}); not deploying it again \
-             until the ref moves on (`bootagent deploy --retry` tries it again)",
+            "{} is still at a commit that did not deploy ({}); not trying it again until the ref \
+             moves on (`bootagent deploy --retry` tries it again)",
             plan.git.reference,
             failed.reason
         );

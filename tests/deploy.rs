@@ -266,7 +266,7 @@ fn a_commit_whose_service_crashes_is_rolled_back_and_not_retried_until_the_ref_m
     deployed
         .deploy(&["--follow"])
         .expect(0)
-        .stderr_has("still at a commit that failed its deploy gate");
+        .stderr_has("still at a commit that did not deploy");
     assert_eq!(deployed.main_pid(), pid, "no retry, no restart");
     // Asked for, it is tried again, and rolled back again.
     deployed.deploy(&["--retry"]).expect(16);
@@ -416,4 +416,100 @@ fn pre_start_runs_in_the_new_release_and_when_it_fails_nothing_switches() {
     assert!(!post_env.contains(&deployed.canary), "post gets no secrets");
     assert!(!post_env.contains("RELEASE="), "{post_env}");
     deployed.assert_canary_kept_in_the_env_file();
+}
+
+#[test]
+fn the_deploy_timers_unit_deploys_under_its_hardening() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    deployed.container.install_shipped_units(&deployed.imds);
+    let pushed = deployed.repo.push_version("stage", "stage build 2");
+    deployed.forget_what_the_service_saw();
+    // The deploy unit requires the boot unit to have run, as at an instance's boot.
+    deployed
+        .container
+        .sh("systemctl start bootagent-boot.service");
+    // What the timer starts: `deploy --follow` under the shipped unit's confinement.
+    deployed
+        .container
+        .sh("systemctl start bootagent-deploy.service");
+    assert_eq!(
+        deployed
+            .container
+            .show("bootagent-deploy.service", "Result"),
+        "success"
+    );
+    assert_eq!(deployed.in_service(), pushed);
+    assert_eq!(deployed.wait_for_service().0, "stage build 2");
+    assert_eq!(
+        deployed.deploys()["succeeded"],
+        2,
+        "recorded in its StateDirectory"
+    );
+    assert_eq!(
+        deployed
+            .container
+            .show("bootagent-deploy.timer", "RandomizedDelayUSec"),
+        "5min"
+    );
+}
+
+#[test]
+fn deploy_is_refused_in_exec_mode() {
+    support::needs_world!();
+    let (_, _repo, imds) = small_service("depx", "stage");
+    Instance::exec_mode("")
+        .run(&imds, &["deploy"])
+        .expect(2)
+        .stderr_has("in exec mode bootagent is the service");
+}
+
+#[test]
+fn under_systemd_only_signed_code_deploys_and_refused_code_is_not_fetched_again() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let signer = SshSigner::new(deployed.container.out(), "deploy");
+    std::fs::write(
+        deployed.container.out().join("allowed_signers"),
+        format!("{}\n", signer.allowed),
+    )
+    .unwrap();
+    deployed.container.sh(
+        "printf '[git]\\nverify = \"ssh\"\\nallowed_signers = \"/share/allowed_signers\"\\n' \
+         >> /share/config.toml",
+    );
+    let signed = deployed
+        .repo
+        .push_with("stage", "signed build", &signer.settings());
+    deployed.deploy(&["--follow"]).expect(0);
+    assert_eq!(deployed.in_service(), signed);
+
+    let pid = deployed.main_pid();
+    let unsigned = deployed.repo.push_version("stage", "unsigned build");
+    deployed
+        .deploy(&["--follow"])
+        .expect(0)
+        .stderr_has(&format!("refused commit {unsigned}: it is not signed"))
+        .stderr_has("/share/allowed_signers")
+        .stderr_has("security_event=");
+    assert_eq!(
+        deployed.in_service(),
+        signed,
+        "the release in service stays"
+    );
+    assert_eq!(deployed.main_pid(), pid, "and is not restarted");
+    let status = deployed.status();
+    assert_eq!(status["outcome"], "degraded");
+    assert!(
+        status["degraded"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("refused commit {unsigned}")),
+        "{status}"
+    );
+    // The timer's next run does not fetch and refuse it again.
+    deployed
+        .deploy(&["--follow"])
+        .expect(0)
+        .stderr_has("still at a commit that did not deploy");
 }

@@ -56,6 +56,20 @@ fn keep_last_good(
     error: Error,
 ) -> Result<(git::Checkout, Option<String>), Error> {
     let current = git::Layout::of(&plan.git.dir).current();
+    if let (Some(_), Error::Git(refused)) = (current, &error) {
+        if let Some(commit) = refused.refused_commit() {
+            // Refused code is not fetched and refused again on every deploy timer run.
+            super::gate::remember_failed(
+                &config.paths,
+                FailedCommit {
+                    commit: commit.to_string(),
+                    reference: plan.git.reference.clone(),
+                    at: crate::status::now(),
+                    reason: refused.to_string(),
+                },
+            );
+        }
+    }
     match (config.git.on_failure, current, &error) {
         (OnGitFailure::LastGood, Some(commit), Error::Git(_))
         | (_, Some(commit), Error::Git(GitError::FailedBefore { .. })) => {

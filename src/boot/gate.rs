@@ -178,6 +178,14 @@ pub(super) fn cause_of(error: &Error) -> String {
     }
 }
 
+/// Code refused before it was deployed (unsigned, rewound): the deploy timer leaves it alone
+/// while the ref names it, as it does a commit that failed its gate.
+pub(super) fn remember_failed(paths: &PathsConfig, failed: FailedCommit) {
+    let mut record = deploys::read(&paths.state_dir);
+    record.failed = Some(failed);
+    save(paths, &record);
+}
+
 /// A change passed the gate.
 pub(super) fn passed(paths: &PathsConfig, commit: &str) {
     let mut record = deploys::read(&paths.state_dir);

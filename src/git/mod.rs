@@ -35,9 +35,9 @@ pub enum GitError {
     )]
     DamagedPack { url: String, message: String },
     #[error(
-        "{reference} is still at commit {commit}, which failed its deploy gate at {at} ({reason}); \
-         it is not deployed again until the ref moves on: push a fix, or run `bootagent deploy \
-         --retry` to try it again"
+        "{reference} is still at commit {commit}, which did not deploy at {at} ({reason}); it is \
+         not tried again until the ref moves on: push a fix, or run `bootagent deploy --retry` to \
+         try it again"
     )]
     FailedBefore {
         reference: String,
@@ -51,6 +51,7 @@ pub enum GitError {
     )]
     Unverified {
         object: String,
+        commit: String,
         reason: String,
         keys: String,
     },
@@ -107,6 +108,15 @@ pub enum GitError {
 }
 
 impl GitError {
+    /// The commit a refusal of the code itself names: not to be tried again while the ref names
+    /// it.
+    pub fn refused_commit(&self) -> Option<&str> {
+        match self {
+            GitError::Unverified { commit, .. } | GitError::Rewound { commit, .. } => Some(commit),
+            _ => None,
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

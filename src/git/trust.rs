@@ -28,25 +28,30 @@ pub(super) fn check(
                 let object = format!("commit {commit}");
                 match repo.extract_signature(&commit, None) {
                     Ok((signature, payload)) => (object, signature.to_vec(), payload.to_vec()),
-                    Err(_) => return Err(unverified(trust, object, "it is not signed".into())),
+                    Err(_) => {
+                        return Err(unverified(trust, commit, object, "it is not signed".into()))
+                    }
                 }
             }
             Signed::Tag => {
                 let Some(tag) = tag else {
                     return Err(unverified(
                         trust,
+                        commit,
                         format!("{reference} ({commit})"),
                         format!("{reference} is not an annotated tag, so it carries no signature"),
                     ));
                 };
                 let object = format!("tag {reference} ({tag}, commit {commit})");
                 let unreadable =
-                    |e: git2::Error| unverified(trust, object.clone(), e.message().into());
+                    |e: git2::Error| unverified(trust, commit, object.clone(), e.message().into());
                 let odb = repo.odb().map_err(unreadable)?;
                 let raw = odb.read(tag).map_err(unreadable)?;
                 match split_tag_signature(raw.data()) {
                     Some((payload, signature)) => (object, signature.to_vec(), payload.to_vec()),
-                    None => return Err(unverified(trust, object, "it is not signed".into())),
+                    None => {
+                        return Err(unverified(trust, commit, object, "it is not signed".into()))
+                    }
                 }
             }
         };
@@ -59,7 +64,7 @@ pub(super) fn check(
             Ok(signer) => {
                 tracing::info!(%commit, signer = %signer, "the code's signature is trusted")
             }
-            Err(reason) => return Err(unverified(trust, object, reason)),
+            Err(reason) => return Err(unverified(trust, commit, object, reason)),
         }
     }
     if let (false, Some(in_service)) = (trust.allow_rewind, in_service) {
@@ -78,9 +83,10 @@ pub(super) fn check(
     Ok(())
 }
 
-fn unverified(trust: &Trust, object: String, reason: String) -> GitError {
+fn unverified(trust: &Trust, commit: Oid, object: String, reason: String) -> GitError {
     GitError::Unverified {
         object,
+        commit: commit.to_string(),
         reason,
         keys: trust.keys.display().to_string(),
     }
