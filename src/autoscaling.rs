@@ -25,15 +25,41 @@ pub enum LifecycleError {
         message: String,
     },
     #[error(
-        "Auto Scaling did not answer {action} for hook {hook} of group {group}, retries \
-         included: {detail}"
+        "Auto Scaling did not answer {action} for hook {hook} of group {group} ({tries}): {detail}"
     )]
     Unreachable {
         action: &'static str,
         hook: String,
         group: String,
         detail: String,
+        /// How many attempts over how long, once the retries gave up.
+        tries: String,
     },
+}
+
+impl crate::retry::Retryable for LifecycleError {
+    fn is_transient(&self) -> bool {
+        LifecycleError::is_transient(self)
+    }
+
+    fn after(self, attempts: u32, waited: std::time::Duration) -> LifecycleError {
+        match self {
+            LifecycleError::Unreachable {
+                action,
+                hook,
+                group,
+                detail,
+                ..
+            } => LifecycleError::Unreachable {
+                action,
+                hook,
+                group,
+                detail,
+                tries: crate::retry::tries(attempts, waited),
+            },
+            other => other,
+        }
+    }
 }
 
 impl LifecycleError {
@@ -84,6 +110,8 @@ pub struct Lifecycle {
     client: aws_sdk_autoscaling::Client,
     group: String,
     instance_id: String,
+    backoff: crate::retry::Backoff,
+    retry_for: std::time::Duration,
 }
 
 impl Lifecycle {
@@ -97,16 +125,41 @@ impl Lifecycle {
     ) -> Result<Lifecycle, LifecycleError> {
         let group = group_of(config, tagged_group)?;
         let sdk_config = crate::aws::load(region, config.timeout).await?;
-        Ok(Lifecycle::with_sdk(&sdk_config, group, instance_id))
+        Ok(Lifecycle::with_sdk(
+            &sdk_config,
+            group,
+            instance_id,
+            crate::secrets::BACKOFF,
+            config.timeout,
+        ))
     }
 
-    /// A client over `sdk_config`, which decides endpoint, credentials and HTTP client.
-    pub fn with_sdk(sdk_config: &SdkConfig, group: String, instance_id: &str) -> Lifecycle {
+    /// A client over `sdk_config`, which decides endpoint, credentials and HTTP client (and must
+    /// have the SDK's retries off): throttling and 5xx answers are tried again with `backoff`
+    /// for as long as `retry_for` allows.
+    pub fn with_sdk(
+        sdk_config: &SdkConfig,
+        group: String,
+        instance_id: &str,
+        backoff: crate::retry::Backoff,
+        retry_for: std::time::Duration,
+    ) -> Lifecycle {
         Lifecycle {
             client: aws_sdk_autoscaling::Client::new(sdk_config),
             group,
             instance_id: instance_id.to_string(),
+            backoff,
+            retry_for,
         }
+    }
+
+    /// `call` until it answers, fails for good, or `retry_for` leaves no room for another try.
+    async fn retried<F, Fut>(&self, call: F) -> Result<Answer, LifecycleError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Answer, LifecycleError>>,
+    {
+        crate::retry::retry_call(self.backoff, self.retry_for, call).await
     }
 
     pub async fn complete(
@@ -115,32 +168,39 @@ impl Lifecycle {
         result: ActionResult,
     ) -> Result<Answer, LifecycleError> {
         tracing::info!(hook, group = %self.group, result = result.as_str(), "completing the lifecycle action");
-        let sent = self
-            .client
-            .complete_lifecycle_action()
-            .auto_scaling_group_name(&self.group)
-            .lifecycle_hook_name(hook)
-            .instance_id(&self.instance_id)
-            .lifecycle_action_result(result.as_str())
-            .send()
-            .await;
-        self.answer("CompleteLifecycleAction", hook, sent.map(drop))
+        self.retried(|| async {
+            let sent = self
+                .client
+                .complete_lifecycle_action()
+                .auto_scaling_group_name(&self.group)
+                .lifecycle_hook_name(hook)
+                .instance_id(&self.instance_id)
+                .lifecycle_action_result(result.as_str())
+                .send()
+                .await;
+            self.answer("CompleteLifecycleAction", hook, sent.map(drop))
+        })
+        .await
     }
 
     pub async fn heartbeat(&self, hook: &str) -> Result<Answer, LifecycleError> {
         tracing::debug!(hook, group = %self.group, "recording a lifecycle heartbeat");
-        let sent = self
-            .client
-            .record_lifecycle_action_heartbeat()
-            .auto_scaling_group_name(&self.group)
-            .lifecycle_hook_name(hook)
-            .instance_id(&self.instance_id)
-            .send()
-            .await;
-        self.answer("RecordLifecycleActionHeartbeat", hook, sent.map(drop))
+        self.retried(|| async {
+            let sent = self
+                .client
+                .record_lifecycle_action_heartbeat()
+                .auto_scaling_group_name(&self.group)
+                .lifecycle_hook_name(hook)
+                .instance_id(&self.instance_id)
+                .send()
+                .await;
+            self.answer("RecordLifecycleActionHeartbeat", hook, sent.map(drop))
+        })
+        .await
     }
 
-    /// One place decides what an answer means; throttling was already retried by the SDK.
+    /// One place decides what an answer means (of one attempt: [`Lifecycle::retried`] tries
+    /// the transient ones again).
     fn answer<E>(
         &self,
         action: &'static str,
@@ -171,6 +231,7 @@ impl Lifecycle {
                         hook,
                         group,
                         detail: format!("unreadable response with HTTP {status}"),
+                        tries: crate::retry::ONE_ATTEMPT.into(),
                     });
                 }
                 if code == "Throttling" || status >= 500 {
@@ -179,6 +240,7 @@ impl Lifecycle {
                         hook,
                         group,
                         detail: format!("{code}: {message}"),
+                        tries: crate::retry::ONE_ATTEMPT.into(),
                     });
                 }
                 Err(LifecycleError::Refused {
@@ -194,6 +256,7 @@ impl Lifecycle {
                 hook,
                 group,
                 detail: DisplayErrorContext(&error).to_string(),
+                tries: crate::retry::ONE_ATTEMPT.into(),
             }),
         }
     }
@@ -220,7 +283,13 @@ mod tests {
     }
 
     async fn lifecycle(answers: &SdkAnswers) -> Lifecycle {
-        Lifecycle::with_sdk(&answers.sdk_config().await, "web".into(), "i-0abc")
+        Lifecycle::with_sdk(
+            &answers.sdk_config().await,
+            "web".into(),
+            "i-0abc",
+            crate::testing::FAST,
+            std::time::Duration::from_millis(500),
+        )
     }
 
     #[tokio::test]
@@ -286,7 +355,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn throttling_that_lasts_is_transient_after_the_sdk_retries() {
+    async fn throttling_that_lasts_is_transient_once_the_retries_time_is_out() {
         let throttled = error("Throttling", "Rate exceeded");
         let answers = SdkAnswers::new(&[(400, &throttled)]);
         let err = lifecycle(&answers)
@@ -299,8 +368,24 @@ mod tests {
             err.to_string().contains("Throttling: Rate exceeded"),
             "{err}"
         );
-        assert_eq!(answers.requests().len(), 3);
+        let calls = answers.requests().len();
+        assert!(calls > 3, "retried until the time ran out: {calls}");
+        let attempts = format!("({calls} attempts over ");
+        assert!(err.to_string().contains(&attempts), "{err}");
         assert_eq!(crate::Error::from(err).exit_code(), crate::exit::TRANSIENT);
+    }
+
+    #[tokio::test]
+    async fn throttling_that_passes_is_retried_to_an_answer() {
+        let throttled = error("Throttling", "Rate exceeded");
+        let answers = SdkAnswers::new(&[(400, &throttled), (400, &throttled), (200, COMPLETED)]);
+        let answer = lifecycle(&answers)
+            .await
+            .complete("launching", ActionResult::Continue)
+            .await
+            .unwrap();
+        assert_eq!(answer, Answer::Done);
+        assert_eq!(answers.requests().len(), 3);
     }
 
     #[tokio::test]

@@ -15,12 +15,14 @@ pub struct NoTrustRoots {
 }
 
 /// SDK configuration for `region`, with endpoint and credentials from the SDK's usual sources
-/// (`AWS_ENDPOINT_URL*`, the default credential chain).
+/// (`AWS_ENDPOINT_URL*`, the default credential chain). Each call is one attempt: bootagent
+/// retries on its own, within the budget each caller has (`crate::retry`).
 pub async fn load(region: &str, timeout: Duration) -> Result<SdkConfig, NoTrustRoots> {
     check_trust_roots()?;
     Ok(aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .app_name(AppName::new("bootagent").expect("a valid app name"))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .operation_timeout(timeout)

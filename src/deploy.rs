@@ -36,7 +36,12 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         return Ok(());
     }
     let last = status::read(&config.paths)?;
-    let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
+    let client = secrets::client(
+        &plan.identity.region,
+        config.secrets.timeout,
+        config.secrets.timeout,
+    )
+    .await?;
     let new_secrets =
         secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets).await?;
     let head = remote_head(config, &plan, &client).await?;
@@ -75,7 +80,7 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
 async fn remote_head(
     config: &Config,
     plan: &Plan,
-    client: &aws_sdk_secretsmanager::Client,
+    client: &secrets::Client,
 ) -> Result<String, Error> {
     let url = plan.git.url.clone().ok_or_else(|| git::GitError::NoUrl {
         tag: config.identity.repository_tag.clone(),

@@ -379,14 +379,22 @@ async fn secrets_client(
     region: &str,
     timeout: Duration,
     date: Arc<Mutex<Option<String>>>,
-) -> Option<aws_sdk_secretsmanager::Client> {
-    let client = secrets::client(region, timeout).await.ok()?;
+) -> Option<secrets::Client> {
+    // One attempt per call: the doctor reports what answers now, within each check's time.
+    let client = secrets::client(region, timeout, Duration::ZERO)
+        .await
+        .ok()?;
     let config = client
+        .sdk()
         .config()
         .to_builder()
         .interceptor(DateCapture(date))
         .build();
-    Some(aws_sdk_secretsmanager::Client::from_conf(config))
+    Some(secrets::Client::with_sdk(
+        aws_sdk_secretsmanager::Client::from_conf(config),
+        secrets::BACKOFF,
+        Duration::ZERO,
+    ))
 }
 
 /// The credentials every AWS client of a boot would use: the shared SDK configuration's.
@@ -422,7 +430,7 @@ async fn check_credentials(plan: Arc<Plan>, timeout: Duration) -> Finding {
     }
 }
 
-async fn check_secret(client: &Option<aws_sdk_secretsmanager::Client>, plan: &Plan) -> Finding {
+async fn check_secret(client: &Option<secrets::Client>, plan: &Plan) -> Finding {
     let Some(client) = client else {
         return fail(
             "no CA certificates to verify AWS endpoints with",
@@ -474,7 +482,7 @@ fn check_clock(date: &Mutex<Option<String>>) -> Finding {
 async fn check_isolation(
     config: Arc<Config>,
     plan: Arc<Plan>,
-    client: Option<aws_sdk_secretsmanager::Client>,
+    client: Option<secrets::Client>,
 ) -> Finding {
     let Some(client) = client else {
         return skip("no Secrets Manager client");
@@ -529,7 +537,7 @@ async fn check_isolation(
 async fn check_git(
     config: Arc<Config>,
     plan: Arc<Plan>,
-    client: Option<aws_sdk_secretsmanager::Client>,
+    client: Option<secrets::Client>,
     timeout: Duration,
 ) -> Finding {
     let Some(url) = plan.git.url.clone() else {
@@ -571,7 +579,7 @@ async fn check_git(
 async fn git_credentials(
     config: &Config,
     plan: &Plan,
-    client: Option<aws_sdk_secretsmanager::Client>,
+    client: Option<secrets::Client>,
 ) -> Result<git::Credentials, Finding> {
     let mut loaded = secrets::LoadedSecrets::default();
     if [&config.git.token, &config.git.ssh_key]

@@ -22,7 +22,12 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
     }
     let last = status::read(&config.paths)?;
     let plan = crate::plan::resolve(config).await?;
-    let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
+    let client = secrets::client(
+        &plan.identity.region,
+        config.secrets.timeout,
+        config.secrets.timeout,
+    )
+    .await?;
     let changed =
         secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets).await?;
     if changed.is_empty() {

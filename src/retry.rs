@@ -68,6 +68,58 @@ where
     }
 }
 
+/// The error of a call to an outside service: whether another try can help, and, once the tries
+/// ran out, the same error saying how many there were.
+pub trait Retryable: Sized {
+    fn is_transient(&self) -> bool;
+    fn after(self, attempts: u32, waited: Duration) -> Self;
+}
+
+/// [`retry`] for calls whose errors are [`Retryable`]: the transient ones are tried again, and
+/// the last one says how many tries were made over how long.
+pub async fn retry_call<V, E, F, Fut>(
+    backoff: Backoff,
+    within: Duration,
+    mut call: F,
+) -> Result<V, E>
+where
+    E: Retryable,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<V, E>>,
+{
+    let tried = retry(backoff, within, |_| {
+        let attempt = call();
+        async move {
+            attempt.await.map_err(|e| match e.is_transient() {
+                true => Failure::Transient(e),
+                false => Failure::Permanent(e),
+            })
+        }
+    })
+    .await;
+    tried.map_err(|stopped| match stopped {
+        Stopped::Permanent(e) => e,
+        Stopped::GaveUp {
+            last,
+            attempts,
+            waited,
+        } => last.after(attempts, waited),
+    })
+}
+
+/// What a failed call says before the retries count its attempts.
+pub const ONE_ATTEMPT: &str = "1 attempt";
+
+/// How a give-up is told: `5 attempts over 12.3s`.
+pub fn tries(attempts: u32, waited: Duration) -> String {
+    let waited = Duration::from_millis(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+    let plural = if attempts == 1 { "" } else { "s" };
+    format!(
+        "{attempts} attempt{plural} over {}",
+        humantime::format_duration(waited)
+    )
+}
+
 /// What one look at a condition found.
 pub enum Look<T, P, E> {
     Ready(T),

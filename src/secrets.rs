@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::names::is_variable_name;
 use crate::plan::SecretsPlan;
+use crate::retry;
 
 /// Variable values hold secret bytes: they are wiped when dropped.
 pub type SecretVars = BTreeMap<String, Zeroizing<String>>;
@@ -87,14 +88,16 @@ pub enum SecretsError {
         message: String,
     },
     #[error(
-        "Secrets Manager did not return secret {id} in region {region}, retries included: \
-         {detail}; this is usually temporary (throttling, network): boot again later, and check \
-         network access to the endpoint and the instance's credentials if it persists"
+        "Secrets Manager did not return secret {id} in region {region} ({tries}): {detail}; this \
+         is usually temporary (throttling, network): boot again later, and check network access \
+         to the endpoint and the instance's credentials if it persists"
     )]
     Unreachable {
         id: String,
         region: String,
         detail: String,
+        /// How many attempts over how long, once the retries gave up.
+        tries: String,
     },
     #[error("variable {name} is set both by {first} and by {second}; keep one of them")]
     Conflict {
@@ -153,6 +156,26 @@ pub enum SecretsError {
     BadString { id: String, key: String },
 }
 
+impl retry::Retryable for SecretsError {
+    fn is_transient(&self) -> bool {
+        SecretsError::is_transient(self)
+    }
+
+    fn after(self, attempts: u32, waited: Duration) -> SecretsError {
+        match self {
+            SecretsError::Unreachable {
+                id, region, detail, ..
+            } => SecretsError::Unreachable {
+                id,
+                region,
+                detail,
+                tries: retry::tries(attempts, waited),
+            },
+            other => other,
+        }
+    }
+}
+
 impl SecretsError {
     pub fn is_transient(&self) -> bool {
         matches!(self, SecretsError::Unreachable { .. })
@@ -179,13 +202,64 @@ impl SecretsError {
     }
 }
 
-/// A Secrets Manager client for `region`.
+/// The SDK's standard backoff (1 s base, 20 s cap, full jitter), with bootagent's own budget.
+pub const BACKOFF: retry::Backoff = retry::Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(20),
+};
+
+/// A Secrets Manager client that retries on its own: each call is one attempt of the SDK's
+/// (whose own retries, 3 attempts, are off), and throttling, 5xx answers and timeouts are tried
+/// again with full jitter for as long as `retry_for` allows — a fleet that boots at once and
+/// meets throttling waits its turn within its boot deadline instead of giving up after three.
+#[derive(Clone, Debug)]
+pub struct Client {
+    sdk: aws_sdk_secretsmanager::Client,
+    backoff: retry::Backoff,
+    retry_for: Duration,
+}
+
+impl Client {
+    /// A client over `sdk_config`, which must have the SDK's retries off.
+    pub fn with_sdk(
+        sdk: aws_sdk_secretsmanager::Client,
+        backoff: retry::Backoff,
+        retry_for: Duration,
+    ) -> Client {
+        Client {
+            sdk,
+            backoff,
+            retry_for,
+        }
+    }
+
+    pub fn sdk(&self) -> &aws_sdk_secretsmanager::Client {
+        &self.sdk
+    }
+
+    /// `call` until it succeeds, fails for good, or `retry_for` leaves no room for another try.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, SecretsError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SecretsError>>,
+    {
+        retry::retry_call(self.backoff, self.retry_for, call).await
+    }
+}
+
+/// A Secrets Manager client for `region`: each attempt within `timeout`, retried for
+/// `retry_for`.
 pub async fn client(
     region: &str,
     timeout: Duration,
-) -> Result<aws_sdk_secretsmanager::Client, SecretsError> {
+    retry_for: Duration,
+) -> Result<Client, SecretsError> {
     let sdk_config = crate::aws::load(region, timeout).await?;
-    Ok(aws_sdk_secretsmanager::Client::new(&sdk_config))
+    Ok(Client::with_sdk(
+        aws_sdk_secretsmanager::Client::new(&sdk_config),
+        BACKOFF,
+        retry_for,
+    ))
 }
 
 /// Which version of a secret to read.
@@ -211,7 +285,7 @@ struct Fetched {
 /// Reads every secret the plan names, each once, and turns them into variables: the main
 /// secret's keys, then each of `secrets.vars`.
 pub async fn load(
-    client: &aws_sdk_secretsmanager::Client,
+    client: &Client,
     region: &str,
     plan: &SecretsPlan,
 ) -> Result<LoadedSecrets, SecretsError> {
@@ -251,7 +325,7 @@ pub async fn load(
 /// The ids of secrets whose version in use (`recorded`, from status.json) is no longer the one
 /// the plan would read now, plus any the plan reads that were not read at all.
 pub async fn changed(
-    client: &aws_sdk_secretsmanager::Client,
+    client: &Client,
     region: &str,
     plan: &SecretsPlan,
     recorded: &[SecretVersion],
@@ -282,17 +356,22 @@ pub async fn changed(
 
 /// The VersionId that carries `stage`, from DescribeSecret: metadata only, no secret value.
 async fn current_version(
-    client: &aws_sdk_secretsmanager::Client,
+    client: &Client,
     region: &str,
     id: &str,
     stage: &str,
 ) -> Result<Option<String>, SecretsError> {
     let output = client
-        .describe_secret()
-        .secret_id(id)
-        .send()
-        .await
-        .map_err(|e| classify(e, id, region, format!("labelled {stage}")))?;
+        .call(|| async {
+            client
+                .sdk
+                .describe_secret()
+                .secret_id(id)
+                .send()
+                .await
+                .map_err(|e| classify(e, id, region, format!("labelled {stage}")))
+        })
+        .await?;
     Ok(output.version_ids_to_stages().and_then(|versions| {
         versions
             .iter()
@@ -302,20 +381,24 @@ async fn current_version(
 }
 
 async fn fetch(
-    client: &aws_sdk_secretsmanager::Client,
+    client: &Client,
     region: &str,
     id: &str,
     version: Version<'_>,
 ) -> Result<Fetched, SecretsError> {
-    let request = client.get_secret_value().secret_id(id);
-    let request = match version {
-        Version::Stage(stage) => request.version_stage(stage),
-        Version::Id(version_id) => request.version_id(version_id),
-    };
-    let output = request
-        .send()
-        .await
-        .map_err(|e| classify(e, id, region, version.describe()))?;
+    let output = client
+        .call(|| async {
+            let request = client.sdk.get_secret_value().secret_id(id);
+            let request = match version {
+                Version::Stage(stage) => request.version_stage(stage),
+                Version::Id(version_id) => request.version_id(version_id),
+            };
+            request
+                .send()
+                .await
+                .map_err(|e| classify(e, id, region, version.describe()))
+        })
+        .await?;
     let text = match output.secret_string() {
         Some(text) => Zeroizing::new(text.to_string()),
         None => return Err(SecretsError::Binary { id: id.to_string() }),
@@ -364,6 +447,7 @@ where
                         id,
                         region,
                         detail: format!("{code}: {message}"),
+                        tries: retry::ONE_ATTEMPT.into(),
                     }
                 }
                 _ => SecretsError::Refused {
@@ -381,6 +465,7 @@ where
             id,
             region,
             detail: DisplayErrorContext(&error).to_string(),
+            tries: retry::ONE_ATTEMPT.into(),
         },
         // A response that did not parse may echo the secret: report only its status.
         _ => unreadable(id, region, status),
@@ -397,6 +482,7 @@ fn unreadable(id: String, region: String, status: Option<u16>) -> SecretsError {
             Some(status) => format!("unreadable response with HTTP {status}"),
             None => "unreadable response".to_string(),
         },
+        tries: retry::ONE_ATTEMPT.into(),
     }
 }
 
@@ -646,7 +732,7 @@ mod tests {
     mod answered {
         use super::*;
         use crate::config::EnvFileFormat;
-        use crate::testing::SdkAnswers;
+        use crate::testing::{SdkAnswers, FAST};
 
         const FOUND: &str = r#"{"ARN": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:calendar_env_prod-AbCdEf",
             "Name": "calendar_env_prod", "VersionId": "v-1", "VersionStages": ["AWSCURRENT"],
@@ -666,9 +752,14 @@ mod tests {
             format!(r#"{{"__type": "{code}", "Message": "{message}"}}"#)
         }
 
+        /// bootagent's retries over the answers, for up to a second.
+        async fn answered_client(answers: &SdkAnswers) -> Client {
+            let sdk = aws_sdk_secretsmanager::Client::new(&answers.sdk_config().await);
+            Client::with_sdk(sdk, FAST, Duration::from_secs(1))
+        }
+
         async fn load_answered(answers: &SdkAnswers) -> Result<LoadedSecrets, SecretsError> {
-            let client = aws_sdk_secretsmanager::Client::new(&answers.sdk_config().await);
-            load(&client, "eu-west-1", &plan()).await
+            load(&answered_client(answers).await, "eu-west-1", &plan()).await
         }
 
         /// The error's message and the exit code `boot` would end with, and the calls made.
@@ -763,7 +854,10 @@ mod tests {
                 message.contains("ThrottlingException: Rate exceeded"),
                 "{message}"
             );
-            assert_eq!(calls.len(), 3, "the SDK's standard retries: {calls:?}");
+            // bootagent's own retries, for as long as the client's time allows: not three.
+            let attempts = format!("({} attempts over ", calls.len());
+            assert!(message.contains(&attempts), "{message}");
+            assert!(calls.len() > 3, "{calls:?}");
             let internal = error(
                 "InternalServiceError",
                 "An error occurred on the server side.",
@@ -799,7 +893,7 @@ mod tests {
             let described = r#"{"Name": "calendar_env_prod", "VersionIdsToStages":
                 {"v-1": ["AWSPREVIOUS"], "v-2": ["AWSCURRENT", "AWSPENDING"]}}"#;
             let answers = SdkAnswers::new(&[(200, described)]);
-            let client = aws_sdk_secretsmanager::Client::new(&answers.sdk_config().await);
+            let client = answered_client(&answers).await;
             let recorded = [SecretVersion {
                 id: "calendar_env_prod".into(),
                 version_id: Some("v-1".into()),

@@ -54,6 +54,12 @@ impl Reply {
     }
 }
 
+/// bootagent's own retries, with waits short enough that retried answers cost no real time.
+pub const FAST: crate::retry::Backoff = crate::retry::Backoff {
+    base: Duration::from_millis(1),
+    cap: Duration::from_millis(5),
+};
+
 type Answer = dyn Fn(&Seen) -> Reply + Send + Sync;
 
 /// An HTTP/1.1 server on 127.0.0.1 that answers each request with what `answer` says, one
@@ -161,8 +167,8 @@ impl SdkAnswers {
         self.requests.lock().unwrap().clone()
     }
 
-    /// SDK configuration that sends every call here: test credentials, the SDK's standard
-    /// retries with a short backoff, so retried answers cost no real time.
+    /// SDK configuration that sends every call here, with test credentials and the SDK's own
+    /// retries off, as bootagent's are (it retries on its own: [`FAST`]).
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("eu-west-1"))
@@ -170,11 +176,7 @@ impl SdkAnswers {
                 "AKIDTEST", "secret", None, None, "test",
             ))
             .http_client(self.clone())
-            .retry_config(
-                aws_config::retry::RetryConfig::standard()
-                    .with_initial_backoff(Duration::from_millis(1))
-                    .with_max_backoff(Duration::from_millis(5)),
-            )
+            .retry_config(aws_config::retry::RetryConfig::disabled())
             .load()
             .await
     }

@@ -424,7 +424,9 @@ fn killed_at(setup: &Setup, point: &str) -> Run {
     setup.boot(&setup.imds, &[("BOOTAGENT_FAILPOINT", point)])
 }
 
-const FAST_SECRETS: &str = "[secrets]\ntimeout = \"3s\"\n";
+// Transient Secrets Manager errors are tried again for as long as the boot deadline leaves
+// room for one more call: a short deadline keeps those rows short.
+const FAST_SECRETS: &str = "[secrets]\ntimeout = \"3s\"\n[boot]\ndeadline = \"12s\"\n";
 const FAST_GIT: &str = "[git]\ntimeout = \"2s\"\ndeadline = \"4s\"\n";
 const FAIL_ON_GIT: &str = "[git]\ntimeout = \"2s\"\ndeadline = \"4s\"\non_failure = \"fail\"\n";
 const FALLBACK: &str = "[identity]\ndescribe_tags_fallback = true\n";

@@ -254,7 +254,9 @@ fn throttling_is_retried_then_reported_as_transient() {
     let name = unique("throttled");
     let (_repo, imds) = repo_and_imds(&name, "test");
     let throttling = AwsError::start("ThrottlingException", 400, "Rate exceeded");
-    let instance = Instance::exec_mode("");
+    // Throttling is tried again for as long as the boot deadline leaves room for one more call
+    // (secrets.timeout): short ones here.
+    let instance = Instance::exec_mode("[secrets]\ntimeout = \"2s\"\n[boot]\ndeadline = \"10s\"\n");
     let earlier = instance.env_file(&name);
     std::fs::write(&earlier, "OLD=\"kept\"\n").unwrap();
     let run = instance.run_with(
@@ -266,7 +268,8 @@ fn throttling_is_retried_then_reported_as_transient() {
         .stderr_has(&format!(
             "Secrets Manager did not return secret {name}_env_test in region us-east-1"
         ))
-        .stderr_has("ThrottlingException: Rate exceeded");
+        .stderr_has("ThrottlingException: Rate exceeded")
+        .stderr_has(&format!("({} attempts over ", throttling.calls()));
     assert!(
         throttling.calls() >= 3,
         "retried: {} calls",

@@ -135,13 +135,19 @@ async fn steps(
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("secrets");
-    let client = secrets::client(&plan.identity.region, config.secrets.timeout).await?;
-    // Each call has secrets.timeout (the SDK's operation timeout); the step gets a second more,
-    // so that a stalled call ends with its own error, which names the secret, rather than the
-    // step's, whichever timer the scheduler happens to wake first.
+    // Throttling, 5xx and timeouts are tried again for as long as the boot deadline leaves room
+    // for one more call (secrets.timeout each) and a second to spare.
+    let call = config.secrets.timeout + Duration::from_secs(1);
+    let retry_for = boot_ends
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(call);
+    let client = secrets::client(&plan.identity.region, config.secrets.timeout, retry_for).await?;
+    // The last call may start as the retries' time ends; the step gets that call and a second
+    // more, so that a stalled call ends with its own error, which names the secret, rather than
+    // the step's, whichever timer the scheduler happens to wake first.
     let loaded = within(
         "secrets",
-        config.secrets.timeout + Duration::from_secs(1),
+        retry_for + call,
         secrets::load(&client, &plan.identity.region, &plan.secrets),
     )
     .await??;
