@@ -1,0 +1,236 @@
+"""A fleet booting at once: N real `bootagent boot` processes (exec mode, each with its own
+instance identity, directories and secret) against one front that serves each instance's IMDS
+under a path of its own and answers Secrets Manager's GetSecretValue through a token bucket —
+the excess gets AWS's throttling answer (HTTP 400, ThrottlingException) — and one git daemon
+serving every checkout. Run by bench/fleet; prints a markdown report and writes an SVG of calls
+and throttles over time.
+
+    fleet.py --agents N --rate R --burst B --bin BINARY --repo URL --work DIR --svg PATH
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import time
+
+
+class Bucket:
+    """AWS's token bucket: `burst` tokens, refilled at `rate` per second."""
+
+    def __init__(self, rate, burst):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self):
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Front:
+    def __init__(self, rate, burst, repo):
+        self.bucket = Bucket(rate, burst)
+        self.repo = repo
+        self.calls = []  # (monotonic time, secret id, allowed)
+
+    def imds(self, instance, method, path):
+        service = "svc" + instance.removeprefix("i-")
+        if method == "PUT" and path == "/latest/api/token":
+            return 200, "token-" + instance
+        answers = {
+            "/latest/meta-data/instance-id": instance,
+            "/latest/meta-data/placement/region": "us-east-1",
+            "/latest/meta-data/tags/instance": "Service\nEnvironment\nRepository",
+            "/latest/meta-data/tags/instance/Service": service,
+            "/latest/meta-data/tags/instance/Environment": "test",
+            "/latest/meta-data/tags/instance/Repository": self.repo,
+        }
+        if path in answers:
+            return 200, answers[path]
+        return 404, ""
+
+    def secrets(self, target, body):
+        if not target.endswith("GetSecretValue"):
+            return 400, json.dumps({"__type": "InvalidRequestException", "message": target})
+        secret = json.loads(body or b"{}").get("SecretId", "")
+        allowed = self.bucket.take()
+        self.calls.append((time.monotonic(), secret, allowed))
+        if not allowed:
+            return 400, json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"})
+        value = json.dumps({"APP_SECRET": "value-of-" + secret, "PORT": "8080"})
+        return 200, json.dumps({
+            "ARN": f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{secret}-AbCdEf",
+            "Name": secret, "SecretString": value, "VersionId": "v-1",
+            "VersionStages": ["AWSCURRENT"], "CreatedDate": 1.7e9,
+        })
+
+    async def serve(self, reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        key, value = line.split(":", 1)
+                        headers[key.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if path.startswith("/i-"):
+                    instance, _, rest = path[1:].partition("/")
+                    status, text = self.imds(instance, method, "/" + rest)
+                    kind = "text/plain"
+                else:
+                    status, text = self.secrets(headers.get("x-amz-target", ""), body)
+                    kind = "application/x-amz-json-1.1"
+                data = text.encode()
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+def write_configs(work, agents):
+    configs = []
+    for n in range(agents):
+        home = os.path.join(work, f"agent{n:04d}")
+        run = os.path.join("/dev/shm", os.path.basename(work) + f"-{n:04d}")
+        os.makedirs(run, exist_ok=True)
+        os.makedirs(home, exist_ok=True)
+        path = os.path.join(home, "config.toml")
+        with open(path, "w") as f:
+            f.write(f"""[identity]
+tag_wait = "2s"
+[paths]
+run_dir = "{run}"
+state_dir = "{home}/state"
+[git]
+dir = "{home}/srv/{{service}}"
+[service]
+manager = "exec"
+user = "nobody"
+command = ["/bin/true"]
+""")
+        configs.append((f"i-{n:04d}", path))
+    return configs
+
+
+async def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agents", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=20)
+    parser.add_argument("--burst", type=float, default=20)
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--svg", required=True)
+    args = parser.parse_args()
+
+    front = Front(args.rate, args.burst, args.repo)
+    server = await asyncio.start_server(front.serve, "127.0.0.1", 0, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    configs = write_configs(args.work, args.agents)
+
+    started = time.monotonic()
+    processes = {}
+    for instance, config in configs:
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "BOOTAGENT_CONFIG": config,
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}/{instance}",
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "fleet", "AWS_SECRET_ACCESS_KEY": "fleet",
+        }
+        process = subprocess.Popen(
+            [args.bin, "boot"], env=env, stdout=subprocess.DEVNULL,
+            stderr=open(config + ".log", "w"),
+        )
+        processes[process.pid] = (instance, started)
+
+    ended = {}
+    loop = asyncio.get_running_loop()
+    while len(ended) < len(processes):
+        # os.wait4 gives each child's own rusage: its peak RSS and CPU time.
+        pid, status, usage = await loop.run_in_executor(None, os.wait4, -1, 0)
+        if pid in processes:
+            ended[pid] = (time.monotonic(), os.waitstatus_to_exitcode(status), usage)
+    makespan = max(at for at, _, _ in ended.values()) - started
+    server.close()
+
+    durations = sorted(at - started for at, _, _ in ended.values())
+    failures = sum(1 for _, code, _ in ended.values() if code != 0)
+    rss = sorted(usage.ru_maxrss / 1024 for _, _, usage in ended.values())
+    cpu = sorted(usage.ru_utime + usage.ru_stime for _, _, usage in ended.values())
+    per_secret = {}
+    for _, secret, _ in front.calls:
+        per_secret[secret] = per_secret.get(secret, 0) + 1
+    attempts = sorted(per_secret.values()) or [0]
+    throttled = sum(1 for _, _, allowed in front.calls if not allowed)
+    ideal = max(0.0, (args.agents - args.burst) / args.rate)
+
+    def pct(values, p):
+        return values[min(len(values) - 1, int(len(values) * p))]
+
+    print("| measure | value |\n|---|---|")
+    print(f"| agents | {args.agents} |")
+    print(f"| Secrets Manager bucket | {args.rate:g}/s, burst {args.burst:g} |")
+    print(f"| makespan | {makespan:.1f} s (ideal (N - burst) / rate = {ideal:.1f} s; "
+          f"{makespan / ideal if ideal else 0:.2f}×) |")
+    print(f"| failed boots | {failures} |")
+    print(f"| GetSecretValue calls | {len(front.calls)} ({throttled} throttled) |")
+    print(f"| attempts per agent | p50 {pct(attempts, .5)}, p99 {pct(attempts, .99)}, "
+          f"max {attempts[-1]} |")
+    print(f"| boot time | p50 {pct(durations, .5):.1f} s, p99 {pct(durations, .99):.1f} s, "
+          f"max {durations[-1]:.1f} s |")
+    print(f"| CPU per agent | p50 {pct(cpu, .5) * 1000:.0f} ms, max {cpu[-1] * 1000:.0f} ms |")
+    print(f"| peak RSS per agent | p50 {pct(rss, .5):.1f} MiB, max {rss[-1]:.1f} MiB |")
+    failed = [(pid, code) for pid, (_, code, _) in ended.items() if code != 0]
+    if failed:
+        pid, code = failed[0]
+        instance = processes[pid][0]
+        config = dict(configs)[instance]
+        with open(config + ".log") as log:
+            last = log.read().strip().splitlines()[-1:]
+        print(f"\nfirst failure: {instance} exited {code}: {' '.join(last)}")
+    write_svg(args.svg, front.calls, started, makespan)
+
+
+def write_svg(path, calls, started, makespan):
+    """Calls per second over the run: allowed in grey, throttled in red, stacked."""
+    seconds = int(makespan) + 1
+    ok, throttled = [0] * seconds, [0] * seconds
+    for at, _, allowed in calls:
+        second = min(seconds - 1, max(0, int(at - started)))
+        (ok if allowed else throttled)[second] += 1
+    peak = max(a + b for a, b in zip(ok, throttled)) or 1
+    width, height, bar = 800, 300, 800 / seconds
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}">',
+             f'<text x="4" y="14" font-size="12">GetSecretValue calls per second over {seconds} s '
+             f'(grey: answered, red: throttled; peak {peak}/s)</text>']
+    for second in range(seconds):
+        x = second * bar
+        ok_h = ok[second] / peak * height
+        th_h = throttled[second] / peak * height
+        parts.append(f'<rect x="{x:.1f}" y="{20 + height - ok_h:.1f}" width="{bar:.1f}" '
+                     f'height="{ok_h:.1f}" fill="#999"/>')
+        parts.append(f'<rect x="{x:.1f}" y="{20 + height - ok_h - th_h:.1f}" width="{bar:.1f}" '
+                     f'height="{th_h:.1f}" fill="#d33"/>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
