@@ -35,26 +35,55 @@ class Bucket:
 
 
 class Front:
-    def __init__(self, rate, burst, repo):
+    def __init__(self, rate, burst, repo, tags_in_metadata):
         self.bucket = Bucket(rate, burst)
+        # EC2's bucket for non-mutating actions: 100, refilled at 20 per second.
+        self.ec2_bucket = Bucket(20, 100)
         self.repo = repo
+        self.tags_in_metadata = tags_in_metadata
         self.calls = []  # (monotonic time, secret id, allowed)
+        self.ec2_calls = []  # (monotonic time, instance id, allowed)
+
+    def tags(self, instance):
+        return {
+            "Service": "svc" + instance.removeprefix("i-"),
+            "Environment": "test",
+            "Repository": self.repo,
+        }
 
     def imds(self, instance, method, path):
-        service = "svc" + instance.removeprefix("i-")
         if method == "PUT" and path == "/latest/api/token":
             return 200, "token-" + instance
+        if path.startswith("/latest/meta-data/tags/instance") and not self.tags_in_metadata:
+            return 404, ""
         answers = {
             "/latest/meta-data/instance-id": instance,
             "/latest/meta-data/placement/region": "us-east-1",
-            "/latest/meta-data/tags/instance": "Service\nEnvironment\nRepository",
-            "/latest/meta-data/tags/instance/Service": service,
-            "/latest/meta-data/tags/instance/Environment": "test",
-            "/latest/meta-data/tags/instance/Repository": self.repo,
+            "/latest/meta-data/tags/instance": "\n".join(self.tags(instance)),
         }
+        for key, value in self.tags(instance).items():
+            answers["/latest/meta-data/tags/instance/" + key] = value
         if path in answers:
             return 200, answers[path]
         return 404, ""
+
+    def describe_tags(self, body):
+        """EC2's Query protocol: the tags of the instance the filter names, or throttled."""
+        form = dict(pair.split("=", 1) for pair in body.decode().split("&") if "=" in pair)
+        instance = form.get("Filter.1.Value.1", "")
+        allowed = self.ec2_bucket.take()
+        self.ec2_calls.append((time.monotonic(), instance, allowed))
+        if not allowed:
+            return 503, ("<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>"
+                         "Request limit exceeded.</Message></Error></Errors><RequestID>r"
+                         "</RequestID></Response>")
+        items = "".join(
+            f"<item><resourceId>{instance}</resourceId><resourceType>instance</resourceType>"
+            f"<key>{key}</key><value>{value}</value></item>"
+            for key, value in self.tags(instance).items()
+        )
+        return 200, ('<DescribeTagsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+                     f"<requestId>r</requestId><tagSet>{items}</tagSet></DescribeTagsResponse>")
 
     def secrets(self, target, body):
         if not target.endswith("GetSecretValue"):
@@ -87,6 +116,9 @@ class Front:
                     instance, _, rest = path[1:].partition("/")
                     status, text = self.imds(instance, method, "/" + rest)
                     kind = "text/plain"
+                elif body.startswith(b"Action="):
+                    status, text = self.describe_tags(body)
+                    kind = "text/xml"
                 else:
                     status, text = self.secrets(headers.get("x-amz-target", ""), body)
                     kind = "application/x-amz-json-1.1"
@@ -102,7 +134,7 @@ class Front:
             writer.close()
 
 
-def write_configs(work, agents):
+def write_configs(work, agents, tags_in_metadata):
     configs = []
     for n in range(agents):
         home = os.path.join(work, f"agent{n:04d}")
@@ -113,6 +145,7 @@ def write_configs(work, agents):
         with open(path, "w") as f:
             f.write(f"""[identity]
 tag_wait = "2s"
+describe_tags_fallback = {"false" if tags_in_metadata else "true"}
 [paths]
 run_dir = "{run}"
 state_dir = "{home}/state"
@@ -136,12 +169,14 @@ async def main():
     parser.add_argument("--repo", required=True)
     parser.add_argument("--work", required=True)
     parser.add_argument("--svg", required=True)
+    parser.add_argument("--tags", choices=["metadata", "describe-tags"], default="metadata")
     args = parser.parse_args()
 
-    front = Front(args.rate, args.burst, args.repo)
+    in_metadata = args.tags == "metadata"
+    front = Front(args.rate, args.burst, args.repo, in_metadata)
     server = await asyncio.start_server(front.serve, "127.0.0.1", 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
-    configs = write_configs(args.work, args.agents)
+    configs = write_configs(args.work, args.agents, in_metadata)
 
     started = time.monotonic()
     processes = {}
@@ -151,6 +186,7 @@ async def main():
             "BOOTAGENT_CONFIG": config,
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}/{instance}",
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{port}",
+            "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{port}",
             "AWS_ACCESS_KEY_ID": "fleet", "AWS_SECRET_ACCESS_KEY": "fleet",
         }
         # GNU time measures the agent from outside, and forks from a process of ~1 MiB: the
@@ -199,6 +235,16 @@ async def main():
     print(f"| GetSecretValue calls | {len(front.calls)} ({throttled} throttled) |")
     print(f"| attempts per agent | p50 {pct(attempts, .5)}, p99 {pct(attempts, .99)}, "
           f"max {attempts[-1]} |")
+    if front.ec2_calls:
+        per_instance = {}
+        for _, instance, _ in front.ec2_calls:
+            per_instance[instance] = per_instance.get(instance, 0) + 1
+        tries = sorted(per_instance.values())
+        ec2_throttled = sum(1 for _, _, allowed in front.ec2_calls if not allowed)
+        print(f"| DescribeTags calls (bucket 100, 20/s) | {len(front.ec2_calls)} "
+              f"({ec2_throttled} throttled) |")
+        print(f"| DescribeTags attempts per agent | p50 {pct(tries, .5)}, "
+              f"p99 {pct(tries, .99)}, max {tries[-1]} |")
     print(f"| boot time | p50 {pct(durations, .5):.1f} s, p99 {pct(durations, .99):.1f} s, "
           f"max {durations[-1]:.1f} s |")
     print(f"| CPU per agent (user + system) | p50 {pct(cpu, .5) * 1000:.0f} ms, "

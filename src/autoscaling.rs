@@ -129,7 +129,7 @@ impl Lifecycle {
             &sdk_config,
             group,
             instance_id,
-            crate::secrets::BACKOFF,
+            crate::retry::AWS_STANDARD,
             config.timeout,
         ))
     }

@@ -333,18 +333,20 @@ async fn bounded_plan(
     let mut once = config.clone();
     once.identity.tag_wait = Duration::ZERO;
     let work = async {
-        let identity = identity::fetch(imds, &once).await.map_err(|e| {
-            // The hint follows the cause: bad tags are fixed on the instance, the rest where
-            // their own check points.
-            let fix = match &e {
-                identity::FetchError::Identity(_) => {
-                    "tag the instance with valid Service and Environment tags (see the message)"
-                }
-                identity::FetchError::Imds(_) => "fix what the imds check reports first",
-                identity::FetchError::Ec2(_) => "fix what the tags check reports first",
-            };
-            fail(crate::Error::from(e).chain().replace('\n', " "), fix)
-        })?;
+        let identity = identity::fetch(imds, &once, once.identity.imds_deadline)
+            .await
+            .map_err(|e| {
+                // The hint follows the cause: bad tags are fixed on the instance, the rest where
+                // their own check points.
+                let fix = match &e {
+                    identity::FetchError::Identity(_) => {
+                        "tag the instance with valid Service and Environment tags (see the message)"
+                    }
+                    identity::FetchError::Imds(_) => "fix what the imds check reports first",
+                    identity::FetchError::Ec2(_) => "fix what the tags check reports first",
+                };
+                fail(crate::Error::from(e).chain().replace('\n', " "), fix)
+            })?;
         crate::plan::build(config, &identity)
             .map_err(|e| fail(e.to_string(), "fix the configuration named in the message"))
     };
@@ -392,7 +394,7 @@ async fn secrets_client(
         .build();
     Some(secrets::Client::with_sdk(
         aws_sdk_secretsmanager::Client::from_conf(config),
-        secrets::BACKOFF,
+        crate::retry::AWS_STANDARD,
         Duration::ZERO,
     ))
 }

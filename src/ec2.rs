@@ -12,13 +12,8 @@ use aws_smithy_xml::decode::{try_data, Document, ScopedDecoder};
 
 const API_VERSION: &str = "2016-11-15";
 const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
-/// Each call; the SDK's standard retry count and backoff apply around it.
+/// Each call; bootagent's own retries apply around it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// DescribeTags' bucket refills at 20 requests/s per account: waits of up to 2 s spread a fleet.
-const BACKOFF: crate::retry::Backoff = crate::retry::Backoff {
-    base: Duration::from_millis(200),
-    cap: Duration::from_secs(2),
-};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Ec2Error {
@@ -84,7 +79,9 @@ pub async fn instance_tags(
         .map_err(|e| Ec2Error::Failed {
             detail: format!("cannot set up HTTPS: {e}"),
         })?;
-    let tried = crate::retry::retry(BACKOFF, deadline, |attempt| {
+    // DescribeTags' bucket (100, refilled at 20 requests/s per account) is shared by a fleet:
+    // the SDKs' standard backoff spreads the retries of hundreds of instances.
+    let tried = crate::retry::retry(crate::retry::AWS_STANDARD, deadline, |attempt| {
         let (sdk, client, region, url, body) = (&sdk, &client, &region, &url, &body);
         async move {
             call(sdk, client, region, url, body)

@@ -89,7 +89,14 @@ pub enum FetchError {
 
 /// Reads instance id, region and the identity tags from IMDS, waiting up to
 /// `identity.tag_wait` for tags that lag a fresh launch.
-pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, FetchError> {
+///
+/// `describe_tags_for` bounds the ec2:DescribeTags fallback, retries included: a boot gives it
+/// what its deadline leaves, since a fleet booting at once shares DescribeTags' bucket.
+pub async fn fetch(
+    imds: &ImdsClient,
+    config: &Config,
+    describe_tags_for: Duration,
+) -> Result<Identity, FetchError> {
     let instance_id = imds.get_required("meta-data/instance-id").await?;
     let region = region(imds).await?;
     let ids = &config.identity;
@@ -103,7 +110,16 @@ pub async fn fetch(imds: &ImdsClient, config: &Config) -> Result<Identity, Fetch
     keys.extend(referenced.iter().map(String::as_str));
     let start = Instant::now();
     let found = retry::poll(TAG_POLL_INTERVAL, ids.tag_wait, || async {
-        let tags = match read_tags(imds, config, &region, &instance_id, &keys).await {
+        let tags = match read_tags(
+            imds,
+            config,
+            &region,
+            &instance_id,
+            &keys,
+            describe_tags_for,
+        )
+        .await
+        {
             Ok(tags) => tags,
             Err(e) => return Look::Failed(e),
         };
@@ -136,6 +152,7 @@ pub async fn read_tags(
     region: &str,
     instance_id: &str,
     keys: &[&str],
+    describe_tags_for: Duration,
 ) -> Result<BTreeMap<String, String>, FetchError> {
     match imds.tags(keys).await {
         Err(e) if e.is_tags_disabled() && config.identity.describe_tags_fallback => {
@@ -143,8 +160,7 @@ pub async fn read_tags(
                 "tags in instance metadata are disabled: reading them with ec2:DescribeTags"
             );
             let mut tags =
-                crate::ec2::instance_tags(region, instance_id, config.identity.imds_deadline)
-                    .await?;
+                crate::ec2::instance_tags(region, instance_id, describe_tags_for).await?;
             tags.retain(|key, _| keys.contains(&key.as_str()));
             Ok(tags)
         }

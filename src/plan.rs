@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -103,12 +104,18 @@ pub enum ResolveError {
 /// Identity from IMDS, then the plan. Needs no AWS credentials (unless tags come from the EC2
 /// API).
 pub async fn resolve(config: &Config) -> Result<Plan, ResolveError> {
-    resolve_with(&identity::imds_client(config), config).await
+    let imds = identity::imds_client(config);
+    resolve_with(&imds, config, config.identity.imds_deadline).await
 }
 
-/// [`resolve`] with a client the caller keeps using (and whose token it reuses).
-pub async fn resolve_with(imds: &ImdsClient, config: &Config) -> Result<Plan, ResolveError> {
-    let identity = identity::fetch(imds, config).await?;
+/// [`resolve`] with a client the caller keeps using (and whose token it reuses), and the time
+/// the ec2:DescribeTags fallback may take.
+pub async fn resolve_with(
+    imds: &ImdsClient,
+    config: &Config,
+    describe_tags_for: Duration,
+) -> Result<Plan, ResolveError> {
+    let identity = identity::fetch(imds, config, describe_tags_for).await?;
     Ok(build(config, &identity)?)
 }
 

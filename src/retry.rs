@@ -107,6 +107,12 @@ where
     })
 }
 
+/// The AWS SDKs' standard backoff (1 s base, 20 s cap), which bootagent applies itself.
+pub const AWS_STANDARD: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(20),
+};
+
 /// What a failed call says before the retries count its attempts.
 pub const ONE_ATTEMPT: &str = "1 attempt";
 

@@ -202,12 +202,6 @@ impl SecretsError {
     }
 }
 
-/// The SDK's standard backoff (1 s base, 20 s cap, full jitter), with bootagent's own budget.
-pub const BACKOFF: retry::Backoff = retry::Backoff {
-    base: Duration::from_secs(1),
-    cap: Duration::from_secs(20),
-};
-
 /// A Secrets Manager client that retries on its own: each call is one attempt of the SDK's
 /// (whose own retries, 3 attempts, are off), and throttling, 5xx answers and timeouts are tried
 /// again with full jitter for as long as `retry_for` allows — a fleet that boots at once and
@@ -257,7 +251,7 @@ pub async fn client(
     let sdk_config = crate::aws::load(region, timeout).await?;
     Ok(Client::with_sdk(
         aws_sdk_secretsmanager::Client::new(&sdk_config),
-        BACKOFF,
+        retry::AWS_STANDARD,
         retry_for,
     ))
 }

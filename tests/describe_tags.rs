@@ -165,13 +165,14 @@ fn a_launch_with_bad_tags_is_abandoned_with_the_group_from_describe_tags() {
 fn a_throttled_describe_tags_is_retried_with_backoff_until_the_deadline() {
     support::needs_world!();
     let throttling = AwsError::start_ec2("RequestLimitExceeded", 503, "Request limit exceeded.");
-    let instance = Instance::exec_mode(FALLBACK);
+    // A fleet shares DescribeTags' bucket: a boot keeps trying for as long as its deadline leaves
+    // (6 s here), with the SDKs' standard waits (up to 1 s, then 2 s, then 4 s).
+    let instance = Instance::exec_mode(&format!("{FALLBACK}[boot]\ndeadline = \"6s\"\n"));
     let run = instance.run_with(
         &untagged_metadata(&instance_id()),
         &["boot"],
         &[("AWS_ENDPOINT_URL_EC2", throttling.url.as_str())],
     );
-    // identity.imds_deadline is 3s in the test config: waits of up to 2 s fit a few tries.
     run.expect(75)
         .stderr_has("ec2:DescribeTags failed ")
         .stderr_has("RequestLimitExceeded");

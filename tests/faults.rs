@@ -430,6 +430,9 @@ const FAST_SECRETS: &str = "[secrets]\ntimeout = \"3s\"\n[boot]\ndeadline = \"12
 const FAST_GIT: &str = "[git]\ntimeout = \"2s\"\ndeadline = \"4s\"\n";
 const FAIL_ON_GIT: &str = "[git]\ntimeout = \"2s\"\ndeadline = \"4s\"\non_failure = \"fail\"\n";
 const FALLBACK: &str = "[identity]\ndescribe_tags_fallback = true\n";
+// Throttled DescribeTags is tried again for as long as the boot deadline leaves: a short one.
+const FALLBACK_FLEET: &str =
+    "[identity]\ndescribe_tags_fallback = true\n[boot]\ndeadline = \"6s\"\n";
 
 fn faults() -> Vec<Fault> {
     let ok = |env, release| Expect {
@@ -620,7 +623,7 @@ fn faults() -> Vec<Fault> {
         Fault {
             fault: "DescribeTags throttled (RequestLimitExceeded)".into(),
             when: "identity (fallback)",
-            config: FALLBACK,
+            config: FALLBACK_FLEET,
             strike: Strike::Run(|s| {
                 let throttling =
                     AwsError::start_ec2("RequestLimitExceeded", 503, "Request limit exceeded.");

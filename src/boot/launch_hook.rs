@@ -21,7 +21,8 @@ pub(super) async fn abandon_without_identity(config: &Config, hook: &str) -> Res
         Some(_) => None,
         None => {
             let tag = crate::identity::ASG_GROUP_TAG;
-            crate::identity::read_tags(&imds, config, &region, &instance_id, &[tag])
+            let within = config.identity.imds_deadline;
+            crate::identity::read_tags(&imds, config, &region, &instance_id, &[tag], within)
                 .await?
                 .remove(tag)
         }

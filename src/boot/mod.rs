@@ -118,7 +118,10 @@ async fn steps(
 ) -> Result<(), Error> {
     recorder.begin("identity");
     let imds = crate::identity::imds_client(config);
-    let plan = crate::plan::resolve_with(&imds, config).await?;
+    // A fleet booting at once shares DescribeTags' bucket: the fallback may take what the boot
+    // deadline leaves.
+    let describe_tags_for = boot_ends.saturating_duration_since(Instant::now());
+    let plan = crate::plan::resolve_with(&imds, config, describe_tags_for).await?;
     recorder.status.identity = Some(plan.identity.clone());
     effects.launch_hook = LaunchHook::start(config, &plan).await?;
     // Known before anything changes: the release a failed change rolls back to.
