@@ -138,7 +138,8 @@ def write_configs(work, agents, tags_in_metadata):
     configs = []
     for n in range(agents):
         home = os.path.join(work, f"agent{n:04d}")
-        run = os.path.join("/dev/shm", os.path.basename(work) + f"-{n:04d}")
+        # Named after the run's state directory, which bench/fleet removes with them.
+        run = os.path.join("/dev/shm", os.path.basename(os.path.dirname(work)) + f"-{n:04d}")
         os.makedirs(run, exist_ok=True)
         os.makedirs(home, exist_ok=True)
         path = os.path.join(home, "config.toml")
