@@ -153,6 +153,16 @@ pub struct PathsConfig {
     pub allow_persistent_env_file: bool,
 }
 
+impl GitConfig {
+    /// Whether the token or the deploy key is taken from the secrets: listing the remote then
+    /// needs the secrets read first.
+    pub fn credentials_in_secrets(&self) -> bool {
+        [&self.token, &self.ssh_key]
+            .iter()
+            .any(|credential| matches!(credential, Some(Credential::Secret(_))))
+    }
+}
+
 /// The one place that knows where bootagent's files live.
 impl PathsConfig {
     /// What the last boot did, step by step (on tmpfs: it goes with each reboot).

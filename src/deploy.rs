@@ -4,7 +4,7 @@
 //! when nothing is new, nothing changes — no restart, no status, no history line.
 
 use crate::boot::Run;
-use crate::config::{Config, Credential, Manager};
+use crate::config::{Config, Manager};
 use crate::plan::Plan;
 use crate::{deploys, git, secrets, status, Error};
 
@@ -86,8 +86,7 @@ async fn remote_head(
         tag: config.identity.repository_tag.clone(),
     })?;
     let mut loaded = secrets::LoadedSecrets::default();
-    let in_a_secret = |c: &Option<Credential>| matches!(c, Some(Credential::Secret(_)));
-    if in_a_secret(&config.git.token) || in_a_secret(&config.git.ssh_key) {
+    if config.git.credentials_in_secrets() {
         loaded = secrets::load(client, &plan.identity.region, &plan.secrets).await?;
     }
     let credentials = git::Credentials::from_config(config, &mut loaded)?;

@@ -10,7 +10,7 @@ use aws_sdk_secretsmanager::primitives::{DateTime, DateTimeFormat};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, Credential, Manager};
+use crate::config::{Config, Manager};
 use crate::imds::ImdsClient;
 use crate::plan::Plan;
 use crate::{envfile, git, identity, secrets, status};
@@ -584,10 +584,7 @@ async fn git_credentials(
     client: Option<secrets::Client>,
 ) -> Result<git::Credentials, Finding> {
     let mut loaded = secrets::LoadedSecrets::default();
-    if [&config.git.token, &config.git.ssh_key]
-        .iter()
-        .any(|source| matches!(source, Some(Credential::Secret(_))))
-    {
+    if config.git.credentials_in_secrets() {
         let Some(client) = client else {
             return Err(skip(
                 "a git credential is in a secret, and Secrets Manager is not reachable",

@@ -3,6 +3,9 @@
 //! or served to the ALB.
 
 use std::path::Path;
+use std::time::Duration;
+
+use crate::retry::{Look, Unready};
 
 use serde::Serialize;
 
@@ -37,6 +40,15 @@ impl Health {
             reason: Some(reason.into()),
         }
     }
+}
+
+/// What [`Checker::wait_until_healthy`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole health report, as the load balancer sees it.
+    Instance,
+    /// The app's own health URL alone (the deploy gate: the boot is still running).
+    App,
 }
 
 pub struct Checker {
@@ -97,6 +109,27 @@ impl Checker {
                 reason: Some(why),
             },
             _ => health,
+        }
+    }
+
+    /// Looks every second until `scope` is healthy or `limit` has passed; the last health seen
+    /// when it did not turn healthy in time.
+    pub async fn wait_until_healthy(&self, scope: Scope, limit: Duration) -> Result<(), Health> {
+        let waited = crate::retry::poll(Duration::from_secs(1), limit, || async {
+            let health = match scope {
+                Scope::Instance => self.check().await,
+                Scope::App => self.check_app().await,
+            };
+            match health {
+                health if health.healthy => Look::<(), _, std::convert::Infallible>::Ready(()),
+                health => Look::Pending(health),
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(Unready::TimedOut(health)) => Err(health),
+            Err(Unready::Failed(never)) => match never {},
         }
     }
 

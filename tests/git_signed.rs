@@ -43,10 +43,32 @@ fn assert_refused(
     }
 }
 
+/// With the trust settings given, a commit by the trusted signer deploys; then one by a
+/// stranger (whose key the message shows as `stranger_seen`) and an unsigned one are refused,
+/// and the trusted one keeps running.
+fn only_the_trusted_signer_deploys(
+    (name, mut repo, imds): (String, SampleRepo, Imds),
+    instance: &Instance,
+    keys: &Path,
+    (trusted, stranger): (&[String], &[String]),
+    stranger_seen: &str,
+) {
+    let signed = repo.push_with("test", "signed build", trusted);
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), signed);
+
+    let strange = repo.push_with("test", "stranger build", stranger);
+    let said = format!("refused commit {strange}: it is signed by {stranger_seen}");
+    assert_refused(instance, &imds, &name, &said, keys, Some(&signed));
+    let unsigned = repo.push_version("test", "unsigned build");
+    let said = format!("refused commit {unsigned}: it is not signed");
+    assert_refused(instance, &imds, &name, &said, keys, Some(&signed));
+}
+
 #[test]
 fn a_commit_signed_by_an_allowed_ssh_key_deploys_and_others_are_refused() {
     support::needs_world!();
-    let (name, mut repo, imds) = small_service("ssig", "test");
+    let service = small_service("ssig", "test");
     let keys = tempfile::tempdir().unwrap();
     let trusted = SshSigner::new(keys.path(), "deploy");
     let stranger = SshSigner::new(keys.path(), "stranger");
@@ -55,37 +77,17 @@ fn a_commit_signed_by_an_allowed_ssh_key_deploys_and_others_are_refused() {
         "verify = \"ssh\"\nallowed_signers = \"{}\"\n",
         allowed.display()
     ));
-    let unsigned = repo.commits["test"].clone();
-    assert_refused(
+    // The branch's first commit is unsigned: a first boot deploys nothing.
+    let (name, _, imds) = &service;
+    let unsigned = service.1.commits["test"].clone();
+    let said = format!("refused commit {unsigned}: it is not signed");
+    assert_refused(&instance, imds, name, &said, &allowed, None);
+    only_the_trusted_signer_deploys(
+        service,
         &instance,
-        &imds,
-        &name,
-        &format!("refused commit {unsigned}: it is not signed"),
         &allowed,
-        None,
-    );
-
-    let signed = repo.push_with("test", "signed build", &trusted.settings());
-    instance.run(&imds, &["boot"]).expect(0);
-    assert_eq!(instance.running_commit(&name), signed);
-
-    let strange = repo.push_with("test", "stranger build", &stranger.settings());
-    assert_refused(
-        &instance,
-        &imds,
-        &name,
-        &format!("refused commit {strange}: it is signed by ED25519 key SHA256:"),
-        &allowed,
-        Some(&signed),
-    );
-    let unsigned = repo.push_version("test", "unsigned build");
-    assert_refused(
-        &instance,
-        &imds,
-        &name,
-        &format!("refused commit {unsigned}: it is not signed"),
-        &allowed,
-        Some(&signed),
+        (&trusted.settings(), &stranger.settings()),
+        "ED25519 key SHA256:",
     );
 }
 
@@ -117,34 +119,18 @@ fn with_last_good_a_refused_commit_leaves_a_degraded_boot_that_names_it() {
 #[test]
 fn a_commit_signed_by_a_key_in_the_gpg_keyring_deploys_and_an_unknown_key_is_refused() {
     support::needs_world!();
-    let (name, mut repo, imds) = small_service("gsig", "test");
     let trusted = GpgSigner::new("deploy");
     let stranger = GpgSigner::new("stranger");
     let instance = instance(&format!(
         "verify = \"gpg\"\ngpg_keyring = \"{}\"\n",
         trusted.keyring.display()
     ));
-    let signed = repo.push_with("test", "signed build", &trusted.settings());
-    instance.run(&imds, &["boot"]).expect(0);
-    assert_eq!(instance.running_commit(&name), signed);
-
-    let strange = repo.push_with("test", "stranger build", &stranger.settings());
-    assert_refused(
+    only_the_trusted_signer_deploys(
+        small_service("gsig", "test"),
         &instance,
-        &imds,
-        &name,
-        &format!("refused commit {strange}: it is signed by key "),
         &trusted.keyring,
-        Some(&signed),
-    );
-    let unsigned = repo.push_version("test", "unsigned build");
-    assert_refused(
-        &instance,
-        &imds,
-        &name,
-        &format!("refused commit {unsigned}: it is not signed"),
-        &trusted.keyring,
-        Some(&signed),
+        (&trusted.settings(), &stranger.settings()),
+        "key ",
     );
 }
 

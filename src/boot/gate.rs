@@ -8,9 +8,8 @@ use zeroize::Zeroizing;
 
 use crate::config::{Config, PathsConfig};
 use crate::deploys::{self, FailedCommit};
-use crate::health::Checker;
+use crate::health::{Checker, Scope};
 use crate::plan::Plan;
-use crate::retry::{self, Look, Unready};
 use crate::secrets::SecretVersion;
 use crate::service::{self, UnitReport};
 use crate::status::{Outcome, Status};
@@ -101,28 +100,16 @@ pub(super) async fn start(
     Ok(report)
 }
 
-/// Polls `health.app_url` (when set) until it answers 2xx, up to `deploy.health_wait`.
+/// `health.app_url` (when set) must answer 2xx within `deploy.health_wait`.
 async fn app_turns_green(config: &Config) -> Result<(), Error> {
-    let checker = Checker::new(config);
-    let waited = retry::poll(
-        Duration::from_secs(1),
-        config.deploy.health_wait,
-        || async {
-            match checker.check_app().await {
-                health if health.healthy => Look::<(), _, std::convert::Infallible>::Ready(()),
-                health => Look::Pending(health),
-            }
-        },
-    )
-    .await;
-    match waited {
-        Ok(()) => Ok(()),
-        Err(Unready::TimedOut(health)) => Err(Error::Gate {
+    let limit = config.deploy.health_wait;
+    Checker::new(config)
+        .wait_until_healthy(Scope::App, limit)
+        .await
+        .map_err(|health| Error::Gate {
             reason: health.reason.unwrap_or_default(),
-            waited: humantime::format_duration(config.deploy.health_wait).to_string(),
-        }),
-        Err(Unready::Failed(never)) => match never {},
-    }
+            waited: humantime::format_duration(limit).to_string(),
+        })
 }
 
 /// Brings back `previous` after `new_commit` (with this boot's environment) failed for `cause`:

@@ -1,13 +1,11 @@
 //! The launch hook's side of a boot: heartbeats while it runs, then CONTINUE or ABANDON.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::autoscaling::{ActionResult, Lifecycle};
 use crate::config::Config;
-use crate::health::Checker;
+use crate::health::{Checker, Scope};
 use crate::plan::Plan;
-use crate::retry::{self, Look, Unready};
 use crate::Error;
 
 /// ABANDONs the launch of a boot that failed before it knew who the instance is (bad tags, say):
@@ -98,23 +96,14 @@ impl LaunchHook {
     }
 }
 
-/// Polls the health report until it is green or `lifecycle.health_wait` has passed.
+/// Whether the health report turns green within `lifecycle.health_wait`.
 async fn wait_until_healthy(config: &Config) -> bool {
-    let checker = Checker::new(config);
-    let waited = retry::poll(
-        Duration::from_secs(1),
-        config.lifecycle.health_wait,
-        || async {
-            match checker.check().await {
-                health if health.healthy => Look::<(), _, std::convert::Infallible>::Ready(()),
-                health => Look::Pending(health),
-            }
-        },
-    )
-    .await;
+    let waited = Checker::new(config)
+        .wait_until_healthy(Scope::Instance, config.lifecycle.health_wait)
+        .await;
     match waited {
         Ok(()) => true,
-        Err(Unready::TimedOut(health)) => {
+        Err(health) => {
             tracing::error!(
                 state = health.state,
                 reason = health.reason.as_deref().unwrap_or_default(),
@@ -122,6 +111,5 @@ async fn wait_until_healthy(config: &Config) -> bool {
             );
             false
         }
-        Err(Unready::Failed(never)) => match never {},
     }
 }
