@@ -35,14 +35,18 @@ class Bucket:
 
 
 class Front:
-    def __init__(self, rate, burst, repo, tags_in_metadata):
+    def __init__(self, rate, burst, repo, tags_in_metadata, asg_rate, asg_burst):
         self.bucket = Bucket(rate, burst)
         # EC2's bucket for non-mutating actions: 100, refilled at 20 per second.
         self.ec2_bucket = Bucket(20, 100)
+        # Auto Scaling's one bucket per account: its rates are not published.
+        self.asg_bucket = Bucket(asg_rate, asg_burst)
         self.repo = repo
         self.tags_in_metadata = tags_in_metadata
         self.calls = []  # (monotonic time, secret id, allowed)
         self.ec2_calls = []  # (monotonic time, instance id, allowed)
+        self.asg_calls = []  # (monotonic time, instance id, allowed)
+        self.completed = set()  # instances whose launch was completed with CONTINUE
 
     def tags(self, instance):
         return {
@@ -85,6 +89,22 @@ class Front:
         return 200, ('<DescribeTagsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
                      f"<requestId>r</requestId><tagSet>{items}</tagSet></DescribeTagsResponse>")
 
+    def lifecycle(self, body):
+        """Auto Scaling's Query protocol: CompleteLifecycleAction, or throttled."""
+        form = dict(pair.split("=", 1) for pair in body.decode().split("&") if "=" in pair)
+        namespace = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
+        action, instance = form.get("Action", ""), form.get("InstanceId", "")
+        allowed = self.asg_bucket.take()
+        self.asg_calls.append((time.monotonic(), instance, allowed))
+        if not allowed:
+            return 400, (f'<ErrorResponse xmlns="{namespace}"><Error><Type>Sender</Type>'
+                         "<Code>Throttling</Code><Message>Rate exceeded</Message></Error>"
+                         "<RequestId>r</RequestId></ErrorResponse>")
+        if action == "CompleteLifecycleAction" and form.get("LifecycleActionResult") == "CONTINUE":
+            self.completed.add(instance)
+        return 200, (f'<{action}Response xmlns="{namespace}"><{action}Result/><ResponseMetadata>'
+                     f"<RequestId>r</RequestId></ResponseMetadata></{action}Response>")
+
     def secrets(self, target, body):
         if not target.endswith("GetSecretValue"):
             return 400, json.dumps({"__type": "InvalidRequestException", "message": target})
@@ -116,8 +136,11 @@ class Front:
                     instance, _, rest = path[1:].partition("/")
                     status, text = self.imds(instance, method, "/" + rest)
                     kind = "text/plain"
-                elif body.startswith(b"Action="):
+                elif body.startswith(b"Action=DescribeTags"):
                     status, text = self.describe_tags(body)
+                    kind = "text/xml"
+                elif body.startswith(b"Action="):
+                    status, text = self.lifecycle(body)
                     kind = "text/xml"
                 else:
                     status, text = self.secrets(headers.get("x-amz-target", ""), body)
@@ -134,7 +157,10 @@ class Front:
             writer.close()
 
 
-def write_configs(work, agents, tags_in_metadata):
+def write_configs(work, agents, tags_in_metadata, hook_command, token_file):
+    """Each agent's config. With a hook command (argv before the config's path), the service
+    the boot starts is `bootagent lifecycle complete`, which answers the launch hook: in exec
+    mode that is how a launch is completed."""
     configs = []
     for n in range(agents):
         home = os.path.join(work, f"agent{n:04d}")
@@ -143,19 +169,33 @@ def write_configs(work, agents, tags_in_metadata):
         os.makedirs(run, exist_ok=True)
         os.makedirs(home, exist_ok=True)
         path = os.path.join(home, "config.toml")
+        command = ["/bin/true"]
+        if hook_command:
+            command = hook_command(f"i-{n:04d}") + [
+                "--config", path, "lifecycle", "complete", "--hook", "launching",
+                "--result", "continue"]
         with open(path, "w") as f:
+            # A real instance has its own IMDS and its own CPU. Here a thousand agents share two
+            # cores and one front that serves every IMDS: the wider deadline keeps that sharing
+            # from passing for an IMDS failure.
             f.write(f"""[identity]
 tag_wait = "2s"
+imds_deadline = "60s"
 describe_tags_fallback = {"false" if tags_in_metadata else "true"}
 [paths]
 run_dir = "{run}"
 state_dir = "{home}/state"
 [git]
 dir = "{home}/srv/{{service}}"
+token = "{token_file}"
 [service]
 manager = "exec"
 user = "nobody"
-command = ["/bin/true"]
+command = {json.dumps(command)}
+[lifecycle]
+group = "fleet"
+# Each Auto Scaling call, its retries included: a fleet's launch waits its turn.
+timeout = "10m"
 """)
         configs.append((f"i-{n:04d}", path))
     return configs
@@ -171,25 +211,40 @@ async def main():
     parser.add_argument("--work", required=True)
     parser.add_argument("--svg", required=True)
     parser.add_argument("--tags", choices=["metadata", "describe-tags"], default="metadata")
+    parser.add_argument("--hook-rate", type=float, default=0,
+                        help="complete a launch hook against Auto Scaling at this rate")
+    parser.add_argument("--hook-burst", type=float, default=20)
+    parser.add_argument("--git-token-file", default="", help="the git server's token, if any")
     args = parser.parse_args()
 
     in_metadata = args.tags == "metadata"
-    front = Front(args.rate, args.burst, args.repo, in_metadata)
+    front = Front(args.rate, args.burst, args.repo, in_metadata, args.hook_rate, args.hook_burst)
     server = await asyncio.start_server(front.serve, "127.0.0.1", 0, backlog=4096)
     port = server.sockets[0].getsockname()[1]
-    configs = write_configs(args.work, args.agents, in_metadata)
+
+    def environment(instance):
+        return {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}/{instance}",
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{port}",
+            "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{port}",
+            "AWS_ENDPOINT_URL_AUTO_SCALING": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "fleet", "AWS_SECRET_ACCESS_KEY": "fleet",
+        }
+
+    # The service's environment is only its env file: env(1) hands it the endpoints.
+    hook_command = None
+    if args.hook_rate:
+        def hook_command(instance):
+            pairs = [f"{k}={v}" for k, v in environment(instance).items() if k != "PATH"]
+            return ["/usr/bin/env"] + pairs + [args.bin]
+    configs = write_configs(args.work, args.agents, in_metadata, hook_command,
+                            args.git_token_file)
 
     started = time.monotonic()
     processes = {}
     for instance, config in configs:
-        env = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "BOOTAGENT_CONFIG": config,
-            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}/{instance}",
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{port}",
-            "AWS_ENDPOINT_URL_EC2": f"http://127.0.0.1:{port}",
-            "AWS_ACCESS_KEY_ID": "fleet", "AWS_SECRET_ACCESS_KEY": "fleet",
-        }
+        env = environment(instance) | {"BOOTAGENT_CONFIG": config}
         # GNU time measures the agent from outside, and forks from a process of ~1 MiB: the
         # peak RSS a child inherits from its parent before exec counts in its own, and this
         # harness (Python) is 20 MiB.
@@ -217,35 +272,39 @@ async def main():
         measured.append((int(kib) / 1024, float(user) + float(system)))
     rss = sorted(m[0] for m in measured)
     cpu = sorted(m[1] for m in measured)
-    per_secret = {}
-    for _, secret, _ in front.calls:
-        per_secret[secret] = per_secret.get(secret, 0) + 1
-    attempts = sorted(per_secret.values()) or [0]
-    throttled = sum(1 for _, _, allowed in front.calls if not allowed)
+    # Each bucket lets (N - burst) / rate seconds pass at the least; the slower one bounds the run.
     ideal = max(0.0, (args.agents - args.burst) / args.rate)
+    if args.hook_rate:
+        ideal = max(ideal, (args.agents - args.hook_burst) / args.hook_rate)
 
     def pct(values, p):
         return values[min(len(values) - 1, int(len(values) * p))]
 
+    def calls_of(calls, name):
+        """Rows for one API: calls (throttled), and attempts per agent."""
+        per_caller = {}
+        for _, caller, _ in calls:
+            per_caller[caller] = per_caller.get(caller, 0) + 1
+        tries = sorted(per_caller.values()) or [0]
+        refused = sum(1 for _, _, allowed in calls if not allowed)
+        print(f"| {name} calls | {len(calls)} ({refused} throttled) |")
+        print(f"| {name} attempts per agent | p50 {pct(tries, .5)}, p99 {pct(tries, .99)}, "
+              f"max {tries[-1]} |")
+
     print("| measure | value |\n|---|---|")
     print(f"| agents | {args.agents} |")
     print(f"| Secrets Manager bucket | {args.rate:g}/s, burst {args.burst:g} |")
-    print(f"| makespan | {makespan:.1f} s (ideal (N - burst) / rate = {ideal:.1f} s; "
+    print(f"| makespan | {makespan:.1f} s (ideal, the slower bucket's (N - burst) / rate: {ideal:.1f} s; "
           f"{makespan / ideal if ideal else 0:.2f}×) |")
     print(f"| failed boots | {failures} |")
-    print(f"| GetSecretValue calls | {len(front.calls)} ({throttled} throttled) |")
-    print(f"| attempts per agent | p50 {pct(attempts, .5)}, p99 {pct(attempts, .99)}, "
-          f"max {attempts[-1]} |")
+    calls_of(front.calls, "GetSecretValue")
     if front.ec2_calls:
-        per_instance = {}
-        for _, instance, _ in front.ec2_calls:
-            per_instance[instance] = per_instance.get(instance, 0) + 1
-        tries = sorted(per_instance.values())
-        ec2_throttled = sum(1 for _, _, allowed in front.ec2_calls if not allowed)
-        print(f"| DescribeTags calls (bucket 100, 20/s) | {len(front.ec2_calls)} "
-              f"({ec2_throttled} throttled) |")
-        print(f"| DescribeTags attempts per agent | p50 {pct(tries, .5)}, "
-              f"p99 {pct(tries, .99)}, max {tries[-1]} |")
+        print("| DescribeTags bucket | 20/s, burst 100 |")
+        calls_of(front.ec2_calls, "DescribeTags")
+    if front.asg_calls:
+        print(f"| Auto Scaling bucket | {args.hook_rate:g}/s, burst {args.hook_burst:g} |")
+        calls_of(front.asg_calls, "CompleteLifecycleAction")
+        print(f"| launches completed with CONTINUE | {len(front.completed)} |")
     print(f"| boot time | p50 {pct(durations, .5):.1f} s, p99 {pct(durations, .99):.1f} s, "
           f"max {durations[-1]:.1f} s |")
     print(f"| CPU per agent (user + system) | p50 {pct(cpu, .5) * 1000:.0f} ms, "

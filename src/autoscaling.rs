@@ -34,12 +34,23 @@ pub enum LifecycleError {
         detail: String,
         /// How many attempts over how long, once the retries gave up.
         tries: String,
+        /// How long the server asked to wait before the next try.
+        retry_after: Option<crate::retry::Asked>,
     },
 }
 
 impl crate::retry::Retryable for LifecycleError {
     fn is_transient(&self) -> bool {
         LifecycleError::is_transient(self)
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            LifecycleError::Unreachable { retry_after, .. } => {
+                retry_after.map(crate::retry::Asked::duration)
+            }
+            _ => None,
+        }
     }
 
     fn after(self, attempts: u32, waited: std::time::Duration) -> LifecycleError {
@@ -49,6 +60,7 @@ impl crate::retry::Retryable for LifecycleError {
                 hook,
                 group,
                 detail,
+                retry_after,
                 ..
             } => LifecycleError::Unreachable {
                 action,
@@ -56,6 +68,7 @@ impl crate::retry::Retryable for LifecycleError {
                 group,
                 detail,
                 tries: crate::retry::tries(attempts, waited),
+                retry_after,
             },
             other => other,
         }
@@ -129,7 +142,7 @@ impl Lifecycle {
             &sdk_config,
             group,
             instance_id,
-            crate::retry::AWS_STANDARD,
+            crate::retry::AWS_BACKOFF,
             config.timeout,
         ))
     }
@@ -153,13 +166,17 @@ impl Lifecycle {
         }
     }
 
-    /// `call` until it answers, fails for good, or `retry_for` leaves no room for another try.
-    async fn retried<F, Fut>(&self, call: F) -> Result<Answer, LifecycleError>
+    /// `call` until it answers, fails for good, or `within` leaves no room for another try.
+    async fn retried<F, Fut>(
+        &self,
+        within: std::time::Duration,
+        call: F,
+    ) -> Result<Answer, LifecycleError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Answer, LifecycleError>>,
     {
-        crate::retry::retry_call(self.backoff, self.retry_for, call).await
+        crate::retry::retry_call(self.backoff, within, call).await
     }
 
     pub async fn complete(
@@ -167,8 +184,19 @@ impl Lifecycle {
         hook: &str,
         result: ActionResult,
     ) -> Result<Answer, LifecycleError> {
+        self.complete_within(hook, result, self.retry_for).await
+    }
+
+    /// [`Lifecycle::complete`], retried for as long as `within` allows rather than `retry_for`:
+    /// a boot gives its launch hook what its deadline leaves.
+    pub async fn complete_within(
+        &self,
+        hook: &str,
+        result: ActionResult,
+        within: std::time::Duration,
+    ) -> Result<Answer, LifecycleError> {
         tracing::info!(hook, group = %self.group, result = result.as_str(), "completing the lifecycle action");
-        self.retried(|| async {
+        self.retried(within, || async {
             let sent = self
                 .client
                 .complete_lifecycle_action()
@@ -185,7 +213,7 @@ impl Lifecycle {
 
     pub async fn heartbeat(&self, hook: &str) -> Result<Answer, LifecycleError> {
         tracing::debug!(hook, group = %self.group, "recording a lifecycle heartbeat");
-        self.retried(|| async {
+        self.retried(self.retry_for, || async {
             let sent = self
                 .client
                 .record_lifecycle_action_heartbeat()
@@ -224,6 +252,11 @@ impl Lifecycle {
                     return Ok(Answer::NoActiveAction);
                 }
                 let status = service.raw().status().as_u16();
+                let headers = service.raw().headers();
+                let retry_after = crate::retry::server_asked(
+                    headers.get("x-amz-retry-after"),
+                    headers.get("retry-after"),
+                );
                 if code.is_empty() {
                     // Not an answer of Auto Scaling's: a proxy's page, a truncated body.
                     return Err(LifecycleError::Unreachable {
@@ -232,6 +265,7 @@ impl Lifecycle {
                         group,
                         detail: format!("unreadable response with HTTP {status}"),
                         tries: crate::retry::ONE_ATTEMPT.into(),
+                        retry_after,
                     });
                 }
                 if code == "Throttling" || status >= 500 {
@@ -241,6 +275,7 @@ impl Lifecycle {
                         group,
                         detail: format!("{code}: {message}"),
                         tries: crate::retry::ONE_ATTEMPT.into(),
+                        retry_after,
                     });
                 }
                 Err(LifecycleError::Refused {
@@ -257,6 +292,7 @@ impl Lifecycle {
                 group,
                 detail: DisplayErrorContext(&error).to_string(),
                 tries: crate::retry::ONE_ATTEMPT.into(),
+                retry_after: None,
             }),
         }
     }

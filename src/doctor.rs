@@ -394,7 +394,7 @@ async fn secrets_client(
         .build();
     Some(secrets::Client::with_sdk(
         aws_sdk_secretsmanager::Client::from_conf(config),
-        crate::retry::AWS_STANDARD,
+        crate::retry::AWS_BACKOFF,
         Duration::ZERO,
     ))
 }

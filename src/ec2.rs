@@ -81,13 +81,13 @@ pub async fn instance_tags(
         })?;
     // DescribeTags' bucket (100, refilled at 20 requests/s per account) is shared by a fleet:
     // the SDKs' standard backoff spreads the retries of hundreds of instances.
-    let tried = crate::retry::retry(crate::retry::AWS_STANDARD, deadline, |attempt| {
+    let tried = crate::retry::retry(crate::retry::AWS_BACKOFF, deadline, |attempt| {
         let (sdk, client, region, url, body) = (&sdk, &client, &region, &url, &body);
         async move {
             call(sdk, client, region, url, body)
                 .await
                 .inspect_err(|failure| {
-                    if let Call::Transient(detail) = failure {
+                    if let Call::Transient(detail) | Call::TransientAfter(detail, _) = failure {
                         tracing::info!(%detail, attempt, "ec2:DescribeTags failed, retrying");
                     }
                 })
@@ -161,6 +161,14 @@ async fn call(
         .await
         .map_err(|e| Call::Transient(e.without_url().to_string()))?;
     let status = response.status();
+    let header = |name: &str| {
+        let value = response.headers().get(name)?;
+        value.to_str().ok().map(str::to_string)
+    };
+    let retry_after = crate::retry::server_asked(
+        header("x-amz-retry-after").as_deref(),
+        header("retry-after").as_deref(),
+    );
     let text = response
         .text()
         .await
@@ -170,10 +178,15 @@ async fn call(
     }
     let (code, message) =
         parse_error(&text).unwrap_or_else(|| (format!("HTTP {}", status.as_u16()), String::new()));
-    Err(classify(status.as_u16(), code, message))
+    Err(classify(status.as_u16(), code, message, retry_after))
 }
 
-fn classify(status: u16, code: String, message: String) -> Call {
+fn classify(
+    status: u16,
+    code: String,
+    message: String,
+    retry_after: Option<crate::retry::Asked>,
+) -> Call {
     const DENIED: [&str; 5] = [
         "UnauthorizedOperation",
         "AuthFailure",
@@ -191,7 +204,11 @@ fn classify(status: u16, code: String, message: String) -> Call {
     if DENIED.contains(&code.as_str()) || status == 401 || status == 403 {
         Call::Permanent(Ec2Error::Denied { code, message })
     } else if BUSY.contains(&code.as_str()) || status >= 500 {
-        Call::Transient(format!("{code}: {message}"))
+        let detail = format!("{code}: {message}");
+        match retry_after {
+            Some(asked) => Call::TransientAfter(detail, asked.duration()),
+            None => Call::Transient(detail),
+        }
     } else {
         Call::Permanent(Ec2Error::Failed {
             detail: format!("{code}: {message}"),
@@ -277,15 +294,25 @@ mod tests {
         let (code, message) = parse_error(xml).unwrap();
         assert_eq!(code, "UnauthorizedOperation");
         assert!(matches!(
-            classify(403, code, message),
+            classify(403, code, message, None),
             Call::Permanent(Ec2Error::Denied { .. })
         ));
         assert!(matches!(
-            classify(503, "RequestLimitExceeded".into(), String::new()),
+            classify(503, "RequestLimitExceeded".into(), String::new(), None),
             Call::Transient(_)
         ));
+        let asked = crate::retry::server_asked(None, Some("2"));
         assert!(matches!(
-            classify(400, "InvalidInstanceID.Malformed".into(), String::new()),
+            classify(503, "RequestLimitExceeded".into(), String::new(), asked),
+            Call::TransientAfter(_, wait) if wait == Duration::from_secs(2)
+        ));
+        assert!(matches!(
+            classify(
+                400,
+                "InvalidInstanceID.Malformed".into(),
+                String::new(),
+                None
+            ),
             Call::Permanent(Ec2Error::Failed { .. })
         ));
     }

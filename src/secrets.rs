@@ -98,6 +98,8 @@ pub enum SecretsError {
         detail: String,
         /// How many attempts over how long, once the retries gave up.
         tries: String,
+        /// How long the server asked to wait before the next try.
+        retry_after: Option<crate::retry::Asked>,
     },
     #[error("variable {name} is set both by {first} and by {second}; keep one of them")]
     Conflict {
@@ -161,15 +163,29 @@ impl retry::Retryable for SecretsError {
         SecretsError::is_transient(self)
     }
 
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SecretsError::Unreachable { retry_after, .. } => {
+                retry_after.map(crate::retry::Asked::duration)
+            }
+            _ => None,
+        }
+    }
+
     fn after(self, attempts: u32, waited: Duration) -> SecretsError {
         match self {
             SecretsError::Unreachable {
-                id, region, detail, ..
+                id,
+                region,
+                detail,
+                retry_after,
+                ..
             } => SecretsError::Unreachable {
                 id,
                 region,
                 detail,
                 tries: retry::tries(attempts, waited),
+                retry_after,
             },
             other => other,
         }
@@ -251,7 +267,7 @@ pub async fn client(
     let sdk_config = crate::aws::load(region, timeout).await?;
     Ok(Client::with_sdk(
         aws_sdk_secretsmanager::Client::new(&sdk_config),
-        retry::AWS_STANDARD,
+        retry::AWS_BACKOFF,
         retry_for,
     ))
 }
@@ -414,6 +430,12 @@ where
 {
     let (id, region) = (id.to_string(), region.to_string());
     let status = error.raw_response().map(|r| r.status().as_u16());
+    let retry_after = error.raw_response().and_then(|r| {
+        retry::server_asked(
+            r.headers().get("x-amz-retry-after"),
+            r.headers().get("retry-after"),
+        )
+    });
     match &error {
         SdkError::ServiceError(service) => {
             let service = service.err();
@@ -421,7 +443,7 @@ where
             let message = service.message().unwrap_or_default().to_string();
             match code {
                 // What the SDK could not read as an error of Secrets Manager's has no code.
-                "" if status != Some(403) => unreadable(id, region, status),
+                "" if status != Some(403) => unreadable(id, region, status, retry_after),
                 "ResourceNotFoundException" => SecretsError::NotFound {
                     id,
                     region,
@@ -442,6 +464,7 @@ where
                         region,
                         detail: format!("{code}: {message}"),
                         tries: retry::ONE_ATTEMPT.into(),
+                        retry_after,
                     }
                 }
                 _ => SecretsError::Refused {
@@ -460,15 +483,21 @@ where
             region,
             detail: DisplayErrorContext(&error).to_string(),
             tries: retry::ONE_ATTEMPT.into(),
+            retry_after: None,
         },
         // A response that did not parse may echo the secret: report only its status.
-        _ => unreadable(id, region, status),
+        _ => unreadable(id, region, status, retry_after),
     }
 }
 
 /// An answer that is not Secrets Manager's (a truncated body, a proxy's page): reported by its
 /// status only, since its text may hold secret bytes, and worth another try.
-fn unreadable(id: String, region: String, status: Option<u16>) -> SecretsError {
+fn unreadable(
+    id: String,
+    region: String,
+    status: Option<u16>,
+    retry_after: Option<crate::retry::Asked>,
+) -> SecretsError {
     SecretsError::Unreachable {
         id,
         region,
@@ -477,6 +506,7 @@ fn unreadable(id: String, region: String, status: Option<u16>) -> SecretsError {
             None => "unreadable response".to_string(),
         },
         tries: retry::ONE_ATTEMPT.into(),
+        retry_after,
     }
 }
 
@@ -868,6 +898,33 @@ mod tests {
             let loaded = load_answered(&answers).await.unwrap();
             assert_eq!(loaded.vars["PORT"].value.as_str(), "8080");
             assert_eq!(answers.requests().len(), 2);
+        }
+
+        #[tokio::test]
+        async fn a_throttled_call_waits_as_long_as_the_server_asked() {
+            let throttled = error("ThrottlingException", "Rate exceeded");
+            async fn client(answers: &SdkAnswers, within: Duration) -> Client {
+                let patient = crate::retry::Backoff {
+                    base: Duration::from_millis(1),
+                    cap: Duration::from_secs(10),
+                };
+                let sdk = aws_sdk_secretsmanager::Client::new(&answers.sdk_config().await);
+                Client::with_sdk(sdk, patient, within)
+            }
+            // AWS's header, in milliseconds.
+            let answers = SdkAnswers::new(&[(400, &throttled), (200, FOUND)])
+                .with_header("x-amz-retry-after", "300");
+            let started = std::time::Instant::now();
+            let client_of = client(&answers, Duration::from_secs(5)).await;
+            load(&client_of, "eu-west-1", &plan()).await.unwrap();
+            assert!(started.elapsed() >= Duration::from_millis(300));
+            assert_eq!(answers.requests().len(), 2);
+            // HTTP's, in seconds: a wait the time left cannot hold ends the tries at once.
+            let answers = SdkAnswers::new(&[(503, &throttled)]).with_header("retry-after", "3");
+            let client_of = client(&answers, Duration::from_secs(1)).await;
+            let err = load(&client_of, "eu-west-1", &plan()).await.unwrap_err();
+            assert!(err.to_string().contains("(1 attempt over "), "{err}");
+            assert_eq!(answers.requests().len(), 1);
         }
 
         #[tokio::test]

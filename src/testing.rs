@@ -148,6 +148,8 @@ async fn serve_one(
 pub struct SdkAnswers {
     answers: Arc<Mutex<VecDeque<(u16, String)>>>,
     requests: Arc<Mutex<Vec<String>>>,
+    /// Sent with every answer.
+    headers: Vec<(&'static str, String)>,
 }
 
 impl SdkAnswers {
@@ -160,7 +162,14 @@ impl SdkAnswers {
                     .collect(),
             )),
             requests: Arc::default(),
+            headers: Vec::new(),
         }
+    }
+
+    /// Every answer carries this header too.
+    pub fn with_header(mut self, name: &'static str, value: &str) -> SdkAnswers {
+        self.headers.push((name, value.to_string()));
+        self
     }
 
     pub fn requests(&self) -> Vec<String> {
@@ -199,8 +208,11 @@ impl HttpConnector for SdkAnswers {
                 _ => answers.pop_front().unwrap(),
             }
         };
-        let response =
+        let mut response =
             HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body));
+        for (name, value) in &self.headers {
+            response.headers_mut().insert(*name, value.clone());
+        }
         HttpConnectorFuture::ready(Ok(response))
     }
 }

@@ -1,6 +1,7 @@
 //! The launch hook's side of a boot: heartbeats while it runs, then CONTINUE or ABANDON.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::autoscaling::{ActionResult, Lifecycle};
 use crate::config::Config;
@@ -37,10 +38,16 @@ pub(super) struct LaunchHook {
     lifecycle: Arc<Lifecycle>,
     hook: String,
     heartbeats: tokio::task::JoinHandle<()>,
+    /// When the boot's deadline passes.
+    boot_ends: Instant,
 }
 
 impl LaunchHook {
-    pub(super) async fn start(config: &Config, plan: &Plan) -> Result<Option<LaunchHook>, Error> {
+    pub(super) async fn start(
+        config: &Config,
+        plan: &Plan,
+        boot_ends: Instant,
+    ) -> Result<Option<LaunchHook>, Error> {
         let Some(hook) = config.lifecycle.launch_hook.clone() else {
             return Ok(None);
         };
@@ -71,24 +78,34 @@ impl LaunchHook {
             lifecycle,
             hook,
             heartbeats,
+            boot_ends,
         }))
     }
 
-    pub(super) async fn complete(self, result: ActionResult) -> Result<(), Error> {
+    pub(super) async fn complete(self, config: &Config, result: ActionResult) -> Result<(), Error> {
         self.heartbeats.abort();
-        self.lifecycle.complete(&self.hook, result).await?;
+        // A fleet launching at once shares Auto Scaling's bucket: the answer that ends the
+        // launch may wait its turn for what the boot deadline leaves, and never less than
+        // lifecycle.timeout.
+        let left = self.boot_ends.saturating_duration_since(Instant::now());
+        let within = left.max(config.lifecycle.timeout);
+        self.lifecycle
+            .complete_within(&self.hook, result, within)
+            .await?;
         Ok(())
     }
 
     pub(super) async fn finish(self, config: &Config, booted: bool) -> Result<(), Error> {
         let healthy = booted && wait_until_healthy(config).await;
-        self.heartbeats.abort();
         let result = match (booted, healthy) {
             (true, true) => ActionResult::Continue,
-            (false, _) if !config.lifecycle.abandon_on_failure => return Ok(()),
+            (false, _) if !config.lifecycle.abandon_on_failure => {
+                self.heartbeats.abort();
+                return Ok(());
+            }
             _ => ActionResult::Abandon,
         };
-        self.lifecycle.complete(&self.hook, result).await?;
+        self.complete(config, result).await?;
         if booted && !healthy {
             return Err(Error::Unhealthy);
         }

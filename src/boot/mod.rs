@@ -80,7 +80,7 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
     }
     match (effects.launch_hook, result) {
         // A warm pool's launch is complete once everything is prepared.
-        (Some(hook), Ok(())) if warmed => hook.complete(ActionResult::Continue).await,
+        (Some(hook), Ok(())) if warmed => hook.complete(config, ActionResult::Continue).await,
         (Some(hook), Ok(())) => hook.finish(config, true).await,
         (Some(hook), Err(error)) => {
             // The boot's own error is what the caller needs; a failed ABANDON is only logged.
@@ -123,7 +123,7 @@ async fn steps(
     let describe_tags_for = boot_ends.saturating_duration_since(Instant::now());
     let plan = crate::plan::resolve_with(&imds, config, describe_tags_for).await?;
     recorder.status.identity = Some(plan.identity.clone());
-    effects.launch_hook = LaunchHook::start(config, &plan).await?;
+    effects.launch_hook = LaunchHook::start(config, &plan, boot_ends).await?;
     // Known before anything changes: the release a failed change rolls back to.
     let previous = match plan.service.manager {
         Manager::Systemd => gate::Previous::capture(before, &config.paths, &plan),
