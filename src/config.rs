@@ -578,7 +578,9 @@ impl Config {
         if self.service.manager == Manager::Exec && self.lifecycle.launch_hook.is_some() {
             return Err(ConfigError::Invalid(
                 "lifecycle.launch_hook needs service.manager = \"systemd\": in exec mode bootagent \
-                 becomes the service and cannot complete the hook after it starts"
+                 becomes the service and cannot complete the hook after it starts; leave it unset \
+                 and have the service run `bootagent lifecycle complete --hook NAME --result \
+                 continue` once it is ready"
                     .into(),
             ));
         }
@@ -681,6 +683,20 @@ mod tests {
             err.contains("lifecycle.heartbeat must be longer than 0s"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_launch_hook_in_exec_mode_is_refused_with_what_to_do_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[lifecycle]\nlaunch_hook = \"launching\"\n[service]\nmanager = \"exec\"\n\
+             command = [\"/bin/true\"]\n",
+        );
+        let err = load(Some(&main)).unwrap_err().to_string();
+        assert!(err.contains("lifecycle.launch_hook needs"), "{err}");
+        assert!(err.contains("bootagent lifecycle complete"), "{err}");
     }
 
     #[test]

@@ -419,6 +419,20 @@ fn launch(
     secret: Option<&str>,
     start_seconds: &str,
 ) -> (Container, AsgFake, Run) {
+    let lifecycle = "heartbeat = \"1s\"";
+    launch_with(prefix, env_tag, secret, start_seconds, lifecycle, 0)
+}
+
+/// [`launch`] with more `[lifecycle]` settings, and Auto Scaling throttling its first
+/// `throttles` calls.
+fn launch_with(
+    prefix: &str,
+    env_tag: &str,
+    secret: Option<&str>,
+    start_seconds: &str,
+    lifecycle: &str,
+    throttles: u32,
+) -> (Container, AsgFake, Run) {
     let name = unique(prefix);
     let repo = SampleRepo::create(&name);
     if let Some(value) = secret {
@@ -432,8 +446,9 @@ fn launch(
     ]);
     let asg = AsgFake::start();
     asg.activate("web-asg", "launching", INSTANCE_ID);
+    asg.throttle(throttles);
     let container = Container::boot(&format!(
-        "{CONFIG}\n[lifecycle]\nlaunch_hook = \"launching\"\nheartbeat = \"1s\"\nhealth_wait = \"5s\"\n"
+        "{CONFIG}\n[lifecycle]\nlaunch_hook = \"launching\"\nhealth_wait = \"5s\"\n{lifecycle}\n"
     ));
     container.install_unit(
         &format!("{name}.service"),
@@ -469,6 +484,22 @@ fn a_slow_launch_sends_heartbeats_then_exactly_one_continue() {
             .all(|(action, _)| action == "RecordLifecycleActionHeartbeat"),
         "{calls:?}"
     );
+}
+
+#[test]
+fn a_throttled_continue_keeps_trying_past_lifecycle_timeout_within_the_boot_deadline() {
+    support::needs_world!();
+    // One second of lifecycle.timeout holds about two tries; three throttled answers need four.
+    let lifecycle = "heartbeat = \"1h\"\ntimeout = \"1s\"";
+    let secret = Some(r#"{"A": "1"}"#);
+    let (_container, asg, run) = launch_with("hookwait", "prod", secret, "0", lifecycle, 3);
+    run.expect(0);
+    let calls = asg.calls();
+    let continued = (
+        "CompleteLifecycleAction".to_string(),
+        Some("CONTINUE".to_string()),
+    );
+    assert_eq!(calls, vec![continued; 4], "three throttled, then done");
 }
 
 #[test]
