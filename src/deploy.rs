@@ -42,17 +42,21 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         config.secrets.timeout,
     )
     .await?;
-    let new_secrets =
+    let changed =
         secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets).await?;
+    let record = deploys::read(&config.paths.state_dir);
+    let (avoided, new_secrets) = record.set_aside_failed(changed, retry_failed);
     let head = remote_head(config, &plan, &client).await?;
     let in_service = git::Layout::of(&plan.git.dir)
         .current()
         .map(|commit| commit.to_string());
     if new_secrets.is_empty() && in_service.as_deref() == Some(head.as_str()) {
-        tracing::info!(commit = %head, "up to date: nothing to deploy");
+        match avoided {
+            None => tracing::info!(commit = %head, "up to date: nothing to deploy"),
+            Some(warning) => tracing::warn!("{warning}"),
+        }
         return Ok(());
     }
-    let record = deploys::read(&config.paths.state_dir);
     let failed_before = record
         .avoided(&plan.git.reference)
         .filter(|failed| failed.commit == head);
@@ -70,7 +74,7 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
     tracing::info!(
         from = in_service.as_deref().unwrap_or("none"),
         to = %head,
-        secrets = %new_secrets.join(", "),
+        secrets = %secrets::ids(&new_secrets),
         "deploying"
     );
     crate::boot::boot(config, Run { retry_failed }).await

@@ -60,6 +60,16 @@ pub enum Error {
         cause: String,
     },
     #[error(
+        "rolled back the new versions of {secrets} on {commit} because {cause}; the service runs \
+         with its environment from before them, and they are not used again while they are \
+         current (`bootagent deploy --retry` tries them again)"
+    )]
+    SecretsRolledBack {
+        secrets: String,
+        commit: String,
+        cause: String,
+    },
+    #[error(
         "the change to {from} failed ({cause}), and rolling back to {to} failed too: {failure}; \
          the service may be down: see `systemctl status` and `journalctl -u` for its unit"
     )]
@@ -135,7 +145,7 @@ impl Error {
             }
             Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) => exit::LOCAL,
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
-            Error::RolledBack { .. } => exit::ROLLED_BACK,
+            Error::RolledBack { .. } | Error::SecretsRolledBack { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } | Error::Gate { .. } => exit::SERVICE,
             Error::Git(_) => exit::GIT,
             Error::Service(_) | Error::Hook(_) => exit::SERVICE,

@@ -30,8 +30,13 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
     .await?;
     let changed =
         secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets).await?;
+    let record = crate::deploys::read(&config.paths.state_dir);
+    let (avoided, changed) = record.set_aside_failed(changed, false);
     if changed.is_empty() {
-        tracing::info!("secrets unchanged, nothing to do");
+        match avoided {
+            None => tracing::info!("secrets unchanged, nothing to do"),
+            Some(warning) => tracing::warn!("{warning}"),
+        }
         return Ok(());
     }
     let delay = if now {
@@ -41,7 +46,7 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
         crate::retry::random_part_of(config.refresh.window)
     };
     tracing::info!(
-        secrets = %changed.join(", "),
+        secrets = %secrets::ids(&changed),
         delay = %humantime::format_duration(delay),
         "secrets have new versions, booting again after the delay"
     );

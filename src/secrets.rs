@@ -332,24 +332,28 @@ pub async fn load(
     Ok(loaded)
 }
 
-/// The ids of secrets whose version in use (`recorded`, from status.json) is no longer the one
-/// the plan would read now, plus any the plan reads that were not read at all.
+/// The secrets whose version in use (`recorded`, from status.json) is no longer the one the plan
+/// would read now, with that version, plus any the plan reads that were not read at all.
 pub async fn changed(
     client: &Client,
     region: &str,
     plan: &SecretsPlan,
     recorded: &[SecretVersion],
-) -> Result<Vec<String>, SecretsError> {
+) -> Result<Vec<SecretVersion>, SecretsError> {
     let wanted: BTreeSet<&str> = plan
         .main
         .iter()
         .chain(plan.vars.values().map(|r| &r.id))
         .map(String::as_str)
         .collect();
-    let mut changed: Vec<String> = wanted
+    // A secret the plan names and the last boot did not use: its version is not asked for.
+    let mut changed: Vec<SecretVersion> = wanted
         .iter()
         .filter(|id| !recorded.iter().any(|v| v.id == **id))
-        .map(|id| id.to_string())
+        .map(|id| SecretVersion {
+            id: id.to_string(),
+            version_id: None,
+        })
         .collect();
     for version in recorded {
         let pinned = plan.version_id.is_some() && plan.main.as_deref() == Some(version.id.as_str());
@@ -358,10 +362,19 @@ pub async fn changed(
         }
         let current = current_version(client, region, &version.id, &plan.version_stage).await?;
         if current != version.version_id {
-            changed.push(version.id.clone());
+            changed.push(SecretVersion {
+                id: version.id.clone(),
+                version_id: current,
+            });
         }
     }
     Ok(changed)
+}
+
+/// The ids of `versions`, for messages: `app_env_prod, shared_db`.
+pub fn ids(versions: &[SecretVersion]) -> String {
+    let ids: Vec<&str> = versions.iter().map(|v| v.id.as_str()).collect();
+    ids.join(", ")
 }
 
 /// The VersionId that carries `stage`, from DescribeSecret: metadata only, no secret value.
@@ -952,7 +965,11 @@ mod tests {
             let changed = changed(&client, "eu-west-1", &plan(), &recorded)
                 .await
                 .unwrap();
-            assert_eq!(changed, ["calendar_env_prod"]);
+            let current = SecretVersion {
+                id: "calendar_env_prod".into(),
+                version_id: Some("v-2".into()),
+            };
+            assert_eq!(changed, [current]);
             assert_eq!(answers.requests(), ["secretsmanager.DescribeSecret"]);
         }
     }

@@ -21,11 +21,14 @@ settle = "500ms"
 health_wait = "5s"
 "#;
 
-/// The sample service: crashes at start when the release's VERSION says so; otherwise records
-/// what it received and stays up.
+/// The sample service: crashes at start when the release's VERSION or the environment's RELEASE
+/// says so; otherwise records what it received and stays up.
 const APP: &str = r#"#!/bin/sh
 case "$(cat VERSION 2>/dev/null)" in
 crash*) echo "this release crashes at start" >&2; exit 3 ;;
+esac
+case "$RELEASE" in
+crash*) echo "this environment crashes at start" >&2; exit 3 ;;
 esac
 exec /share/recorder.sh /share/out --stay
 "#;
@@ -280,6 +283,56 @@ fn a_commit_whose_service_crashes_is_rolled_back_and_not_retried_until_the_ref_m
     assert_eq!(deployed.wait_for_service().0, "stage build 3");
     assert_eq!(deployed.status()["outcome"], "succeeded");
     assert!(deployed.deploys()["failed"].is_null());
+    deployed.assert_canary_kept_in_the_env_file();
+}
+
+#[test]
+fn a_secret_version_whose_service_crashes_is_rolled_back_and_not_used_again_while_current() {
+    support::needs_world!();
+    let deployed = Deployed::boot("");
+    let commit = deployed.in_service();
+    let crashing = put_secret_value(
+        &deployed.secret,
+        &format!(r#"{{"RELEASE": "crash", "CANARY": "{}"}}"#, deployed.canary),
+    );
+    deployed.forget_what_the_service_saw();
+    let secret = deployed.secret.clone();
+    deployed
+        .deploy(&["--follow"])
+        .expect(16)
+        .stderr_has(&format!(
+            "rolled back the new versions of {secret} on {commit}"
+        ));
+    let (_, env) = deployed.wait_for_service();
+    assert!(env.contains("RELEASE=one"), "the environment before: {env}");
+    assert_eq!(deployed.status()["outcome"], "rolled-back");
+    let record = deployed.deploys();
+    assert_eq!(record["rolled_back"], 1);
+    assert_eq!(
+        record["failed_secrets"]["versions"][0]["version_id"],
+        crashing.as_str()
+    );
+    assert!(record["failed"].is_null(), "the commit did not change");
+
+    // Neither the refresh timer nor the deploy timer tries that version again.
+    let pid = deployed.main_pid();
+    let set_aside = format!("the current versions of {secret} failed their gate");
+    for args in [&["refresh", "--now"][..], &["deploy", "--follow"]] {
+        let run = deployed.container.bootagent(&deployed.imds, args);
+        run.expect(0).stderr_has(&set_aside);
+        assert_eq!(deployed.main_pid(), pid, "{args:?}: no retry, no restart");
+    }
+
+    // A newer version is used.
+    put_secret_value(
+        &deployed.secret,
+        &format!(r#"{{"RELEASE": "three", "CANARY": "{}"}}"#, deployed.canary),
+    );
+    deployed.forget_what_the_service_saw();
+    deployed.deploy(&["--follow"]).expect(0);
+    let (_, env) = deployed.wait_for_service();
+    assert!(env.contains("RELEASE=three"), "{env}");
+    assert!(deployed.deploys().get("failed_secrets").is_none());
     deployed.assert_canary_kept_in_the_env_file();
 }
 

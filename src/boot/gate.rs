@@ -7,7 +7,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, PathsConfig};
-use crate::deploys::{self, FailedCommit};
+use crate::deploys::{self, FailedCommit, FailedSecrets};
 use crate::health::{Checker, Scope};
 use crate::plan::Plan;
 use crate::secrets::SecretVersion;
@@ -112,14 +112,16 @@ async fn app_turns_green(config: &Config) -> Result<(), Error> {
         })
 }
 
-/// Brings back `previous` after `new_commit` (with this boot's environment) failed for `cause`:
-/// the link, the env file it ran with, a restart, and the same gate. Records the failed commit
-/// so that it is not deployed again automatically.
+/// Brings back `previous` after `new_commit` with `new_secrets` (the versions this boot brought)
+/// failed for `cause`: the link, the env file it ran with, a restart, and the same gate. Records
+/// what failed (the commit, the secret versions) so that it is not deployed again
+/// automatically.
 pub(super) async fn roll_back(
     config: &Config,
     plan: &Plan,
     previous: &Previous,
     new_commit: &str,
+    new_secrets: &[SecretVersion],
     cause: &Error,
 ) -> Result<UnitReport, Error> {
     let cause_text = cause_of(cause);
@@ -141,17 +143,22 @@ pub(super) async fn roll_back(
         crate::envfile::write(&plan.env_file, env)?;
     }
     let report = start(config, plan, true, true, true).await?;
+    let at = crate::status::now();
+    let commit = (new_commit != previous.commit).then(|| FailedCommit {
+        commit: new_commit.to_string(),
+        reference: plan.git.reference.clone(),
+        at: at.clone(),
+        reason: cause_text.clone(),
+    });
+    // Only an environment that is back makes the new versions worth avoiding: after a reboot
+    // the one before them is gone, and they stay in service.
+    let secrets = (previous.env_restored() && !new_secrets.is_empty()).then(|| FailedSecrets {
+        versions: new_secrets.to_vec(),
+        at,
+        reason: cause_text,
+    });
     let mut record = deploys::read(&config.paths.state_dir);
-    if new_commit != previous.commit {
-        record.rolled_back(FailedCommit {
-            commit: new_commit.to_string(),
-            reference: plan.git.reference.clone(),
-            at: crate::status::now(),
-            reason: cause_text,
-        });
-    } else {
-        record.rolled_back += 1;
-    }
+    record.rolled_back(commit, secrets);
     save(&config.paths, &record);
     Ok(report)
 }

@@ -273,30 +273,50 @@ async fn steps(
                 }
                 (Err(cause), Some(previous)) if changed => {
                     let to = previous.commit.clone();
-                    let report =
-                        match gate::roll_back(config, &plan, previous, &checkout.commit, &cause)
-                            .await
-                        {
-                            Ok(report) => report,
-                            Err(failure) => {
-                                return Err(Error::RollbackFailed {
-                                    from: checkout.commit.clone(),
-                                    to,
-                                    cause: gate::cause_of(&cause),
-                                    failure: failure.chain().replace("\n -> ", ": "),
-                                })
-                            }
-                        };
+                    let new_secrets: Vec<secrets::SecretVersion> = match env_changed {
+                        true => (recorder.status.secrets.iter())
+                            .filter(|version| !previous.secrets().contains(version))
+                            .cloned()
+                            .collect(),
+                        false => Vec::new(),
+                    };
+                    let rolled_back = gate::roll_back(
+                        config,
+                        &plan,
+                        previous,
+                        &checkout.commit,
+                        &new_secrets,
+                        &cause,
+                    );
+                    let report = match rolled_back.await {
+                        Ok(report) => report,
+                        Err(failure) => {
+                            return Err(Error::RollbackFailed {
+                                from: checkout.commit.clone(),
+                                to,
+                                cause: gate::cause_of(&cause),
+                                failure: failure.chain().replace("\n -> ", ": "),
+                            })
+                        }
+                    };
                     if let Some(git) = recorder.status.git.as_mut() {
                         git.commit = to.clone();
                     }
                     if previous.env_restored() {
                         recorder.status.secrets = previous.secrets().to_vec();
                     }
-                    let error = Error::RolledBack {
-                        from: checkout.commit.clone(),
-                        to,
-                        cause: gate::cause_of(&cause),
+                    let cause = gate::cause_of(&cause);
+                    let error = match checkout.commit == to {
+                        true => Error::SecretsRolledBack {
+                            secrets: secrets::ids(&new_secrets),
+                            commit: to,
+                            cause,
+                        },
+                        false => Error::RolledBack {
+                            from: checkout.commit.clone(),
+                            to,
+                            cause,
+                        },
                     };
                     recorder.degrade(error.to_string());
                     (report, Some(error))

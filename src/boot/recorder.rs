@@ -59,7 +59,9 @@ impl Recorder {
             exit_code: e.exit_code(),
         });
         self.status.outcome = match (error, &self.status.degraded) {
-            (Some(crate::Error::RolledBack { .. }), _) => Outcome::RolledBack,
+            (Some(crate::Error::RolledBack { .. } | crate::Error::SecretsRolledBack { .. }), _) => {
+                Outcome::RolledBack
+            }
             (Some(_), _) => Outcome::Failed,
             (None, Some(_)) => Outcome::Degraded,
             (None, None) => Outcome::Succeeded,

@@ -6,7 +6,8 @@ use crate::Error;
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// Deploy a commit that failed its gate before, while the ref still names it
+    /// Deploy a commit, or secret versions, that failed their gate before, while the ref still
+    /// names the commit and the versions are current
     #[arg(long)]
     retry: bool,
     /// Act only where deploy.follow names this instance's environment (the deploy timer's runs)
