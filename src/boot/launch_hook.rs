@@ -11,7 +11,11 @@ use crate::Error;
 
 /// ABANDONs the launch of a boot that failed before it knew who the instance is (bad tags, say):
 /// IMDS may still name the instance and its group, which is all an ABANDON needs.
-pub(super) async fn abandon_without_identity(config: &Config, hook: &str) -> Result<(), Error> {
+pub(super) async fn abandon_without_identity(
+    config: &Config,
+    hook: &str,
+    boot_ends: Instant,
+) -> Result<(), Error> {
     let imds = crate::identity::imds_client(config);
     let instance_id = imds.get_required("meta-data/instance-id").await?;
     let region = crate::identity::region(&imds).await?;
@@ -28,8 +32,19 @@ pub(super) async fn abandon_without_identity(config: &Config, hook: &str) -> Res
     };
     let lifecycle =
         Lifecycle::connect(&config.lifecycle, &region, &instance_id, tagged_group).await?;
-    lifecycle.complete(hook, ActionResult::Abandon).await?;
+    let within = answer_within(config, boot_ends);
+    lifecycle
+        .complete_within(hook, ActionResult::Abandon, within)
+        .await?;
     Ok(())
+}
+
+/// How long the answer that ends a launch may keep trying: a fleet launching at once shares
+/// Auto Scaling's bucket, so what the boot deadline leaves, and never less than
+/// lifecycle.timeout.
+fn answer_within(config: &Config, boot_ends: Instant) -> std::time::Duration {
+    let left = boot_ends.saturating_duration_since(Instant::now());
+    left.max(config.lifecycle.timeout)
 }
 
 /// The launch hook's side of a boot: heartbeats while it runs, then CONTINUE once the instance
@@ -84,11 +99,7 @@ impl LaunchHook {
 
     pub(super) async fn complete(self, config: &Config, result: ActionResult) -> Result<(), Error> {
         self.heartbeats.abort();
-        // A fleet launching at once shares Auto Scaling's bucket: the answer that ends the
-        // launch may wait its turn for what the boot deadline leaves, and never less than
-        // lifecycle.timeout.
-        let left = self.boot_ends.saturating_duration_since(Instant::now());
-        let within = left.max(config.lifecycle.timeout);
+        let within = answer_within(config, self.boot_ends);
         self.lifecycle
             .complete_within(&self.hook, result, within)
             .await?;

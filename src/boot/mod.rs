@@ -95,7 +95,9 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
                 &config.lifecycle.launch_hook,
                 config.lifecycle.abandon_on_failure,
             ) {
-                if let Err(hook_error) = launch_hook::abandon_without_identity(config, hook).await {
+                let abandoned =
+                    launch_hook::abandon_without_identity(config, hook, started + deadline);
+                if let Err(hook_error) = abandoned.await {
                     tracing::error!(error = %hook_error.chain(), "could not abandon the launch");
                 }
             }
@@ -273,13 +275,11 @@ async fn steps(
                 }
                 (Err(cause), Some(previous)) if changed => {
                     let to = previous.commit.clone();
-                    let new_secrets: Vec<secrets::SecretVersion> = match env_changed {
-                        true => (recorder.status.secrets.iter())
-                            .filter(|version| !previous.secrets().contains(version))
-                            .cloned()
-                            .collect(),
-                        false => Vec::new(),
-                    };
+                    let new_secrets: Vec<secrets::SecretVersion> = (recorder.status.secrets)
+                        .iter()
+                        .filter(|version| env_changed && !previous.secrets().contains(version))
+                        .cloned()
+                        .collect();
                     let rolled_back = gate::roll_back(
                         config,
                         &plan,
@@ -306,17 +306,19 @@ async fn steps(
                         recorder.status.secrets = previous.secrets().to_vec();
                     }
                     let cause = gate::cause_of(&cause);
-                    let error = match checkout.commit == to {
-                        true => Error::SecretsRolledBack {
+                    // The same commit with new secret versions: the versions were the change.
+                    let error = if checkout.commit == to && !new_secrets.is_empty() {
+                        Error::SecretsRolledBack {
                             secrets: secrets::ids(&new_secrets),
                             commit: to,
                             cause,
-                        },
-                        false => Error::RolledBack {
+                        }
+                    } else {
+                        Error::RolledBack {
                             from: checkout.commit.clone(),
                             to,
                             cause,
-                        },
+                        }
                     };
                     recorder.degrade(error.to_string());
                     (report, Some(error))
