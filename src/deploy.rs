@@ -36,16 +36,12 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         return Ok(());
     }
     let last = status::read(&config.paths)?;
-    let client = secrets::client(
-        &plan.identity.region,
-        config.secrets.timeout,
-        config.secrets.timeout,
-    )
-    .await?;
-    let changed =
-        secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets).await?;
-    let record = deploys::read(&config.paths.state_dir);
-    let (avoided, new_secrets) = record.set_aside_failed(changed, retry_failed);
+    let SecretsSince {
+        client,
+        record,
+        new: new_secrets,
+        set_aside: avoided,
+    } = secrets_since(config, &plan, &last, retry_failed).await?;
     let head = remote_head(config, &plan, &client).await?;
     let in_service = git::Layout::of(&plan.git.dir)
         .current()
@@ -78,6 +74,37 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         "deploying"
     );
     crate::boot::boot(config, Run { retry_failed }).await
+}
+
+/// What is new in the secrets since the boot `last` recorded, asked of DescribeSecret (no
+/// values), with the deploy record that says which versions failed their gate.
+pub struct SecretsSince {
+    pub client: secrets::Client,
+    pub record: deploys::Deploys,
+    /// The secrets with a version to use.
+    pub new: Vec<secrets::SecretVersion>,
+    /// The warning that names the versions set aside, if any were.
+    pub set_aside: Option<String>,
+}
+
+/// [`SecretsSince`]; versions that failed their gate are set aside unless `retry_failed`.
+pub async fn secrets_since(
+    config: &Config,
+    plan: &Plan,
+    last: &status::Status,
+    retry_failed: bool,
+) -> Result<SecretsSince, Error> {
+    let region = &plan.identity.region;
+    let client = secrets::client(region, config.secrets.timeout, config.secrets.timeout).await?;
+    let changed = secrets::changed(&client, region, &plan.secrets, &last.secrets).await?;
+    let record = deploys::read(&config.paths.state_dir);
+    let (set_aside, new) = record.set_aside_failed(changed, retry_failed);
+    Ok(SecretsSince {
+        client,
+        record,
+        new,
+        set_aside,
+    })
 }
 
 /// The commit the ref names on the remote now: one listing, with the credentials a boot uses.

@@ -22,16 +22,8 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
     }
     let last = status::read(&config.paths)?;
     let plan = crate::plan::resolve(config).await?;
-    let client = secrets::client(
-        &plan.identity.region,
-        config.secrets.timeout,
-        config.secrets.timeout,
-    )
-    .await?;
-    let changed =
-        secrets::changed(&client, &plan.identity.region, &plan.secrets, &last.secrets).await?;
-    let record = crate::deploys::read(&config.paths.state_dir);
-    let (avoided, changed) = record.set_aside_failed(changed, false);
+    let since = crate::deploy::secrets_since(config, &plan, &last, false).await?;
+    let (changed, avoided) = (since.new, since.set_aside);
     if changed.is_empty() {
         match avoided {
             None => tracing::info!("secrets unchanged, nothing to do"),
