@@ -42,30 +42,65 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         new: new_secrets,
         set_aside: avoided,
     } = secrets_since(config, &plan, &last, retry_failed).await?;
-    let head = remote_head(config, &plan, &client).await?;
     let in_service = git::Layout::of(&plan.git.dir)
         .current()
         .map(|commit| commit.to_string());
-    if new_secrets.is_empty() && in_service.as_deref() == Some(head.as_str()) {
-        match avoided {
-            None => tracing::info!(commit = %head, "up to date: nothing to deploy"),
-            Some(warning) => tracing::warn!("{warning}"),
+    let record = match (record, retry_failed) {
+        (Ok(record), _) => record,
+        // The operator deploys anyway, over a new record whose release to roll back to is the
+        // one in service.
+        (Err(untrusted), true) => {
+            tracing::warn!("{untrusted}");
+            deploys::Deploys {
+                last_good_commit: in_service.clone(),
+                ..deploys::Deploys::default()
+            }
         }
-        return Ok(());
+        (Err(untrusted), false) => return Err(untrusted.into()),
+    };
+    // A change that fails its gate must be remembered, or the next run deploys it again.
+    deploys::write(&config.paths.state_dir, &record).map_err(|e| {
+        Error::io(
+            format!(
+                "cannot write the deploy record {}, so a change that failed its gate could not \
+                 be remembered; nothing is deployed until it is writable",
+                config.paths.state_dir.join(deploys::FILE).display()
+            ),
+            e,
+        )
+    })?;
+    let head = remote_head(config, &plan, &client).await?;
+    // What serves must be the release last proven healthy; one never proven (a boot killed
+    // before its gate) is judged by a boot.
+    let proven = in_service.is_some() && in_service == record.last_good_commit;
+    let not_deployed = |reason: String, exit_code: u8| Error::NotDeployed {
+        reference: plan.git.reference.clone(),
+        reason,
+        exit_code,
+    };
+    if new_secrets.is_empty() && proven && in_service.as_deref() == Some(head.as_str()) {
+        return match avoided {
+            None => {
+                tracing::info!(commit = %head, "up to date: nothing to deploy");
+                Ok(())
+            }
+            Some(warning) => Err(not_deployed(warning, crate::exit::ROLLED_BACK)),
+        };
     }
     let failed_before = record
         .avoided(&plan.git.reference)
         .filter(|failed| failed.commit == head);
-    if let (Some(failed), false, true) = (failed_before, retry_failed, new_secrets.is_empty()) {
-        tracing::warn!(
-            commit = %failed.commit,
-            failed_at = %failed.at,
-            "{} is still at a commit that did not deploy ({}); not trying it again until the ref \
-             moves on (`bootagent deploy --retry` tries it again)",
-            plan.git.reference,
-            failed.reason
-        );
-        return Ok(());
+    if let (Some(failed), false, true, true) =
+        (failed_before, retry_failed, new_secrets.is_empty(), proven)
+    {
+        return Err(not_deployed(
+            format!(
+                "it is still at {}, which did not deploy at {} ({}); it is not tried again until \
+                 the ref moves on (`bootagent deploy --retry` tries it again)",
+                failed.commit, failed.at, failed.reason
+            ),
+            failed.exit_code,
+        ));
     }
     tracing::info!(
         from = in_service.as_deref().unwrap_or("none"),
@@ -73,14 +108,21 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         secrets = %secrets::ids(&new_secrets),
         "deploying"
     );
-    crate::boot::boot(config, Run { retry_failed }).await
+    match crate::boot::boot(config, Run { retry_failed }).await? {
+        None => Ok(()),
+        Some(kept) => Err(Error::NotDeployed {
+            reference: plan.git.reference.clone(),
+            reason: kept.note,
+            exit_code: kept.exit_code,
+        }),
+    }
 }
 
 /// What is new in the secrets since the boot `last` recorded, asked of DescribeSecret (no
 /// values), with the deploy record that says which versions failed their gate.
 pub struct SecretsSince {
     pub client: secrets::Client,
-    pub record: deploys::Deploys,
+    pub record: Result<deploys::Deploys, deploys::Untrusted>,
     /// The secrets with a version to use.
     pub new: Vec<secrets::SecretVersion>,
     /// The warning that names the versions set aside, if any were.
@@ -98,7 +140,12 @@ pub async fn secrets_since(
     let client = secrets::client(region, config.secrets.timeout, config.secrets.timeout).await?;
     let changed = secrets::changed(&client, region, &plan.secrets, &last.secrets).await?;
     let record = deploys::read(&config.paths.state_dir);
-    let (set_aside, new) = record.set_aside_failed(changed, retry_failed);
+    // An untrusted record sets nothing aside here: the boot it leads to keeps the code in
+    // service, and `deploy` refuses to go on without --retry.
+    let (set_aside, new) = match &record {
+        Ok(record) => record.set_aside_failed(changed, retry_failed),
+        Err(_) => (None, changed),
+    };
     Ok(SecretsSince {
         client,
         record,

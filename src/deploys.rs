@@ -18,9 +18,14 @@ pub struct Deploys {
     pub succeeded: u64,
     /// Changes that failed the gate and were rolled back.
     pub rolled_back: u64,
-    /// When the last change passed the gate, and the commit it brought.
+    /// When the last change passed the gate.
     pub last_good_at: Option<String>,
+    /// The release last proven healthy (settled, and answered when the gate asks the app),
+    /// whatever happened after: a failed or killed boot does not change it.
     pub last_good_commit: Option<String>,
+    /// The secret versions it was proven with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_good_secrets: Vec<SecretVersion>,
     /// The commit that last failed its gate, while the ref still names it.
     pub failed: Option<FailedCommit>,
     /// The secret versions a change brought that failed its gate, with the environment before
@@ -43,15 +48,47 @@ pub struct FailedCommit {
     pub reference: String,
     pub at: String,
     pub reason: String,
+    /// What the run that failed with it exited with: 16 (rolled back) or 7 (refused code).
+    /// `deploy` exits with it while the ref still names the commit.
+    #[serde(default = "rolled_back_code")]
+    pub exit_code: u8,
 }
 
-/// The record, or an empty one when there is none yet (or it cannot be read: it only informs).
-pub fn read(state_dir: &Path) -> Deploys {
-    std::fs::read_to_string(state_dir.join(FILE))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default()
+fn rolled_back_code() -> u8 {
+    crate::exit::ROLLED_BACK
 }
+
+/// deploys.json could not be read, or did not hold a record. Never replaced by an empty one:
+/// which commit failed its gate, and which release was last proven healthy, would be lost.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the deploy record {path} {problem}, so which commits and secret versions failed their \
+     gate, and which release was last healthy, are unknown; bootagent keeps the release in \
+     service and deploys nothing new: look at the file (or restore it), then remove it to start \
+     a new record, or run `bootagent deploy --retry` to deploy the ref's head anyway"
+)]
+pub struct Untrusted {
+    pub path: std::path::PathBuf,
+    pub problem: String,
+}
+
+/// The record; an empty one when there is none yet.
+pub fn read(state_dir: &Path) -> Result<Deploys, Untrusted> {
+    let path = state_dir.join(FILE);
+    let untrusted = |problem: String| Untrusted {
+        path: path.clone(),
+        problem,
+    };
+    let bytes = match crate::atomic::read_bounded(&path, MAX_BYTES) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Deploys::default()),
+        Err(e) => return Err(untrusted(format!("cannot be read ({e})"))),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| untrusted(format!("is damaged ({e})")))
+}
+
+/// Far more than a record ever holds; a larger file is not one bootagent wrote.
+const MAX_BYTES: u64 = 1 << 20;
 
 /// Replaces the record atomically.
 pub fn write(state_dir: &Path, deploys: &Deploys) -> std::io::Result<()> {
@@ -62,19 +99,40 @@ pub fn write(state_dir: &Path, deploys: &Deploys) -> std::io::Result<()> {
 }
 
 impl Deploys {
-    /// A change to what runs passed the gate: the failed commit, if any, is behind it.
-    pub fn succeeded(&mut self, commit: &str, at: String) {
-        self.succeeded += 1;
+    /// A change to what runs passed the gate with `commit` and the secret `versions`. What
+    /// failed before is forgotten only when this is it, tried again and passed: a change that
+    /// passed with something else (a rotation on the release kept in service) says nothing
+    /// about the commit that failed.
+    pub fn succeeded(&mut self, commit: &str, versions: &[SecretVersion], at: String) {
+        self.succeeded = self.succeeded.saturating_add(1);
         self.last_good_at = Some(at);
-        self.last_good_commit = Some(commit.to_string());
-        self.failed = None;
-        self.failed_secrets = None;
+        self.proven_healthy(commit, versions);
+        if self.failed.as_ref().is_some_and(|f| f.commit == commit) {
+            self.failed = None;
+        }
+        if (self.failed_secrets.as_ref())
+            .is_some_and(|f| f.versions.iter().all(|v| versions.contains(v)))
+        {
+            self.failed_secrets = None;
+        }
     }
 
-    /// A change failed the gate and what ran before it serves again: the commit it brought, if
-    /// it brought one, and the secret versions, if the environment before them is back.
+    /// `commit` with the secret `versions` settled under the service manager (and answered, when
+    /// the gate asks the app): the release a failed change rolls back to. Whether anything
+    /// changed since it is recorded.
+    pub fn proven_healthy(&mut self, commit: &str, versions: &[SecretVersion]) -> bool {
+        let changed =
+            self.last_good_commit.as_deref() != Some(commit) || self.last_good_secrets != versions;
+        self.last_good_commit = Some(commit.to_string());
+        self.last_good_secrets = versions.to_vec();
+        changed
+    }
+
+    /// A change failed the gate: the commit it brought, if it brought one, and the secret
+    /// versions, if the environment before them is back. Recorded before the rollback starts,
+    /// so that a rollback killed midway leaves them avoided all the same.
     pub fn rolled_back(&mut self, commit: Option<FailedCommit>, secrets: Option<FailedSecrets>) {
-        self.rolled_back += 1;
+        self.rolled_back = self.rolled_back.saturating_add(1);
         if commit.is_some() {
             self.failed = commit;
         }
@@ -129,7 +187,7 @@ mod tests {
     #[test]
     fn a_success_clears_what_failed_and_the_record_survives_a_rewrite() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read(dir.path()), Deploys::default());
+        assert_eq!(read(dir.path()).unwrap(), Deploys::default());
         let version = |id: &str, version: &str| SecretVersion {
             id: id.into(),
             version_id: Some(version.into()),
@@ -142,6 +200,7 @@ mod tests {
                 reference: "stage".into(),
                 at: "t1".into(),
                 reason: reason.clone(),
+                exit_code: crate::exit::ROLLED_BACK,
             }),
             Some(FailedSecrets {
                 versions: vec![version("app_env_stage", "v-2")],
@@ -150,7 +209,7 @@ mod tests {
             }),
         );
         write(dir.path(), &deploys).unwrap();
-        let read_back = read(dir.path());
+        let read_back = read(dir.path()).unwrap();
         assert_eq!(read_back.avoided("stage").unwrap().commit, "bad");
         assert!(read_back.avoided("prod").is_none());
         assert!(read_back.avoids(&version("app_env_stage", "v-2")));
@@ -173,10 +232,63 @@ mod tests {
             (None, changed)
         );
         let mut deploys = read_back;
-        deploys.succeeded("good", "t2".into());
+        // A rotation that passed on another commit says nothing about the failed one.
+        deploys.succeeded("good", &[version("app_env_stage", "v-3")], "t2".into());
         assert_eq!((deploys.succeeded, deploys.rolled_back), (1, 1));
+        assert_eq!(deploys.avoided("stage").unwrap().commit, "bad");
+        assert!(deploys.avoids(&version("app_env_stage", "v-2")));
+        assert_eq!(deploys.last_good_commit.as_deref(), Some("good"));
+        // Tried again and passed: forgotten.
+        deploys.succeeded("bad", &[version("app_env_stage", "v-2")], "t3".into());
         assert!(deploys.avoided("stage").is_none());
         assert!(!deploys.avoids(&version("app_env_stage", "v-2")));
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_is_never_taken_for_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let damaged: [&[u8]; 6] = [
+            b"garbage",
+            b"",
+            b"\0\0\0\0",
+            br#"{"succeeded": "three"}"#,
+            b"{\"succeeded\": 1, \"failed\": {\"commit\": \"\xff\"}}",
+            br#"{"succeeded": 18446744073709551616}"#,
+        ];
+        for bytes in damaged {
+            std::fs::write(&path, bytes).unwrap();
+            let untrusted = read(dir.path()).unwrap_err().to_string();
+            assert!(untrusted.contains("is damaged"), "{untrusted}");
+            assert!(
+                untrusted.contains(&path.display().to_string()),
+                "{untrusted}"
+            );
+            assert!(untrusted.contains("deploys nothing new"), "{untrusted}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let fifo = read(dir.path()).unwrap_err().to_string();
+        assert!(fifo.contains("not a regular file"), "{fifo}");
+    }
+
+    #[test]
+    fn the_release_proven_healthy_is_recorded_only_when_it_changes() {
+        let mut deploys = Deploys::default();
+        let versions = [SecretVersion {
+            id: "app_env_prod".into(),
+            version_id: Some("v-1".into()),
+        }];
+        assert!(deploys.proven_healthy("c1", &versions));
+        assert!(!deploys.proven_healthy("c1", &versions));
+        assert!(deploys.proven_healthy("c1", &[]));
+        assert_eq!(
+            deploys.succeeded, 0,
+            "a boot that changed nothing is no deploy"
+        );
+        deploys.rolled_back = u64::MAX;
+        deploys.rolled_back(None, None);
+        assert_eq!(deploys.rolled_back, u64::MAX);
     }
 
     #[test]
@@ -185,7 +297,7 @@ mod tests {
         let older = r#"{"succeeded": 3, "rolled_back": 1, "last_good_at": null,
             "last_good_commit": null, "failed": null}"#;
         std::fs::write(dir.path().join(FILE), older).unwrap();
-        let read_back = read(dir.path());
+        let read_back = read(dir.path()).unwrap();
         assert_eq!(read_back.succeeded, 3);
         assert_eq!(read_back.failed_secrets, None);
     }

@@ -50,25 +50,32 @@ pub enum Error {
     ChecksFailed,
     #[error("the instance is not healthy")]
     Unhealthy,
-    #[error(
-        "rolled back from {from} to {to} because {cause}; {from} is not deployed again until \
-         the ref moves on (`bootagent deploy --retry` tries it again)"
-    )]
+    #[error("rolled back from {from} to {to} because {cause}; {next}")]
     RolledBack {
         from: String,
         to: String,
         cause: String,
+        /// What happens to `from` next: avoided, or, when that could not be recorded, tried again.
+        next: String,
     },
     #[error(
         "rolled back the new versions of {secrets} on {commit} because {cause}; the service runs \
-         with its environment from before them, and they are not used again while they are \
-         current (`bootagent deploy --retry` tries them again)"
+         with its environment from before them; {next}"
     )]
     SecretsRolledBack {
         secrets: String,
         commit: String,
         cause: String,
+        next: String,
     },
+    #[error("did not deploy what {reference} names: {reason}")]
+    NotDeployed {
+        reference: String,
+        reason: String,
+        exit_code: u8,
+    },
+    #[error(transparent)]
+    Deploys(#[from] crate::deploys::Untrusted),
     #[error(
         "the change to {from} failed ({cause}), and rolling back to {to} failed too: {failure}; \
          the service may be down: see `systemctl status` and `journalctl -u` for its unit"
@@ -143,7 +150,9 @@ impl Error {
             Error::EnvFile(EnvFileError::Unrepresentable { .. } | EnvFileError::Nul { .. }) => {
                 exit::SECRET_MALFORMED
             }
-            Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) => exit::LOCAL,
+            Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) | Error::Deploys(_) => {
+                exit::LOCAL
+            }
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
             Error::RolledBack { .. } | Error::SecretsRolledBack { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } | Error::Gate { .. } => exit::SERVICE,
@@ -155,7 +164,9 @@ impl Error {
             Error::Lifecycle(_) => exit::LIFECYCLE,
             Error::Locked { .. } => exit::LOCKED,
             Error::Deadline { .. } => exit::TRANSIENT,
-            Error::LastBootFailed { exit_code } => *exit_code,
+            Error::LastBootFailed { exit_code } | Error::NotDeployed { exit_code, .. } => {
+                *exit_code
+            }
             Error::Usage(_) => exit::USAGE,
             Error::EnvironmentsDiffer => exit::DIFFERENT,
             Error::Unhealthy => exit::UNHEALTHY,

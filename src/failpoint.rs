@@ -1,8 +1,8 @@
 //! Named points at which a test has the process killed with SIGKILL, as a power loss or the OOM
 //! killer would: `BOOTAGENT_FAILPOINT=NAME`. The fault matrix (tests/faults.rs) kills a boot at
 //! every phase boundary (`after-identity`, `after-secrets`, `after-git`, …), inside the env
-//! file's write (`before-rename:<service>.env`) and inside the release switch
-//! (`release-switch`), and checks that the next boot converges. Unset, a point costs one
+//! file's write (`before-rename:<service>.env`), inside the release switch (`release-switch`)
+//! and in a rollback, once the failed change is recorded (`rolling-back`), and checks that the next boot converges. Unset, a point costs one
 //! comparison.
 
 use std::sync::OnceLock;

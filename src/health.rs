@@ -10,7 +10,7 @@ use crate::retry::{Look, Unready};
 use serde::Serialize;
 
 use crate::config::{Config, Manager, PathsConfig};
-use crate::status::{self, Outcome, ServiceState, StatusError};
+use crate::status::{self, Outcome, ServiceState, ServiceStatus, StatusError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
@@ -75,7 +75,7 @@ impl Checker {
         if self.paths.draining_marker().exists() {
             return Health::not("draining", "the instance is draining before termination");
         }
-        let status = match status::read(&self.paths) {
+        let mut status = match status::read(&self.paths) {
             Ok(status) => status,
             Err(StatusError::Missing { .. }) => {
                 return Health::not("booting", "no boot has run yet")
@@ -84,12 +84,29 @@ impl Checker {
         };
         match (&status.outcome, &status.error) {
             (Outcome::Running, _) => return Health::not("booting", "the boot is still running"),
-            (Outcome::Failed, error) => {
+            (Outcome::Failed, error) if status.serving_unchanged.is_none() => {
                 let code = error.as_ref().map_or(0, |e| e.exit_code);
                 return Health::not(
                     "boot-failed",
                     format!("the last boot failed (exit code {code})"),
                 );
+            }
+            (Outcome::Failed, error) => {
+                // It failed before it changed anything: what served before still does, if the
+                // unit and the app say so below.
+                let code = error.as_ref().map_or(0, |e| e.exit_code);
+                let serving = status.serving_unchanged.clone().unwrap_or_default();
+                status.degraded = Some(format!(
+                    "the last boot failed (exit code {code}) before it changed anything; {} \
+                     serves as before",
+                    serving.commit
+                ));
+                status.service.get_or_insert(ServiceStatus {
+                    manager: Manager::Systemd,
+                    unit: serving.unit,
+                    state: ServiceState::Unit(String::new()),
+                    restarted: false,
+                });
             }
             (Outcome::Succeeded | Outcome::Degraded | Outcome::RolledBack, _) => {}
         }

@@ -221,7 +221,20 @@ impl Server {
                 &phases,
             );
         }
-        let deploys = crate::deploys::read(&self.paths.state_dir);
+        let deploys = match crate::deploys::read(&self.paths.state_dir) {
+            Ok(deploys) => deploys,
+            Err(untrusted) => {
+                // Counters it cannot vouch for are left out, and the damage is a metric to
+                // alert on.
+                tracing::warn!("{untrusted}");
+                out.push_str(
+                    "# HELP bootagent_deploy_record_untrusted 1 when deploys.json cannot be read: \
+                     nothing new deploys until it is fixed.\n# TYPE \
+                     bootagent_deploy_record_untrusted gauge\nbootagent_deploy_record_untrusted 1\n",
+                );
+                return out;
+            }
+        };
         let mut counter = |name: &str, help: &str, samples: &[(String, f64)]| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
             for (labels, value) in samples {

@@ -43,5 +43,8 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
         "secrets have new versions, booting again after the delay"
     );
     tokio::time::sleep(delay).await;
-    crate::boot::boot(config, crate::boot::Run::default()).await
+    // The secrets are what refresh is for: a boot that applied them but kept the code in
+    // service (the remote down, say) did what was asked.
+    crate::boot::boot(config, crate::boot::Run::default()).await?;
+    Ok(())
 }

@@ -78,6 +78,17 @@ pub struct Status {
     /// Why a degraded boot runs something other than what was asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// A failed boot that changed nothing that serves: the release last proven healthy, which
+    /// still serves as before (the health report follows what serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_unchanged: Option<Serving>,
+}
+
+/// What serves: the commit, under which unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Serving {
+    pub commit: String,
+    pub unit: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,6 +183,7 @@ impl Status {
             service: None,
             error: None,
             degraded: None,
+            serving_unchanged: None,
         }
     }
 

@@ -264,12 +264,18 @@ fn a_commit_whose_service_crashes_is_rolled_back_and_not_retried_until_the_ref_m
         health.stdout()
     );
 
-    // The timer's next run leaves the failed commit alone.
+    // The timer's next run leaves the failed commit alone, and says it did not deploy it.
     let pid = deployed.main_pid();
     deployed
         .deploy(&["--follow"])
-        .expect(0)
-        .stderr_has("still at a commit that did not deploy");
+        .expect(16)
+        .stderr_has(&format!(
+            "did not deploy what stage names: it is still at {crashing}"
+        ));
+    deployed
+        .container
+        .bootagent(&deployed.imds, &["status"])
+        .expect(16);
     assert_eq!(deployed.main_pid(), pid, "no retry, no restart");
     // Asked for, it is tried again, and rolled back again.
     deployed.deploy(&["--retry"]).expect(16);
@@ -317,9 +323,13 @@ fn a_secret_version_whose_service_crashes_is_rolled_back_and_not_used_again_whil
     // Neither the refresh timer nor the deploy timer tries that version again.
     let pid = deployed.main_pid();
     let set_aside = format!("the current versions of {secret} failed their gate");
-    for args in [&["refresh", "--now"][..], &["deploy", "--follow"]] {
+    // refresh did its job (nothing to apply); deploy did not deploy what is current.
+    for (args, code) in [
+        (&["refresh", "--now"][..], 0),
+        (&["deploy", "--follow"], 16),
+    ] {
         let run = deployed.container.bootagent(&deployed.imds, args);
-        run.expect(0).stderr_has(&set_aside);
+        run.expect(code).stderr_has(&set_aside);
         assert_eq!(deployed.main_pid(), pid, "{args:?}: no retry, no restart");
     }
 
@@ -541,7 +551,8 @@ fn under_systemd_only_signed_code_deploys_and_refused_code_is_not_fetched_again(
     let unsigned = deployed.repo.push_version("stage", "unsigned build");
     deployed
         .deploy(&["--follow"])
-        .expect(0)
+        .expect(7)
+        .stderr_has("did not deploy what stage names")
         .stderr_has(&format!("refused commit {unsigned}: it is not signed"))
         .stderr_has("/share/allowed_signers")
         .stderr_has("security_event=");
@@ -563,6 +574,225 @@ fn under_systemd_only_signed_code_deploys_and_refused_code_is_not_fetched_again(
     // The timer's next run does not fetch and refuse it again.
     deployed
         .deploy(&["--follow"])
+        .expect(7)
+        .stderr_has(&format!("it is still at {unsigned}"));
+    // A boot serves the release it kept: it succeeds, degraded.
+    deployed
+        .container
+        .bootagent(&deployed.imds, &["boot"])
+        .expect(0);
+}
+
+/// Pushes a commit whose service crashes at start and deploys it: it must be rolled back to
+/// `good` (exit 16), which serves again.
+fn assert_a_crashing_commit_is_rolled_back_to(deployed: &mut Deployed, good: &str) {
+    let crashing = deployed.repo.push_version("stage", "crash at start");
+    deployed.forget_what_the_service_saw();
+    deployed
+        .deploy(&["--follow"])
+        .expect(16)
+        .stderr_has(&format!("rolled back from {crashing} to {good} because"));
+    assert_eq!(deployed.in_service(), good);
+    assert_eq!(deployed.active(), "active");
+    assert_eq!(deployed.wait_for_service().0, "stage build 1");
+    assert_eq!(deployed.deploys()["failed"]["commit"], crashing.as_str());
+}
+
+#[test]
+fn a_refresh_that_fails_before_changing_anything_keeps_health_green_and_the_gate_on() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let good = deployed.in_service();
+    let pid = deployed.main_pid();
+    // A malformed rotation: the refresh fails before it changes anything.
+    put_secret_value(&deployed.secret, "{not json");
+    deployed
+        .container
+        .bootagent(&deployed.imds, &["refresh", "--now"])
+        .expect(6);
+    assert_eq!(deployed.main_pid(), pid, "the service was not touched");
+    let health = deployed
+        .container
+        .bootagent(&deployed.imds, &["health-report"]);
+    health.expect(0);
+    let report: serde_json::Value = serde_json::from_str(&health.stdout()).unwrap();
+    assert_eq!(report["state"], "degraded", "{report}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.contains("exit code 6"), "{reason}");
+    assert!(
+        reason.contains(&format!("{good} serves as before")),
+        "{reason}"
+    );
+    // `status` still reports the failed run.
+    deployed
+        .container
+        .bootagent(&deployed.imds, &["status"])
+        .expect(6);
+
+    // The rotation is fixed; a crashing commit after the failed refresh is still gated.
+    put_secret_value(
+        &deployed.secret,
+        &format!(r#"{{"RELEASE": "one", "CANARY": "{}"}}"#, deployed.canary),
+    );
+    assert_a_crashing_commit_is_rolled_back_to(&mut deployed, &good);
+    deployed.assert_canary_kept_in_the_env_file();
+}
+
+#[test]
+fn a_crashing_commit_after_a_killed_deploy_is_still_rolled_back_to_the_healthy_release() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let good = deployed.in_service();
+    // A deploy of a good commit killed once it switched the link, before its gate: that
+    // release was never proven healthy.
+    let unproven = deployed.repo.push_version("stage", "stage build 1");
+    let killed = deployed.container.bootagent_with(
+        &deployed.imds,
+        &["BOOTAGENT_FAILPOINT=after-git"],
+        &["deploy", "--follow"],
+    );
+    assert_ne!(killed.code(), 0, "killed: {}", killed.stderr());
+    assert_eq!(deployed.in_service(), unproven);
+    assert_eq!(deployed.deploys()["last_good_commit"], good.as_str());
+    assert_a_crashing_commit_is_rolled_back_to(&mut deployed, &good);
+}
+
+#[test]
+fn a_rollback_killed_midway_is_finished_by_the_next_boot_and_the_bad_commit_stays_out() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let good = deployed.in_service();
+    let crashing = deployed.repo.push_version("stage", "crash at start");
+    let killed = deployed.container.bootagent_with(
+        &deployed.imds,
+        &["BOOTAGENT_FAILPOINT=rolling-back"],
+        &["deploy", "--follow"],
+    );
+    assert_ne!(killed.code(), 0, "killed: {}", killed.stderr());
+    assert_eq!(
+        deployed.in_service(),
+        crashing,
+        "killed before the link went back"
+    );
+    assert_eq!(deployed.deploys()["failed"]["commit"], crashing.as_str());
+
+    // A reboot's boot brings back the healthy release, not the known-bad one.
+    deployed.forget_what_the_service_saw();
+    deployed
+        .container
+        .bootagent(&deployed.imds, &["boot"])
         .expect(0)
-        .stderr_has("still at a commit that did not deploy");
+        .stderr_has(&format!("running last good commit {good}"));
+    assert_eq!(deployed.in_service(), good);
+    assert_eq!(deployed.active(), "active");
+    assert_eq!(deployed.wait_for_service().0, "stage build 1");
+    // And deploy says it did not deploy the ref's head.
+    deployed
+        .deploy(&["--follow"])
+        .expect(16)
+        .stderr_has(&format!("it is still at {crashing}"));
+    assert_eq!(deployed.in_service(), good);
+}
+
+#[test]
+fn a_rotation_on_the_kept_release_does_not_clear_the_failed_commit() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let good = deployed.in_service();
+    assert_a_crashing_commit_is_rolled_back_to(&mut deployed, &good);
+    let crashing = deployed.repo.commits["stage"].clone();
+    // A rotation applied by the refresh timer restarts the kept release, and passes.
+    put_secret_value(
+        &deployed.secret,
+        &format!(
+            r#"{{"RELEASE": "rotated", "CANARY": "{}"}}"#,
+            deployed.canary
+        ),
+    );
+    deployed
+        .container
+        .bootagent(&deployed.imds, &["refresh", "--now"])
+        .expect(0);
+    assert_eq!(deployed.deploys()["failed"]["commit"], crashing.as_str());
+    let pid = deployed.main_pid();
+    deployed
+        .deploy(&["--follow"])
+        .expect(16)
+        .stderr_has(&format!("it is still at {crashing}"));
+    assert_eq!(
+        deployed.main_pid(),
+        pid,
+        "the known-bad commit is not tried"
+    );
+    assert_eq!(deployed.in_service(), good);
+}
+
+#[test]
+fn a_damaged_deploy_record_keeps_the_release_in_service_and_says_so() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let good = deployed.in_service();
+    assert_a_crashing_commit_is_rolled_back_to(&mut deployed, &good);
+    let crashing = deployed.repo.commits["stage"].clone();
+    let record = "/var/lib/bootagent/deploys.json";
+    for damage in [
+        "printf garbage",
+        "printf ''",
+        "printf '\\0\\0'",
+        "printf '{\"succeeded\": \"x\"}'",
+    ] {
+        deployed.container.sh(&format!("{damage} > {record}"));
+        let pid = deployed.main_pid();
+        deployed
+            .deploy(&["--follow"])
+            .expect(9)
+            .stderr_has(record)
+            .stderr_has("deploys nothing new");
+        let boot = deployed.container.bootagent(&deployed.imds, &["boot"]);
+        boot.expect(0)
+            .stderr_has(&format!("running last good commit {good}"));
+        assert_eq!(
+            deployed.in_service(),
+            good,
+            "{damage}: the known-bad commit stays out"
+        );
+        assert_eq!(deployed.main_pid(), pid, "{damage}: nothing restarted");
+        assert_eq!(
+            deployed
+                .container
+                .sh(&format!("head -c 7 {record}"))
+                .trim_end(),
+            deployed
+                .container
+                .sh(&format!("{damage} | head -c 7"))
+                .trim_end(),
+            "{damage}: the record is not reset"
+        );
+    }
+    // The operator decides: --retry deploys the ref's head (and is rolled back again).
+    deployed
+        .deploy(&["--retry"])
+        .expect(16)
+        .stderr_has(&format!("rolled back from {crashing} to {good}"));
+    assert_eq!(deployed.deploys()["failed"]["commit"], crashing.as_str());
+}
+
+#[test]
+fn a_deploy_record_that_cannot_be_written_stops_deploys_rather_than_retry_a_failed_commit() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let good = deployed.in_service();
+    // A read-only state dir, as a full or remounted disk leaves it.
+    deployed
+        .container
+        .sh("mount --bind /var/lib/bootagent /var/lib/bootagent && mount -o remount,bind,ro /var/lib/bootagent");
+    deployed.repo.push_version("stage", "crash at start");
+    let pid = deployed.main_pid();
+    deployed
+        .deploy(&["--follow"])
+        .expect(9)
+        .stderr_has("cannot write the deploy record")
+        .stderr_has("nothing is deployed until it is writable");
+    assert_eq!(deployed.in_service(), good);
+    assert_eq!(deployed.main_pid(), pid);
 }

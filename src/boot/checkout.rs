@@ -10,8 +10,16 @@ use crate::plan::Plan;
 use crate::service::ServiceError;
 use crate::Error;
 
-/// The checkout, or when it fails and `git.on_failure` allows, the release already in service
-/// with a note that says why.
+/// Why a boot kept a release rather than deploy what the ref names: said in status.json, and
+/// the exit code of `deploy`, which did not do what it was asked.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub note: String,
+    pub exit_code: u8,
+}
+
+/// The checkout, or when it fails and `git.on_failure` allows, `keep` (the release last proven
+/// healthy, else the one in service) with why.
 pub(super) async fn checkout_or_keep(
     config: &Config,
     plan: &Plan,
@@ -19,14 +27,43 @@ pub(super) async fn checkout_or_keep(
     git_work: &GitWork,
     boot_ends: Instant,
     avoid: Option<FailedCommit>,
-) -> Result<(git::Checkout, Option<String>), Error> {
+    keep: Option<&str>,
+) -> Result<(git::Checkout, Option<Kept>), Error> {
+    let failed_before_code = avoid.as_ref().map(|failed| failed.exit_code);
     match checkout(config, plan, credentials, git_work, boot_ends, avoid).await {
         Ok(checkout) => Ok((checkout, None)),
         Err(error) => {
             log_security_event(&error);
-            keep_last_good(config, plan, error)
+            keep_last_good(config, plan, error, keep, failed_before_code)
         }
     }
+}
+
+/// `commit`, the release in service, stays for `why`, without asking the remote.
+pub(super) fn keep_in_service(commit: &str, why: Error) -> (git::Checkout, Option<Kept>) {
+    let kept = kept(commit, &why, None);
+    tracing::warn!("{}", kept.1.note);
+    (kept.0, Some(kept.1))
+}
+
+/// `failed_before_code`: what the run that failed with the commit the ref still names exited
+/// with.
+fn kept(commit: &str, why: &Error, failed_before_code: Option<u8>) -> (git::Checkout, Kept) {
+    let checkout = git::Checkout {
+        commit: commit.to_string(),
+        action: git::Action::Kept,
+        received_objects: 0,
+        received_bytes: 0,
+    };
+    let note = format!(
+        "running last good commit {commit} because {}",
+        why.chain().replace("\n -> ", ": ")
+    );
+    let exit_code = match (why, failed_before_code) {
+        (Error::Git(GitError::FailedBefore { .. }), Some(code)) => code,
+        (other, _) => other.exit_code(),
+    };
+    (checkout, Kept { note, exit_code })
 }
 
 /// A remote that is not who it was pinned to be, and code that is not signed by a trusted key
@@ -47,44 +84,43 @@ fn log_security_event(error: &Error) {
     );
 }
 
-/// With `git.on_failure = "last-good"`, a failed checkout lets the boot go on with the release
-/// already in service, and says so; without such a release, or with "fail", the error stands.
-/// A ref still at a commit that failed its deploy gate always keeps the release in service.
+/// With `git.on_failure = "last-good"`, a failed checkout lets the boot go on with `keep`, and
+/// says so; without such a release, or with "fail", the error stands. A ref still at a commit
+/// that failed its deploy gate always keeps it.
 fn keep_last_good(
     config: &Config,
     plan: &Plan,
     error: Error,
-) -> Result<(git::Checkout, Option<String>), Error> {
-    let current = git::Layout::of(&plan.git.dir).current();
-    if let (Some(_), Error::Git(refused)) = (current, &error) {
+    keep: Option<&str>,
+    failed_before_code: Option<u8>,
+) -> Result<(git::Checkout, Option<Kept>), Error> {
+    if let (Some(_), Error::Git(refused)) = (keep, &error) {
         if let Some(commit) = refused.refused_commit() {
             // Refused code is not fetched and refused again on every deploy timer run.
-            super::gate::remember_failed(
+            let remembered = super::gate::remember_failed(
                 &config.paths,
                 FailedCommit {
                     commit: commit.to_string(),
                     reference: plan.git.reference.clone(),
                     at: crate::status::now(),
                     reason: refused.to_string(),
+                    exit_code: crate::exit::GIT,
                 },
             );
+            if let Err(e) = remembered {
+                tracing::error!(
+                    "could not record the refused commit, so it is fetched and refused again: {}",
+                    e.chain().replace("\n -> ", ": ")
+                );
+            }
         }
     }
-    match (config.git.on_failure, current, &error) {
+    match (config.git.on_failure, keep, &error) {
         (OnGitFailure::LastGood, Some(commit), Error::Git(_))
         | (_, Some(commit), Error::Git(GitError::FailedBefore { .. })) => {
-            let note = format!(
-                "running last good commit {commit} because {}",
-                error.chain().replace("\n -> ", ": ")
-            );
-            tracing::warn!("{note}");
-            let kept = git::Checkout {
-                commit: commit.to_string(),
-                action: git::Action::Kept,
-                received_objects: 0,
-                received_bytes: 0,
-            };
-            Ok((kept, Some(note)))
+            let (checkout, kept) = kept(commit, &error, failed_before_code);
+            tracing::warn!("{}", kept.note);
+            Ok((checkout, Some(kept)))
         }
         _ => Err(error),
     }

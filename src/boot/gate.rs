@@ -7,60 +7,50 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, PathsConfig};
-use crate::deploys::{self, FailedCommit, FailedSecrets};
+use crate::deploys::{self, Deploys, FailedCommit, FailedSecrets};
 use crate::health::{Checker, Scope};
 use crate::plan::Plan;
 use crate::secrets::SecretVersion;
 use crate::service::{self, UnitReport};
-use crate::status::{Outcome, Status};
 use crate::Error;
 
-/// The release in service before this boot changed anything, known to have been healthy.
+/// The release last proven healthy, known before this boot changes anything: what a failed
+/// change rolls back to. It comes from deploys.json, where it is recorded when it is proven,
+/// so neither a failed boot nor a killed one changes it.
 pub(super) struct Previous {
     pub commit: String,
-    /// The env file it ran with; absent after a reboot (the run dir is tmpfs), when a rollback
+    /// The env file in service; absent after a reboot (the run dir is tmpfs), when a rollback
     /// keeps the new environment.
     env: Option<Zeroizing<String>>,
     secrets: Vec<SecretVersion>,
 }
 
 impl Previous {
-    /// The release the link points at, when the last boot that recorded it ended well: from
-    /// status.json as the boot before this one left it, or after a reboot from the history.
-    pub(super) fn capture(
-        before: Option<&Status>,
-        paths: &PathsConfig,
-        plan: &Plan,
-    ) -> Option<Self> {
-        let in_service = crate::git::Layout::of(&plan.git.dir).current()?.to_string();
-        let good = |outcome| {
-            matches!(
-                outcome,
-                Outcome::Succeeded | Outcome::Degraded | Outcome::RolledBack
-            )
-        };
-        let healthy = match before {
-            Some(status) => {
-                good(status.outcome)
-                    && status
-                        .git
-                        .as_ref()
-                        .is_some_and(|git| git.commit == in_service)
-            }
-            None => crate::history::read(&paths.state_dir)
-                .ok()
-                .and_then(|entries| entries.into_iter().last())
-                .is_some_and(|last| {
-                    good(last.outcome) && last.commit.as_deref() == Some(&in_service)
-                }),
-        };
-        healthy.then(|| Previous {
-            commit: in_service,
-            env: std::fs::read_to_string(&plan.env_file)
-                .ok()
-                .map(Zeroizing::new),
-            secrets: before.map(|s| s.secrets.clone()).unwrap_or_default(),
-        })
+    /// The release last proven healthy, while its release directory is still on disk.
+    pub(super) fn capture(record: &Deploys, plan: &Plan) -> Option<Self> {
+        let commit = record.last_good_commit.clone()?;
+        crate::git::release_dir(&plan.git.dir, &commit)
+            .is_dir()
+            .then(|| Previous {
+                commit,
+                env: std::fs::read_to_string(&plan.env_file)
+                    .ok()
+                    .map(Zeroizing::new),
+                secrets: record.last_good_secrets.clone(),
+            })
+    }
+
+    /// The release in service, when deploys.json cannot say which was proven: the best there is
+    /// to roll back to.
+    pub(super) fn in_service(plan: &Plan) -> Option<Self> {
+        let commit = crate::git::Layout::of(&plan.git.dir).current()?.to_string();
+        Self::capture(
+            &Deploys {
+                last_good_commit: Some(commit),
+                ..Deploys::default()
+            },
+            plan,
+        )
     }
 
     /// Whether a rollback brings back the environment too (not after a reboot).
@@ -113,9 +103,10 @@ async fn app_turns_green(config: &Config) -> Result<(), Error> {
 }
 
 /// Brings back `previous` after `new_commit` with `new_secrets` (the versions this boot brought)
-/// failed for `cause`: the link, the env file it ran with, a restart, and the same gate. Records
-/// what failed (the commit, the secret versions) so that it is not deployed again
-/// automatically.
+/// failed for `cause`: the link, the env file it ran with, a restart, and the same gate. What
+/// failed (the commit, the secret versions) is recorded first, so that it is not deployed
+/// again automatically even if the rollback is killed midway. The rollback goes on when that
+/// record cannot be written; the second result says why it could not.
 pub(super) async fn roll_back(
     config: &Config,
     plan: &Plan,
@@ -123,13 +114,34 @@ pub(super) async fn roll_back(
     new_commit: &str,
     new_secrets: &[SecretVersion],
     cause: &Error,
-) -> Result<UnitReport, Error> {
+) -> Result<(UnitReport, Result<(), String>), Error> {
     let cause_text = cause_of(cause);
     tracing::error!(
         from = new_commit,
         to = %previous.commit,
         "the change failed its gate, rolling back: {cause_text}"
     );
+    let at = crate::status::now();
+    let commit = (new_commit != previous.commit).then(|| FailedCommit {
+        commit: new_commit.to_string(),
+        reference: plan.git.reference.clone(),
+        at: at.clone(),
+        reason: cause_text.clone(),
+        exit_code: crate::exit::ROLLED_BACK,
+    });
+    // Only an environment that is back makes the new versions worth avoiding: after a reboot
+    // the one before them is gone, and they stay in service.
+    let secrets = (previous.env_restored() && !new_secrets.is_empty()).then(|| FailedSecrets {
+        versions: new_secrets.to_vec(),
+        at,
+        reason: cause_text,
+    });
+    let recorded = update(&config.paths, |record| record.rolled_back(commit, secrets))
+        .map_err(|e| e.chain().replace("\n -> ", ": "));
+    if let Err(why) = &recorded {
+        tracing::error!("could not record what failed its gate, so it will be tried again: {why}");
+    }
+    crate::failpoint::hit("rolling-back");
     crate::git::switch(&plan.git.dir, &previous.commit).map_err(|e| {
         Error::io(
             format!(
@@ -142,25 +154,7 @@ pub(super) async fn roll_back(
     if let Some(env) = &previous.env {
         crate::envfile::write(&plan.env_file, env)?;
     }
-    let report = start(config, plan, true, true, true).await?;
-    let at = crate::status::now();
-    let commit = (new_commit != previous.commit).then(|| FailedCommit {
-        commit: new_commit.to_string(),
-        reference: plan.git.reference.clone(),
-        at: at.clone(),
-        reason: cause_text.clone(),
-    });
-    // Only an environment that is back makes the new versions worth avoiding: after a reboot
-    // the one before them is gone, and they stay in service.
-    let secrets = (previous.env_restored() && !new_secrets.is_empty()).then(|| FailedSecrets {
-        versions: new_secrets.to_vec(),
-        at,
-        reason: cause_text,
-    });
-    let mut record = deploys::read(&config.paths.state_dir);
-    record.rolled_back(commit, secrets);
-    save(&config.paths, &record);
-    Ok(report)
+    Ok((start(config, plan, true, true, true).await?, recorded))
 }
 
 /// Why a change did not serve, worded to follow "because": the service's own error says which
@@ -174,22 +168,52 @@ pub(super) fn cause_of(error: &Error) -> String {
 
 /// Code refused before it was deployed (unsigned, rewound): the deploy timer leaves it alone
 /// while the ref names it, as it does a commit that failed its gate.
-pub(super) fn remember_failed(paths: &PathsConfig, failed: FailedCommit) {
-    let mut record = deploys::read(&paths.state_dir);
-    record.failed = Some(failed);
-    save(paths, &record);
+pub(super) fn remember_failed(paths: &PathsConfig, failed: FailedCommit) -> Result<(), Error> {
+    update(paths, |record| record.failed = Some(failed))
 }
 
-/// A change passed the gate.
-pub(super) fn passed(paths: &PathsConfig, commit: &str) {
-    let mut record = deploys::read(&paths.state_dir);
-    record.succeeded(commit, crate::status::now());
-    save(paths, &record);
-}
-
-/// The record only informs (metrics, the next deploy); failing to write it costs no boot.
-fn save(paths: &PathsConfig, record: &deploys::Deploys) {
-    if let Err(e) = deploys::write(&paths.state_dir, record) {
-        tracing::warn!(error = %e, dir = %paths.state_dir.display(), "could not record the deploy");
+/// `commit` with `versions` settled (and answered): a change that passed the gate counts as a
+/// deploy; either way it is the release a later failed change rolls back to.
+pub(super) fn proven(
+    paths: &PathsConfig,
+    commit: &str,
+    versions: &[SecretVersion],
+    changed: bool,
+) -> Result<(), Error> {
+    let mut record = read(paths)?;
+    let changed = match changed {
+        true => {
+            record.succeeded(commit, versions, crate::status::now());
+            true
+        }
+        false => record.proven_healthy(commit, versions),
+    };
+    if changed {
+        write(paths, &record)?;
     }
+    Ok(())
+}
+
+/// Reads, changes and writes the record back. The record decides what deploys next: when it
+/// cannot be read or written, the error says so rather than pretending it was kept.
+fn update(paths: &PathsConfig, change: impl FnOnce(&mut Deploys)) -> Result<(), Error> {
+    let mut record = read(paths)?;
+    change(&mut record);
+    write(paths, &record)
+}
+
+fn read(paths: &PathsConfig) -> Result<Deploys, Error> {
+    deploys::read(&paths.state_dir).map_err(Error::from)
+}
+
+fn write(paths: &PathsConfig, record: &Deploys) -> Result<(), Error> {
+    deploys::write(&paths.state_dir, record).map_err(|e| {
+        Error::io(
+            format!(
+                "failed to record the deploy in {}",
+                paths.state_dir.join(deploys::FILE).display()
+            ),
+            e,
+        )
+    })
 }

@@ -22,6 +22,7 @@ use crate::status::{GitStatus, Outcome, ServiceState, ServiceStatus, Status};
 use crate::Error;
 
 use checkout::GitWork;
+pub use checkout::Kept;
 use launch_hook::LaunchHook;
 use recorder::Recorder;
 
@@ -33,8 +34,9 @@ pub struct Run {
     pub retry_failed: bool,
 }
 
-/// The whole boot under the lock, recorded in status.json.
-pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
+/// The whole boot under the lock, recorded in status.json. Ok: the boot serves; with why, when
+/// it kept the release in service rather than deploy what the ref names.
+pub async fn boot(config: &Config, run: Run) -> Result<Option<Kept>, Error> {
     let started = Instant::now();
     let deadline = config.boot.deadline;
     let run_dir = &config.paths.run_dir;
@@ -43,9 +45,6 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
     envfile::check_memory_backed(run_dir, config.paths.allow_persistent_env_file)?;
     let _lock = lock::lock(&config.paths.lock_file(), deadline).await?;
     lock::clear_interrupted_boot(&config.paths);
-    // What the boot before this one left: whether the release in service was healthy.
-    let before = crate::status::read_as_written(&config.paths.status_file()).ok();
-
     let mut recorder = Recorder::start(&config.paths);
     recorder.save()?;
     let remaining = deadline.saturating_sub(started.elapsed());
@@ -54,7 +53,6 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
     let work = steps(
         config,
         run,
-        before.as_ref(),
         &mut recorder,
         &mut effects,
         &git_work,
@@ -69,6 +67,9 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
     };
     // Nothing is decided or recorded while git may still change the release in service.
     git_work.stop().await;
+    if result.is_err() {
+        recorder.status.serving_unchanged = effects.untouched.take();
+    }
     recorder.finish(result.as_ref().err())?;
     let warmed = recorder
         .status
@@ -80,8 +81,14 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
     }
     match (effects.launch_hook, result) {
         // A warm pool's launch is complete once everything is prepared.
-        (Some(hook), Ok(())) if warmed => hook.complete(config, ActionResult::Continue).await,
-        (Some(hook), Ok(())) => hook.finish(config, true).await,
+        (Some(hook), Ok(())) if warmed => {
+            hook.complete(config, ActionResult::Continue).await?;
+            Ok(effects.kept)
+        }
+        (Some(hook), Ok(())) => {
+            hook.finish(config, true).await?;
+            Ok(effects.kept)
+        }
         (Some(hook), Err(error)) => {
             // The boot's own error is what the caller needs; a failed ABANDON is only logged.
             if let Err(hook_error) = hook.finish(config, false).await {
@@ -103,7 +110,7 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
             }
             Err(error)
         }
-        (None, Ok(())) => Ok(()),
+        (None, Ok(())) => Ok(effects.kept),
     }
 }
 
@@ -112,7 +119,6 @@ pub async fn boot(config: &Config, run: Run) -> Result<(), Error> {
 async fn steps(
     config: &Config,
     run: Run,
-    before: Option<&Status>,
     recorder: &mut Recorder,
     effects: &mut Effects,
     git_work: &GitWork,
@@ -126,16 +132,19 @@ async fn steps(
     let plan = crate::plan::resolve_with(&imds, config, describe_tags_for).await?;
     recorder.status.identity = Some(plan.identity.clone());
     effects.launch_hook = LaunchHook::start(config, &plan, boot_ends).await?;
-    // Known before anything changes: the release a failed change rolls back to.
-    let previous = match plan.service.manager {
-        Manager::Systemd => gate::Previous::capture(before, &config.paths, &plan),
-        Manager::Exec => None,
+    // deploys.json: the release last proven healthy (what a failed change rolls back to) and
+    // what failed its gate before. When it cannot be trusted, nothing new is deployed over a
+    // release in service, and the gate guards the release in service itself.
+    let record = crate::deploys::read(&config.paths.state_dir);
+    let previous = match (plan.service.manager, &record) {
+        (Manager::Exec, _) => None,
+        (Manager::Systemd, Ok(record)) => gate::Previous::capture(record, &plan),
+        (Manager::Systemd, Err(_)) => gate::Previous::in_service(&plan),
     };
-    let avoid = match run.retry_failed {
-        true => None,
-        false => crate::deploys::read(&config.paths.state_dir)
-            .avoided(&plan.git.reference)
-            .cloned(),
+    let (avoid, untrusted) = match (run.retry_failed, record) {
+        (true, _) => (None, None),
+        (false, Ok(record)) => (record.avoided(&plan.git.reference).cloned(), None),
+        (false, Err(untrusted)) => (None, Some(untrusted)),
     };
     recorder.end(Outcome::Succeeded)?;
 
@@ -167,35 +176,66 @@ async fn steps(
     let in_service = git::Layout::of(&plan.git.dir)
         .current()
         .map(|commit| commit.to_string());
-    let (checkout, note) =
-        checkout::checkout_or_keep(config, &plan, credentials, git_work, boot_ends, avoid).await?;
-    if matches!(checkout.action, git::Action::Cloned | git::Action::Fetched) {
+    let proven = previous.as_ref().map(|p| p.commit.clone());
+    if let (Some(commit), Manager::Systemd) = (&in_service, plan.service.manager) {
+        if Some(commit) == proven.as_ref() {
+            effects.untouched = Some(crate::status::Serving {
+                commit: commit.clone(),
+                unit: plan.service.unit.clone(),
+            });
+        }
+    }
+    let (checkout, kept) = match (untrusted, &in_service) {
+        (Some(untrusted), Some(commit)) => checkout::keep_in_service(commit, untrusted.into()),
+        (untrusted, _) => {
+            if let Some(untrusted) = untrusted {
+                // A first boot has nothing to keep: it deploys, and says why it cannot check.
+                tracing::warn!("{untrusted}");
+            }
+            let keep = proven.as_deref().or(in_service.as_deref());
+            checkout::checkout_or_keep(config, &plan, credentials, git_work, boot_ends, avoid, keep)
+                .await?
+        }
+    };
+    let note = kept.as_ref().map(|kept| kept.note.clone());
+    effects.kept = kept;
+    let fetched = matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
+    // The unit restarts when the link moves, and when it names a release never proven healthy
+    // (a boot killed after the switch, before the gate), so that the gate judges it.
+    let code_changed = in_service.as_deref() != Some(checkout.commit.as_str())
+        || proven
+            .as_ref()
+            .is_some_and(|proven| *proven != checkout.commit);
+    if code_changed {
         effects.change = Some(Change {
             previous: in_service.clone(),
             commit: checkout.commit.clone(),
             dir: plan.git.dir.clone(),
             user: plan.service.user.clone(),
         });
-        if !config.deploy.pre_start.is_empty() {
-            let mut vars: Vec<(&str, &str)> = environment
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .collect();
-            vars.push(("BOOTAGENT_COMMIT", &checkout.commit));
-            vars.push((
-                "BOOTAGENT_PREVIOUS_COMMIT",
-                in_service.as_deref().unwrap_or_default(),
-            ));
-            service::run_hook(
-                "deploy.pre_start",
-                &config.deploy.pre_start,
-                &git::release_dir(&plan.git.dir, &checkout.commit),
-                &plan.service.user,
-                vars,
-                config.deploy.hook_timeout,
-            )
-            .await?;
-        }
+    }
+    if fetched && !config.deploy.pre_start.is_empty() {
+        let mut vars: Vec<(&str, &str)> = environment
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        vars.push(("BOOTAGENT_COMMIT", &checkout.commit));
+        vars.push((
+            "BOOTAGENT_PREVIOUS_COMMIT",
+            in_service.as_deref().unwrap_or_default(),
+        ));
+        service::run_hook(
+            "deploy.pre_start",
+            &config.deploy.pre_start,
+            &git::release_dir(&plan.git.dir, &checkout.commit),
+            &plan.service.user,
+            vars,
+            config.deploy.hook_timeout,
+        )
+        .await?;
+    }
+    if in_service.as_deref() != Some(checkout.commit.as_str()) {
+        effects.untouched = None;
         git::switch(&plan.git.dir, &checkout.commit).map_err(|e| git::GitError::Local {
             action: "switch to the new release",
             dir: plan.git.dir.clone(),
@@ -235,6 +275,9 @@ async fn steps(
 
     recorder.begin("env_file");
     let env_changed = envfile::write(&plan.env_file, &rendered)?;
+    if env_changed {
+        effects.untouched = None;
+    }
     if env_changed && effects.change.is_none() {
         effects.change = Some(Change {
             previous: in_service.clone(),
@@ -261,67 +304,40 @@ async fn steps(
     }
     match exec_command {
         None => {
-            let code_changed =
-                matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
             let changed = env_changed || code_changed;
+            if changed {
+                effects.untouched = None;
+            }
             let started =
                 gate::start(config, &plan, env_changed, code_changed, previous.is_some()).await;
             let (report, rolled_back) = match (started, &previous) {
                 (Ok(report), _) => {
-                    if changed && report.restarted {
-                        gate::passed(&config.paths, &checkout.commit);
+                    let versions = &recorder.status.secrets;
+                    let passed = changed && report.restarted;
+                    if let Err(e) = gate::proven(&config.paths, &checkout.commit, versions, passed)
+                    {
+                        // The boot serves; the next failed change cannot roll back to it.
+                        tracing::error!(
+                            "{} is healthy, but could not be recorded as the release to roll \
+                             back to: {}",
+                            checkout.commit,
+                            e.chain().replace("\n -> ", ": ")
+                        );
                     }
                     (report, None)
                 }
                 (Err(cause), Some(previous)) if changed => {
-                    let to = previous.commit.clone();
-                    let new_secrets: Vec<secrets::SecretVersion> = (recorder.status.secrets)
-                        .iter()
-                        .filter(|version| env_changed && !previous.secrets().contains(version))
-                        .cloned()
-                        .collect();
-                    let rolled_back = gate::roll_back(
+                    let error = roll_back(
                         config,
                         &plan,
                         previous,
                         &checkout.commit,
-                        &new_secrets,
-                        &cause,
-                    );
-                    let report = match rolled_back.await {
-                        Ok(report) => report,
-                        Err(failure) => {
-                            return Err(Error::RollbackFailed {
-                                from: checkout.commit.clone(),
-                                to,
-                                cause: gate::cause_of(&cause),
-                                failure: failure.chain().replace("\n -> ", ": "),
-                            })
-                        }
-                    };
-                    if let Some(git) = recorder.status.git.as_mut() {
-                        git.commit = to.clone();
-                    }
-                    if previous.env_restored() {
-                        recorder.status.secrets = previous.secrets().to_vec();
-                    }
-                    let cause = gate::cause_of(&cause);
-                    // The same commit with new secret versions: the versions were the change.
-                    let error = if checkout.commit == to && !new_secrets.is_empty() {
-                        Error::SecretsRolledBack {
-                            secrets: secrets::ids(&new_secrets),
-                            commit: to,
-                            cause,
-                        }
-                    } else {
-                        Error::RolledBack {
-                            from: checkout.commit.clone(),
-                            to,
-                            cause,
-                        }
-                    };
-                    recorder.degrade(error.to_string());
-                    (report, Some(error))
+                        env_changed,
+                        recorder,
+                        cause,
+                    )
+                    .await?;
+                    (error.0, Some(error.1))
                 }
                 (Err(cause), _) => return Err(cause),
             };
@@ -359,12 +375,83 @@ async fn steps(
     }
 }
 
+/// The change to `commit` failed its gate for `cause`: brings back `previous` and says what
+/// happened in the error the boot ends with.
+async fn roll_back(
+    config: &Config,
+    plan: &Plan,
+    previous: &gate::Previous,
+    commit: &str,
+    env_changed: bool,
+    recorder: &mut Recorder,
+    cause: Error,
+) -> Result<(service::UnitReport, Error), Error> {
+    let to = previous.commit.clone();
+    let new_secrets: Vec<secrets::SecretVersion> = (recorder.status.secrets)
+        .iter()
+        .filter(|version| env_changed && !previous.secrets().contains(version))
+        .cloned()
+        .collect();
+    let rolled_back = gate::roll_back(config, plan, previous, commit, &new_secrets, &cause);
+    let (report, recorded) = rolled_back.await.map_err(|failure| Error::RollbackFailed {
+        from: commit.to_string(),
+        to: to.clone(),
+        cause: gate::cause_of(&cause),
+        failure: failure.chain().replace("\n -> ", ": "),
+    })?;
+    if let Some(git) = recorder.status.git.as_mut() {
+        git.commit = to.clone();
+    }
+    if previous.env_restored() {
+        recorder.status.secrets = previous.secrets().to_vec();
+    }
+    let cause = gate::cause_of(&cause);
+    // The same commit with new secret versions: the versions were the change.
+    let secrets_only = commit == to && !new_secrets.is_empty();
+    let next = match (recorded, secrets_only) {
+        (Ok(()), false) => format!(
+            "{commit} is not deployed again until the ref moves on (`bootagent deploy --retry` \
+             tries it again)"
+        ),
+        (Ok(()), true) => "they are not used again while they are current (`bootagent deploy \
+                           --retry` tries them again)"
+            .to_string(),
+        (Err(why), _) => format!(
+            "this could not be recorded ({why}), so the next deploy or refresh tries it again: \
+             make {} writable",
+            config.paths.state_dir.display()
+        ),
+    };
+    let error = if secrets_only {
+        Error::SecretsRolledBack {
+            secrets: secrets::ids(&new_secrets),
+            commit: to,
+            cause,
+            next,
+        }
+    } else {
+        Error::RolledBack {
+            from: commit.to_string(),
+            to,
+            cause,
+            next,
+        }
+    };
+    recorder.degrade(error.to_string());
+    Ok((report, error))
+}
+
 /// What a boot leaves for after its steps, whether they finished or not.
 #[derive(Default)]
 struct Effects {
     launch_hook: Option<LaunchHook>,
     /// A change to what runs was attempted.
     change: Option<Change>,
+    /// The release last proven healthy, while this boot has changed nothing that serves: a
+    /// boot that fails then leaves the instance serving as before.
+    untouched: Option<crate::status::Serving>,
+    /// Why the release in service was kept instead of what the ref names.
+    kept: Option<checkout::Kept>,
 }
 
 /// A change to what runs: a new commit, or the same with a new environment.

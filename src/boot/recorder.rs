@@ -77,8 +77,9 @@ impl Recorder {
                 self.summary()
             ),
             (Some(error), _) => tracing::error!(
-                outcome = "failed",
-                "boot failed with exit code {}",
+                outcome = self.status.outcome.as_str(),
+                "boot {} with exit code {}",
+                self.status.outcome.as_str(),
                 error.exit_code
             ),
         }

@@ -30,10 +30,13 @@ impl StatusArgs {
         } else {
             print!("{}", render(&status));
         }
+        // The boot's own exit code: a rolled-back one exited 16 though its service serves.
         match &status.error {
-            Some(error) if status.outcome == Outcome::Failed => Err(Error::LastBootFailed {
-                exit_code: error.exit_code,
-            }),
+            Some(error) if matches!(status.outcome, Outcome::Failed | Outcome::RolledBack) => {
+                Err(Error::LastBootFailed {
+                    exit_code: error.exit_code,
+                })
+            }
             _ => Ok(()),
         }
     }
