@@ -25,6 +25,7 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
                 .into(),
         ));
     }
+    crate::boot::refuse_if_draining(&config.paths)?;
     let plan = crate::plan::resolve(config).await?;
     let env = &plan.identity.env;
     if when == When::Following && !config.deploy.follow.contains(env) {

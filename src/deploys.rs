@@ -100,21 +100,31 @@ pub fn write(state_dir: &Path, deploys: &Deploys) -> std::io::Result<()> {
 
 impl Deploys {
     /// A change to what runs passed the gate with `commit` and the secret `versions`. What
-    /// failed before is forgotten only when this is it, tried again and passed: a change that
-    /// passed with something else (a rotation on the release kept in service) says nothing
-    /// about the commit that failed.
+    /// failed before is forgotten once it is behind: tried again and passed, or followed by a
+    /// newer commit or version that passed. A change on the release kept in service (a
+    /// rotation) says nothing about the commit that failed, nor one of another secret about a
+    /// version that failed.
     pub fn succeeded(&mut self, commit: &str, versions: &[SecretVersion], at: String) {
+        // Behind: a commit other than the release proven before (the ref moved on), or the
+        // failed one itself; a version newer than the one proven before, or the failed one.
+        let commit_behind = |failed: &FailedCommit| {
+            failed.commit == commit || self.last_good_commit.as_deref() != Some(commit)
+        };
+        let version_behind = |failed: &SecretVersion| {
+            versions.iter().any(|passed| {
+                passed == failed
+                    || (passed.id == failed.id && !self.last_good_secrets.contains(passed))
+            })
+        };
+        if self.failed.as_ref().is_some_and(commit_behind) {
+            self.failed = None;
+        }
+        if (self.failed_secrets.as_ref()).is_some_and(|f| f.versions.iter().all(version_behind)) {
+            self.failed_secrets = None;
+        }
         self.succeeded = self.succeeded.saturating_add(1);
         self.last_good_at = Some(at);
         self.proven_healthy(commit, versions);
-        if self.failed.as_ref().is_some_and(|f| f.commit == commit) {
-            self.failed = None;
-        }
-        if (self.failed_secrets.as_ref())
-            .is_some_and(|f| f.versions.iter().all(|v| versions.contains(v)))
-        {
-            self.failed_secrets = None;
-        }
     }
 
     /// `commit` with the secret `versions` settled under the service manager (and answered, when
@@ -232,14 +242,17 @@ mod tests {
             (None, changed)
         );
         let mut deploys = read_back;
-        // A rotation that passed on another commit says nothing about the failed one.
-        deploys.succeeded("good", &[version("app_env_stage", "v-3")], "t2".into());
+        deploys.proven_healthy("good", &[version("app_env_stage", "v-1")]);
+        // A rotation of another secret that passed on the release kept in service says nothing
+        // about the failed commit, nor the failed version.
+        let rotated = [version("app_env_stage", "v-1"), version("shared", "v-9")];
+        deploys.succeeded("good", &rotated, "t2".into());
         assert_eq!((deploys.succeeded, deploys.rolled_back), (1, 1));
         assert_eq!(deploys.avoided("stage").unwrap().commit, "bad");
         assert!(deploys.avoids(&version("app_env_stage", "v-2")));
         assert_eq!(deploys.last_good_commit.as_deref(), Some("good"));
-        // Tried again and passed: forgotten.
-        deploys.succeeded("bad", &[version("app_env_stage", "v-2")], "t3".into());
+        // The ref moved on, with a newer version: both are behind.
+        deploys.succeeded("fixed", &[version("app_env_stage", "v-3")], "t3".into());
         assert!(deploys.avoided("stage").is_none());
         assert!(!deploys.avoids(&version("app_env_stage", "v-2")));
     }

@@ -77,6 +77,11 @@ pub enum Error {
     #[error(transparent)]
     Deploys(#[from] crate::deploys::Untrusted),
     #[error(
+        "the instance is draining before termination ({marker} exists): nothing is started or \
+         deployed until it launches again"
+    )]
+    Draining { marker: String },
+    #[error(
         "the change to {from} failed ({cause}), and rolling back to {to} failed too: {failure}; \
          the service may be down: see `systemctl status` and `journalctl -u` for its unit"
     )]
@@ -163,6 +168,7 @@ impl Error {
             Error::Lifecycle(e) if e.is_transient() => exit::TRANSIENT,
             Error::Lifecycle(_) => exit::LIFECYCLE,
             Error::Locked { .. } => exit::LOCKED,
+            Error::Draining { .. } => exit::DRAINING,
             Error::Deadline { .. } => exit::TRANSIENT,
             Error::LastBootFailed { exit_code } | Error::NotDeployed { exit_code, .. } => {
                 *exit_code

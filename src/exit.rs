@@ -36,6 +36,9 @@ pub const METADATA_UNUSABLE: u8 = 15;
 /// A change to what runs failed its gate (the unit did not settle, or the app's health URL did
 /// not turn green) and the release before it serves again.
 pub const ROLLED_BACK: u8 = 16;
+/// The instance is draining before termination (`lifecycle watch` saw it leave service): nothing
+/// is started, restarted or deployed until it launches again.
+pub const DRAINING: u8 = 17;
 /// Retries or a deadline ran out on something that may work later (EX_TEMPFAIL).
 pub const TRANSIENT: u8 = 75;
 
@@ -60,5 +63,6 @@ pub const TABLE: &[(u8, Option<bool>)] = &[
     (LIFECYCLE, Some(false)),
     (METADATA_UNUSABLE, Some(false)),
     (ROLLED_BACK, Some(false)),
+    (DRAINING, Some(false)),
     (TRANSIENT, Some(true)),
 ];

@@ -92,6 +92,9 @@ async fn terminate(config: &Config, complete_hook: bool) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("failed to write {}", marker.display()), e))?;
     tracing::info!(drain = %humantime::format_duration(config.lifecycle.drain), "terminating: draining");
     tokio::time::sleep(config.lifecycle.drain).await;
+    // A boot, refresh or deploy in flight ends first (each refuses to start once the marker
+    // exists); holding the lock until the hook is answered, none starts the unit again.
+    let _lock = crate::boot::lock(&config.paths, config.boot.deadline).await?;
     let last = status::read(&config.paths).ok();
     if let Some(service) = last.and_then(|s| s.service) {
         if service.manager == Manager::Systemd {

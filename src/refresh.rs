@@ -20,6 +20,7 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
                 .into(),
         ));
     }
+    crate::boot::refuse_if_draining(&config.paths)?;
     let last = status::read(&config.paths)?;
     let plan = crate::plan::resolve(config).await?;
     let since = crate::deploy::secrets_since(config, &plan, &last, false).await?;

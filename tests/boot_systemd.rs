@@ -617,6 +617,18 @@ fn a_spot_interruption_drains_and_stops_without_a_hook() {
         "{}",
         report.stdout()
     );
+    // A drain is final: no boot, refresh or deploy starts the unit again.
+    for args in [
+        &["boot"][..],
+        &["refresh", "--now"],
+        &["deploy", "--follow"],
+        &["deploy"],
+    ] {
+        let run = container.bootagent(&imds, args);
+        run.expect(17)
+            .stderr_has("the instance is draining before termination");
+        assert_eq!(container.show(&unit, "ActiveState"), "inactive", "{args:?}");
+    }
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub async fn boot(config: &Config, run: Run) -> Result<Option<Kept>, Error> {
         .map_err(|e| Error::io(format!("failed to create {}", run_dir.display()), e))?;
     envfile::check_memory_backed(run_dir, config.paths.allow_persistent_env_file)?;
     let _lock = lock::lock(&config.paths.lock_file(), deadline).await?;
+    // A drain is final: `lifecycle watch` stops the unit under this lock, after which nothing
+    // may start it again.
+    refuse_if_draining(&config.paths)?;
     lock::clear_interrupted_boot(&config.paths);
     let mut recorder = Recorder::start(&config.paths);
     recorder.save()?;
@@ -141,6 +144,18 @@ async fn steps(
         (Manager::Systemd, Ok(record)) => gate::Previous::capture(record, &plan),
         (Manager::Systemd, Err(_)) => gate::Previous::in_service(&plan),
     };
+    let in_service = git::Layout::of(&plan.git.dir)
+        .current()
+        .map(|commit| commit.to_string());
+    let proven = previous.as_ref().map(|p| p.commit.clone());
+    if let (Some(commit), Some(_)) = (&in_service, &previous) {
+        if Some(commit) == proven.as_ref() {
+            effects.untouched = Some(crate::status::Serving {
+                commit: commit.clone(),
+                unit: plan.service.unit.clone(),
+            });
+        }
+    }
     let (avoid, untrusted) = match (run.retry_failed, record) {
         (true, _) => (None, None),
         (false, Ok(record)) => (record.avoided(&plan.git.reference).cloned(), None),
@@ -173,18 +188,6 @@ async fn steps(
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("git");
-    let in_service = git::Layout::of(&plan.git.dir)
-        .current()
-        .map(|commit| commit.to_string());
-    let proven = previous.as_ref().map(|p| p.commit.clone());
-    if let (Some(commit), Manager::Systemd) = (&in_service, plan.service.manager) {
-        if Some(commit) == proven.as_ref() {
-            effects.untouched = Some(crate::status::Serving {
-                commit: commit.clone(),
-                unit: plan.service.unit.clone(),
-            });
-        }
-    }
     let (checkout, kept) = match (untrusted, &in_service) {
         (Some(untrusted), Some(commit)) => checkout::keep_in_service(commit, untrusted.into()),
         (untrusted, _) => {
@@ -289,6 +292,7 @@ async fn steps(
     recorder.end(Outcome::Succeeded)?;
 
     recorder.begin("service");
+    refuse_if_draining(&config.paths)?;
     if in_warm_pool(&imds).await {
         // Everything is ready; starting waits for the instance to go in service, when
         // `lifecycle watch` boots again.
@@ -498,6 +502,25 @@ async fn hooks_after(config: &Config, change: &Change, status: &Status) {
     .await;
     if let Err(e) = ran {
         tracing::error!(error = %e, "the deploy.post hook failed");
+    }
+}
+
+/// The boot lock: while it is held, no boot, refresh or deploy runs.
+pub async fn lock(
+    paths: &crate::config::PathsConfig,
+    wait: Duration,
+) -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
+    lock::lock(&paths.lock_file(), wait).await
+}
+
+/// A boot, refresh or deploy while the instance drains changes nothing.
+pub fn refuse_if_draining(paths: &crate::config::PathsConfig) -> Result<(), Error> {
+    let marker = paths.draining_marker();
+    match marker.exists() {
+        true => Err(Error::Draining {
+            marker: marker.display().to_string(),
+        }),
+        false => Ok(()),
     }
 }
 
