@@ -43,19 +43,20 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         set_aside: avoided,
     } = secrets_since(config, &plan, &last, retry_failed).await?;
     let head = remote_head(config, &plan, &client).await?;
-    let in_service = git::Layout::of(&plan.git.dir)
-        .current()
-        .map(|commit| commit.to_string());
-    if new_secrets.is_empty() && in_service.as_deref() == Some(head.as_str()) {
+    let in_service = git::Layout::of(&plan.git.dir).current();
+    // A ref whose commit this instance cannot read yet (a new tag object, a commit not fetched)
+    // is something new: the boot fetches and checks it.
+    if new_secrets.is_empty() && in_service.is_some() && in_service == head.commit {
         match avoided {
             None => tracing::info!(commit = %head, "up to date: nothing to deploy"),
             Some(warning) => tracing::warn!("{warning}"),
         }
         return Ok(());
     }
-    let failed_before = record
-        .avoided(&plan.git.reference)
-        .filter(|failed| failed.commit == head);
+    let failed_before = record.avoided(&plan.git.reference).filter(|failed| {
+        head.commit
+            .is_some_and(|commit| failed.commit == commit.to_string())
+    });
     if let (Some(failed), false, true) = (failed_before, retry_failed, new_secrets.is_empty()) {
         tracing::warn!(
             commit = %failed.commit,
@@ -68,7 +69,7 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         return Ok(());
     }
     tracing::info!(
-        from = in_service.as_deref().unwrap_or("none"),
+        from = %in_service.map_or("none".to_string(), |commit| commit.to_string()),
         to = %head,
         secrets = %secrets::ids(&new_secrets),
         "deploying"
@@ -107,12 +108,12 @@ pub async fn secrets_since(
     })
 }
 
-/// The commit the ref names on the remote now: one listing, with the credentials a boot uses.
+/// What the ref names on the remote now: one listing, with the credentials a boot uses.
 async fn remote_head(
     config: &Config,
     plan: &Plan,
     client: &secrets::Client,
-) -> Result<String, Error> {
+) -> Result<git::RemoteRef, Error> {
     let url = plan.git.url.clone().ok_or_else(|| git::GitError::NoUrl {
         tag: config.identity.repository_tag.clone(),
     })?;
@@ -124,8 +125,11 @@ async fn remote_head(
     drop(loaded);
     let reference = plan.git.reference.clone();
     let limits = git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
-    tokio::task::spawn_blocking(move || git::remote_commit(&url, &reference, &credentials, &limits))
-        .await
-        .map_err(|e| Error::io("the git listing failed", std::io::Error::other(e)))?
-        .map_err(Error::from)
+    let dir = plan.git.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        git::remote_ref(&url, &reference, &dir, &credentials, &limits)
+    })
+    .await
+    .map_err(|e| Error::io("the git listing failed", std::io::Error::other(e)))?
+    .map_err(Error::from)
 }
