@@ -71,6 +71,9 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         )
     })?;
     let head = remote_head(config, &plan, &client).await?;
+    // A ref whose commit this instance cannot read yet (a new tag object, a commit not fetched)
+    // is something new: the boot fetches and checks it.
+    let head_commit = head.commit.map(|commit| commit.to_string());
     // What serves must be the release last proven healthy; one never proven (a boot killed
     // before its gate) is judged by a boot.
     let proven = in_service.is_some() && in_service == record.last_good_commit;
@@ -79,7 +82,7 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
         reason,
         exit_code,
     };
-    if new_secrets.is_empty() && proven && in_service.as_deref() == Some(head.as_str()) {
+    if new_secrets.is_empty() && proven && in_service.is_some() && in_service == head_commit {
         return match avoided {
             None => {
                 tracing::info!(commit = %head, "up to date: nothing to deploy");
@@ -90,7 +93,7 @@ pub async fn deploy(config: &Config, when: When, retry_failed: bool) -> Result<(
     }
     let failed_before = record
         .avoided(&plan.git.reference)
-        .filter(|failed| failed.commit == head);
+        .filter(|failed| head_commit.as_deref() == Some(failed.commit.as_str()));
     if let (Some(failed), false, true, true) =
         (failed_before, retry_failed, new_secrets.is_empty(), proven)
     {
@@ -155,12 +158,12 @@ pub async fn secrets_since(
     })
 }
 
-/// The commit the ref names on the remote now: one listing, with the credentials a boot uses.
+/// What the ref names on the remote now: one listing, with the credentials a boot uses.
 async fn remote_head(
     config: &Config,
     plan: &Plan,
     client: &secrets::Client,
-) -> Result<String, Error> {
+) -> Result<git::RemoteRef, Error> {
     let url = plan.git.url.clone().ok_or_else(|| git::GitError::NoUrl {
         tag: config.identity.repository_tag.clone(),
     })?;
@@ -172,8 +175,11 @@ async fn remote_head(
     drop(loaded);
     let reference = plan.git.reference.clone();
     let limits = git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
-    tokio::task::spawn_blocking(move || git::remote_commit(&url, &reference, &credentials, &limits))
-        .await
-        .map_err(|e| Error::io("the git listing failed", std::io::Error::other(e)))?
-        .map_err(Error::from)
+    let dir = plan.git.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        git::remote_ref(&url, &reference, &dir, &credentials, &limits)
+    })
+    .await
+    .map_err(|e| Error::io("the git listing failed", std::io::Error::other(e)))?
+    .map_err(Error::from)
 }

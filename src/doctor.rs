@@ -10,7 +10,7 @@ use aws_sdk_secretsmanager::primitives::{DateTime, DateTimeFormat};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, Manager};
+use crate::config::{Config, Manager, Verify};
 use crate::imds::ImdsClient;
 use crate::plan::Plan;
 use crate::{envfile, git, identity, secrets, status};
@@ -110,6 +110,7 @@ const ORDER: &[&str] = &[
     "isolation",
     "clock",
     "git",
+    "signing",
     "env-file",
     "unit",
     "disk",
@@ -200,6 +201,10 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
                 checks.push(named(name, Instant::now(), finding));
             }
         }
+    }
+    if config.git.verify != Verify::None {
+        let finding = check_signing(&config);
+        checks.push(named("signing", Instant::now(), finding));
     }
     spawn(
         &mut set,
@@ -556,8 +561,9 @@ async fn check_git(
     let shown = crate::remote::redact(&url);
     // The listing stops by itself within the check's time, so no git thread outlives doctor.
     let limits = git::Limits::new(timeout, "doctor --timeout", git::Cancel::default());
+    let dir = plan.git.dir.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        git::remote_commit(&url, &reference, &credentials, &limits)
+        git::remote_ref(&url, &reference, &dir, &credentials, &limits)
     })
     .await;
     match answer {
@@ -598,6 +604,48 @@ async fn git_credentials(
     }
     git::Credentials::from_config(config, &mut loaded)
         .map_err(|e| fail(e.to_string(), "fix git.token or git.ssh_key"))
+}
+
+/// With `git.verify` set, what a boot needs to check a signature: the tool on PATH and the
+/// file of trusted keys, read as a boot reads it.
+fn check_signing(config: &Config) -> Finding {
+    let verify = config.git.verify;
+    let keys = match verify {
+        Verify::Gpg => &config.git.gpg_keyring,
+        _ => &config.git.allowed_signers,
+    };
+    if let Some(tool) = git::trust::tool(verify) {
+        if on_path(tool).is_none() {
+            let package = match verify {
+                Verify::Gpg => "gpgv",
+                _ => "openssh-client (openssh-clients on Amazon Linux)",
+            };
+            return fail(
+                format!("git.verify needs {tool}, which is not on PATH: no code can deploy"),
+                format!("install {package} in the image"),
+            );
+        }
+    }
+    match git::trust::check_keys(verify, keys) {
+        Ok(()) => ok(format!(
+            "{} and the trusted keys in {} are there",
+            git::trust::tool(verify).unwrap_or_default(),
+            keys.display()
+        )),
+        Err(problem) => fail(problem.problem, problem.fix),
+    }
+}
+
+/// Where `program` is found on PATH, as a boot would run it.
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
 }
 
 async fn check_env_file(config: Arc<Config>, plan: Arc<Plan>) -> Finding {

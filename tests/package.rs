@@ -101,6 +101,9 @@ fn each_deb_lists_the_files_an_instance_needs_and_keeps_the_config_as_a_conffile
         );
         let conffiles = std::fs::read_to_string(control.path().join("conffiles")).unwrap();
         assert_eq!(conffiles.trim(), "/etc/bootagent/config.toml");
+        // What git.verify needs, suggested: installed where signed code is wanted.
+        let suggests = output("dpkg-deb", &["--field", deb, "Suggests"]);
+        assert_eq!(suggests.trim(), "openssh-client, gpgv");
 
         let unpacked = tempfile::tempdir().unwrap();
         output(
@@ -135,6 +138,13 @@ fn each_rpm_lists_the_files_marks_the_config_noreplace_and_never_starts_the_boot
             );
         }
         assert_eq!(output("rpm", &["-qp", "--qf", "%{ARCH}", rpm]), arch);
+        let suggests = output("rpm", &["-qp", "--suggests", rpm]);
+        for tool in ["openssh-clients", "/usr/bin/gpgv"] {
+            assert!(
+                suggests.lines().any(|line| line.trim() == tool),
+                "{rpm} does not suggest {tool}: {suggests}"
+            );
+        }
         let config = output(
             "rpm",
             &["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", rpm],

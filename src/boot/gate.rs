@@ -136,25 +136,41 @@ pub(super) async fn roll_back(
         at,
         reason: cause_text,
     });
+    let before = read(&config.paths).ok();
     let recorded = update(&config.paths, |record| record.rolled_back(commit, secrets))
         .map_err(|e| e.chain().replace("\n -> ", ": "));
     if let Err(why) = &recorded {
         tracing::error!("could not record what failed its gate, so it will be tried again: {why}");
     }
     crate::failpoint::hit("rolling-back");
-    crate::git::switch(&plan.git.dir, &previous.commit).map_err(|e| {
-        Error::io(
-            format!(
-                "failed to switch back to the release of {}",
-                previous.commit
-            ),
-            e,
-        )
-    })?;
-    if let Some(env) = &previous.env {
-        crate::envfile::write(&plan.env_file, env)?;
+    let restored = async {
+        crate::git::switch(&plan.git.dir, &previous.commit).map_err(|e| {
+            Error::io(
+                format!(
+                    "failed to switch back to the release of {}",
+                    previous.commit
+                ),
+                e,
+            )
+        })?;
+        if let Some(env) = &previous.env {
+            crate::envfile::write(&plan.env_file, env)?;
+        }
+        start(config, plan, true, true, true).await
+    };
+    match restored.await {
+        Ok(report) => Ok((report, recorded)),
+        Err(failure) => {
+            // The release before fails as well: the change is not shown to be at fault (the
+            // unit or the host is), so it is not held against it.
+            if let (Some(before), Ok(())) = (before, &recorded) {
+                if let Err(e) = write(&config.paths, &before) {
+                    tracing::warn!(error = %e.chain(), "could not take back the failed record");
+                }
+            }
+            Err(failure)
+        }
     }
-    Ok((start(config, plan, true, true, true).await?, recorded))
 }
 
 /// Why a change did not serve, worded to follow "because": the service's own error says which

@@ -17,6 +17,7 @@ use crate::plan::GitPlan;
 use crate::remote::redact;
 use transport::{ActiveSession, Failure};
 pub use transport::{Cancel, Limits};
+use trust::Target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -54,6 +55,17 @@ pub enum GitError {
         commit: String,
         reason: String,
         keys: String,
+    },
+    #[error("{problem}; {fix}")]
+    Keys { problem: String, fix: String },
+    #[error(
+        "git remote {url}: {reference} names {what}, not a commit; point it at a commit (an \
+         annotated tag must tag the commit itself)"
+    )]
+    NotACommit {
+        url: String,
+        reference: String,
+        what: String,
     },
     #[error(
         "refused {reference} at {commit}: it does not descend from {in_service}, the release in \
@@ -451,9 +463,69 @@ pub fn sync(
     let mut connection = remote
         .connect_auth(Direction::Fetch, None, None)
         .map_err(|e| network_error(e, url, &session))?;
-    let (source_ref, advertised, tag_object) =
-        advertised_ref(&mut connection, url, &plan.reference, &session)?;
-    if let Some(failed) = avoid.filter(|f| f.commit == advertised.to_string()) {
+    let listed = advertised_ref(&mut connection, url, &plan.reference, &session)?;
+    // What runs is read from the objects on this side: the commit the ref names, or for an
+    // annotated tag the commit its (verified) tag object names. The remote's word is only what
+    // to fetch.
+    let known = target_of(&repo, &listed, url)?;
+    let mut received = (0, 0);
+    let fetched = known.is_none();
+    let target = match known {
+        Some(target) => target,
+        None => {
+            let mut last_report = Instant::now();
+            let mut callbacks = git2::RemoteCallbacks::new();
+            callbacks.transfer_progress(|progress| {
+                received = (progress.received_objects(), progress.received_bytes());
+                // A local fetch has no transport of ours to stop it: false aborts it here.
+                if limits.exceeded().is_some() {
+                    return false;
+                }
+                // A long transfer says how far it got, at a steady pace.
+                if last_report.elapsed() >= PROGRESS_EVERY {
+                    last_report = Instant::now();
+                    tracing::info!(
+                        objects = progress.received_objects(),
+                        total = progress.total_objects(),
+                        bytes = progress.received_bytes(),
+                        "fetching"
+                    );
+                }
+                true
+            });
+            let mut options = FetchOptions::new();
+            options.remote_callbacks(callbacks);
+            // libgit2's local transport cannot fetch shallow; a repository on this machine's
+            // disk costs no network, so it is fetched whole.
+            // Whether the new commit descends from the one in service needs the history.
+            if !is_local(url) && plan.trust.allow_rewind {
+                options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
+            }
+            connection
+                .remote()
+                .download(
+                    &[format!("+{}:{TRACKING}", listed.name)],
+                    Some(&mut options),
+                )
+                .map_err(|e| network_error(e, url, &session))?;
+            drop(options);
+            let target = target_of(&repo, &listed, url)?.ok_or_else(|| GitError::Unusable {
+                url: redact(url),
+                message: format!(
+                    "the fetch of {} did not bring {} and the commit it names",
+                    listed.name, listed.object
+                ),
+            })?;
+            // A ref keeps the commit: the next fetch offers it as what this side has, so only
+            // what is new comes.
+            repo.reference(TRACKING, target.commit, true, "bootagent fetch")
+                .map_err(local("record the fetched commit"))?;
+            target
+        }
+    };
+    warn_if_peel_forged(&listed, &target, url);
+    let commit_id = target.commit;
+    if let Some(failed) = avoid.filter(|f| f.commit == commit_id.to_string()) {
         if layout.current().is_some() {
             return Err(GitError::FailedBefore {
                 reference: plan.reference.clone(),
@@ -463,78 +535,33 @@ pub fn sync(
             });
         }
     }
-    if layout.current() == Some(advertised) {
+    if layout.current() == Some(commit_id) {
         return Ok(Checkout {
-            commit: advertised.to_string(),
+            commit: commit_id.to_string(),
             action: Action::Unchanged,
-            received_objects: 0,
-            received_bytes: 0,
+            received_objects: received.0,
+            received_bytes: received.1,
         });
     }
-
-    let release = layout.releases.join(advertised.to_string());
-    let mut action = Action::Fetched;
-    let mut received = (0, 0);
-    // The objects the checks and the checkout read: the commit, and the tag that names it.
-    let missing = repo.find_commit(advertised).is_err()
-        || tag_object.is_some_and(|tag| repo.find_tag(tag).is_err());
-    if missing {
-        let mut last_report = Instant::now();
-        let mut callbacks = git2::RemoteCallbacks::new();
-        callbacks.transfer_progress(|progress| {
-            received = (progress.received_objects(), progress.received_bytes());
-            // A local fetch has no transport of ours to stop it: false aborts it here.
-            if limits.exceeded().is_some() {
-                return false;
-            }
-            // A long transfer says how far it got, at a steady pace.
-            if last_report.elapsed() >= PROGRESS_EVERY {
-                last_report = Instant::now();
-                tracing::info!(
-                    objects = progress.received_objects(),
-                    total = progress.total_objects(),
-                    bytes = progress.received_bytes(),
-                    "fetching"
-                );
-            }
-            true
-        });
-        let mut options = FetchOptions::new();
-        options.remote_callbacks(callbacks);
-        // libgit2's local transport cannot fetch shallow; a repository on this machine's
-        // disk costs no network, so it is fetched whole.
-        // Whether the new commit descends from the one in service needs the history.
-        if !is_local(url) && plan.trust.allow_rewind {
-            options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
-        }
-        connection
-            .remote()
-            .download(&[format!("+{source_ref}:{TRACKING}")], Some(&mut options))
-            .map_err(|e| network_error(e, url, &session))?;
-        drop(options);
-        // A ref keeps the commit: the next fetch offers it as what this side has, so only
-        // what is new comes.
-        repo.reference(TRACKING, advertised, true, "bootagent fetch")
-            .map_err(local("record the fetched commit"))?;
-        if fresh {
-            action = Action::Cloned;
-        }
-    }
+    let action = match (fetched, fresh) {
+        (true, true) => Action::Cloned,
+        _ => Action::Fetched,
+    };
+    let release = layout.releases.join(commit_id.to_string());
     trust::check(
         &repo,
         &plan.trust,
         &plan.reference,
-        advertised,
-        tag_object,
+        &target,
         layout.current(),
     )?;
     if !release.exists() {
         let commit = repo
-            .find_commit(advertised)
+            .find_commit(commit_id)
             .map_err(local("find the fetched commit"))?;
         let staging = layout
             .releases
-            .join(format!(".{advertised}.tmp-{}", std::process::id()));
+            .join(format!(".{commit_id}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         stop_if_exceeded()?;
         let mut checkout = git2::build::CheckoutBuilder::new();
@@ -562,7 +589,7 @@ pub fn sync(
     }
     stop_if_exceeded()?;
     Ok(Checkout {
-        commit: advertised.to_string(),
+        commit: commit_id.to_string(),
         action,
         received_objects: received.0,
         received_bytes: received.1,
@@ -714,22 +741,63 @@ fn sync_filesystem(path: &Path) -> std::io::Result<()> {
     nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
 }
 
-/// The commit `reference` names on the remote, asking the remote alone (like `git ls-remote`):
-/// no checkout is touched.
-pub fn remote_commit(
+/// What `reference` names on the remote, asking the remote alone (like `git ls-remote`): no
+/// checkout is touched. The commit is known only when this instance already has the object the
+/// ref names (`dir` is `git.dir`): for an annotated tag, the remote's peeled value is not taken
+/// on its word.
+pub fn remote_ref(
     url: &str,
     reference: &str,
+    dir: &Path,
     credentials: &Credentials,
     limits: &Limits,
-) -> Result<String, GitError> {
+) -> Result<RemoteRef, GitError> {
     let session = credentials.session(url, limits)?;
     let mut remote =
         git2::Remote::create_detached(url).map_err(|e| network_error(e, url, &session))?;
     let mut connection = remote
         .connect_auth(Direction::Fetch, None, None)
         .map_err(|e| network_error(e, url, &session))?;
-    let (_, commit, _) = advertised_ref(&mut connection, url, reference, &session)?;
-    Ok(commit.to_string())
+    let listed = advertised_ref(&mut connection, url, reference, &session)?;
+    let commit = match Repository::open_bare(Layout::of(dir).repo) {
+        Ok(repo) => target_of(&repo, &listed, url)?.map(|target| target.commit),
+        Err(_) => None,
+    };
+    Ok(RemoteRef {
+        object: listed.object,
+        commit,
+    })
+}
+
+/// What a ref names on the remote, as far as this instance can tell before it fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteRef {
+    /// The object the ref names: a commit, or an annotated tag's object.
+    pub object: Oid,
+    /// Its commit, read from the object this instance has; `None` when it has not fetched it.
+    pub commit: Option<Oid>,
+}
+
+impl std::fmt::Display for RemoteRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.commit {
+            Some(commit) if commit == self.object => write!(f, "{commit}"),
+            Some(commit) => write!(f, "{commit} (tag object {})", self.object),
+            None => write!(f, "{} (not fetched yet)", self.object),
+        }
+    }
+}
+
+/// A ref as the remote listed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    /// `refs/heads/prod`, `refs/tags/rel-1`, or a commit id as given.
+    name: String,
+    /// The object the ref names.
+    object: Oid,
+    /// The commit the remote says an annotated tag peels to (`refs/tags/rel-1^{}`): unverified,
+    /// only compared with what the tag object says.
+    peeled: Option<Oid>,
 }
 
 /// Finds `reference` among the refs the connected remote lists.
@@ -738,12 +806,79 @@ fn advertised_ref(
     url: &str,
     reference: &str,
     session: &ActiveSession,
-) -> Result<(String, Oid, Option<Oid>), GitError> {
+) -> Result<Listed, GitError> {
     let heads = list_refs(connection.remote()).map_err(|e| network_error(e, url, session))?;
     find_ref(&heads, reference).ok_or_else(|| GitError::RefNotFound {
         url: redact(url),
         reference: reference.to_string(),
     })
+}
+
+/// The commit `listed` names, and the tag object on the way, read from `repo`'s objects (the
+/// tag object's own `object` and `type` headers): `None` while they are not all there.
+fn target_of(repo: &Repository, listed: &Listed, url: &str) -> Result<Option<Target>, GitError> {
+    let odb = repo.odb().map_err(|e| GitError::Local {
+        action: "open the object database",
+        dir: repo.path().to_path_buf(),
+        message: e.message().to_string(),
+    })?;
+    let not_a_commit = |what: String| GitError::NotACommit {
+        url: redact(url),
+        reference: listed.name.clone(),
+        what,
+    };
+    let present = |oid: Oid| odb.read_header(oid).ok().map(|(_, kind)| kind);
+    let (commit, tag) = match present(listed.object) {
+        None => return Ok(None),
+        Some(git2::ObjectType::Commit) => (listed.object, None),
+        Some(git2::ObjectType::Tag) => {
+            let raw = odb.read(listed.object).map_err(|e| GitError::Local {
+                action: "read the fetched tag",
+                dir: repo.path().to_path_buf(),
+                message: e.message().to_string(),
+            })?;
+            let header = trust::TagHeader::parse(raw.data()).ok_or_else(|| {
+                not_a_commit(format!(
+                    "a tag object {} that does not parse",
+                    listed.object
+                ))
+            })?;
+            if header.kind != "commit" {
+                return Err(not_a_commit(format!(
+                    "a tag object {} that tags a {} ({})",
+                    listed.object, header.kind, header.object
+                )));
+            }
+            (header.object, Some(listed.object))
+        }
+        Some(kind) => return Err(not_a_commit(format!("a {kind} ({})", listed.object))),
+    };
+    if present(commit) != Some(git2::ObjectType::Commit) {
+        return Ok(None);
+    }
+    Ok(Some(Target {
+        reference: listed.name.clone(),
+        commit,
+        tag,
+    }))
+}
+
+/// A peeled value the remote listed that is not what the tag object says is a forgery (by the
+/// server or on the way): what runs was read from the tag object, but someone tried.
+fn warn_if_peel_forged(listed: &Listed, target: &Target, url: &str) {
+    if let Some(peeled) = listed.peeled.filter(|peeled| *peeled != target.commit) {
+        tracing::warn!(
+            security_event = "forged-peeled-ref",
+            reference = %listed.name,
+            "git remote {} listed {}^{{}} as commit {peeled}, but the tag object {} names commit \
+             {}: the listing was forged (by the server or on the way); only the tag object's \
+             commit is considered. Check the remote and the network path to it",
+            redact(url),
+            listed.name,
+            listed.object,
+            target.commit
+        );
+    }
 }
 
 /// The refs a connected remote advertised: each name as the bytes it is, and its commit. Ref
@@ -775,31 +910,34 @@ fn list_refs(remote: &git2::Remote<'_>) -> Result<Vec<(Vec<u8>, Oid)>, git2::Err
     }
 }
 
-/// The advertised ref for `reference`, the commit it points at, and the tag object when it is an
-/// annotated tag: a branch first, then a tag (peeled, so an annotated tag gives its commit), or
-/// a full commit id as itself.
-fn find_ref(heads: &[(Vec<u8>, Oid)], reference: &str) -> Option<(String, Oid, Option<Oid>)> {
+/// The advertised ref for `reference`: a branch first, then a tag (with the peeled value the
+/// remote lists for an annotated one), or a full commit id as itself.
+fn find_ref(heads: &[(Vec<u8>, Oid)], reference: &str) -> Option<Listed> {
     let lookup = |name: &str| {
         heads
             .iter()
             .find(|(advertised, _)| advertised == name.as_bytes())
             .map(|(_, oid)| *oid)
     };
+    let listed = |name: String, object: Oid| {
+        let peeled = lookup(&format!("{name}^{{}}"));
+        Listed {
+            name,
+            object,
+            peeled,
+        }
+    };
     let branch = format!("refs/heads/{reference}");
     if let Some(oid) = lookup(&branch) {
-        return Some((branch, oid, None));
+        return Some(listed(branch, oid));
     }
     let tag = format!("refs/tags/{reference}");
-    if let Some(peeled) = lookup(&format!("{tag}^{{}}")) {
-        let object = lookup(&tag);
-        return Some((tag, peeled, object));
-    }
     if let Some(oid) = lookup(&tag) {
-        return Some((tag, oid, None));
+        return Some(listed(tag, oid));
     }
     if reference.len() == 40 {
         let oid = Oid::from_str(reference).ok()?;
-        return Some((reference.to_string(), oid, None));
+        return Some(listed(reference.to_string(), oid));
     }
     None
 }
@@ -909,9 +1047,11 @@ mod tests {
         let credentials = Credentials::from_config(&config, &mut none).unwrap();
         let limits = Limits::new(Duration::from_secs(30), "test", Cancel::default());
         let url = format!("file://{}", dir.path().display());
-        let commit = remote_commit(&url, "prod", &credentials, &limits).unwrap();
-        assert_eq!(commit.len(), 40);
-        let err = remote_commit(&url, "nosuch", &credentials, &limits).unwrap_err();
+        let nowhere = dir.path().join("checkout");
+        let head = remote_ref(&url, "prod", &nowhere, &credentials, &limits).unwrap();
+        assert!(!head.object.is_zero());
+        assert_eq!(head.commit, None, "nothing is fetched");
+        let err = remote_ref(&url, "nosuch", &nowhere, &credentials, &limits).unwrap_err();
         assert!(matches!(err, GitError::RefNotFound { .. }), "{err}");
     }
 

@@ -12,17 +12,22 @@ use super::GitError;
 use crate::config::{Signed, Verify};
 use crate::plan::Trust;
 
-/// Checks `commit` (named by the tag object `tag`, when the ref is an annotated tag) before it
-/// is deployed over `in_service`.
+/// Checks `target` (the commit to deploy, and the tag object that names it when the ref is an
+/// annotated tag) before it is deployed over `in_service`. `reference` is `git.ref`, as the
+/// messages name it.
 pub(super) fn check(
     repo: &Repository,
     trust: &Trust,
     reference: &str,
-    commit: Oid,
-    tag: Option<Oid>,
+    target: &Target,
     in_service: Option<Oid>,
 ) -> Result<(), GitError> {
+    let commit = target.commit;
     if trust.verify != Verify::None {
+        check_keys(trust.verify, &trust.keys).map_err(|problem| GitError::Keys {
+            problem: problem.problem,
+            fix: problem.fix,
+        })?;
         let (object, signature, payload) = match trust.signed {
             Signed::Commit => {
                 let object = format!("commit {commit}");
@@ -34,7 +39,7 @@ pub(super) fn check(
                 }
             }
             Signed::Tag => {
-                let Some(tag) = tag else {
+                let Some(tag) = target.tag else {
                     return Err(unverified(
                         trust,
                         commit,
@@ -47,6 +52,11 @@ pub(super) fn check(
                     |e: git2::Error| unverified(trust, commit, object.clone(), e.message().into());
                 let odb = repo.odb().map_err(unreadable)?;
                 let raw = odb.read(tag).map_err(unreadable)?;
+                // What the signature covers is what binds the tag to its commit and its name:
+                // the headers of these very bytes, not what the remote advertised.
+                if let Err(reason) = bound_to(raw.data(), &target.reference, commit) {
+                    return Err(unverified(trust, commit, object, reason));
+                }
                 match split_tag_signature(raw.data()) {
                     Some((payload, signature)) => (object, signature.to_vec(), payload.to_vec()),
                     None => {
@@ -90,6 +100,65 @@ fn unverified(trust: &Trust, commit: Oid, object: String, reason: String) -> Git
         reason,
         keys: trust.keys.display().to_string(),
     }
+}
+
+/// What a ref names, read from this side's object database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Target {
+    /// The ref as the remote listed it (`refs/tags/rel-1`).
+    pub reference: String,
+    pub commit: Oid,
+    /// The annotated tag's object, when the ref names one.
+    pub tag: Option<Oid>,
+}
+
+/// The first lines of a tag object, as git writes them (and `git fsck` requires them): `object`,
+/// `type`, `tag`, in that order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TagHeader {
+    pub object: Oid,
+    pub kind: String,
+    pub name: String,
+}
+
+impl TagHeader {
+    pub fn parse(data: &[u8]) -> Option<TagHeader> {
+        let mut lines = data.split(|&b| b == b'\n');
+        let mut field = |key: &str| {
+            let line = lines.next()?.strip_prefix(key.as_bytes())?;
+            String::from_utf8(line.strip_prefix(b" ")?.to_vec()).ok()
+        };
+        let object = Oid::from_str(&field("object")?).ok()?;
+        let kind = field("type")?;
+        let name = field("tag")?;
+        Some(TagHeader { object, kind, name })
+    }
+}
+
+/// Whether the tag object `data`, listed as `listed_as`, names `commit` and carries the ref's own
+/// name: a signed tag moved under another name is an old release replayed, not this one.
+fn bound_to(data: &[u8], listed_as: &str, commit: Oid) -> Result<(), String> {
+    let Some(header) = TagHeader::parse(data) else {
+        return Err(
+            "its object does not start with a tag's `object`, `type` and `tag` lines".into(),
+        );
+    };
+    if header.kind != "commit" || header.object != commit {
+        return Err(format!(
+            "the tag object names {} {}, not commit {commit}",
+            header.kind, header.object
+        ));
+    }
+    let listed_name = listed_as.strip_prefix("refs/tags/").unwrap_or(listed_as);
+    if listed_as != format!("refs/tags/{}", header.name) {
+        return Err(format!(
+            "the signed tag object is named {:?}, but the remote publishes it as {listed_name:?} \
+             ({listed_as}): an old signed release replayed under a new name; sign a tag named \
+             {listed_name:?}",
+            header.name
+        ));
+    }
+    Ok(())
 }
 
 /// A tag object's text and the signature appended to it, as git writes them.
@@ -214,7 +283,7 @@ fn key_of(text: &str) -> String {
         .unwrap_or_else(|| "an unknown key".to_string())
 }
 
-/// gpgv against the keyring, reading its machine-readable status lines. Ok: who signed.
+/// gpgv against the keyring, deciding from its machine-readable status lines. Ok: who signed.
 fn gpg_verify(keyring: &Path, signature: &[u8], payload: &[u8]) -> Result<String, String> {
     let scratch = Scratch::new(signature, payload)?;
     let keyring = std::path::absolute(keyring).unwrap_or_else(|_| keyring.to_path_buf());
@@ -226,31 +295,298 @@ fn gpg_verify(keyring: &Path, signature: &[u8], payload: &[u8]) -> Result<String
         .arg(scratch.path("signature"))
         .arg(scratch.path("payload"));
     let (good, text) = run(gpgv, None)?;
-    let status = |tag: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(&format!("[GNUPG:] {tag} ")))
-            .map(str::to_string)
+    gpg_verdict(&text, good)
+}
+
+/// What gpgv's status lines say of one detached signature, decided with an allow-list: exactly
+/// one signature (`NEWSIG`), reported both `GOODSIG` and `VALIDSIG`, by a key neither expired nor
+/// revoked, and no status line bootagent does not know. gpgv itself exits 0 for a signature by
+/// an expired or a revoked key (`EXPKEYSIG`, `REVKEYSIG`), so its exit status alone decides
+/// nothing. `KEYEXPIRED` is allowed: gpgv prints it for any expired subkey of a key it
+/// considers, also one that did not sign; the signing key's expiry is `EXPKEYSIG`.
+fn gpg_verdict(output: &str, exited_ok: bool) -> Result<String, String> {
+    let lines: Vec<(&str, &str)> = output
+        .lines()
+        .filter_map(|line| line.strip_prefix("[GNUPG:] "))
+        .map(|line| line.split_once(' ').unwrap_or((line, "")))
+        .collect();
+    let first = |keyword: &str| {
+        lines
+            .iter()
+            .find(|(k, _)| *k == keyword)
+            .map(|(_, args)| *args)
     };
-    if let (true, Some(valid)) = (good, status("VALIDSIG")) {
-        let fingerprint = valid.split_whitespace().next().unwrap_or_default();
-        let who = status("GOODSIG").map(|g| {
-            g.split_once(' ')
-                .map_or(g.clone(), |(_, uid)| uid.to_string())
-        });
-        return Ok(format!("{} (key {fingerprint})", who.unwrap_or_default()));
+    // `KEYID user id` → (`KEYID`, ` (user id)`).
+    let key_and_user = |args: &str| match args.split_once(' ') {
+        Some((key, user)) => (key.to_string(), format!(" ({user})")),
+        None => (args.to_string(), String::new()),
+    };
+    // The signing key's primary fingerprint when gpgv got that far, else the key id it named.
+    let signer = |args: &str| {
+        let (id, user) = key_and_user(args);
+        let primary = first("VALIDSIG").and_then(|valid| valid.split_whitespace().nth(9));
+        format!("{}{user}", primary.unwrap_or(&id))
+    };
+    match lines.iter().filter(|(k, _)| *k == "NEWSIG").count() {
+        1 => {}
+        0 => {
+            return Err(format!(
+                "gpgv found no signature in it: {}",
+                one_line(output)
+            ))
+        }
+        n => {
+            return Err(format!(
+                "it carries {n} OpenPGP signatures, and only one is accepted: sign it once"
+            ))
+        }
     }
-    if let Some(missing) = status("NO_PUBKEY") {
+    if let Some(args) = first("REVKEYSIG") {
         return Err(format!(
-            "it is signed by key {missing}, which is not in the keyring"
+            "it is signed by key {}, which is revoked: its owner withdrew it; sign it with a key \
+             that is not revoked, and remove the revoked key from the keyring",
+            signer(args)
         ));
     }
-    if let Some(bad) = status("BADSIG") {
-        return Err(format!("its signature by key {bad} does not verify"));
+    if first("KEYREVOKED").is_some() {
+        return Err(
+            "the key that signed it is revoked (gpgv: KEYREVOKED); sign it with a key \
+                    that is not revoked, and remove the revoked key from the keyring"
+                .into(),
+        );
     }
-    Err(format!(
-        "its signature does not verify: {}",
-        one_line(&text)
-    ))
+    if let Some(args) = first("EXPKEYSIG") {
+        let mut expired: Vec<&str> = lines
+            .iter()
+            .filter(|(k, _)| *k == "KEYEXPIRED")
+            .map(|(_, at)| *at)
+            .collect();
+        expired.dedup();
+        // Only a single expiry is surely the signing key's.
+        let when = match expired.as_slice() {
+            [at] => at
+                .parse::<u64>()
+                .map(|secs| {
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+                    format!(" on {}", humantime::format_rfc3339_seconds(at))
+                })
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let signed_by = signer(args);
+        let key = signed_by.split(' ').next().unwrap_or_default();
+        return Err(format!(
+            "it is signed by key {signed_by}, which expired{when}; sign it again with a current \
+             key, or extend the key's expiry (`gpg --quick-set-expire {key} 1y`) and export it \
+             to the keyring again"
+        ));
+    }
+    if let Some(args) = first("EXPSIG") {
+        return Err(format!(
+            "its signature by key {} has expired (the signature's own expiry); sign it again",
+            signer(args)
+        ));
+    }
+    if let Some(args) = first("BADSIG") {
+        let (key, user) = key_and_user(args);
+        return Err(format!(
+            "its signature by key {key}{user} does not verify: what was signed is not this"
+        ));
+    }
+    if let Some(key) = first("NO_PUBKEY") {
+        return Err(format!(
+            "it is signed by key {key}, which is not in the keyring"
+        ));
+    }
+    if let Some(args) = first("ERRSIG") {
+        return Err(format!(
+            "gpgv could not check its signature (ERRSIG {args})"
+        ));
+    }
+    const INFORMATIONAL: &[&str] = &[
+        "NEWSIG",
+        "KEY_CONSIDERED",
+        "SIG_ID",
+        "KEYEXPIRED",
+        "NOTATION_NAME",
+        "NOTATION_FLAGS",
+        "NOTATION_DATA",
+        "POLICY_URL",
+        "GOODSIG",
+        "VALIDSIG",
+    ];
+    if let Some((keyword, args)) = lines.iter().find(|(k, _)| !INFORMATIONAL.contains(k)) {
+        return Err(format!(
+            "gpgv reported {keyword} {args}, a status bootagent does not accept, so the \
+             signature is not trusted"
+        ));
+    }
+    match (exited_ok, first("GOODSIG"), first("VALIDSIG")) {
+        (true, Some(good), Some(valid)) => {
+            let fingerprint = valid.split_whitespace().next().unwrap_or_default();
+            let (_, user) = key_and_user(good);
+            Ok(format!("key {fingerprint}{user}"))
+        }
+        _ => Err(format!(
+            "gpgv did not report a good, valid signature: {}",
+            one_line(output)
+        )),
+    }
+}
+
+/// What is wrong with the file of trusted keys, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysProblem {
+    pub problem: String,
+    pub fix: String,
+}
+
+/// The program `verify` runs to check a signature.
+pub fn tool(verify: Verify) -> Option<&'static str> {
+    match verify {
+        Verify::None => None,
+        Verify::Ssh => Some("ssh-keygen"),
+        Verify::Gpg => Some("gpgv"),
+    }
+}
+
+/// Reads the file of trusted keys before any signature is checked against it: a file that is
+/// missing, empty or not in its format would otherwise read as "not an allowed signer" or "not
+/// in the keyring", blaming the code for a broken setup. Either way nothing is trusted.
+pub fn check_keys(verify: Verify, keys: &Path) -> Result<(), KeysProblem> {
+    use std::io::Read;
+    let (setting, fix) = match verify {
+        Verify::None => return Ok(()),
+        Verify::Ssh => (
+            "git.allowed_signers",
+            "put the trusted keys there in git's allowed-signers format, one line each: \
+             `deploy@example.com ssh-ed25519 AAAA…`"
+                .to_string(),
+        ),
+        Verify::Gpg => (
+            "git.gpg_keyring",
+            format!(
+                "export the trusted public keys there as a binary keyring: `gpg --export KEYID > {}`",
+                keys.display()
+            ),
+        ),
+    };
+    let problem = |what: String| KeysProblem {
+        problem: format!("{setting} {} {what}", keys.display()),
+        fix: fix.clone(),
+    };
+    let mut text = Vec::new();
+    std::fs::File::open(keys)
+        .and_then(|file| file.take(MAX_KEYS_FILE).read_to_end(&mut text))
+        .map_err(|e| problem(format!("cannot be read ({e})")))?;
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(problem("is empty: it trusts no key".into()));
+    }
+    match verify {
+        Verify::Ssh => match String::from_utf8_lossy(&text)
+            .lines()
+            .enumerate()
+            .find(|(_, line)| !is_allowed_signer_line(line))
+        {
+            Some((at, _)) => Err(KeysProblem {
+                problem: format!(
+                    "line {} of {setting} {} is not an allowed-signers line \
+                     (`principals [options] key-type base64-key`)",
+                    at + 1,
+                    keys.display()
+                ),
+                fix: format!("fix or remove that line; {fix}"),
+            }),
+            None => Ok(()),
+        },
+        _ => gpg_keyring_problem(&text).map_or(Ok(()), |(what, own_fix)| {
+            Err(KeysProblem {
+                fix: own_fix.unwrap_or_else(|| fix.clone()),
+                ..problem(what)
+            })
+        }),
+    }
+}
+
+/// More than any keyring of trusted signers: the file is read no further.
+const MAX_KEYS_FILE: u64 = 16 << 20;
+
+/// A line of an allowed-signers file: blank, a comment, or principals, options and a key whose
+/// base64 blob carries its own type, as OpenSSH writes keys.
+fn is_allowed_signer_line(line: &str) -> bool {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return true;
+    }
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // The principals come first; the key type may follow options.
+    (1..fields.len().saturating_sub(1)).any(|at| blob_has_type(fields[at + 1], fields[at]))
+}
+
+/// Whether `blob` is base64 of an SSH public key of type `kind` (a length-prefixed string).
+fn blob_has_type(blob: &str, kind: &str) -> bool {
+    let Some(bytes) = base64_decode(blob) else {
+        return false;
+    };
+    let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+        return false;
+    };
+    let len = u32::from_be_bytes(*len) as usize;
+    !kind.is_empty() && rest.get(..len) == Some(kind.as_bytes())
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let text = text.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in text {
+        acc = (acc << 6) | u32::from(digit(c)?);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Why `keyring` is not a keyring gpgv reads (its problem, and a fix of its own when the general
+/// one would not help), from its first bytes: an OpenPGP public key packet, or GnuPG's keybox.
+fn gpg_keyring_problem(keyring: &[u8]) -> Option<(String, Option<String>)> {
+    let start = keyring.trim_ascii_start();
+    if start.starts_with(b"-----BEGIN PGP") {
+        return Some((
+            "is ASCII-armoured; gpgv needs a binary keyring".into(),
+            Some(
+                "convert it with `gpg --dearmor < FILE > FILE.gpg` and point git.gpg_keyring at \
+                 the result (or export the keys without --armor)"
+                    .into(),
+            ),
+        ));
+    }
+    if keyring.get(8..12) == Some(b"KBXf") {
+        return None;
+    }
+    let first = keyring[0];
+    let tag = if first & 0x40 != 0 {
+        first & 0x3f
+    } else {
+        (first >> 2) & 0x0f
+    };
+    (first & 0x80 == 0 || tag != 6).then(|| {
+        (
+            "is not an OpenPGP keyring (it does not start with a public key)".into(),
+            None,
+        )
+    })
 }
 
 fn one_line(text: &str) -> String {
@@ -270,6 +606,222 @@ mod tests {
         // A message that merely quotes the marker mid-line is no signature.
         let quoted = b"object abc\ntag v1\n\nsee -----BEGIN PGP SIGNATURE----- here\n";
         assert!(split_tag_signature(quoted).is_none());
+    }
+
+    /// gpgv 2.2's status lines (`--status-fd 1`) for a detached signature, as it printed them
+    /// for keys made for the purpose; `sig` is the one verdict line, `extra` what comes before.
+    fn gpgv_says(extra: &str, sig: &str, valid: bool) -> String {
+        let fpr = "023D94D4123006E2C6E112621E77F20237FE9465";
+        let mut text = format!(
+            "[GNUPG:] NEWSIG\n[GNUPG:] KEY_CONSIDERED {fpr} 0\n{extra}\
+             [GNUPG:] SIG_ID Ux+2iS++HtaZiHKhweOMcwzcodE 2020-01-01 1577840400\n\
+             [GNUPG:] KEY_CONSIDERED {fpr} 0\n[GNUPG:] {sig} 1E77F20237FE9465 exp <e@x>\n"
+        );
+        if valid {
+            text.push_str(&format!(
+                "[GNUPG:] VALIDSIG {fpr} 2020-01-01 1577840400 0 4 0 22 8 00 {fpr}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn only_one_good_valid_signature_by_a_current_key_is_trusted() {
+        let good = gpgv_says("", "GOODSIG", true);
+        let signer = gpg_verdict(&good, true).unwrap();
+        assert_eq!(
+            signer,
+            "key 023D94D4123006E2C6E112621E77F20237FE9465 (exp <e@x>)"
+        );
+        // An expired subkey that did not sign is no reason to refuse.
+        let subkey = gpgv_says("[GNUPG:] KEYEXPIRED 1577923200\n", "GOODSIG", true);
+        assert!(gpg_verdict(&subkey, true).is_ok());
+        // gpgv's exit status, or a missing VALIDSIG, is enough to refuse.
+        assert!(gpg_verdict(&good, false).is_err());
+        assert!(gpg_verdict(&gpgv_says("", "GOODSIG", false), true).is_err());
+        // Two signatures, or none.
+        let twice = format!("{good}{good}");
+        let err = gpg_verdict(&twice, true).unwrap_err();
+        assert!(err.contains("it carries 2 OpenPGP signatures"), "{err}");
+        let err = gpg_verdict("gpgv: no signature found\n", false).unwrap_err();
+        assert!(err.contains("gpgv found no signature"), "{err}");
+    }
+
+    #[test]
+    fn expired_and_revoked_keys_are_refused_though_gpgv_exits_0() {
+        // gpgv exits 0 for both: only the status lines tell.
+        let expired = gpgv_says("[GNUPG:] KEYEXPIRED 1577923200\n", "EXPKEYSIG", true);
+        let err = gpg_verdict(&expired, true).unwrap_err();
+        assert!(
+            err.contains(
+                "signed by key 023D94D4123006E2C6E112621E77F20237FE9465 (exp <e@x>), which \
+                 expired on 2020-01-02T00:00:00Z"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("gpg --quick-set-expire 023D94D4"), "{err}");
+        let revoked = gpgv_says("", "REVKEYSIG", true);
+        let err = gpg_verdict(&revoked, true).unwrap_err();
+        assert!(err.contains("which is revoked"), "{err}");
+        let err =
+            gpg_verdict(&gpgv_says("[GNUPG:] KEYREVOKED\n", "GOODSIG", true), true).unwrap_err();
+        assert!(err.contains("KEYREVOKED"), "{err}");
+        let err = gpg_verdict(&gpgv_says("", "EXPSIG", true), true).unwrap_err();
+        assert!(
+            err.contains("has expired (the signature's own expiry)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_unknown_and_unchecked_signatures_are_refused_each_with_its_cause() {
+        let bad = "[GNUPG:] NEWSIG\n[GNUPG:] BADSIG 21C9A1FDDCA07DD4 good <g@x>\n";
+        let err = gpg_verdict(bad, false).unwrap_err();
+        assert!(
+            err.contains("by key 21C9A1FDDCA07DD4 (good <g@x>) does not verify"),
+            "{err}"
+        );
+        let unknown = "[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 21C9A1FDDCA07DD4 22 8 00 1796403493 9 \
+                       806A3C16EB71A955F471953121C9A1FDDCA07DD4\n\
+                       [GNUPG:] NO_PUBKEY 21C9A1FDDCA07DD4\n";
+        let err = gpg_verdict(unknown, false).unwrap_err();
+        assert_eq!(
+            err,
+            "it is signed by key 21C9A1FDDCA07DD4, which is not in the keyring"
+        );
+        let errsig = "[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 21C9A1FDDCA07DD4 99 8 00 1 4 -\n";
+        let err = gpg_verdict(errsig, false).unwrap_err();
+        assert!(
+            err.contains("could not check its signature (ERRSIG 21C9"),
+            "{err}"
+        );
+        // A status line nobody taught bootagent is a refusal that names it (fail closed).
+        let novel = gpgv_says("[GNUPG:] TOFU_STATS 1 2 3\n", "GOODSIG", true);
+        let err = gpg_verdict(&novel, true).unwrap_err();
+        assert!(err.contains("gpgv reported TOFU_STATS 1 2 3"), "{err}");
+    }
+
+    const COMMIT: &str = "5b1f0b7a3c6f2d3b4b1c0e9f8a7d6c5b4a3f2e1d";
+
+    fn tag_object(object: &str, kind: &str, name: &str) -> Vec<u8> {
+        format!(
+            "object {object}\ntype {kind}\ntag {name}\ntagger t <t@t> 1 +0000\n\n{name}\n\
+             -----BEGIN SSH SIGNATURE-----\nU1NI\n-----END SSH SIGNATURE-----\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_tag_objects_header_names_its_object_type_and_name_in_gits_order() {
+        let header = TagHeader::parse(&tag_object(COMMIT, "commit", "rel-1")).unwrap();
+        assert_eq!(header.object.to_string(), COMMIT);
+        assert_eq!(header.kind, "commit");
+        assert_eq!(header.name, "rel-1");
+        for broken in [
+            format!("type commit\nobject {COMMIT}\ntag rel-1\n"),
+            format!("object {COMMIT}\ntype commit\n\nrel-1\n"),
+            "object nothex\ntype commit\ntag rel-1\n".to_string(),
+            format!("object {COMMIT}\ntype  commit\ntagx rel-1\n"),
+            String::new(),
+        ] {
+            assert_eq!(TagHeader::parse(broken.as_bytes()), None, "{broken:?}");
+        }
+    }
+
+    #[test]
+    fn a_tag_binds_its_commit_and_its_own_name() {
+        let commit = Oid::from_str(COMMIT).unwrap();
+        let tag = tag_object(COMMIT, "commit", "t-old");
+        assert_eq!(bound_to(&tag, "refs/tags/t-old", commit), Ok(()));
+        let err = bound_to(&tag, "refs/tags/t-renamed", commit).unwrap_err();
+        assert!(
+            err.contains("named \"t-old\", but the remote publishes it as \"t-renamed\""),
+            "{err}"
+        );
+        let err = bound_to(&tag, "refs/heads/t-old", commit).unwrap_err();
+        assert!(
+            err.contains("publishes it as \"refs/heads/t-old\""),
+            "{err}"
+        );
+        let other = Oid::from_str("1111111111111111111111111111111111111111").unwrap();
+        let err = bound_to(&tag, "refs/tags/t-old", other).unwrap_err();
+        assert!(
+            err.contains(&format!("names commit {COMMIT}, not commit {other}")),
+            "{err}"
+        );
+        let tree = tag_object(COMMIT, "tree", "t-old");
+        assert!(bound_to(&tree, "refs/tags/t-old", commit).is_err());
+    }
+
+    #[test]
+    fn a_missing_empty_or_garbage_allowed_signers_file_is_named_as_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("allowed_signers");
+        let problem = |text: Option<&str>| {
+            if let Some(text) = text {
+                std::fs::write(&file, text).unwrap();
+            }
+            check_keys(Verify::Ssh, &file).map_err(|p| p.problem)
+        };
+        let err = problem(None).unwrap_err();
+        assert!(
+            err.contains("allowed_signers cannot be read (No such file"),
+            "{err}"
+        );
+        assert!(problem(Some("\n \n"))
+            .unwrap_err()
+            .ends_with("is empty: it trusts no key"));
+        let key = "AAAAC3NzaC1lZDI1NTE5AAAAIE3Ku3ng0/0dD47e7xqL4Eq6FkCw3D2xgnDq0LZXKq2w";
+        let good = format!(
+            "# the deployers\ndeploy@example.com ssh-ed25519 {key}\n\
+             ops@example.com namespaces=\"git\" ssh-ed25519 {key} comment\n"
+        );
+        assert_eq!(problem(Some(&good)), Ok(()));
+        let garbage = format!("{good}this is not a key\n");
+        let err = problem(Some(&garbage)).unwrap_err();
+        assert!(err.starts_with("line 4 of git.allowed_signers"), "{err}");
+        // A key whose blob does not carry the type it claims is no key.
+        let mislabelled = format!("deploy@example.com ssh-rsa {key}\n");
+        assert!(problem(Some(&mislabelled)).is_err());
+        assert!(problem(Some("deploy@example.com ssh-ed25519 !!!\n")).is_err());
+    }
+
+    #[test]
+    fn a_missing_empty_armoured_or_garbage_keyring_is_named_as_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("trusted.gpg");
+        let problem = |bytes: Option<&[u8]>| {
+            if let Some(bytes) = bytes {
+                std::fs::write(&file, bytes).unwrap();
+            }
+            check_keys(Verify::Gpg, &file)
+        };
+        assert!(problem(None)
+            .unwrap_err()
+            .problem
+            .contains("cannot be read"));
+        assert!(problem(Some(b"")).unwrap_err().problem.contains("is empty"));
+        let armoured =
+            problem(Some(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ...\n")).unwrap_err();
+        assert!(
+            armoured
+                .problem
+                .ends_with("is ASCII-armoured; gpgv needs a binary keyring"),
+            "{armoured:?}"
+        );
+        assert!(armoured.fix.contains("gpg --dearmor"), "{armoured:?}");
+        let garbage = problem(Some(b"hello")).unwrap_err();
+        assert!(
+            garbage.problem.contains("is not an OpenPGP keyring"),
+            "{garbage:?}"
+        );
+        assert!(garbage.fix.contains("gpg --export"), "{garbage:?}");
+        // A public key packet, new (0xc6) or old (0x98) format, and GnuPG's keybox.
+        assert_eq!(problem(Some(b"\xc6\x33\x04")), Ok(()));
+        assert_eq!(problem(Some(b"\x98\x33\x04")), Ok(()));
+        assert_eq!(problem(Some(b"\0\0\0\x20\x01\x01\0\x02KBXf")), Ok(()));
+        // A secret key (tag 5) is not what gpgv checks against.
+        assert!(problem(Some(b"\xc5\x33\x04")).is_err());
     }
 
     #[test]

@@ -290,16 +290,16 @@ impl SampleRepo {
     }
 
     /// An annotated tag `name` at `branch`'s head, made under the `git -c` settings `settings`
-    /// (with `tag.gpgSign=true` among them it is signed), pushed.
+    /// (with `tag.gpgSign=true` among them it is signed), pushed; a tag of that name moves.
     pub fn push_tag(&self, branch: &str, name: &str, settings: &[String]) {
         let work = self.clone_branch(branch);
         let mut tag: Vec<&str> = settings.iter().flat_map(|s| ["-c", s.as_str()]).collect();
-        tag.extend(["tag", "-a", "-m", name, name]);
+        tag.extend(["tag", "-f", "-a", "-m", name, name]);
         git(work.path(), &tag);
         let path = self.path.to_str().unwrap();
         git(
             work.path(),
-            &["push", "-q", path, &format!("refs/tags/{name}")],
+            &["push", "-q", path, &format!("+refs/tags/{name}")],
         );
     }
 
@@ -312,6 +312,68 @@ impl SampleRepo {
             work.path(),
             &["push", "-q", path, &format!("refs/tags/{name}")],
         );
+    }
+
+    /// The object `revision` names on the server (`test^`, `refs/tags/rel-1`: for an annotated
+    /// tag, its tag object).
+    pub fn rev_parse(&self, revision: &str) -> String {
+        self.served(&["rev-parse", revision])
+    }
+
+    /// Publishes the object `object` (a tag object) as `refs/tags/{name}`, whatever name the
+    /// object itself carries.
+    pub fn publish_tag_as(&self, object: &str, name: &str) {
+        self.served(&["update-ref", &format!("refs/tags/{name}"), object]);
+    }
+
+    /// Makes the server a liar: it keeps the real tag object under `refs/tags/{tag}` but
+    /// advertises `refs/tags/{tag}^{}` as `forged`. `git upload-pack` advertises the peeled values
+    /// recorded in `packed-refs` when its header says they are fully peeled, so the refs are
+    /// packed and the tag's `^` line rewritten. What the daemon then advertises is checked with
+    /// `git ls-remote` over both protocol versions, so a forgery that did not take fails here.
+    pub fn forge_peeled_tag(&self, tag: &str, forged: &str) {
+        self.served(&["pack-refs", "--all"]);
+        let packed = self.path.join("packed-refs");
+        let text = std::fs::read_to_string(&packed).unwrap();
+        let name = format!("refs/tags/{tag}");
+        let mut lines: Vec<String> = Vec::new();
+        let mut after_tag = false;
+        for line in text.lines() {
+            if line.starts_with('#') {
+                lines.push("# pack-refs with: peeled fully-peeled sorted ".into());
+            } else if after_tag && line.starts_with('^') {
+                lines.push(format!("^{forged}"));
+            } else {
+                lines.push(line.to_string());
+            }
+            after_tag = line.ends_with(&format!(" {name}"));
+        }
+        assert!(
+            lines.contains(&format!("^{forged}")),
+            "{name} is no annotated tag in {text}"
+        );
+        std::fs::write(&packed, lines.join("\n") + "\n").unwrap();
+        for version in ["0", "2"] {
+            let listed = git(
+                Path::new("/"),
+                &[
+                    "-c",
+                    &format!("protocol.version={version}"),
+                    "ls-remote",
+                    &self.url,
+                ],
+            );
+            assert!(
+                listed.contains(&format!("{forged}\t{name}^{{}}")),
+                "the daemon does not advertise the forged peel (protocol {version}): {listed}"
+            );
+        }
+    }
+
+    /// Runs git in the served bare repository.
+    fn served(&self, args: &[&str]) -> String {
+        let path = self.path.to_str().unwrap();
+        git(Path::new("/"), &[&["--git-dir", path][..], args].concat())
     }
 
     /// Moves `branch` to `commit`, as a force push does.
@@ -420,64 +482,137 @@ impl SshSigner {
 /// public key exported as a keyring gpgv reads.
 pub struct GpgSigner {
     home: tempfile::TempDir,
-    fingerprint: String,
+    pub fingerprint: String,
     pub keyring: PathBuf,
 }
 
+/// When [`GpgSigner::expired`] makes and uses its key: a day before the key's expiry.
+const EXPIRED_KEY_TIME: &str = "20200101T000000";
+const EXPIRED_SIGNING_TIME: &str = "20200101T010000";
+
 impl GpgSigner {
     pub fn new(name: &str) -> GpgSigner {
+        GpgSigner::make(name, None, "never")
+    }
+
+    /// A key that expired on 2020-01-02 (made the day before, valid for one day); its
+    /// signatures are dated while it was valid, as a key's owner makes them before it expires.
+    pub fn expired(name: &str) -> GpgSigner {
+        let signer = GpgSigner::make(name, Some(EXPIRED_SIGNING_TIME), "1d");
+        assert!(
+            signer.listing().contains(":e:"),
+            "the key did not expire: {}",
+            signer.listing()
+        );
+        signer
+    }
+
+    /// Revokes the key with the revocation certificate gpg wrote when it made it, and exports
+    /// the keyring again: the revocation goes with the key.
+    pub fn revoke(&self) {
+        let certificate = self
+            .home
+            .path()
+            .join("openpgp-revocs.d")
+            .join(format!("{}.rev", self.fingerprint));
+        // gpg guards the certificate's armour line with a ':' so that it is not imported by
+        // accident.
+        let text = std::fs::read_to_string(&certificate).unwrap().replace(
+            ":-----BEGIN PGP PUBLIC KEY BLOCK-----",
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----",
+        );
+        let armoured = self.home.path().join("revocation.asc");
+        std::fs::write(&armoured, text).unwrap();
+        self.gpg(&["--import", armoured.to_str().unwrap()]);
+        assert!(
+            self.listing().contains("\npub:r:"),
+            "the key is not revoked: {}",
+            self.listing()
+        );
+        self.export();
+    }
+
+    /// The keyring armoured (`gpg --export --armor`), as gpgv does not read it.
+    pub fn armoured_keyring(&self) -> Vec<u8> {
+        self.gpg(&["--export", "--armor", &self.fingerprint])
+    }
+
+    fn make(name: &str, signing_time: Option<&str>, expire: &str) -> GpgSigner {
         let home = tempfile::Builder::new()
             .prefix("gpg")
             .tempdir_in("/tmp")
             .unwrap();
-        let gpg = |args: &[&str]| {
-            let out = Command::new("gpg")
-                .arg("--homedir")
-                .arg(home.path())
-                .args(["--batch", "--quiet"])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "gpg {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
+        let keyring = home.path().join("exported.gpg");
+        let mut signer = GpgSigner {
+            home,
+            fingerprint: String::new(),
+            keyring,
         };
-        gpg(&[
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            &format!("{name} <{name}@example.com>"),
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys"])).unwrap();
-        let fingerprint = listing
+        let made_at: Vec<&str> = match signing_time {
+            Some(_) => vec!["--faked-system-time", EXPIRED_KEY_TIME],
+            None => vec![],
+        };
+        signer.gpg(
+            &[
+                &made_at[..],
+                &[
+                    "--passphrase",
+                    "",
+                    "--quick-gen-key",
+                    &format!("{name} <{name}@example.com>"),
+                    "ed25519",
+                    "sign",
+                    expire,
+                ],
+            ]
+            .concat(),
+        );
+        signer.fingerprint = signer
+            .listing()
             .lines()
             .find_map(|line| line.strip_prefix("fpr:"))
             .and_then(|rest| rest.split(':').find(|field| !field.is_empty()))
             .unwrap()
             .to_string();
-        let keyring = home.path().join("exported.gpg");
-        std::fs::write(&keyring, gpg(&["--export", &fingerprint])).unwrap();
-        let wrapper = home.path().join("gpg-for-git");
+        signer.export();
+        let signs_at = signing_time
+            .map(|at| format!(" --faked-system-time {at}"))
+            .unwrap_or_default();
+        let wrapper = signer.home.path().join("gpg-for-git");
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\nexec gpg --homedir {} \"$@\"\n",
-                home.path().display()
+                "#!/bin/sh\nexec gpg --homedir {}{signs_at} \"$@\"\n",
+                signer.home.path().display()
             ),
         )
         .unwrap();
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        GpgSigner {
-            home,
-            fingerprint,
-            keyring,
-        }
+        signer
+    }
+
+    fn gpg(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("gpg")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(["--batch", "--quiet"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    fn listing(&self) -> String {
+        String::from_utf8(self.gpg(&["--with-colons", "--list-keys"])).unwrap()
+    }
+
+    fn export(&self) {
+        std::fs::write(&self.keyring, self.gpg(&["--export", &self.fingerprint])).unwrap();
     }
 
     /// The `git -c` settings that sign commits and tags with this key.
