@@ -503,6 +503,26 @@ fn a_throttled_continue_keeps_trying_past_lifecycle_timeout_within_the_boot_dead
 }
 
 #[test]
+fn a_continue_auto_scaling_never_takes_fails_the_boot_in_its_status_too() {
+    support::needs_world!();
+    // Throttled for good: the answer keeps trying for what the boot deadline leaves, then the
+    // boot ends transient, and status.json and `status` say so (not "succeeded").
+    let lifecycle = "heartbeat = \"1h\"\ntimeout = \"1s\"\n[boot]\ndeadline = \"15s\"";
+    let secret = Some(r#"{"A": "1"}"#);
+    let (container, _asg, run) = launch_with("hooknever", "prod", secret, "0", lifecycle, 10_000);
+    run.expect(75);
+    let status: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
+    assert_eq!(status["outcome"], "failed", "{status}");
+    assert_eq!(status["error"]["exit_code"], 75, "{status}");
+    let imds = Imds::with_tags(&[]);
+    container.bootagent(&imds, &["status"]).expect(75);
+    let history = container.sh("cat /var/lib/bootagent/history.jsonl");
+    assert_eq!(history.lines().count(), 1, "one line per boot: {history}");
+    assert!(history.contains("\"failed\""), "{history}");
+}
+
+#[test]
 fn a_failed_launch_is_abandoned_exactly_once() {
     support::needs_world!();
     let (_container, asg, run) = launch("abandon", "prod", None, "0");

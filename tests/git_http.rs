@@ -184,6 +184,45 @@ fn a_renamed_repository_is_followed_to_its_new_name() {
 }
 
 #[test]
+fn a_redirect_to_another_host_is_refused_not_followed() {
+    support::needs_world!();
+    // Another origin: were the redirect followed, the request would meet a closed port (and
+    // end transient, exit 75); it must not be sent at all.
+    let setup = setup_serving("offsite", |name, token| {
+        GitHttp::start_moved(
+            "deploy",
+            token,
+            &format!("{name}-old"),
+            &format!("http://localhost:1/{name}"),
+        )
+    });
+    let old_url = setup.server.repo_url(&format!("{}-old", setup.name));
+    let instance = Instance::exec_mode(WITH_TOKEN);
+    let run = instance.run(&Imds::for_service(&setup.name, "prod", &old_url), &["boot"]);
+    run.expect(7)
+        .stderr_has("the remote redirected to http://localhost:")
+        .stderr_has("which bootagent does not follow")
+        .stderr_has("set git.url");
+    assert!(!instance.checkout(&setup.name).exists(), "nothing deployed");
+    instance.assert_left_nowhere(&setup.token, &run);
+}
+
+#[test]
+fn wrong_credentials_in_the_repository_url_are_named_as_the_cause() {
+    support::needs_world!();
+    let setup = setup();
+    let url = setup
+        .server
+        .repo_url(&setup.name)
+        .replacen("http://", "http://deploy:wrong@", 1);
+    let instance = Instance::exec_mode("[secrets]\nmain = \"\"\n");
+    instance
+        .run(&Imds::for_service(&setup.name, "prod", &url), &["boot"])
+        .expect(7)
+        .stderr_has("refused the user and password in the repository URL (HTTP 401");
+}
+
+#[test]
 fn https_goes_through_the_proxy_the_environment_names() {
     support::needs_world!();
     let (setup, ca) = setup_tls("127.0.0.1");

@@ -82,16 +82,13 @@ pub async fn boot(config: &Config, run: Run) -> Result<Option<Kept>, Error> {
     if let Some(change) = &effects.change {
         hooks_after(config, change, &recorder.status).await;
     }
-    match (effects.launch_hook, result) {
+    let answered = match (effects.launch_hook, result) {
         // A warm pool's launch is complete once everything is prepared.
-        (Some(hook), Ok(())) if warmed => {
-            hook.complete(config, ActionResult::Continue).await?;
-            Ok(effects.kept)
-        }
-        (Some(hook), Ok(())) => {
-            hook.finish(config, true).await?;
-            Ok(effects.kept)
-        }
+        (Some(hook), Ok(())) if warmed => hook
+            .complete(config, ActionResult::Continue)
+            .await
+            .map(|()| effects.kept),
+        (Some(hook), Ok(())) => hook.finish(config, true).await.map(|()| effects.kept),
         (Some(hook), Err(error)) => {
             // The boot's own error is what the caller needs; a failed ABANDON is only logged.
             if let Err(hook_error) = hook.finish(config, false).await {
@@ -114,7 +111,15 @@ pub async fn boot(config: &Config, run: Run) -> Result<Option<Kept>, Error> {
             Err(error)
         }
         (None, Ok(())) => Ok(effects.kept),
+    };
+    // The launch is part of the boot: an answer Auto Scaling did not take fails it.
+    if let (Err(error), Outcome::Succeeded | Outcome::Degraded) =
+        (&answered, recorder.status.outcome)
+    {
+        recorder.fail_after(error)?;
     }
+    recorder.close();
+    answered
 }
 
 /// The boot proper. Secrets are fetched and checked before the checkout, and the env file is
@@ -374,6 +379,7 @@ async fn steps(
             // The status must say "succeeded" before this process becomes the service; should
             // exec fail, the caller records that failure over it.
             recorder.finish(None)?;
+            recorder.close();
             Err(command.exec().into())
         }
     }

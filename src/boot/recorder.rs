@@ -83,11 +83,31 @@ impl Recorder {
                 error.exit_code
             ),
         }
+        Ok(())
+    }
+
+    /// What happened after the steps ended well (the launch hook's answer failed) fails the
+    /// boot after all: status.json says so, with the exit code the command ends with.
+    pub fn fail_after(&mut self, error: &crate::Error) -> Result<(), StatusError> {
+        self.status.error = Some(ErrorReport {
+            message: error.chain(),
+            exit_code: error.exit_code(),
+        });
+        self.status.outcome = Outcome::Failed;
+        tracing::error!(
+            outcome = "failed",
+            "boot failed with exit code {}",
+            error.exit_code()
+        );
+        self.save()
+    }
+
+    /// Adds the boot, as status.json last says it ended, to the history.
+    pub fn close(&self) {
         if let Err(e) = crate::history::record(&self.history_dir, &self.status) {
             // The history is for operators looking back; it never fails a boot.
             tracing::warn!(error = %e, dir = %self.history_dir.display(), "could not record the boot in the history");
         }
-        Ok(())
     }
 
     /// What runs now, in one line: `calendar/prod at <commit> (fetched), calendar.service active`.

@@ -16,6 +16,19 @@ use super::transport::{lock, Failure, Session};
 
 pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
+        // A redirect is followed only within the configured origin (scheme, host and port): a
+        // remote may move a repository, never send the fetch to a host nobody configured or
+        // down to plain http.
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| first.origin() == attempt.url().origin());
+            match same_origin && attempt.previous().len() < 10 {
+                true => attempt.follow(),
+                false => attempt.stop(),
+            }
+        }))
         // Some git hosts speak the smart protocol only to user agents that start with "git/".
         .user_agent(concat!(
             "git/2.0 (bootagent ",
@@ -129,11 +142,31 @@ impl HttpStream {
             })?
             .map_err(|e| classify(e, timeout))?;
         let status = response.status();
+        let credentials_in_url = reqwest::Url::parse(&self.endpoint)
+            .is_ok_and(|url| !url.username().is_empty() || url.password().is_some());
         match status {
             _ if status.is_success() => {}
+            _ if status.is_redirection() => {
+                let to = (response.headers())
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("nowhere");
+                return Err(Failure::Unusable(format!(
+                    "the remote redirected to {} (HTTP {status}), off the configured scheme, \
+                     host and port, which bootagent does not follow; if the repository moved \
+                     there, set git.url (or the Repository tag) to its new URL",
+                    crate::remote::redact(to)
+                )));
+            }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if token.is_some() => {
                 return Err(Failure::Denied(format!(
                     "the remote refused the token (HTTP {status})"
+                )))
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if credentials_in_url => {
+                return Err(Failure::Denied(format!(
+                    "the remote refused the user and password in the repository URL (HTTP \
+                     {status})"
                 )))
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -195,7 +228,7 @@ fn moved_base(requested: &str, landed: &reqwest::Url) -> Result<String, Failure>
         .strip_suffix(&format!("/{ADVERTISEMENT}"))
         .filter(|_| landed.origin() == requested.origin());
     base.map(str::to_string).ok_or_else(|| {
-        Failure::Unreachable(format!(
+        Failure::Unusable(format!(
             "the remote redirected to {}, another host or not a repository; if the repository \
              moved there, set git.url (or the Repository tag) to its new URL",
             crate::remote::redact(landed.as_str())

@@ -5,7 +5,8 @@
                      [--moved OLD=NEW]
 prints "listening on http://127.0.0.1:PORT" (https with a certificate); repositories under DIR
 are served at /NAME.git. With --moved, requests under /OLD.git are answered 301 with the same
-path under /NEW.git, as GitHub answers for a renamed repository.
+path under /NEW.git, as GitHub answers for a renamed repository (NEW may be a URL: a move to
+another origin).
 A request without the right credentials gets 401 with a Basic challenge, as GitHub, GitLab and
 Bitbucket answer token-protected repositories over HTTPS.
 """
@@ -38,7 +39,9 @@ class Handler(BaseHTTPRequestHandler):
             old, new = self.server.args.moved.split("=", 1)
             if self.path.startswith(f"/{old}.git/"):
                 self.send_response(301)
-                self.send_header("Location", f"/{new}.git/" + self.path[len(old) + 6 :])
+                # NEW is a name on this server, or a URL elsewhere (another origin).
+                base = new if "://" in new else f"/{new}"
+                self.send_header("Location", f"{base}.git/" + self.path[len(old) + 6 :])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
