@@ -879,3 +879,29 @@ fn a_hook_does_not_outlive_bootagent_told_to_stop() {
         assert!(!sleep_runs(pid), "the hook's sleep {pid} still runs");
     }
 }
+
+#[test]
+fn a_hook_cut_off_by_the_boot_deadline_is_killed_whole() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    instance.add_config(
+        "60-hook.toml",
+        &format!(
+            "{}[boot]\ndeadline = \"8s\"\n",
+            migrating_hook(&instance, "5min")
+        ),
+    );
+    let imds = service.imds("test");
+    failing_boot(
+        &instance,
+        &imds,
+        &service.name,
+        75,
+        &["did not finish within 8s"],
+        Some(&service.canaries["test"]),
+    );
+    for pid in hook_pids(&instance) {
+        assert!(!sleep_runs(pid), "the hook's sleep {pid} still runs");
+    }
+}
