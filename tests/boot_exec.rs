@@ -905,3 +905,56 @@ fn a_hook_cut_off_by_the_boot_deadline_is_killed_whole() {
         assert!(!sleep_runs(pid), "the hook's sleep {pid} still runs");
     }
 }
+
+#[test]
+fn a_damaged_history_line_is_skipped_and_the_history_goes_on() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("test");
+    instance.run(&imds, &["boot"]).expect(0);
+    let file = instance.root.path().join("state/history.jsonl");
+    let mut bytes = std::fs::read(&file).unwrap();
+    // A commit that is no hash, with a character of two bytes across byte 12, and a line with
+    // a byte that is not UTF-8.
+    let foreign = String::from_utf8(bytes.clone())
+        .unwrap()
+        .replace(&service.repo.commits["test"], "0123456789aé-rewritten");
+    bytes.extend_from_slice(foreign.as_bytes());
+    bytes.extend_from_slice(b"{\"started_at\": \"\xff\"}\n");
+    std::fs::write(&file, bytes).unwrap();
+
+    let history = instance.run(&imds, &["status", "--history"]);
+    history.expect(0).stderr_has(&format!(
+        "{} line 3 is damaged (not UTF-8, or not JSON): skipped",
+        file.display()
+    ));
+    let lines: Vec<String> = history.stdout().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("0123456789aé (cloned)"), "{lines:?}");
+
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has(&format!(
+            "{} line 3 is damaged (not UTF-8, or not JSON): dropped",
+            file.display()
+        ));
+    let history = instance.run(&imds, &["status", "--history"]);
+    assert!(!history.expect(0).stderr().contains("damaged"));
+    let lines: Vec<String> = history.stdout().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 3, "the new boot is recorded: {lines:?}");
+    assert!(lines[2].contains("(unchanged)"), "{lines:?}");
+}
+
+#[test]
+fn a_duration_beyond_any_clock_is_a_usage_error() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("[boot]\ndeadline = \"300000000000y\"\n");
+    let imds = service.imds("test");
+    instance.run(&imds, &["boot"]).expect(2).stderr_has(
+        "boot.deadline = \"300000000000years\" is longer than bootagent accepts for any duration \
+         (30days at most)",
+    );
+}
