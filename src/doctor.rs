@@ -197,10 +197,10 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
             // Not cut off from outside: the listing runs on a blocking thread, which must end
             // before the runtime does (an HTTP transport on a runtime being shut down panics).
             // It ends by the deadline on its own.
-            let (git_config, git_plan) = (config.clone(), plan.clone());
+            let (git_config, git_plan, git_client) = (config.clone(), plan.clone(), client.clone());
             set.spawn(async move {
                 let started = Instant::now();
-                let finding = check_git(git_config, git_plan, client, deadline).await;
+                let finding = check_git(git_config, git_plan, git_client, deadline).await;
                 vec![named("git", started, finding)]
             });
             spawn(
@@ -213,7 +213,7 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
                 &mut set,
                 "unit",
                 deadline.local(),
-                Box::pin(check_unit(plan.clone())),
+                Box::pin(check_unit(plan.clone(), client)),
             );
         }
         None => {
@@ -686,7 +686,7 @@ async fn check_env_file(config: Arc<Config>, plan: Arc<Plan>) -> Finding {
     }
 }
 
-async fn check_unit(plan: Arc<Plan>) -> Finding {
+async fn check_unit(plan: Arc<Plan>, client: Option<secrets::Client>) -> Finding {
     if plan.service.manager != Manager::Systemd {
         return skip("exec mode: no unit");
     }
@@ -700,9 +700,26 @@ async fn check_unit(plan: Arc<Plan>) -> Finding {
                 .await
                 .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
                 .unwrap_or_default();
+            // The service may print its secrets, and this report goes to SSM's output: every
+            // value of the secret is masked, or, when it cannot be read, no line is shown.
+            let loaded = match &client {
+                Some(client) => secrets::load(client, &plan.identity.region, &plan.secrets)
+                    .await
+                    .ok(),
+                None => None,
+            };
+            let journal = match loaded {
+                Some(loaded) => format!(
+                    "last journal lines (secret values masked):\n{}",
+                    mask(&journal, loaded.vars.values().map(|v| v.value.as_str()))
+                ),
+                None => "its journal lines are not shown: the secret could not be read to mask \
+                         its values in them"
+                    .to_string(),
+            };
             fail(
                 format!(
-                    "{unit} is {} (result {}); last journal lines:\n{journal}",
+                    "{unit} is {} (result {}); {journal}",
                     state.active, state.result
                 ),
                 format!("see journalctl -u {unit}; then bootagent boot"),
@@ -710,6 +727,20 @@ async fn check_unit(plan: Arc<Plan>) -> Finding {
         }
         Err(e) => fail(e.to_string(), "is systemd running here?"),
     }
+}
+
+/// `text` with every one of `values` (and each line of a value of several) replaced by `***`,
+/// the longest first, so that a value holding another is masked whole.
+fn mask<'a>(text: &str, values: impl Iterator<Item = &'a str>) -> String {
+    let mut secrets: Vec<&str> = values
+        .flat_map(|value| std::iter::once(value).chain(value.lines()))
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect();
+    secrets.sort_by_key(|value| std::cmp::Reverse(value.len()));
+    secrets.into_iter().fold(text.to_string(), |masked, value| {
+        masked.replace(value, "***")
+    })
 }
 
 async fn check_disk(config: Arc<Config>, plan: Option<Arc<Plan>>) -> Finding {
@@ -786,5 +817,30 @@ async fn check_last_boot(config: Arc<Config>) -> Finding {
             (status::Outcome::Failed, None) => fail("failed", "see bootagent status"),
         },
         Err(e) => fail(e.to_string(), "run bootagent boot"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_of_the_secret_is_masked_in_journal_lines() {
+        let journal = "starting with token=canary-123-long and DB=canary-123\n\
+                       second line of a key\nport 8080 ready";
+        let masked = mask(
+            journal,
+            [
+                "canary-123",
+                "canary-123-long",
+                "first line of a key\nsecond line of a key",
+                "",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            masked,
+            "starting with token=*** and DB=***\n***\nport 8080 ready"
+        );
     }
 }
