@@ -25,6 +25,17 @@ pub enum LifecycleError {
         message: String,
     },
     #[error(
+        "Auto Scaling's answer to {action} for hook {hook} of group {group} exceeded {limit} and \
+         was cut off: something else answers in its place; check AWS_ENDPOINT_URL and any proxy \
+         between this instance and the endpoint"
+    )]
+    TooLarge {
+        action: &'static str,
+        hook: String,
+        group: String,
+        limit: String,
+    },
+    #[error(
         "Auto Scaling did not answer {action} for hook {hook} of group {group} ({tries}): {detail}"
     )]
     Unreachable {
@@ -158,7 +169,11 @@ impl Lifecycle {
         retry_for: std::time::Duration,
     ) -> Lifecycle {
         Lifecycle {
-            client: aws_sdk_autoscaling::Client::new(sdk_config),
+            client: aws_sdk_autoscaling::Client::from_conf(
+                aws_sdk_autoscaling::config::Builder::from(sdk_config)
+                    .interceptor(crate::aws::BoundedAnswers)
+                    .build(),
+            ),
             group,
             instance_id: instance_id.to_string(),
             backoff,
@@ -243,6 +258,15 @@ impl Lifecycle {
             Err(error) => error,
         };
         let (hook, group) = (hook.to_string(), self.group.clone());
+        if crate::aws::answer_too_large(&error) {
+            let limit = crate::aws::max_answer();
+            return Err(LifecycleError::TooLarge {
+                action,
+                hook,
+                group,
+                limit,
+            });
+        }
         match &error {
             SdkError::ServiceError(service) => {
                 let code = service.err().code().unwrap_or_default().to_string();
@@ -348,6 +372,25 @@ mod tests {
         ] {
             assert!(sent[0].contains(part), "{part} in {}", sent[0]);
         }
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_a_mebibyte_is_cut_off_and_named() {
+        let answers = SdkAnswers::new(&[(200, "")]).with_generated_body(500 << 20);
+        let err = lifecycle(&answers)
+            .await
+            .complete("launching", ActionResult::Continue)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "Auto Scaling's answer to CompleteLifecycleAction for hook launching of group web \
+                 exceeded 1 MiB and was cut off"
+            ),
+            "{err}"
+        );
+        assert_eq!(answers.requests().len(), 1, "not tried again");
+        assert!(answers.generated_read() <= (crate::aws::MAX_ANSWER_BYTES + 64 * 1024) as u64);
     }
 
     #[tokio::test]

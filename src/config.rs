@@ -13,6 +13,11 @@ use crate::names::{is_valid_name, is_variable_name};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bootagent/config.toml";
 const DEFAULTS: &str = include_str!("../packaging/defaults.toml");
 
+/// The longest duration the config may set: far beyond any sensible wait, and far enough below
+/// what a clock can add (an `Instant` plus 300000000000 years overflows) that no deadline
+/// computed from one can.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("failed to read config file {path}")]
@@ -475,6 +480,29 @@ impl Config {
             .collect()
     }
 
+    /// Every duration in the config, by key.
+    fn durations(&self) -> [(&'static str, Duration); 17] {
+        [
+            ("identity.tag_wait", self.identity.tag_wait),
+            ("identity.imds_deadline", self.identity.imds_deadline),
+            ("secrets.timeout", self.secrets.timeout),
+            ("git.timeout", self.git.timeout),
+            ("git.deadline", self.git.deadline),
+            ("service.start_timeout", self.service.start_timeout),
+            ("service.settle", self.service.settle),
+            ("health.app_timeout", self.health.app_timeout),
+            ("health.header_timeout", self.health.header_timeout),
+            ("lifecycle.heartbeat", self.lifecycle.heartbeat),
+            ("lifecycle.drain", self.lifecycle.drain),
+            ("lifecycle.health_wait", self.lifecycle.health_wait),
+            ("lifecycle.timeout", self.lifecycle.timeout),
+            ("refresh.window", self.refresh.window),
+            ("deploy.health_wait", self.deploy.health_wait),
+            ("deploy.hook_timeout", self.deploy.hook_timeout),
+            ("boot.deadline", self.boot.deadline),
+        ]
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
         for (canonical, aliases) in &self.environments {
@@ -546,23 +574,28 @@ impl Config {
             }
         }
         // A zero here would spin (heartbeat) or give up before the first try (the timeouts).
-        let must_be_positive = [
-            ("lifecycle.heartbeat", self.lifecycle.heartbeat),
-            ("lifecycle.timeout", self.lifecycle.timeout),
-            ("health.app_timeout", self.health.app_timeout),
-            ("health.header_timeout", self.health.header_timeout),
-            ("identity.imds_deadline", self.identity.imds_deadline),
-            ("secrets.timeout", self.secrets.timeout),
-            ("git.timeout", self.git.timeout),
-            ("git.deadline", self.git.deadline),
-            ("service.start_timeout", self.service.start_timeout),
-            ("boot.deadline", self.boot.deadline),
-            ("deploy.health_wait", self.deploy.health_wait),
-            ("deploy.hook_timeout", self.deploy.hook_timeout),
+        let may_be_zero = [
+            "identity.tag_wait",
+            "lifecycle.drain",
+            "lifecycle.health_wait",
+            "refresh.window",
+            "service.settle",
         ];
-        if let Some((key, _)) = must_be_positive.iter().find(|(_, value)| value.is_zero()) {
+        let durations = self.durations();
+        if let Some((key, _)) = durations
+            .iter()
+            .find(|(key, value)| value.is_zero() && !may_be_zero.contains(key))
+        {
             return Err(ConfigError::Invalid(format!(
                 "{key} must be longer than 0s"
+            )));
+        }
+        if let Some((key, value)) = durations.iter().find(|(_, value)| *value > MAX_DURATION) {
+            return Err(ConfigError::Invalid(format!(
+                "{key} = \"{}\" is longer than bootagent accepts for any duration ({} at \
+                 most): set a shorter one",
+                humantime::format_duration(*value),
+                humantime::format_duration(MAX_DURATION)
             )));
         }
         if self.git.keep == 0 {
@@ -712,6 +745,27 @@ mod tests {
             err.contains("env.all: \"PORT=9999;X\" is not a valid variable name"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_duration_beyond_the_maximum_names_the_key_and_the_maximum() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[boot]\ndeadline = \"300000000000y\"\n",
+        );
+        let err = load(Some(&main)).unwrap_err().to_string();
+        assert!(
+            err.contains("boot.deadline = \"300000000000years\" is longer than bootagent accepts for any duration (30days at most)"),
+            "{err}"
+        );
+        let main = write(
+            dir.path(),
+            "config.toml",
+            "[refresh]\nwindow = \"30days\"\n",
+        );
+        assert_eq!(load(Some(&main)).unwrap().refresh.window, MAX_DURATION);
     }
 
     #[test]

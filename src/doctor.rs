@@ -117,21 +117,39 @@ const ORDER: &[&str] = &[
     "last-boot",
 ];
 
+/// Every check, each ended when `timeout` has passed since doctor began: the report comes
+/// within `timeout` (and the moment a check takes to say it timed out), however many checks
+/// wait on a stalled service.
 pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
+    let began = Instant::now();
+    let deadline = Deadline {
+        at: tokio::time::Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(far_future),
+        limit: timeout,
+    };
     let mut checks = Vec::new();
     let imds = Arc::new(ImdsClient::from_env(
         config.identity.imds_deadline.min(timeout),
     ));
+    let mut set: JoinSet<Vec<Check>> = JoinSet::new();
+    spawn(
+        &mut set,
+        "last-boot",
+        deadline,
+        Box::pin(check_last_boot(config.clone())),
+    );
 
-    // The chain's head: everything that needs to know who this instance is waits for it.
-    let started = Instant::now();
-    let token = bounded(timeout, check_imds(&imds)).await;
-    checks.push(named("imds", started, token));
-    let started = Instant::now();
-    let tags = bounded(timeout, check_tags(&imds, &config)).await;
-    checks.push(named("tags", started, tags));
-    let started = Instant::now();
-    let (identity_finding, plan) = match bounded_plan(timeout, &imds, &config).await {
+    // The chain's head, looked at together: everything that needs to know who this instance is
+    // waits for the identity.
+    let (token, tags, identity) = tokio::join!(
+        deadline.bound(check_imds(&imds)),
+        deadline.bound(check_tags(&imds, &config)),
+        identity_plan(deadline, &imds, &config),
+    );
+    checks.push(named("imds", began, token));
+    checks.push(named("tags", began, tags));
+    let (identity_finding, plan) = match identity {
         Ok(plan) => (
             ok(format!(
                 "service {}, environment {} (tag {:?}), {} in {}",
@@ -145,9 +163,8 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
         ),
         Err(finding) => (finding, None),
     };
-    checks.push(named("identity", started, identity_finding));
+    checks.push(named("identity", began, identity_finding));
 
-    let mut set: JoinSet<Vec<Check>> = JoinSet::new();
     match &plan {
         Some(plan) => {
             let date = Arc::new(Mutex::new(None));
@@ -155,44 +172,49 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
             spawn(
                 &mut set,
                 "credentials",
-                timeout,
+                deadline,
                 Box::pin(check_credentials(plan.clone(), timeout)),
             );
             // The clock is judged from the Date header of the secret check's answers.
             let (secret_plan, secret_client) = (plan.clone(), client.clone());
             set.spawn(async move {
                 let started = Instant::now();
-                let secret = bounded(timeout, check_secret(&secret_client, &secret_plan)).await;
+                let secret = deadline
+                    .bound(check_secret(&secret_client, &secret_plan))
+                    .await;
                 let secret = named("secret", started, secret);
                 vec![secret, named("clock", started, check_clock(&date))]
             });
             spawn(
                 &mut set,
                 "isolation",
-                timeout,
+                deadline,
                 Box::pin(check_isolation(
                     config.clone(),
                     plan.clone(),
                     client.clone(),
                 )),
             );
-            spawn(
-                &mut set,
-                "git",
-                timeout,
-                Box::pin(check_git(config.clone(), plan.clone(), client, timeout)),
-            );
+            // Not cut off from outside: the listing runs on a blocking thread, which must end
+            // before the runtime does (an HTTP transport on a runtime being shut down panics).
+            // It ends by the deadline on its own.
+            let (git_config, git_plan, git_client) = (config.clone(), plan.clone(), client.clone());
+            set.spawn(async move {
+                let started = Instant::now();
+                let finding = check_git(git_config, git_plan, git_client, deadline).await;
+                vec![named("git", started, finding)]
+            });
             spawn(
                 &mut set,
                 "env-file",
-                timeout,
+                deadline.local(),
                 Box::pin(check_env_file(config.clone(), plan.clone())),
             );
             spawn(
                 &mut set,
                 "unit",
-                timeout,
-                Box::pin(check_unit(plan.clone())),
+                deadline.local(),
+                Box::pin(check_unit(plan.clone(), client)),
             );
         }
         None => {
@@ -209,14 +231,8 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
     spawn(
         &mut set,
         "disk",
-        timeout,
+        deadline.local(),
         Box::pin(check_disk(config.clone(), plan.clone())),
-    );
-    spawn(
-        &mut set,
-        "last-boot",
-        timeout,
-        Box::pin(check_last_boot(config.clone())),
     );
     while let Some(joined) = set.join_next().await {
         if let Ok(found) = joined {
@@ -231,12 +247,61 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
     }
 }
 
+/// When doctor's `--timeout`, counted from its start, runs out for every check.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    async fn bound(self, work: impl std::future::Future<Output = Finding>) -> Finding {
+        tokio::time::timeout_at(self.at, work)
+            .await
+            .unwrap_or_else(|_| self.timed_out())
+    }
+
+    fn timed_out(self) -> Finding {
+        fail(
+            format!(
+                "no answer before doctor's --timeout ({}) ran out",
+                humantime::format_duration(self.limit)
+            ),
+            "the service behind this check is slow or unreachable; rerun with a longer --timeout \
+             to see more",
+        )
+    }
+
+    /// For a check of this machine alone that can start only once the identity is known: it
+    /// gets [`LOCAL_MARGIN`] even when the identity took all the time.
+    fn local(self) -> Deadline {
+        Deadline {
+            at: self.at.max(tokio::time::Instant::now() + LOCAL_MARGIN),
+            ..self
+        }
+    }
+
+    /// What is left of it.
+    fn left(self) -> Duration {
+        self.at
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+}
+
+/// What a local check (a file, a statfs, systemctl) may take past the deadline.
+const LOCAL_MARGIN: Duration = Duration::from_secs(1);
+
+/// A `--timeout` no clock can add: a year is as good as forever for a doctor.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 60 * 60)
+}
+
 type Work = std::pin::Pin<Box<dyn std::future::Future<Output = Finding> + Send>>;
 
-fn spawn(set: &mut JoinSet<Vec<Check>>, name: &'static str, timeout: Duration, work: Work) {
+fn spawn(set: &mut JoinSet<Vec<Check>>, name: &'static str, deadline: Deadline, work: Work) {
     set.spawn(async move {
         let started = Instant::now();
-        vec![named(name, started, bounded(timeout, work).await)]
+        vec![named(name, started, deadline.bound(work).await)]
     });
 }
 
@@ -248,19 +313,6 @@ fn named(name: &'static str, started: Instant, finding: Finding) -> Check {
         hint: finding.hint,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
-}
-
-fn timed_out(limit: Duration) -> Finding {
-    fail(
-        format!("no answer within {}", humantime::format_duration(limit)),
-        "the service behind this check is slow or unreachable; rerun with a longer --timeout to see more",
-    )
-}
-
-async fn bounded(limit: Duration, work: impl std::future::Future<Output = Finding>) -> Finding {
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or_else(|_| timed_out(limit))
 }
 
 async fn check_imds(imds: &ImdsClient) -> Finding {
@@ -329,8 +381,8 @@ async fn check_describe_tags(imds: &ImdsClient, deadline: Duration) -> Finding {
     }
 }
 
-async fn bounded_plan(
-    limit: Duration,
+async fn identity_plan(
+    deadline: Deadline,
     imds: &ImdsClient,
     config: &Config,
 ) -> Result<Plan, Finding> {
@@ -355,9 +407,9 @@ async fn bounded_plan(
         crate::plan::build(config, &identity)
             .map_err(|e| fail(e.to_string(), "fix the configuration named in the message"))
     };
-    tokio::time::timeout(limit, work)
+    tokio::time::timeout_at(deadline.at, work)
         .await
-        .unwrap_or_else(|_| Err(timed_out(limit)))
+        .unwrap_or_else(|_| Err(deadline.timed_out()))
 }
 
 /// Captures the Date header of Secrets Manager's answers, to measure the clock against AWS's.
@@ -545,7 +597,7 @@ async fn check_git(
     config: Arc<Config>,
     plan: Arc<Plan>,
     client: Option<secrets::Client>,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Finding {
     let Some(url) = plan.git.url.clone() else {
         return fail(
@@ -553,14 +605,16 @@ async fn check_git(
             "set git.url, or tag the instance with Repository=<url>",
         );
     };
-    let credentials = match git_credentials(&config, &plan, client).await {
-        Ok(credentials) => credentials,
-        Err(finding) => return finding,
-    };
+    let credentials =
+        match tokio::time::timeout_at(deadline.at, git_credentials(&config, &plan, client)).await {
+            Ok(Ok(credentials)) => credentials,
+            Ok(Err(finding)) => return finding,
+            Err(_) => return deadline.timed_out(),
+        };
     let reference = plan.git.reference.clone();
     let shown = crate::remote::redact(&url);
-    // The listing stops by itself within the check's time, so no git thread outlives doctor.
-    let limits = git::Limits::new(timeout, "doctor --timeout", git::Cancel::default());
+    // The listing stops by itself when doctor's time is up, so no git thread outlives doctor.
+    let limits = git::Limits::new(deadline.left(), "doctor --timeout", git::Cancel::default());
     let dir = plan.git.dir.clone();
     let answer = tokio::task::spawn_blocking(move || {
         git::remote_ref(&url, &reference, &dir, &credentials, &limits)
@@ -680,7 +734,7 @@ async fn check_env_file(config: Arc<Config>, plan: Arc<Plan>) -> Finding {
     }
 }
 
-async fn check_unit(plan: Arc<Plan>) -> Finding {
+async fn check_unit(plan: Arc<Plan>, client: Option<secrets::Client>) -> Finding {
     if plan.service.manager != Manager::Systemd {
         return skip("exec mode: no unit");
     }
@@ -694,9 +748,26 @@ async fn check_unit(plan: Arc<Plan>) -> Finding {
                 .await
                 .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
                 .unwrap_or_default();
+            // The service may print its secrets, and this report goes to SSM's output: every
+            // value of the secret is masked, or, when it cannot be read, no line is shown.
+            let loaded = match &client {
+                Some(client) => secrets::load(client, &plan.identity.region, &plan.secrets)
+                    .await
+                    .ok(),
+                None => None,
+            };
+            let journal = match loaded {
+                Some(loaded) => format!(
+                    "last journal lines (secret values masked):\n{}",
+                    mask(&journal, loaded.vars.values().map(|v| v.value.as_str()))
+                ),
+                None => "its journal lines are not shown: the secret could not be read to mask \
+                         its values in them"
+                    .to_string(),
+            };
             fail(
                 format!(
-                    "{unit} is {} (result {}); last journal lines:\n{journal}",
+                    "{unit} is {} (result {}); {journal}",
                     state.active, state.result
                 ),
                 format!("see journalctl -u {unit}; then bootagent boot"),
@@ -704,6 +775,20 @@ async fn check_unit(plan: Arc<Plan>) -> Finding {
         }
         Err(e) => fail(e.to_string(), "is systemd running here?"),
     }
+}
+
+/// `text` with every one of `values` (and each line of a value of several) replaced by `***`,
+/// the longest first, so that a value holding another is masked whole.
+fn mask<'a>(text: &str, values: impl Iterator<Item = &'a str>) -> String {
+    let mut secrets: Vec<&str> = values
+        .flat_map(|value| std::iter::once(value).chain(value.lines()))
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect();
+    secrets.sort_by_key(|value| std::cmp::Reverse(value.len()));
+    secrets.into_iter().fold(text.to_string(), |masked, value| {
+        masked.replace(value, "***")
+    })
 }
 
 async fn check_disk(config: Arc<Config>, plan: Option<Arc<Plan>>) -> Finding {
@@ -780,5 +865,30 @@ async fn check_last_boot(config: Arc<Config>) -> Finding {
             (status::Outcome::Failed, None) => fail("failed", "see bootagent status"),
         },
         Err(e) => fail(e.to_string(), "run bootagent boot"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_of_the_secret_is_masked_in_journal_lines() {
+        let journal = "starting with token=canary-123-long and DB=canary-123\n\
+                       second line of a key\nport 8080 ready";
+        let masked = mask(
+            journal,
+            [
+                "canary-123",
+                "canary-123-long",
+                "first line of a key\nsecond line of a key",
+                "",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            masked,
+            "starting with token=*** and DB=***\n***\nport 8080 ready"
+        );
     }
 }

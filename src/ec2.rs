@@ -169,10 +169,16 @@ async fn call(
         header("x-amz-retry-after").as_deref(),
         header("retry-after").as_deref(),
     );
-    let text = response
-        .text()
+    let text = crate::aws::read_bounded(response)
         .await
-        .map_err(|e| Call::Transient(e.without_url().to_string()))?;
+        .map_err(|e| match e {
+            crate::aws::Unbounded::TooLarge => fatal(format!(
+                "its answer exceeded {} and was cut off: something else answers in EC2's place; \
+                 check AWS_ENDPOINT_URL_EC2 and any proxy between this instance and the endpoint",
+                crate::aws::max_answer()
+            )),
+            crate::aws::Unbounded::Read(e) => Call::Transient(e.without_url().to_string()),
+        })?;
     if status.is_success() {
         return Ok(text);
     }
@@ -315,5 +321,25 @@ mod tests {
             ),
             Call::Permanent(Ec2Error::Failed { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_a_mebibyte_is_refused_without_another_try() {
+        let flood = crate::testing::HttpStub::start(|_| {
+            crate::testing::Reply::new(200, &"x".repeat(crate::aws::MAX_ANSWER_BYTES + 1))
+        })
+        .await;
+        let sdk = crate::testing::SdkAnswers::new(&[]).sdk_config().await;
+        let client = reqwest::Client::new();
+        let url = format!("{}/", flood.url);
+        let failed = call(&sdk, &client, "eu-west-1", &url, "Action=DescribeTags").await;
+        let Err(Call::Permanent(err)) = failed else {
+            panic!("not refused for good: {failed:?}");
+        };
+        assert!(
+            err.to_string()
+                .contains("its answer exceeded 1 MiB and was cut off"),
+            "{err}"
+        );
     }
 }

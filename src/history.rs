@@ -48,17 +48,16 @@ impl Entry {
 
 /// Appends `status` as the newest line, dropping the oldest beyond [`KEEP`]; a boot recorded
 /// again (its exec failed after it was recorded as succeeded) replaces its own line. The file is
-/// replaced atomically, so a crash leaves the old history or the new one.
+/// replaced atomically, so a crash leaves the old history or the new one. A damaged line is
+/// dropped (and reported, once: it is gone afterwards), so that one bad byte does not stop the
+/// history for good.
 pub fn record(state_dir: &Path, status: &Status) -> std::io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
     let path = state_dir.join(FILE);
-    let existing = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
+    let existing = read_bytes(&path)?;
+    let (mut lines, damaged) = sound_lines(&existing);
+    report_damage(&path, &damaged, "dropped; the history goes on without them");
     let newest = serde_json::to_string(&Entry::of(status)).map_err(std::io::Error::other)?;
-    let mut lines: Vec<&str> = existing.lines().filter(|l| !l.trim().is_empty()).collect();
     let same_boot = |line: &&str| {
         serde_json::from_str::<Entry>(line).is_ok_and(|e| e.started_at == status.started_at)
     };
@@ -72,17 +71,68 @@ pub fn record(state_dir: &Path, status: &Status) -> std::io::Result<()> {
     crate::atomic::write_file(&path, text.as_bytes(), 0o644)
 }
 
-/// The recorded boots, oldest first; none when there is no history yet. A line that does not
-/// parse (written by a newer version, say) is skipped.
+/// The recorded boots, oldest first; none when there is no history yet. A line that is JSON but
+/// not a boot (written by a newer version, say) is skipped; a damaged one is skipped and
+/// reported.
 pub fn read(state_dir: &Path) -> std::io::Result<Vec<Entry>> {
-    match std::fs::read_to_string(state_dir.join(FILE)) {
-        Ok(text) => Ok(text
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()),
+    let path = state_dir.join(FILE);
+    let bytes = read_bytes(&path)?;
+    let (lines, damaged) = sound_lines(&bytes);
+    report_damage(
+        &path,
+        &damaged,
+        "skipped; the next boot drops them from the file",
+    );
+    Ok(lines
+        .into_iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect())
+}
+
+/// The file's bytes; none when there is no history yet.
+fn read_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
+        read => read,
     }
+}
+
+/// The lines that are JSON, and the numbers (from 1) of those that are not: cut off by a full
+/// disk, overwritten, not UTF-8.
+fn sound_lines(bytes: &[u8]) -> (Vec<&str>, Vec<usize>) {
+    let mut sound = Vec::new();
+    let mut damaged = Vec::new();
+    for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match std::str::from_utf8(line) {
+            Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                sound.push(text)
+            }
+            _ => damaged.push(index + 1),
+        }
+    }
+    (sound, damaged)
+}
+
+/// One warning for all the damaged lines, naming the file and the first few of them.
+fn report_damage(path: &Path, damaged: &[usize], done: &str) {
+    if damaged.is_empty() {
+        return;
+    }
+    let mut named: Vec<String> = damaged.iter().take(5).map(usize::to_string).collect();
+    if damaged.len() > named.len() {
+        named.push(format!("{} more", damaged.len() - named.len()));
+    }
+    let lines = match named.as_slice() {
+        [one] => format!("line {one} is"),
+        many => format!("lines {} are", many.join(", ")),
+    };
+    tracing::warn!(
+        "{} {lines} damaged (not UTF-8, or not JSON): {done}",
+        path.display()
+    );
 }
 
 #[cfg(test)]
@@ -128,5 +178,26 @@ mod tests {
         text.insert_str(0, "{\"from\": \"the future\"}\n");
         std::fs::write(&path, text).unwrap();
         assert_eq!(read(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_line_is_skipped_and_the_history_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut status = Status::starting();
+        status.started_at = "boot 1".into();
+        record(dir.path(), &status).unwrap();
+        let path = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"{\"started_at\": \"\xff\"}\n{\"cut off\n");
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(sound_lines(&std::fs::read(&path).unwrap()).1, vec![2, 3]);
+        assert_eq!(read(dir.path()).unwrap().len(), 1);
+
+        status.started_at = "boot 2".into();
+        record(dir.path(), &status).unwrap();
+        let entries = read(dir.path()).unwrap();
+        let started: Vec<&str> = entries.iter().map(|e| e.started_at.as_str()).collect();
+        assert_eq!(started, ["boot 1", "boot 2"]);
+        assert!(sound_lines(&std::fs::read(&path).unwrap()).1.is_empty());
     }
 }

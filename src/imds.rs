@@ -20,7 +20,7 @@ const BACKOFF: retry::Backoff = retry::Backoff {
 };
 /// EC2's largest answers (user data, 16 KiB; 50 tags of 128+256 characters) fit many times over:
 /// anything longer is not EC2's metadata service, and is not read into memory.
-const MAX_ANSWER_BYTES: usize = 1 << 20;
+use crate::aws::MAX_ANSWER_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
@@ -255,23 +255,17 @@ impl ImdsClient {
     }
 }
 
-/// The body as text, read chunk by chunk and refused past [`MAX_ANSWER_BYTES`].
-async fn read_bounded(mut response: reqwest::Response, path: &str) -> Result<String, Attempt> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+/// The body as text, refused past [`MAX_ANSWER_BYTES`].
+async fn read_bounded(response: reqwest::Response, path: &str) -> Result<String, Attempt> {
+    crate::aws::read_bounded(response)
         .await
-        .map_err(|e| Attempt::Retry(format!("{path}: {}", describe(&e))))?
-    {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(Attempt::Fatal(ImdsError::TooLarge {
+        .map_err(|e| match e {
+            crate::aws::Unbounded::TooLarge => Attempt::Fatal(ImdsError::TooLarge {
                 path: path.to_string(),
                 limit: MAX_ANSWER_BYTES,
-            }));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+            }),
+            crate::aws::Unbounded::Read(e) => Attempt::Retry(format!("{path}: {}", describe(&e))),
+        })
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"): include the chain.

@@ -155,11 +155,16 @@ impl Asked {
 
 /// How long a server asked to wait before the next try: `x-amz-retry-after` (milliseconds, what
 /// AWS services send) or else `Retry-After` in seconds (HTTP's; its date form is not honoured).
+/// A number too large for [`Asked`] asks for longer than any cap: it is kept as the longest.
 pub fn server_asked(x_amz_retry_after: Option<&str>, retry_after: Option<&str>) -> Option<Asked> {
-    let number = |value: Option<&str>| value.and_then(|v| v.trim().parse::<u32>().ok());
+    let number = |value: Option<&str>| {
+        let digits = value?.trim();
+        let all_digits = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+        all_digits.then(|| digits.parse::<u128>().unwrap_or(u128::MAX))
+    };
     number(x_amz_retry_after)
         .or_else(|| number(retry_after).map(|seconds| seconds.saturating_mul(1000)))
-        .map(Asked)
+        .map(|ms| Asked(u32::try_from(ms).unwrap_or(u32::MAX)))
 }
 
 /// What one look at a condition found.
@@ -315,6 +320,10 @@ mod tests {
         );
         assert_eq!(server_asked(Some("soon"), None), None);
         assert_eq!(server_asked(None, None), None);
+        // Beyond u32 (and u64): the longest wait, which the cap then bounds.
+        let longest = Some(Duration::from_millis(u64::from(u32::MAX)));
+        assert_eq!(ms(None, Some("4294967296")), longest);
+        assert_eq!(ms(Some(&"9".repeat(50)), None), longest);
     }
 
     #[test]

@@ -109,6 +109,16 @@ pub enum SecretsError {
     },
     #[error("secret {id} has no field {field:?}; add it, or fix the #field in secrets.vars")]
     MissingField { id: String, field: String },
+    #[error(
+        "Secrets Manager's answer for secret {id} in region {region} exceeded {limit} (a secret \
+         holds at most 64 KiB) and was cut off: something else answers in its place; check \
+         AWS_ENDPOINT_URL and any proxy between this instance and the endpoint"
+    )]
+    TooLarge {
+        id: String,
+        region: String,
+        limit: String,
+    },
     #[error(transparent)]
     NoTrustRoots(#[from] crate::aws::NoTrustRoots),
     #[error("secret {id} holds binary data; store the variables as a JSON object in SecretString")]
@@ -266,10 +276,19 @@ pub async fn client(
 ) -> Result<Client, SecretsError> {
     let sdk_config = crate::aws::load(region, timeout).await?;
     Ok(Client::with_sdk(
-        aws_sdk_secretsmanager::Client::new(&sdk_config),
+        sdk(&sdk_config),
         retry::AWS_BACKOFF,
         retry_for,
     ))
+}
+
+/// The SDK's client over `sdk_config`, reading no answer past [`crate::aws::MAX_ANSWER_BYTES`].
+pub fn sdk(sdk_config: &aws_config::SdkConfig) -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::from_conf(
+        aws_sdk_secretsmanager::config::Builder::from(sdk_config)
+            .interceptor(crate::aws::BoundedAnswers)
+            .build(),
+    )
 }
 
 /// Which version of a secret to read.
@@ -442,6 +461,10 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let (id, region) = (id.to_string(), region.to_string());
+    if crate::aws::answer_too_large(&error) {
+        let limit = crate::aws::max_answer();
+        return SecretsError::TooLarge { id, region, limit };
+    }
     let status = error.raw_response().map(|r| r.status().as_u16());
     let retry_after = error.raw_response().and_then(|r| {
         retry::server_asked(
@@ -791,7 +814,7 @@ mod tests {
 
         /// bootagent's retries over the answers, for up to a second.
         async fn answered_client(answers: &SdkAnswers) -> Client {
-            let sdk = aws_sdk_secretsmanager::Client::new(&answers.sdk_config().await);
+            let sdk = sdk(&answers.sdk_config().await);
             Client::with_sdk(sdk, FAST, Duration::from_secs(1))
         }
 
@@ -914,6 +937,26 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn an_answer_past_a_mebibyte_is_cut_off_and_named() {
+            let answers = SdkAnswers::new(&[(200, "")]).with_generated_body(500 << 20);
+            let err = load_answered(&answers).await.unwrap_err();
+            assert!(
+                err.to_string().starts_with(
+                    "Secrets Manager's answer for secret calendar_env_prod in region eu-west-1 \
+                     exceeded 1 MiB (a secret holds at most 64 KiB) and was cut off"
+                ),
+                "{err}"
+            );
+            assert!(!err.is_transient(), "another try would read as much again");
+            assert_eq!(answers.requests().len(), 1);
+            let read = answers.generated_read();
+            assert!(
+                read <= (crate::aws::MAX_ANSWER_BYTES + 64 * 1024) as u64,
+                "read {read} bytes of a 500 MiB answer"
+            );
+        }
+
+        #[tokio::test]
         async fn a_throttled_call_waits_as_long_as_the_server_asked() {
             let throttled = error("ThrottlingException", "Rate exceeded");
             async fn client(answers: &SdkAnswers, within: Duration) -> Client {
@@ -921,7 +964,7 @@ mod tests {
                     base: Duration::from_millis(1),
                     cap: Duration::from_secs(10),
                 };
-                let sdk = aws_sdk_secretsmanager::Client::new(&answers.sdk_config().await);
+                let sdk = sdk(&answers.sdk_config().await);
                 Client::with_sdk(sdk, patient, within)
             }
             // AWS's header, in milliseconds.

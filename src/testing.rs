@@ -3,7 +3,10 @@
 //! place of its own, answering as AWS does.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use aws_smithy_runtime_api::client::http::{
@@ -150,6 +153,10 @@ pub struct SdkAnswers {
     requests: Arc<Mutex<Vec<String>>>,
     /// Sent with every answer.
     headers: Vec<(&'static str, String)>,
+    /// Every answer's body is this many bytes instead, made as they are read.
+    generated: Option<u64>,
+    /// How many bytes of generated bodies were read.
+    generated_read: Arc<AtomicU64>,
 }
 
 impl SdkAnswers {
@@ -163,7 +170,21 @@ impl SdkAnswers {
             )),
             requests: Arc::default(),
             headers: Vec::new(),
+            generated: None,
+            generated_read: Arc::default(),
         }
+    }
+
+    /// Every answer's body is `bytes` long (spaces), made only as the client reads it, as a
+    /// hostile or broken endpoint streams one: [`SdkAnswers::generated_read`] tells how much
+    /// was read.
+    pub fn with_generated_body(mut self, bytes: u64) -> SdkAnswers {
+        self.generated = Some(bytes);
+        self
+    }
+
+    pub fn generated_read(&self) -> u64 {
+        self.generated_read.load(Ordering::SeqCst)
     }
 
     /// Every answer carries this header too.
@@ -208,8 +229,14 @@ impl HttpConnector for SdkAnswers {
                 _ => answers.pop_front().unwrap(),
             }
         };
-        let mut response =
-            HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::from(body));
+        let body = match self.generated {
+            Some(left) => SdkBody::from_body_1_x(Generated {
+                left,
+                read: self.generated_read.clone(),
+            }),
+            None => SdkBody::from(body),
+        };
+        let mut response = HttpResponse::new(StatusCode::try_from(status).unwrap(), body);
         for (name, value) in &self.headers {
             response.headers_mut().insert(*name, value.clone());
         }
@@ -224,5 +251,31 @@ impl HttpClient for SdkAnswers {
         _: &RuntimeComponents,
     ) -> SharedHttpConnector {
         SharedHttpConnector::new(self.clone())
+    }
+}
+
+/// A body of spaces made a chunk at a time as it is read, counting what was read.
+struct Generated {
+    left: u64,
+    read: Arc<AtomicU64>,
+}
+
+impl http_body::Body for Generated {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        static CHUNK: [u8; 64 * 1024] = [b' '; 64 * 1024];
+        let size = self.left.min(CHUNK.len() as u64);
+        if size == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= size;
+        self.read.fetch_add(size, Ordering::SeqCst);
+        let chunk = bytes::Bytes::from_static(&CHUNK[..size as usize]);
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
     }
 }

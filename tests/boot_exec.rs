@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -763,4 +764,197 @@ fn a_command_the_service_user_cannot_run_fails_the_boot_before_it_says_succeeded
             "{phases}"
         );
     }
+}
+
+/// A `deploy.pre_start` that starts a migration in the background, records the pids of it and
+/// of the step it waits on in the instance's out dir, and waits (its output goes nowhere, so
+/// that what survives it holds no pipe of the test's).
+fn migrating_hook(instance: &Instance, timeout: &str) -> String {
+    format!(
+        "[deploy]\nhook_timeout = \"{timeout}\"\npre_start = [\"/bin/sh\", \"-c\", \"exec \
+         >/dev/null 2>&1; sleep 300 & echo $! > {out}/background.pid; sleep 300 & echo $! > \
+         {out}/foreground.pid; wait\"]\n",
+        out = instance.out.display()
+    )
+}
+
+/// The pids the hook recorded, once it recorded both.
+fn hook_pids(instance: &Instance) -> Vec<i32> {
+    ["background", "foreground"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(instance.out.join(format!("{name}.pid")))
+                .unwrap_or_else(|e| panic!("the hook recorded no {name} pid: {e}"));
+            text.trim().parse().unwrap()
+        })
+        .collect()
+}
+
+/// Whether `pid` is a `sleep` that still runs (a zombie waiting for init runs nothing).
+fn sleep_runs(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let (comm, rest) = stat.split_once(") ").unwrap();
+    comm.ends_with("(sleep") && !rest.starts_with('Z')
+}
+
+#[test]
+fn a_hook_past_its_timeout_is_killed_with_all_it_started() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    instance.add_config("60-hook.toml", &migrating_hook(&instance, "1s"));
+    let imds = service.imds("test");
+    let started = Instant::now();
+    failing_boot(
+        &instance,
+        &imds,
+        &service.name,
+        8,
+        &["deploy.pre_start (/bin/sh) did not finish within 1s (deploy.hook_timeout) and was killed"],
+        Some(&service.canaries["test"]),
+    );
+    // SIGTERM ends the sleeps at once: the group's 5 s grace is not needed.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    for pid in hook_pids(&instance) {
+        assert!(!sleep_runs(pid), "the hook's sleep {pid} still runs");
+    }
+}
+
+#[test]
+fn what_a_hook_leaves_running_is_stopped_when_it_exits() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    instance.add_config(
+        "60-hook.toml",
+        &format!(
+            "[deploy]\npre_start = [\"/bin/sh\", \"-c\", \"exec >/dev/null 2>&1; sleep 300 & \
+             echo $! > {out}/background.pid\"]\n",
+            out = instance.out.display()
+        ),
+    );
+    let imds = service.imds("test");
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has("the hook left processes running when it exited; they were stopped");
+    let pid = std::fs::read_to_string(instance.out.join("background.pid")).unwrap();
+    assert!(
+        !sleep_runs(pid.trim().parse().unwrap()),
+        "its sleep still runs"
+    );
+}
+
+#[test]
+fn a_hook_does_not_outlive_bootagent_told_to_stop() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    instance.add_config("60-hook.toml", &migrating_hook(&instance, "5min"));
+    let imds = service.imds("test");
+    let mut boot = instance
+        .command(&imds, &["boot"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    support::container::eventually(60, "the hook to start its sleeps", || {
+        instance.out.join("foreground.pid").exists()
+    });
+    let pids = hook_pids(&instance);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(boot.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = boot.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(15),
+        "bootagent dies of the signal it was sent: {status}"
+    );
+    for pid in pids {
+        assert!(!sleep_runs(pid), "the hook's sleep {pid} still runs");
+    }
+}
+
+#[test]
+fn a_hook_cut_off_by_the_boot_deadline_is_killed_whole() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    instance.add_config(
+        "60-hook.toml",
+        &format!(
+            "{}[boot]\ndeadline = \"8s\"\n",
+            migrating_hook(&instance, "5min")
+        ),
+    );
+    let imds = service.imds("test");
+    failing_boot(
+        &instance,
+        &imds,
+        &service.name,
+        75,
+        &["did not finish within 8s"],
+        Some(&service.canaries["test"]),
+    );
+    for pid in hook_pids(&instance) {
+        assert!(!sleep_runs(pid), "the hook's sleep {pid} still runs");
+    }
+}
+
+#[test]
+fn a_damaged_history_line_is_skipped_and_the_history_goes_on() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("test");
+    instance.run(&imds, &["boot"]).expect(0);
+    let file = instance.root.path().join("state/history.jsonl");
+    let mut bytes = std::fs::read(&file).unwrap();
+    // A commit that is no hash, with a character of two bytes across byte 12, and a line with
+    // a byte that is not UTF-8.
+    let foreign = String::from_utf8(bytes.clone())
+        .unwrap()
+        .replace(&service.repo.commits["test"], "0123456789aé-rewritten");
+    bytes.extend_from_slice(foreign.as_bytes());
+    bytes.extend_from_slice(b"{\"started_at\": \"\xff\"}\n");
+    std::fs::write(&file, bytes).unwrap();
+
+    let history = instance.run(&imds, &["status", "--history"]);
+    history.expect(0).stderr_has(&format!(
+        "{} line 3 is damaged (not UTF-8, or not JSON): skipped",
+        file.display()
+    ));
+    let lines: Vec<String> = history.stdout().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("0123456789aé (cloned)"), "{lines:?}");
+
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has(&format!(
+            "{} line 3 is damaged (not UTF-8, or not JSON): dropped",
+            file.display()
+        ));
+    let history = instance.run(&imds, &["status", "--history"]);
+    assert!(!history.expect(0).stderr().contains("damaged"));
+    let lines: Vec<String> = history.stdout().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 3, "the new boot is recorded: {lines:?}");
+    assert!(lines[2].contains("(unchanged)"), "{lines:?}");
+}
+
+#[test]
+fn a_duration_beyond_any_clock_is_a_usage_error() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("[boot]\ndeadline = \"300000000000y\"\n");
+    let imds = service.imds("test");
+    instance.run(&imds, &["boot"]).expect(2).stderr_has(
+        "boot.deadline = \"300000000000years\" is longer than bootagent accepts for any duration \
+         (30days at most)",
+    );
 }

@@ -381,14 +381,22 @@ fn refresh_restarts_the_unit_only_after_a_secret_changed() {
 }
 
 #[test]
-fn doctor_shows_a_failed_unit_with_its_last_journal_lines() {
+fn doctor_shows_a_failed_unit_with_its_last_journal_lines_secrets_masked() {
     support::needs_world!();
-    let (name, _repo, imds) = small_service("docunit", "test");
+    let name = unique("docunit");
+    let repo = SampleRepo::create(&name);
+    let canary = canary();
+    create_secret(
+        &format!("{name}_env_test"),
+        &serde_json::json!({ "TOKEN": canary }).to_string(),
+    );
+    let imds = Imds::for_service(&name, "test", &repo.url);
     let container = Container::boot(CONFIG);
     let unit = format!("{name}.service");
+    // The service prints its secret, as a careless one does.
     container.install_unit(
         &unit,
-        "ExecStart=/bin/sh -c \"echo about to crash: marker-7ce1; sleep 3; exit 3\"",
+        "ExecStart=/bin/sh -c \"echo about to crash: marker-7ce1 token=$TOKEN; sleep 3; exit 3\"",
     );
     // Up for 3 s: well past the test config's settle, so the boot succeeds.
     container.bootagent(&imds, &["boot"]).expect(0);
@@ -407,7 +415,14 @@ fn doctor_shows_a_failed_unit_with_its_last_journal_lines() {
     assert_eq!(check["verdict"], "fail");
     let detail = check["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("{unit} is failed")), "{detail}");
-    assert!(detail.contains("about to crash: marker-7ce1"), "{detail}");
+    assert!(
+        detail.contains("about to crash: marker-7ce1 token=***"),
+        "{detail}"
+    );
+    assert_no_canary(
+        &canary,
+        &[("stdout", &run.stdout()), ("stderr", &run.stderr())],
+    );
 }
 
 const INSTANCE_ID: &str = "i-0123456789abcdef0";

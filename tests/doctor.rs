@@ -64,6 +64,9 @@ impl World {
             };
         }
         let run = Run(command.output().unwrap());
+        // A debug build survives a panic on another thread that a release build (panic =
+        // "abort") dies of.
+        assert!(!run.stderr().contains("panicked"), "{}", run.stderr());
         let json: serde_json::Value = serde_json::from_str(&run.stdout())
             .unwrap_or_else(|_| panic!("not JSON: {}\n{}", run.stdout(), run.stderr()));
         validate_against_schema(&run.stdout());
@@ -387,4 +390,54 @@ fn a_small_tmpfs_run_dir_has_room_enough() {
     let (_, report) = world.doctor(&world.imds(), &[]);
     drop(mounted);
     assert_eq!(report.verdict("disk"), "ok", "{}", report.0);
+}
+
+#[test]
+fn an_http_remote_that_stalls_or_drips_ends_doctor_cleanly_within_its_timeout() {
+    support::needs_world!();
+    let world = World::booted();
+    world
+        .instance
+        .add_config("60-git.toml", "[git]\ntimeout = \"60s\"\n");
+    let dripping = DripRemote::start(true);
+    let silent = silent_listener();
+    let stalled = format!("http://{}/app.git", silent.local_addr().unwrap());
+    // The git check's HTTP transport ran on a runtime being shut down in about 6 runs of 10:
+    // ten runs of each would not all have passed.
+    for url in [&dripping.url, &stalled] {
+        let imds = world.imds_with(&[("Repository", url)]);
+        for _ in 0..10 {
+            let started = std::time::Instant::now();
+            let (code, report) = world.doctor_within("2s", &imds, &[]);
+            let took = started.elapsed();
+            assert_eq!(code, 13, "{}", report.0);
+            assert!(
+                took < std::time::Duration::from_secs(4),
+                "doctor --timeout 2s took {took:?} against {url}"
+            );
+            report.only_fails("git", "slow or unreachable", &[]);
+        }
+    }
+}
+
+#[test]
+fn a_stalled_imds_ends_doctor_within_its_timeout() {
+    support::needs_world!();
+    let world = World::booted();
+    let imds = world.imds();
+    imds.set(serde_json::json!({ "delay": 30 }));
+    let started = std::time::Instant::now();
+    let (code, report) = world.doctor_within("3s", &imds, &[]);
+    let took = started.elapsed();
+    assert_eq!(code, 13);
+    // The identity checks once ran one after another, 3 s each: 9 s.
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "doctor --timeout 3s took {took:?}"
+    );
+    for name in ["imds", "tags", "identity"] {
+        assert_eq!(report.verdict(name), "fail", "{}", report.0);
+    }
+    assert_eq!(report.verdict("disk"), "ok", "{}", report.0);
+    assert_eq!(report.verdict("last-boot"), "ok", "{}", report.0);
 }

@@ -12,7 +12,7 @@ pub struct DoctorArgs {
     /// Print the report as JSON (schema: packaging/doctor.schema.json)
     #[arg(long)]
     json: bool,
-    /// How long each check may take
+    /// How long the whole doctor may take
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }

@@ -80,7 +80,9 @@ fn render_entry(entry: &history::Entry) -> String {
         line.push_str(&format!("  {service}/{env}"));
     }
     if let (Some(commit), Some(action)) = (&entry.commit, &entry.git_action) {
-        line.push_str(&format!("  {} ({action})", &commit[..commit.len().min(12)]));
+        // By characters: the line comes from a file on disk, which may hold anything.
+        let short: String = commit.chars().take(12).collect();
+        line.push_str(&format!("  {short} ({action})"));
     }
     if let Some(error) = &entry.error {
         let cause = error.lines().last().unwrap_or_default();
@@ -158,4 +160,17 @@ fn render(status: &Status) -> String {
     }
     lines.push(String::new());
     lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_commit_is_shortened_by_characters() {
+        let mut entry = history::Entry::of(&Status::starting());
+        entry.commit = Some("0123456789aéb-not-a-hash".into());
+        entry.git_action = Some(crate::git::Action::Fetched);
+        assert!(render_entry(&entry).contains("  0123456789aé (fetched)"));
+    }
 }
