@@ -56,13 +56,13 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
-/// Reads a state file that must be a regular file of at most `limit` bytes: a FIFO or a device
-/// put in its place never blocks the read, and a huge file is refused, not loaded.
+/// Reads a file that must be a regular file (or a link to one) of at most `limit` bytes: a FIFO
+/// or a device put in its place never blocks the read, and a huge file is refused, not loaded.
 pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+        .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(

@@ -354,19 +354,27 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
     let mut merged = parse_layer(Path::new("<built-in defaults>"), DEFAULTS)?;
-    match std::fs::read_to_string(&main) {
+    match read_layer(&main) {
         Ok(text) => merge(&mut merged, parse_layer(&main, &text)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
         Err(source) => return Err(ConfigError::Read { path: main, source }),
     }
     for path in drop_ins(&main)? {
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        let text = read_layer(&path).map_err(|source| ConfigError::Read {
             path: path.clone(),
             source,
         })?;
         merge(&mut merged, parse_layer(&path, &text)?);
     }
     settle(&main, merged)
+}
+
+/// A config file's text: a regular file (a link to one is fine) of at most 1 MiB, so that a FIFO
+/// or a link to a device in config.d fails every command at once instead of hanging it.
+fn read_layer(path: &Path) -> std::io::Result<String> {
+    let bytes = crate::atomic::read_bounded(path, 1 << 20)?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8"))
 }
 
 /// The configuration one file's `text` makes over the defaults, without drop-ins: what a file
@@ -551,6 +559,18 @@ impl Config {
                 )));
             }
         }
+        for (key, dir) in [
+            ("paths.run_dir", &self.paths.run_dir),
+            ("paths.state_dir", &self.paths.state_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be an absolute path, not {:?}: bootagent runs from systemd, \
+                     cloud-init or a shell, each in another directory",
+                    dir.display().to_string()
+                )));
+            }
+        }
         for env in &self.deploy.follow {
             if !self.environments.contains_key(env) {
                 return Err(ConfigError::Invalid(format!(
@@ -673,6 +693,45 @@ mod tests {
         assert_eq!(config.git.depth, 3);
         assert_eq!(config.git.dir, "/srv/{service}");
         assert_eq!(config.environments.len(), 4, "qa is added, not substituted");
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_in_config_d_fails_at_once_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "config.toml", "");
+        std::fs::create_dir(dir.path().join("config.d")).unwrap();
+        let fifo = dir.path().join("config.d/10-fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = load(Some(&main)).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Read { ref path, .. } if *path == fifo),
+            "{err}"
+        );
+        std::fs::remove_file(&fifo).unwrap();
+        let zero = dir.path().join("config.d/20-zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = load(Some(&main)).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Read { ref path, .. } if *path == zero),
+            "{err}"
+        );
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("not a regular file"), "{source}");
+    }
+
+    #[test]
+    fn run_and_state_dirs_must_be_absolute() {
+        for dirs in [
+            "run_dir = \"\"",
+            "run_dir = \"run\"",
+            "state_dir = \"var/lib\"",
+        ] {
+            let err = from_text(Path::new("t.toml"), &format!("[paths]\n{dirs}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("must be an absolute path"),
+                "{dirs}: {err}"
+            );
+        }
     }
 
     #[test]

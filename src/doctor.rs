@@ -841,15 +841,13 @@ async fn check_last_boot(config: Arc<Config>) -> Finding {
                 "the release in service is not the one asked for: fix the cause named (the git \
                  check shows the remote now), then bootagent boot",
             ),
-            (status::Outcome::RolledBack, _) => fail(
-                format!(
-                    "at {}: {}",
-                    s.finished_at.unwrap_or_default(),
-                    s.degraded.unwrap_or_default()
-                ),
-                "the release before the change serves: fix the commit (the journal of the unit \
-                 shows why it failed), push the fix, then bootagent deploy",
-            ),
+            (status::Outcome::RolledBack, _) => {
+                let why = s.degraded.unwrap_or_default();
+                fail(
+                    format!("at {}: {why}", s.finished_at.unwrap_or_default()),
+                    rolled_back_fix(&why),
+                )
+            }
             (status::Outcome::Running, _) => warn(
                 format!("running since {}", s.started_at),
                 "wait for it, or look at bootagent status",
@@ -868,9 +866,40 @@ async fn check_last_boot(config: Arc<Config>) -> Finding {
     }
 }
 
+/// What to fix after a rollback: the secret when the new versions were the change (the boot's
+/// own words name them), else the commit.
+fn rolled_back_fix(why: &str) -> &'static str {
+    if why.starts_with("rolled back the new versions of") {
+        "the environment from before the new secret versions serves: fix the secret's value (the \
+         journal of the unit shows why the service failed with it), put a new version, then \
+         bootagent deploy"
+    } else {
+        "the release before the change serves: fix the commit (the journal of the unit shows why \
+         it failed), push the fix, then bootagent deploy"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rolled_back_rotation_asks_to_fix_the_secret_not_the_commit() {
+        let secrets = crate::Error::SecretsRolledBack {
+            secrets: "app_env_prod".into(),
+            commit: "c1".into(),
+            cause: "app.service exited".into(),
+            next: String::new(),
+        };
+        assert!(rolled_back_fix(&secrets.to_string()).contains("fix the secret's value"));
+        let commit = crate::Error::RolledBack {
+            from: "c2".into(),
+            to: "c1".into(),
+            cause: "app.service exited".into(),
+            next: String::new(),
+        };
+        assert!(rolled_back_fix(&commit.to_string()).contains("fix the commit"));
+    }
 
     #[test]
     fn every_value_of_the_secret_is_masked_in_journal_lines() {

@@ -33,6 +33,12 @@ pub enum EnvFileError {
          from the value"
     )]
     Nul { name: String },
+    #[error(
+        "variable {name} takes {bytes} bytes as NAME=value; the kernel passes at most \
+         {MAX_VARIABLE_BYTES} bytes per environment variable to a program it starts, so the \
+         service could never receive it: shorten the value, or split it into several variables"
+    )]
+    TooLong { name: String, bytes: usize },
     #[error("failed to {action} {path}")]
     Io {
         action: &'static str,
@@ -65,6 +71,10 @@ pub fn compose(
     Ok(environment)
 }
 
+/// Linux's MAX_ARG_STRLEN (32 pages): the longest `NAME=value` string, its NUL included, that
+/// execve passes on.
+const MAX_VARIABLE_BYTES: usize = 32 * 4096;
+
 pub fn render(
     environment: &Environment,
     format: EnvFileFormat,
@@ -75,6 +85,18 @@ pub fn render(
         .find_map(|(name, value)| value.contains('\0').then_some(name))
     {
         return Err(EnvFileError::Nul { name: name.clone() });
+    }
+    // Checked here, before the env file changes: exec (and systemd's exec of the unit) would
+    // fail only after it was rewritten.
+    if let Some((name, bytes)) = environment
+        .iter()
+        .map(|(name, value)| (name, name.len() + 1 + value.len() + 1))
+        .find(|(_, bytes)| *bytes > MAX_VARIABLE_BYTES)
+    {
+        return Err(EnvFileError::TooLong {
+            name: name.clone(),
+            bytes,
+        });
     }
     match format {
         EnvFileFormat::Systemd => Ok(render_systemd(environment)),
@@ -394,6 +416,22 @@ mod tests {
                 matches!(&err, EnvFileError::Nul { name } if name == "CUT"),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn a_variable_no_exec_can_pass_is_refused_by_name_before_anything_is_written() {
+        // "BIG=" + value + NUL at the limit passes; one byte more does not.
+        let fits = "x".repeat(MAX_VARIABLE_BYTES - 5);
+        let over = "x".repeat(MAX_VARIABLE_BYTES - 4);
+        for format in [EnvFileFormat::Systemd, EnvFileFormat::Dotenv] {
+            assert!(render(&environment(&[("BIG", &fits)]), format).is_ok());
+            let err = render(&environment(&[("BIG", &over)]), format).unwrap_err();
+            assert!(
+                matches!(&err, EnvFileError::TooLong { name, bytes } if name == "BIG" && *bytes == MAX_VARIABLE_BYTES + 1),
+                "{err}"
+            );
+            assert!(err.to_string().contains("split it"), "{err}");
         }
     }
 

@@ -152,9 +152,11 @@ impl Error {
             Error::Secrets(e) if e.is_malformed() => exit::SECRET_MALFORMED,
             Error::Secrets(e) if e.is_local() => exit::LOCAL,
             Error::Secrets(_) => exit::SECRET_UNAVAILABLE,
-            Error::EnvFile(EnvFileError::Unrepresentable { .. } | EnvFileError::Nul { .. }) => {
-                exit::SECRET_MALFORMED
-            }
+            Error::EnvFile(
+                EnvFileError::Unrepresentable { .. }
+                | EnvFileError::Nul { .. }
+                | EnvFileError::TooLong { .. },
+            ) => exit::SECRET_MALFORMED,
             Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) | Error::Deploys(_) => {
                 exit::LOCAL
             }

@@ -133,6 +133,11 @@ pub enum SecretsError {
         column: usize,
     },
     #[error(
+        "secret {id} starts with a byte order mark (U+FEFF), which JSON does not allow; store it \
+         without one (an editor's \"UTF-8 with BOM\" setting adds it)"
+    )]
+    ByteOrderMark { id: String },
+    #[error(
         "secret {id} is {found}, not a JSON object; store the variables as a JSON object: \
          {{\"NAME\": \"value\"}}"
     )]
@@ -219,6 +224,7 @@ impl SecretsError {
                 | SecretsError::Conflict { .. }
                 | SecretsError::MissingField { .. }
                 | SecretsError::NotJson { .. }
+                | SecretsError::ByteOrderMark { .. }
                 | SecretsError::NotObject { .. }
                 | SecretsError::BadValue { .. }
                 | SecretsError::BadKey { .. }
@@ -629,6 +635,9 @@ fn json_members(id: &str, text: &str) -> Result<Vec<(String, Box<RawValue>)>, Se
         line: e.line(),
         column: e.column(),
     };
+    if text.starts_with('\u{feff}') {
+        return Err(SecretsError::ByteOrderMark { id: id.to_string() });
+    }
     let whole: Box<RawValue> = serde_json::from_str(text).map_err(not_json)?;
     if !whole.get().starts_with('{') {
         return Err(SecretsError::NotObject {
@@ -699,6 +708,14 @@ mod tests {
                 ("RATIO", "0.5")
             ])
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_named_as_the_cause() {
+        let err = parse_object("s", "\u{feff}{\"A\": \"x\"}").unwrap_err();
+        assert!(matches!(err, SecretsError::ByteOrderMark { .. }), "{err}");
+        assert!(err.is_malformed());
+        assert!(err.to_string().contains("byte order mark"), "{err}");
     }
 
     #[test]

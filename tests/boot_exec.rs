@@ -520,6 +520,29 @@ fn a_nul_in_a_secret_value_is_refused_by_name_before_the_env_file_changes() {
 }
 
 #[test]
+fn a_value_no_exec_can_pass_is_refused_by_name_before_the_env_file_changes() {
+    support::needs_world!();
+    let canary = canary();
+    let name = unique("big");
+    create_secret(
+        &format!("{name}_env_prod"),
+        &serde_json::json!({ "OK": canary }).to_string(),
+    );
+    // Secrets Manager holds at most 64 KiB a secret; the config, or several secrets, hold more.
+    let big = "x".repeat(140_000);
+    let instance = Instance::exec_mode(&format!("[env.all]\nBIG = \"{big}\"\n"));
+    let imds = Imds::with_tags(&[("Service", &name), ("Environment", "prod")]);
+    failing_boot(
+        &instance,
+        &imds,
+        &name,
+        6,
+        &["variable BIG takes 140005 bytes", "at most 131072 bytes"],
+        Some(&canary),
+    );
+}
+
+#[test]
 fn numbers_reach_the_service_as_written_and_a_key_given_twice_is_refused() {
     support::needs_world!();
     let service = Service::create();

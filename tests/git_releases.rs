@@ -226,6 +226,15 @@ fn a_release_tag_or_a_full_commit_id_can_pin_the_checkout() {
     );
     assert_eq!(by_tag.service_saw("version"), "prod build 1");
 
+    // A server that does not let clients fetch by id answers, and says no: a permanent
+    // refusal naming the commit and the setting, not an outage.
+    let refused = Instance::exec_mode(&format!("[git]\nref = \"{pinned}\"\n"));
+    refused
+        .run(&imds, &["boot"])
+        .expect(7)
+        .stderr_has(&format!("does not serve commit {pinned}"))
+        .stderr_has("uploadpack.allowReachableSHA1InWant");
+
     // Fetching by id needs the server to allow it, as GitHub and GitLab do.
     git(
         &repo.path,

@@ -109,6 +109,17 @@ pub enum GitError {
          Environment tag)"
     )]
     RefNotFound { url: String, reference: String },
+    #[error(
+        "git remote {url} does not serve commit {commit} ({message}): it is on none of the \
+         branches and tags the remote lists, or the server does not let clients fetch a commit by \
+         its id (git's uploadpack.allowReachableSHA1InWant); name a branch or tag in git.ref, or \
+         push the commit"
+    )]
+    CommitNotServed {
+        url: String,
+        commit: String,
+        message: String,
+    },
     #[error("{message}; fix git.token")]
     Token { message: String },
     #[error("failed to {action} in {dir}: {message}")]
@@ -507,7 +518,20 @@ pub fn sync(
                     &[format!("+{}:{TRACKING}", listed.name)],
                     Some(&mut options),
                 )
-                .map_err(|e| network_error(e, url, &session))?;
+                .map_err(|e| match network_error(e, url, &session) {
+                    // A commit id the remote does not list: a server that answered and said no
+                    // is no outage.
+                    GitError::Unreachable { message, .. }
+                        if !listed.name.starts_with("refs/") && session.failure().is_none() =>
+                    {
+                        GitError::CommitNotServed {
+                            url: redact(url),
+                            commit: listed.name.clone(),
+                            message,
+                        }
+                    }
+                    other => other,
+                })?;
             drop(options);
             let target = target_of(&repo, &listed, url)?.ok_or_else(|| GitError::Unusable {
                 url: redact(url),
