@@ -301,6 +301,9 @@ fn judge(
         problems.push(format!("outcome {outcome}"));
     }
     let message = format!("{}{}", run.stdout(), run.stderr());
+    if message.contains("panicked at") {
+        problems.push("the binary panicked".to_string());
+    }
     for needle in expect.says {
         if !message.contains(needle) {
             let said = run.stderr();

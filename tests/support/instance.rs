@@ -282,6 +282,13 @@ impl Run {
             "escape sequences in output that is not a terminal:\n{}",
             self.stderr()
         );
+        // No input may make the binary panic, whatever the exit code (a panic on a thread of
+        // its own can still end in the expected one).
+        assert!(
+            !self.stderr().contains("panicked at"),
+            "the binary panicked:\n{}",
+            self.stderr()
+        );
         self
     }
 
