@@ -370,8 +370,13 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 /// A config file's text: a regular file (a link to one is fine) of at most 1 MiB, so that a FIFO
-/// or a link to a device in config.d fails every command at once instead of hanging it.
+/// or a link to a device in config.d fails every command at once instead of hanging it;
+/// `/dev/null` reads as empty.
 fn read_layer(path: &Path) -> std::io::Result<String> {
+    // `--config /dev/null`: the built-in defaults alone.
+    if path == Path::new("/dev/null") {
+        return Ok(String::new());
+    }
     let bytes = crate::atomic::read_bounded(path, 1 << 20)?;
     String::from_utf8(bytes)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8"))
