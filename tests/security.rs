@@ -14,6 +14,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use support::container::{Container, QUICK_GATE};
 use support::matrix;
@@ -376,6 +377,77 @@ fn remote_swapped(first_boot: bool, git: fn(&Path, &str) -> String) -> Attempt {
     target.attempt(run, earlier, Some(hostile))
 }
 
+/// An HTTP server of the attacker's that asks for credentials (401, Basic) on every request and
+/// keeps what each request's head said.
+struct CredentialCatcher {
+    url: String,
+    heads: Arc<Mutex<Vec<u8>>>,
+}
+
+impl CredentialCatcher {
+    fn start() -> CredentialCatcher {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/theirs.git", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&client);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    kept.lock().unwrap().extend(line.as_bytes());
+                    line.clear();
+                }
+                let _ = (&client).write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\n\
+                      Content-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        CredentialCatcher { url, heads }
+    }
+
+    /// Whether a request carried `secret`, as it is or as HTTP Basic sends it with `user`.
+    fn received(&self, user: &str, secret: &str) -> bool {
+        let encoded = std::process::Command::new("base64")
+            .arg("-w0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut base64| {
+                use std::io::Write;
+                base64
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{user}:{secret}").as_bytes())?;
+                base64.wait_with_output()
+            })
+            .unwrap();
+        let heads = String::from_utf8_lossy(&self.heads.lock().unwrap()).into_owned();
+        heads.contains(secret) || heads.contains(&*String::from_utf8_lossy(&encoded.stdout))
+    }
+}
+
+/// The deploy token (the canary, in the instance's secret) serves the trusted remote; then
+/// whoever can tag the instance points `Repository` at a server of their own, and it boots.
+fn token_sent_elsewhere() -> Attempt {
+    let target = Target::new("stoken", "token = \"secret:TOKEN\"\n");
+    let earlier = target.booted();
+    let catcher = CredentialCatcher::start();
+    let retagged = Imds::for_service(&target.name, "test", &catcher.url);
+    let run = target.boot_as(&retagged);
+    let mut attempt = target.attempt(run, Some(earlier), None);
+    if catcher.received("git", &target.canary) {
+        attempt.leaks.push(format!(
+            "the requests the attacker's server {} received (the deploy token)",
+            catcher.url
+        ));
+    }
+    attempt
+}
+
 /// A release runs, under the tags Service, Environment, Repository and Release (`test`); then
 /// the instance boots with `tag` changed.
 fn bad_tag(git: &str, tag: (&str, &str)) -> Attempt {
@@ -625,6 +697,20 @@ fn attacks() -> Vec<Attack> {
             expect: let_through(
                 "without `git.verify` or a pinned `git.url`, the tags choose the code",
             ),
+        },
+        Attack {
+            attack: "`Repository` tag pointed at the attacker's HTTP server, `git.token` set (a \
+                     secret): the token must reach no server the config does not name",
+            who: "whoever can set instance tags (ec2:CreateTags)",
+            strike: token_sent_elsewhere,
+            expect: Expect {
+                code: 0,
+                outcome: "degraded",
+                runs: Runs::Earlier,
+                says: &["running last good commit"],
+                event: None,
+                out_of_scope: None,
+            },
         },
         Attack {
             attack: "`Environment` tag `../../etc` (the git ref and paths climb out)",
