@@ -188,6 +188,7 @@ state_dir = "{home}/state"
 [git]
 dir = "{home}/srv/{{service}}"
 token = "{token_file}"
+token_hosts = ["127.0.0.1"]
 [service]
 manager = "exec"
 user = "nobody"

@@ -56,13 +56,26 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
-/// Reads a file that must be a regular file (or a link to one) of at most `limit` bytes: a FIFO
-/// or a device put in its place never blocks the read, and a huge file is refused, not loaded.
-pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+/// How [`read_bounded`] treats a symbolic link at the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Read what it points at (config files an operator links into place).
+    Follow,
+    /// Refuse it (state files bootagent itself writes, never as links).
+    Refuse,
+}
+
+/// Reads a file that must be a regular file of at most `limit` bytes: a FIFO or a device put in
+/// its place never blocks the read, and a huge file is refused, not loaded.
+pub fn read_bounded(path: &Path, limit: u64, links: Links) -> io::Result<Vec<u8>> {
     use std::io::Read;
+    let no_follow = match links {
+        Links::Follow => 0,
+        Links::Refuse => nix::libc::O_NOFOLLOW,
+    };
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
+        .custom_flags(nix::libc::O_NONBLOCK | no_follow)
         .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(

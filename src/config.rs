@@ -204,6 +204,8 @@ pub struct GitConfig {
     pub username: String,
     #[serde(deserialize_with = "optional_credential")]
     pub token: Option<Credential>,
+    /// The hosts `token` may be sent to (`host`: any port; `host:port`).
+    pub token_hosts: Vec<String>,
     #[serde(deserialize_with = "optional_credential")]
     pub ssh_key: Option<Credential>,
     pub known_hosts: PathBuf,
@@ -377,7 +379,7 @@ fn read_layer(path: &Path) -> std::io::Result<String> {
     if path == Path::new("/dev/null") {
         return Ok(String::new());
     }
-    let bytes = crate::atomic::read_bounded(path, 1 << 20)?;
+    let bytes = crate::atomic::read_bounded(path, 1 << 20, crate::atomic::Links::Follow)?;
     String::from_utf8(bytes)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8"))
 }

@@ -79,7 +79,7 @@ pub fn read(state_dir: &Path) -> Result<Deploys, Untrusted> {
         path: path.clone(),
         problem,
     };
-    let bytes = match crate::atomic::read_bounded(&path, MAX_BYTES) {
+    let bytes = match crate::atomic::read_bounded(&path, MAX_BYTES, crate::atomic::Links::Refuse) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Deploys::default()),
         Err(e) => return Err(untrusted(format!("cannot be read ({e})"))),

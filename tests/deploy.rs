@@ -6,32 +6,8 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use support::container::Container;
+use support::container::{Container, QUICK_GATE};
 use support::*;
-
-const CONFIG: &str = r#"[identity]
-tag_wait = "2s"
-
-[service]
-user = "nobody"
-start_timeout = "20s"
-settle = "500ms"
-
-[deploy]
-health_wait = "5s"
-"#;
-
-/// The sample service: crashes at start when the release's VERSION or the environment's RELEASE
-/// says so; otherwise records what it received and stays up.
-const APP: &str = r#"#!/bin/sh
-case "$(cat VERSION 2>/dev/null)" in
-crash*) echo "this release crashes at start" >&2; exit 3 ;;
-esac
-case "$RELEASE" in
-crash*) echo "this environment crashes at start" >&2; exit 3 ;;
-esac
-exec /share/recorder.sh /share/out --stay
-"#;
 
 /// An instance in `stage` running the sample service under systemd, booted once.
 struct Deployed {
@@ -54,12 +30,8 @@ impl Deployed {
             &format!(r#"{{"RELEASE": "one", "CANARY": "{canary}"}}"#),
         );
         let imds = Imds::for_service(&name, "staging", &repo.url);
-        let container = Container::boot(&format!("{CONFIG}{extra_config}"));
-        let app = container.out().join("app.sh");
-        std::fs::write(&app, APP).unwrap();
-        std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        container.install_unit(&format!("{name}.service"), "ExecStart=/share/app.sh");
+        let container = Container::boot(&format!("{QUICK_GATE}{extra_config}"));
+        container.install_app(&format!("{name}.service"));
         container.bootagent(&imds, &["boot"]).expect(0);
         Deployed {
             name,

@@ -10,11 +10,10 @@
 //! where it should, and that neither the old nor the new secret value (canaries) appears in any
 //! output or in any file written outside the env file.
 
-use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Mutex;
 
 use support::container::Container;
+use support::matrix;
 use support::netns::{NetNs, Peer};
 use support::*;
 
@@ -174,22 +173,11 @@ impl Subject for Setup {
     }
 
     fn leaks(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        for canary in &self.canaries {
-            let env_file = self.instance.env_file(&self.name);
-            let files = [
-                files_containing(self.instance.root.path(), canary),
-                files_containing(self.instance.run.path(), canary),
-            ]
-            .concat();
-            found.extend(
-                files
-                    .into_iter()
-                    .filter(|path| *path != env_file && !path.starts_with(&self.instance.out))
-                    .map(|path| path.display().to_string()),
-            );
-        }
-        found
+        self.canaries
+            .iter()
+            .flat_map(|canary| self.instance.files_holding(canary, &self.name))
+            .map(|path| path.display().to_string())
+            .collect()
     }
 
     fn unit_state(&self) -> Option<String> {
@@ -1568,7 +1556,7 @@ impl<'c> UnitSetup<'c> {
         install_working_unit(container, &name);
         container.bootagent(&service.imds, &["boot"]).expect(0);
         let earlier_env = read_inside(container, &env_file_inside(&name)).unwrap();
-        let earlier_commit = commit_inside(container, &name).unwrap();
+        let earlier_commit = container.release_of(&name).unwrap();
         let new_commit = service.change();
         UnitSetup {
             container,
@@ -1614,18 +1602,6 @@ fn read_inside(container: &Container, path: &str) -> Option<Vec<u8>> {
     out.status.success().then_some(out.stdout)
 }
 
-/// The commit the release link points at.
-fn commit_inside(container: &Container, name: &str) -> Option<String> {
-    let out = container.exec(&["readlink", &format!("/srv/{name}")]);
-    let link = String::from_utf8(out.stdout).ok()?;
-    Some(
-        Path::new(link.trim())
-            .file_name()?
-            .to_string_lossy()
-            .into_owned(),
-    )
-}
-
 impl Subject for UnitSetup<'_> {
     fn env_left(&self) -> Option<Left> {
         let now = read_inside(self.container, &env_file_inside(&self.name))?;
@@ -1633,7 +1609,7 @@ impl Subject for UnitSetup<'_> {
     }
 
     fn release_left(&self) -> Option<Left> {
-        let running = commit_inside(self.container, &self.name)?;
+        let running = self.container.release_of(&self.name)?;
         release_left(&running, &self.earlier_commit, &self.new_commit)
     }
 
@@ -1667,30 +1643,14 @@ impl Subject for UnitSetup<'_> {
     }
 
     fn leaks(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        let journal = self.container.sh("journalctl --no-pager -o cat");
         let record = self.container.out().join("out").join(&self.name);
-        for canary in &self.canaries {
-            if journal.contains(canary.as_str()) {
-                found.push("the journal".to_string());
-            }
-            let inside = self.container.sh(&format!(
-                "grep -rlsF -e '{canary}' /run/bootagent /var/lib/bootagent /srv /etc /run/systemd || true"
-            ));
-            found.extend(
-                inside
-                    .lines()
-                    .filter(|path| *path != env_file_inside(&self.name))
-                    .map(str::to_string),
-            );
-            found.extend(
-                files_containing(self.container.out(), canary)
-                    .into_iter()
-                    .filter(|path| !path.starts_with(&record))
-                    .map(|path| path.display().to_string()),
-            );
-        }
-        found
+        self.canaries
+            .iter()
+            .flat_map(|canary| {
+                self.container
+                    .places_holding(canary, &env_file_inside(&self.name), &record)
+            })
+            .collect()
     }
 }
 
@@ -1720,40 +1680,18 @@ fn the_fault_matrix_holds_and_is_written_to_docs_faults_md() {
     support::needs_world!();
     let faults = faults();
     let unit_faults = unit_faults();
-    let next = Mutex::new(0usize);
-    let rows: Mutex<Vec<(usize, Row)>> = Mutex::new(Vec::new());
-    // Two workers: the rows are independent instances, and most time is spent waiting. The
-    // systemd rows share a container and run one after another beside them.
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let unit_rows = check_units(&unit_faults);
-            let mut rows = rows.lock().unwrap();
-            rows.extend(
-                unit_rows
-                    .into_iter()
-                    .enumerate()
-                    .map(|(n, row)| (faults.len() + n, row)),
-            );
-        });
-        for _ in 0..2 {
-            scope.spawn(|| loop {
-                let index = {
-                    let mut next = next.lock().unwrap();
-                    let index = *next;
-                    *next += 1;
-                    index
-                };
-                let Some(fault) = faults.get(index) else {
-                    return;
-                };
-                let row = check(fault);
-                rows.lock().unwrap().push((index, row));
-            });
-        }
-    });
-    let mut rows = rows.into_inner().unwrap();
-    rows.sort_by_key(|(index, _)| *index);
-    let mut doc = String::from(
+    let rows = matrix::run_rows(&faults, check, || check_units(&unit_faults));
+    let table: Vec<matrix::TableRow> = rows
+        .into_iter()
+        .map(|row| matrix::TableRow {
+            matched: row.problems.is_empty(),
+            cells: vec![row.fault, row.when.to_string(), row.expected],
+            observed: row.observed,
+        })
+        .collect();
+    assert!(table.len() >= 40, "only {} rows", table.len());
+    let mismatched = matrix::write_table(
+        "docs/faults.md",
         "# Fault matrix\n\n\
          Generated by `tests/faults.rs` on every run of the suite — do not edit by hand. Each row \
          starts from an instance that booted once, then brings a change (a new secret version and \
@@ -1761,44 +1699,9 @@ fn the_fault_matrix_holds_and_is_written_to_docs_faults_md() {
          the outcome `bootagent status` reads, what the message says (cause and fix), which env \
          file and release are left (the earlier ones, or the new ones), and whether a boot \
          afterwards converges. Every row also searches all output and every file written outside \
-         the env file for the old and the new secret value.\n\n\
-         | # | fault | when | expected | observed |\n|---|---|---|---|---|\n",
+         the env file for the old and the new secret value.\n\n",
+        &["fault", "when", "expected"],
+        &table,
     );
-    for (index, row) in &rows {
-        let mark = if row.problems.is_empty() {
-            "ok"
-        } else {
-            "**MISMATCH**"
-        };
-        let _ = writeln!(
-            doc,
-            "| {} | {} | {} | {} | {mark}: {} |",
-            index + 1,
-            row.fault,
-            row.when,
-            row.expected.replace('|', "\\|"),
-            row.observed.replace('|', "\\|"),
-        );
-    }
-    let matched = rows
-        .iter()
-        .filter(|(_, row)| row.problems.is_empty())
-        .count();
-    let _ = writeln!(doc, "\n{matched} of {} rows as expected.", rows.len());
-    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/faults.md"), &doc).unwrap();
-    assert!(rows.len() >= 40, "only {} rows", rows.len());
-    let mismatched: Vec<String> = rows
-        .iter()
-        .filter(|(_, row)| !row.problems.is_empty())
-        .map(|(index, row)| {
-            format!(
-                "{}: {} ({}): {}",
-                index + 1,
-                row.fault,
-                row.when,
-                row.observed
-            )
-        })
-        .collect();
     assert!(mismatched.is_empty(), "{}", mismatched.join("\n"));
 }

@@ -39,7 +39,8 @@ impl Setup {
     }
 }
 
-const WITH_TOKEN: &str = "[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"deploy\"\n";
+const WITH_TOKEN: &str =
+    "[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"deploy\"\ntoken_hosts = [\"127.0.0.1\"]\n";
 
 #[test]
 fn a_deploy_token_from_a_secret_checks_out_and_never_lands_anywhere() {
@@ -57,6 +58,27 @@ fn a_deploy_token_from_a_secret_checks_out_and_never_lands_anywhere() {
 }
 
 #[test]
+fn the_token_goes_only_to_the_hosts_the_config_names() {
+    support::needs_world!();
+    let setup = setup();
+    // The URL comes from the Repository tag and no host is named: the token is not sent.
+    let unnamed =
+        Instance::exec_mode("[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"deploy\"\n");
+    let run = unnamed.run(&setup.imds(), &["boot"]);
+    run.expect(7)
+        .stderr_has("is not in git.token_hosts, so the token is not sent")
+        .stderr_has("token-host-refused");
+    unnamed.assert_left_nowhere(&setup.token, &run);
+    // The config names the repository itself: its host is the operator's choice.
+    let pinned = Instance::exec_mode(&format!(
+        "[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"deploy\"\nurl = \"{}\"\n",
+        setup.server.repo_url(&setup.name)
+    ));
+    pinned.run(&setup.imds(), &["boot"]).expect(0);
+    pinned.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
+}
+
+#[test]
 fn a_wrong_token_is_refused_with_a_clear_message() {
     support::needs_world!();
     let setup = setup();
@@ -65,7 +87,7 @@ fn a_wrong_token_is_refused_with_a_clear_message() {
         &serde_json::json!({ "T": "not-the-token" }).to_string(),
     );
     let instance = Instance::exec_mode(&format!(
-        "[git]\ntoken = \"secret:WRONG\"\nusername = \"deploy\"\n\
+        "[git]\ntoken = \"secret:WRONG\"\nusername = \"deploy\"\ntoken_hosts = [\"127.0.0.1\"]\n\
          [secrets.vars]\nWRONG = \"{}-wrong#T\"\n",
         setup.name
     ));

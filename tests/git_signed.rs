@@ -16,21 +16,6 @@ fn instance(trust: &str) -> Instance {
     Instance::exec_mode(&format!("[git]\non_failure = \"fail\"\n{trust}"))
 }
 
-fn allowed_signers(dir: &Path, signers: &[&SshSigner]) -> std::path::PathBuf {
-    let path = dir.join("allowed_signers");
-    let lines: Vec<&str> = signers.iter().map(|s| s.allowed.as_str()).collect();
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
-}
-
-/// A directory with one SSH signer, "deploy", and the allowed-signers file that trusts it.
-fn one_trusted_signer() -> (tempfile::TempDir, SshSigner, std::path::PathBuf) {
-    let keys = tempfile::tempdir().unwrap();
-    let trusted = SshSigner::new(keys.path(), "deploy");
-    let allowed = allowed_signers(keys.path(), &[&trusted]);
-    (keys, trusted, allowed)
-}
-
 /// The boot is refused as a security event naming `what` and the trusted keys' file, and the
 /// release in service stays `kept` (`None`: there was none).
 fn assert_refused(
@@ -147,12 +132,7 @@ fn in_tag_mode_only_a_signed_annotated_tag_deploys() {
     support::needs_world!();
     let (name, repo, imds) = small_service("tsig", "test");
     let (_keys, trusted, allowed) = one_trusted_signer();
-    let trust = |tag: &str| {
-        format!(
-            "ref = \"{tag}\"\nverify = \"ssh\"\nsigned = \"tag\"\nallowed_signers = \"{}\"\n",
-            allowed.display()
-        )
-    };
+    let trust = |tag: &str| tag_trust(tag, &allowed);
     repo.push_tag("test", "v1", &trusted.settings());
     let signed = instance(&trust("v1"));
     signed.run(&imds, &["boot"]).expect(0);
@@ -203,14 +183,6 @@ fn a_force_push_is_refused_when_rewinds_are_not_allowed() {
         .stderr_has("git.allow_rewind = false")
         .stderr_has("security_event=");
     assert_eq!(instance.running_commit(&name), second);
-}
-
-/// The [git] keys of a tag-mode instance that follows the tag `tag`, trusting `allowed`.
-fn tag_trust(tag: &str, allowed: &Path) -> String {
-    format!(
-        "ref = \"{tag}\"\nverify = \"ssh\"\nsigned = \"tag\"\nallowed_signers = \"{}\"\n",
-        allowed.display()
-    )
 }
 
 #[test]

@@ -73,6 +73,7 @@ fn log_security_event(error: &Error) {
     let event = match error {
         Error::Git(GitError::HostKey { .. }) => "ssh-host-key-mismatch",
         Error::Git(GitError::Certificate { .. }) => "tls-certificate-refused",
+        Error::Git(GitError::TokenNotForHost { .. }) => "token-host-refused",
         Error::Git(GitError::Unverified { .. }) => "code-signature-refused",
         Error::Git(GitError::Rewound { .. }) => "ref-rewound",
         _ => return,

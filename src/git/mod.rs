@@ -120,6 +120,13 @@ pub enum GitError {
         commit: String,
         message: String,
     },
+    #[error(
+        "git.token is set and the repository URL {url} comes from an instance tag, but its host \
+         {host} is not in git.token_hosts, so the token is not sent: whoever can tag an instance \
+         could otherwise collect it with a server of their own; list the token's hosts in \
+         git.token_hosts (e.g. [\"github.com\"]), or set git.url to the repository"
+    )]
+    TokenNotForHost { url: String, host: String },
     #[error("{message}; fix git.token")]
     Token { message: String },
     #[error("failed to {action} in {dir}: {message}")]
@@ -232,6 +239,9 @@ impl Layout {
 /// disk or `.git/config`, and are wiped or removed when this is dropped.
 pub struct Credentials {
     options: transport::Options,
+    /// Where the token may go, when the URL comes from an instance tag (`None`: the config
+    /// names the URL).
+    token_hosts: Option<Vec<String>>,
     /// A deploy key that came from a secret, on tmpfs while it is needed.
     _key_file: Option<KeyFile>,
 }
@@ -286,6 +296,9 @@ impl Credentials {
                 Some(path.clone())
             }
         };
+        // A URL an instance tag names may point anywhere: the token then goes only to the
+        // hosts the config names.
+        let tagged = config.url.contains("{repository}") || config.url.contains("{tag:");
         Ok(Credentials {
             options: transport::Options {
                 timeout: config.timeout,
@@ -293,8 +306,37 @@ impl Credentials {
                 identity,
                 token: token.map(|token| (config.username.clone(), token)),
             },
+            token_hosts: tagged.then(|| config.token_hosts.clone()),
             _key_file: key_file,
         })
+    }
+
+    /// Refuses to send the token to `url` when the URL comes from an instance tag and its host
+    /// is not one of `git.token_hosts`: whoever can tag an instance must not be able to collect
+    /// the token with a server of their own.
+    fn check_token_host(&self, url: &str) -> Result<(), GitError> {
+        let (Some(_), Some(hosts)) = (&self.options.token, &self.token_hosts) else {
+            return Ok(());
+        };
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return Ok(());
+        };
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Ok(());
+        }
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        let port = parsed.port_or_known_default().unwrap_or_default();
+        let allowed = hosts.iter().any(|entry| {
+            let entry = entry.to_ascii_lowercase();
+            entry == host || entry == format!("{host}:{port}")
+        });
+        match allowed {
+            true => Ok(()),
+            false => Err(GitError::TokenNotForHost {
+                url: redact(url),
+                host: format!("{host}:{port}"),
+            }),
+        }
     }
 }
 
@@ -302,6 +344,7 @@ impl Credentials {
     /// Readies the transports for `url`; the known_hosts must be readable when `url` is an
     /// ssh remote.
     fn session(&self, url: &str, limits: &Limits) -> Result<ActiveSession, GitError> {
+        self.check_token_host(url)?;
         if ssh::is_ssh_url(url) {
             let known_hosts = &self.options.known_hosts;
             let refused = |message: String| GitError::NoKnownHosts {

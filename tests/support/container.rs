@@ -217,10 +217,82 @@ impl Container {
             .to_string()
     }
 
+    /// The commit of the release `/srv/{service}` links to.
+    pub fn release_of(&self, service: &str) -> Option<String> {
+        let out = self.exec(&["readlink", &format!("/srv/{service}")]);
+        let link = String::from_utf8(out.stdout).ok()?;
+        Some(
+            Path::new(link.trim())
+                .file_name()?
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+
     pub fn out(&self) -> &Path {
         self.share.path()
     }
+
+    /// Where `needle` is in the container but for the two places a secret value belongs: the
+    /// env file `env_file` (a path inside) and what a service recorded of its environment
+    /// (`record`, under [`Container::out`]). The journal and the files bootagent and systemd
+    /// write are searched, and all of /share.
+    pub fn places_holding(&self, needle: &str, env_file: &str, record: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        if self.sh("journalctl --no-pager -o cat").contains(needle) {
+            found.push("the journal".to_string());
+        }
+        let inside = self.sh(&format!(
+            "grep -rlsF -e '{needle}' /run/bootagent /var/lib/bootagent /srv /etc /run/systemd || true"
+        ));
+        found.extend(
+            inside
+                .lines()
+                .filter(|path| *path != env_file)
+                .map(str::to_string),
+        );
+        found.extend(
+            files_containing(self.out(), needle)
+                .into_iter()
+                .filter(|path| !path.starts_with(record))
+                .map(|path| path.display().to_string()),
+        );
+        found
+    }
+
+    /// Installs `unit`, running [`CRASHING_APP`] (as /share/app.sh).
+    pub fn install_app(&self, unit: &str) {
+        let app = self.out().join("app.sh");
+        std::fs::write(&app, CRASHING_APP).unwrap();
+        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self.install_unit(unit, "ExecStart=/share/app.sh");
+    }
 }
+
+/// A config for a container whose services are gated quickly: a short settle and health wait.
+pub const QUICK_GATE: &str = r#"[identity]
+tag_wait = "2s"
+
+[service]
+user = "nobody"
+start_timeout = "20s"
+settle = "500ms"
+
+[deploy]
+health_wait = "5s"
+"#;
+
+/// A sample service that crashes at start when its release's VERSION or the environment's
+/// RELEASE says so (`crash…`); otherwise records what it received in /share/out and stays up.
+pub const CRASHING_APP: &str = r#"#!/bin/sh
+case "$(cat VERSION 2>/dev/null)" in
+crash*) echo "this release crashes at start" >&2; exit 3 ;;
+esac
+case "$RELEASE" in
+crash*) echo "this environment crashes at start" >&2; exit 3 ;;
+esac
+exec /share/recorder.sh /share/out --stay
+"#;
 
 impl Drop for Container {
     fn drop(&mut self) {

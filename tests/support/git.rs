@@ -370,6 +370,24 @@ impl SampleRepo {
         }
     }
 
+    /// Moves `branch` to a commit made by hand from the signed commit `signed` — its parents,
+    /// author, message and signature — with the tree of `tree_of` put in: a signature carried
+    /// over onto other code, as a hostile host, or a man in the middle on git://, can send it.
+    /// Returns the new commit.
+    pub fn graft_signature(&mut self, branch: &str, signed: &str, tree_of: &str) -> String {
+        let raw = self.served(&["cat-file", "commit", signed]);
+        let tree = self.served(&["rev-parse", &format!("{tree_of}^{{tree}}")]);
+        let (first, rest) = raw.split_once('\n').unwrap();
+        assert!(first.starts_with("tree "), "{raw}");
+        assert!(rest.contains("\ngpgsig "), "{signed} is not signed: {raw}");
+        let object = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(object.path(), format!("tree {tree}\n{rest}\n")).unwrap();
+        let path = object.path().to_str().unwrap();
+        let grafted = self.served(&["hash-object", "-t", "commit", "-w", path]);
+        self.force_push(branch, &grafted);
+        grafted
+    }
+
     /// Runs git in the served bare repository.
     fn served(&self, args: &[&str]) -> String {
         let path = self.path.to_str().unwrap();
@@ -476,6 +494,55 @@ impl SshSigner {
             "tag.gpgSign=true".into(),
         ]
     }
+
+    /// [`SshSigner::settings`] with the signature made in `namespace` instead of git's own
+    /// (`git`), as a signature this key made for another purpose (`-n file`) would be: git signs
+    /// with `ssh-keygen -Y sign -n git … FILE` through `gpg.ssh.program`, a wrapper here that
+    /// replaces the namespace and then checks that the signature is valid in `namespace`, so a
+    /// forgery that did not take fails the commit.
+    pub fn settings_in_namespace(&self, namespace: &str) -> Vec<String> {
+        let wrapper = self.key.with_extension(format!("sign-{namespace}"));
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n\
+                 for arg; do shift; [ \"$previous\" = -n ] && arg={namespace}; previous=$arg; \
+                 set -- \"$@\" \"$arg\"; done\n\
+                 ssh-keygen \"$@\" || exit\n\
+                 eval \"signed=\\${{$#}}\"\n\
+                 ssh-keygen -Y check-novalidate -n {namespace} -s \"$signed.sig\" < \"$signed\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut settings = self.settings();
+        settings.push(format!("gpg.ssh.program={}", wrapper.display()));
+        settings
+    }
+}
+
+/// `dir/allowed_signers`, trusting `signers`.
+pub fn allowed_signers(dir: &Path, signers: &[&SshSigner]) -> PathBuf {
+    let path = dir.join("allowed_signers");
+    let lines: Vec<&str> = signers.iter().map(|s| s.allowed.as_str()).collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// A directory with one SSH signer, "deploy", and the allowed-signers file that trusts it.
+pub fn one_trusted_signer() -> (tempfile::TempDir, SshSigner, PathBuf) {
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = SshSigner::new(keys.path(), "deploy");
+    let allowed = allowed_signers(keys.path(), &[&trusted]);
+    (keys, trusted, allowed)
+}
+
+/// The [git] keys of a tag-mode instance that follows the tag `tag`, trusting `allowed`.
+pub fn tag_trust(tag: &str, allowed: &Path) -> String {
+    format!(
+        "ref = \"{tag}\"\nverify = \"ssh\"\nsigned = \"tag\"\nallowed_signers = \"{}\"\n",
+        allowed.display()
+    )
 }
 
 /// An OpenPGP signing key in a GnuPG home of its own (its agent stopped when dropped), and its

@@ -7,9 +7,14 @@ use std::process::Output;
 /// A service in `env` with a one-variable secret and a sample repo, and the IMDS of an instance
 /// tagged for it: (name, repo, IMDS).
 pub fn small_service(prefix: &str, env: &str) -> (String, SampleRepo, Imds) {
+    service_with_secret(prefix, env, r#"{"A": "1"}"#)
+}
+
+/// [`small_service`] whose secret is `secret` (a JSON object).
+pub fn service_with_secret(prefix: &str, env: &str, secret: &str) -> (String, SampleRepo, Imds) {
     let name = unique(prefix);
     let repo = SampleRepo::create(&name);
-    create_secret(&format!("{name}_env_{env}"), r#"{"A": "1"}"#);
+    create_secret(&format!("{name}_env_{env}"), secret);
     let imds = Imds::for_service(&name, env, &repo.url);
     (name, repo, imds)
 }
@@ -195,6 +200,21 @@ deadline = "60s"
         ]
         .concat();
         assert!(leaks.is_empty(), "the canary was written to {leaks:?}");
+    }
+
+    /// Every file under the instance's directories that holds `needle`, except the two places
+    /// a secret value belongs: `service`'s env file and what the recorder service wrote of the
+    /// environment it received (`out/`).
+    pub fn files_holding(&self, needle: &str, service: &str) -> Vec<PathBuf> {
+        let env_file = self.env_file(service);
+        [
+            files_containing(self.root.path(), needle),
+            files_containing(self.run.path(), needle),
+        ]
+        .concat()
+        .into_iter()
+        .filter(|path| *path != env_file && !path.starts_with(&self.out))
+        .collect()
     }
 
     /// Runs `doctor --json`; returns the run and the finding of the check `name`.

@@ -19,6 +19,7 @@ pub mod container;
 pub mod git;
 pub mod imds;
 pub mod instance;
+pub mod matrix;
 pub mod netns;
 pub mod sshd;
 
@@ -210,15 +211,18 @@ pub fn silent_listener() -> std::net::TcpListener {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap()
 }
 
-/// Every file under `dir` that contains `needle`.
+/// Every regular file under `dir` that contains `needle` (links are not followed, and a FIFO
+/// is not opened: a read would wait for a writer).
 pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
-        if entry.file_type().unwrap().is_dir() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
             found.extend(files_containing(&path, needle));
-        } else if std::fs::read(&path)
-            .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        } else if kind.is_file()
+            && std::fs::read(&path)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
         {
             found.push(path);
         }
