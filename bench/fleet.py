@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import time
+import urllib.parse
 
 
 class Bucket:
@@ -157,7 +158,13 @@ class Front:
             writer.close()
 
 
-def write_configs(work, agents, tags_in_metadata, hook_command, token_file):
+def origin_of(url):
+    """scheme://host:port of a repository URL: where its deploy token may go."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def write_configs(work, agents, tags_in_metadata, hook_command, token_file, repo):
     """Each agent's config. With a hook command (argv before the config's path), the service
     the boot starts is `bootagent lifecycle complete`, which answers the launch hook: in exec
     mode that is how a launch is completed."""
@@ -188,7 +195,7 @@ state_dir = "{home}/state"
 [git]
 dir = "{home}/srv/{{service}}"
 token = "{token_file}"
-token_hosts = ["127.0.0.1"]
+token_hosts = ["{origin_of(repo)}"]
 [service]
 manager = "exec"
 user = "nobody"
@@ -240,7 +247,7 @@ async def main():
             pairs = [f"{k}={v}" for k, v in environment(instance).items() if k != "PATH"]
             return ["/usr/bin/env"] + pairs + [args.bin]
     configs = write_configs(args.work, args.agents, in_metadata, hook_command,
-                            args.git_token_file)
+                            args.git_token_file, args.repo)
 
     started = time.monotonic()
     processes = {}

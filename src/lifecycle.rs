@@ -95,12 +95,18 @@ async fn terminate(config: &Config, complete_hook: bool) -> Result<(), Error> {
     // A boot, refresh or deploy in flight ends first (each refuses to start once the marker
     // exists); holding the lock until the hook is answered, none starts the unit again.
     let _lock = crate::boot::lock(&config.paths, config.boot.deadline).await?;
-    let last = status::read(&config.paths).ok();
-    if let Some(service) = last.and_then(|s| s.service) {
-        if service.manager == Manager::Systemd {
-            tracing::info!(unit = %service.unit, "stopping the service");
-            crate::service::stop_systemd(&service.unit).await?;
+    // The unit the last run left, or, when that run failed before its service step, the unit
+    // that serves as before.
+    let unit = status::read(&config.paths).ok().and_then(|last| {
+        match (last.service, last.serving_unchanged) {
+            (Some(service), _) => (service.manager == Manager::Systemd).then_some(service.unit),
+            (None, Some(serving)) => Some(serving.unit),
+            (None, None) => None,
         }
+    });
+    if let Some(unit) = unit {
+        tracing::info!(unit = %unit, "stopping the service");
+        crate::service::stop_systemd(&unit).await?;
     }
     if let (true, Some(hook)) = (complete_hook, &config.lifecycle.termination_hook) {
         let lifecycle = connect_here(config).await?;

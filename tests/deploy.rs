@@ -630,6 +630,33 @@ fn a_crashing_commit_after_a_killed_deploy_is_still_rolled_back_to_the_healthy_r
 }
 
 #[test]
+fn the_gate_stays_on_when_the_release_last_proven_healthy_is_gone_from_disk() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let good = deployed.in_service();
+    let unproven = deployed.repo.push_version("stage", "stage build 1");
+    let killed = deployed.container.bootagent_with(
+        &deployed.imds,
+        &["BOOTAGENT_FAILPOINT=after-git"],
+        &["deploy", "--follow"],
+    );
+    assert_ne!(killed.code(), 0, "killed: {}", killed.stderr());
+    // An operator frees disk: the proven release is not the link's target.
+    deployed
+        .container
+        .sh(&format!("rm -rf /srv/.{}/releases/{good}", deployed.name));
+    let crashing = deployed.repo.push_version("stage", "crash at start");
+    deployed.forget_what_the_service_saw();
+    deployed
+        .deploy(&["--follow"])
+        .expect(16)
+        .stderr_has(&format!("{good}) is no longer on disk"))
+        .stderr_has(&format!("rolled back from {crashing} to {unproven}"));
+    assert_eq!(deployed.in_service(), unproven);
+    assert_eq!(deployed.active(), "active");
+}
+
+#[test]
 fn a_rollback_killed_midway_is_finished_by_the_next_boot_and_the_bad_commit_stays_out() {
     support::needs_world!();
     let mut deployed = Deployed::boot("");

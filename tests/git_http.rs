@@ -34,19 +34,24 @@ fn setup_serving(prefix: &str, serve: impl FnOnce(&str, &str) -> GitHttp) -> Set
 }
 
 impl Setup {
+    /// The deploy token from the secret, allowed to go to this server's origin alone.
+    fn with_token(&self) -> String {
+        format!(
+            "[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"deploy\"\ntoken_hosts = [\"{}\"]\n",
+            self.server.url
+        )
+    }
+
     fn imds(&self) -> Imds {
         Imds::for_service(&self.name, "prod", &self.server.repo_url(&self.name))
     }
 }
 
-const WITH_TOKEN: &str =
-    "[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"deploy\"\ntoken_hosts = [\"127.0.0.1\"]\n";
-
 #[test]
 fn a_deploy_token_from_a_secret_checks_out_and_never_lands_anywhere() {
     support::needs_world!();
     let setup = setup();
-    let instance = Instance::exec_mode(WITH_TOKEN);
+    let instance = Instance::exec_mode(&setup.with_token());
     let run = instance.run(&setup.imds(), &["boot"]);
     run.expect(0);
     instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
@@ -87,9 +92,9 @@ fn a_wrong_token_is_refused_with_a_clear_message() {
         &serde_json::json!({ "T": "not-the-token" }).to_string(),
     );
     let instance = Instance::exec_mode(&format!(
-        "[git]\ntoken = \"secret:WRONG\"\nusername = \"deploy\"\ntoken_hosts = [\"127.0.0.1\"]\n\
+        "[git]\ntoken = \"secret:WRONG\"\nusername = \"deploy\"\ntoken_hosts = [\"{}\"]\n\
          [secrets.vars]\nWRONG = \"{}-wrong#T\"\n",
-        setup.name
+        setup.server.url, setup.name
     ));
     let run = instance.run(&setup.imds(), &["boot"]);
     run.expect(7)
@@ -141,7 +146,7 @@ fn https_with_a_trusted_private_ca_checks_out_with_the_token() {
     support::needs_world!();
     let (setup, ca) = setup_tls("127.0.0.1");
     assert!(setup.server.url.starts_with("https://"));
-    let instance = Instance::exec_mode(WITH_TOKEN);
+    let instance = Instance::exec_mode(&setup.with_token());
     let run = boot_trusting(&instance, &setup.imds(), &ca);
     run.expect(0);
     instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
@@ -152,7 +157,7 @@ fn https_with_a_trusted_private_ca_checks_out_with_the_token() {
 fn an_untrusted_certificate_is_refused_and_the_release_in_service_stays() {
     support::needs_world!();
     let (mut setup, ca) = setup_tls("127.0.0.1");
-    let instance = Instance::exec_mode(&format!("{WITH_TOKEN}on_failure = \"fail\"\n"));
+    let instance = Instance::exec_mode(&format!("{}on_failure = \"fail\"\n", setup.with_token()));
     boot_trusting(&instance, &setup.imds(), &ca).expect(0);
     let first = instance.running_commit(&setup.name);
     setup.repo.push_version("prod", "prod build 2\n");
@@ -173,7 +178,7 @@ fn an_untrusted_certificate_is_refused_and_the_release_in_service_stays() {
 fn a_certificate_for_another_name_is_refused() {
     support::needs_world!();
     let (setup, ca) = setup_tls("127.0.0.2");
-    let instance = Instance::exec_mode(WITH_TOKEN);
+    let instance = Instance::exec_mode(&setup.with_token());
     boot_trusting(&instance, &setup.imds(), &ca)
         .expect(7)
         .stderr_has("does not trust")
@@ -198,7 +203,7 @@ fn a_renamed_repository_is_followed_to_its_new_name() {
         GitHttp::start_moved("deploy", token, &format!("{name}-old"), name)
     });
     let old_url = setup.server.repo_url(&format!("{}-old", setup.name));
-    let instance = Instance::exec_mode(WITH_TOKEN);
+    let instance = Instance::exec_mode(&setup.with_token());
     let run = instance.run(&Imds::for_service(&setup.name, "prod", &old_url), &["boot"]);
     run.expect(0)
         .stderr_has("the repository moved: following the redirect");
@@ -219,7 +224,7 @@ fn a_redirect_to_another_host_is_refused_not_followed() {
         )
     });
     let old_url = setup.server.repo_url(&format!("{}-old", setup.name));
-    let instance = Instance::exec_mode(WITH_TOKEN);
+    let instance = Instance::exec_mode(&setup.with_token());
     let run = instance.run(&Imds::for_service(&setup.name, "prod", &old_url), &["boot"]);
     run.expect(7)
         .stderr_has("the remote redirected to http://localhost:")
@@ -249,7 +254,7 @@ fn https_goes_through_the_proxy_the_environment_names() {
     support::needs_world!();
     let (setup, ca) = setup_tls("127.0.0.1");
     let proxy = ConnectProxy::start();
-    let instance = Instance::exec_mode(WITH_TOKEN);
+    let instance = Instance::exec_mode(&setup.with_token());
     let run = instance.run_with(
         &setup.imds(),
         &["boot"],

@@ -433,7 +433,11 @@ impl CredentialCatcher {
 /// The deploy token (the canary, in the instance's secret) serves the trusted remote; then
 /// whoever can tag the instance points `Repository` at a server of their own, and it boots.
 fn token_sent_elsewhere() -> Attempt {
-    let target = Target::new("stoken", "token = \"secret:TOKEN\"\n");
+    // The config lists the trusted host; the tag points at another scheme and port of it.
+    let target = Target::new(
+        "stoken",
+        "token = \"secret:TOKEN\"\ntoken_hosts = [\"127.0.0.1\"]\n",
+    );
     let earlier = target.booted();
     let catcher = CredentialCatcher::start();
     let retagged = Imds::for_service(&target.name, "test", &catcher.url);

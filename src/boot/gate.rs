@@ -26,31 +26,45 @@ pub(super) struct Previous {
 }
 
 impl Previous {
-    /// The release last proven healthy, while its release directory is still on disk.
+    /// The release last proven healthy, while its release directory is still on disk; else the
+    /// release in service, so that the gate never switches off while something serves.
     pub(super) fn capture(record: &Deploys, plan: &Plan) -> Option<Self> {
-        let commit = record.last_good_commit.clone()?;
-        crate::git::release_dir(&plan.git.dir, &commit)
-            .is_dir()
-            .then(|| Previous {
-                commit,
-                env: std::fs::read_to_string(&plan.env_file)
-                    .ok()
-                    .map(Zeroizing::new),
-                secrets: record.last_good_secrets.clone(),
-            })
+        let proven = record.last_good_commit.as_deref();
+        match proven.and_then(|commit| Self::of(commit, &record.last_good_secrets, plan)) {
+            Some(previous) => Some(previous),
+            None => {
+                let in_service = Self::in_service(plan);
+                if let (Some(commit), Some(fallback)) = (proven, &in_service) {
+                    tracing::warn!(
+                        "the release last proven healthy ({commit}) is no longer on disk; a \
+                         change that fails its gate rolls back to the release in service, {}",
+                        fallback.commit
+                    );
+                }
+                in_service
+            }
+        }
     }
 
     /// The release in service, when deploys.json cannot say which was proven: the best there is
     /// to roll back to.
     pub(super) fn in_service(plan: &Plan) -> Option<Self> {
         let commit = crate::git::Layout::of(&plan.git.dir).current()?.to_string();
-        Self::capture(
-            &Deploys {
-                last_good_commit: Some(commit),
-                ..Deploys::default()
-            },
-            plan,
-        )
+        Self::of(&commit, &[], plan)
+    }
+
+    /// `commit` (a commit id, never a path) while its release is on disk.
+    fn of(commit: &str, secrets: &[SecretVersion], plan: &Plan) -> Option<Self> {
+        let is_commit_id = commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit());
+        (is_commit_id && crate::git::release_dir(&plan.git.dir, commit).is_dir()).then(|| {
+            Previous {
+                commit: commit.to_string(),
+                env: std::fs::read_to_string(&plan.env_file)
+                    .ok()
+                    .map(Zeroizing::new),
+                secrets: secrets.to_vec(),
+            }
+        })
     }
 
     /// Whether a rollback brings back the environment too (not after a reboot).

@@ -123,8 +123,9 @@ pub enum GitError {
     #[error(
         "git.token is set and the repository URL {url} comes from an instance tag, but its host \
          {host} is not in git.token_hosts, so the token is not sent: whoever can tag an instance \
-         could otherwise collect it with a server of their own; list the token's hosts in \
-         git.token_hosts (e.g. [\"github.com\"]), or set git.url to the repository"
+         could otherwise collect it with a server of their own; list where the token goes in \
+         git.token_hosts ([\"github.com\"] is https://github.com; write \"http://host:port\" \
+         to allow plain HTTP), or set git.url to the repository"
     )]
     TokenNotForHost { url: String, host: String },
     #[error("{message}; fix git.token")]
@@ -239,8 +240,8 @@ impl Layout {
 /// disk or `.git/config`, and are wiped or removed when this is dropped.
 pub struct Credentials {
     options: transport::Options,
-    /// Where the token may go, when the URL comes from an instance tag (`None`: the config
-    /// names the URL).
+    /// The origins the token may go to, when an instance tag chooses the URL's host (`None`: the
+    /// config names the host).
     token_hosts: Option<Vec<String>>,
     /// A deploy key that came from a secret, on tmpfs while it is needed.
     _key_file: Option<KeyFile>,
@@ -296,9 +297,9 @@ impl Credentials {
                 Some(path.clone())
             }
         };
-        // A URL an instance tag names may point anywhere: the token then goes only to the
-        // hosts the config names.
-        let tagged = config.url.contains("{repository}") || config.url.contains("{tag:");
+        // A URL whose host an instance tag names may point anywhere: the token then goes only
+        // to the origins the config names.
+        let tagged = host_from_tags(&config.url);
         Ok(Credentials {
             options: transport::Options {
                 timeout: config.timeout,
@@ -315,26 +316,25 @@ impl Credentials {
     /// is not one of `git.token_hosts`: whoever can tag an instance must not be able to collect
     /// the token with a server of their own.
     fn check_token_host(&self, url: &str) -> Result<(), GitError> {
-        let (Some(_), Some(hosts)) = (&self.options.token, &self.token_hosts) else {
+        let (Some(_), Some(allowed)) = (&self.options.token, &self.token_hosts) else {
             return Ok(());
         };
-        let Ok(parsed) = reqwest::Url::parse(url) else {
-            return Ok(());
-        };
-        if !matches!(parsed.scheme(), "http" | "https") {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
             return Ok(());
         }
-        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
-        let port = parsed.port_or_known_default().unwrap_or_default();
-        let allowed = hosts.iter().any(|entry| {
-            let entry = entry.to_ascii_lowercase();
-            entry == host || entry == format!("{host}:{port}")
+        let origin = reqwest::Url::parse(url)
+            .ok()
+            .map(|url| url.origin().ascii_serialization());
+        let permitted = origin.as_ref().is_some_and(|origin| {
+            allowed
+                .iter()
+                .any(|entry| token_origin(entry).as_ref() == Some(origin))
         });
-        match allowed {
+        match permitted {
             true => Ok(()),
             false => Err(GitError::TokenNotForHost {
                 url: redact(url),
-                host: format!("{host}:{port}"),
+                host: origin.unwrap_or_else(|| "?".into()),
             }),
         }
     }
@@ -368,6 +368,30 @@ impl Credentials {
         }
         Ok(ActiveSession::start(self.options.clone(), limits.clone()))
     }
+}
+
+/// Whether an instance tag chooses the host of the URL template `url`: the whole URL is a
+/// placeholder, or one appears before the path.
+fn host_from_tags(url: &str) -> bool {
+    let authority = match url.split_once("://") {
+        Some((_, rest)) => rest.split('/').next().unwrap_or_default(),
+        None => url.split(['/', ':']).next().unwrap_or_default(),
+    };
+    url.starts_with('{') || authority.contains('{')
+}
+
+/// The origin a `git.token_hosts` entry allows: `host` or `host:port` is https (port 443
+/// unless given); `http://host:port` or `https://host[:port]` is that origin exactly.
+fn token_origin(entry: &str) -> Option<String> {
+    let url = if entry.contains("://") {
+        entry.to_string()
+    } else {
+        format!("https://{entry}")
+    };
+    let url = reqwest::Url::parse(&url).ok()?;
+    // A bare entry with a path or credentials is no origin: refuse rather than guess.
+    (url.path() == "/" && url.username().is_empty() && url.password().is_none())
+        .then(|| url.origin().ascii_serialization())
 }
 
 fn take_secret(
@@ -1120,6 +1144,62 @@ mod tests {
         assert_eq!(head.commit, None, "nothing is fetched");
         let err = remote_ref(&url, "nosuch", &nowhere, &credentials, &limits).unwrap_err();
         assert!(matches!(err, GitError::RefNotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_host_chosen_by_a_tag_is_told_from_one_the_config_names() {
+        for tagged in [
+            "{repository}",
+            "{tag:Repo}",
+            "https://{service}.git.example.com/app.git",
+            "https://git.example.com:{tag:Port}/app.git",
+        ] {
+            assert!(host_from_tags(tagged), "{tagged}");
+        }
+        for fixed in [
+            "https://github.com/org/{service}.git",
+            "https://github.com/{tag:Repo}",
+            "git@github.com:org/{service}.git",
+        ] {
+            assert!(!host_from_tags(fixed), "{fixed}");
+        }
+    }
+
+    #[test]
+    fn a_token_host_entry_names_one_origin_https_unless_it_says_otherwise() {
+        let allows = |entry: &str, url: &str| {
+            let origin = reqwest::Url::parse(url)
+                .unwrap()
+                .origin()
+                .ascii_serialization();
+            token_origin(entry) == Some(origin)
+        };
+        assert!(allows("github.com", "https://github.com/o/r.git"));
+        assert!(allows("GitHub.com", "https://github.com:443/o/r.git"));
+        assert!(!allows("github.com", "http://github.com/o/r.git"));
+        assert!(!allows("github.com", "https://github.com:8443/o/r.git"));
+        assert!(!allows(
+            "github.com",
+            "https://github.com.evil.example/o/r.git"
+        ));
+        assert!(!allows(
+            "github.com",
+            "https://github.com@evil.example/o/r.git"
+        ));
+        assert!(allows(
+            "git.example.com:8443",
+            "https://git.example.com:8443/r.git"
+        ));
+        assert!(allows(
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/r.git"
+        ));
+        assert!(!allows(
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8081/r.git"
+        ));
+        assert_eq!(token_origin("github.com/org"), None);
+        assert_eq!(token_origin("user@github.com"), None);
     }
 
     #[test]
