@@ -610,13 +610,9 @@ fn a_refresh_that_fails_before_changing_anything_keeps_health_green_and_the_gate
     deployed.assert_canary_kept_in_the_env_file();
 }
 
-#[test]
-fn a_crashing_commit_after_a_killed_deploy_is_still_rolled_back_to_the_healthy_release() {
-    support::needs_world!();
-    let mut deployed = Deployed::boot("");
-    let good = deployed.in_service();
-    // A deploy of a good commit killed once it switched the link, before its gate: that
-    // release was never proven healthy.
+/// A deploy of a good commit killed once it switched the link, before its gate: that release
+/// serves, never proven healthy. Returns its commit.
+fn kill_a_deploy_after_its_switch(deployed: &mut Deployed) -> String {
     let unproven = deployed.repo.push_version("stage", "stage build 1");
     let killed = deployed.container.bootagent_with(
         &deployed.imds,
@@ -625,6 +621,15 @@ fn a_crashing_commit_after_a_killed_deploy_is_still_rolled_back_to_the_healthy_r
     );
     assert_ne!(killed.code(), 0, "killed: {}", killed.stderr());
     assert_eq!(deployed.in_service(), unproven);
+    unproven
+}
+
+#[test]
+fn a_crashing_commit_after_a_killed_deploy_is_still_rolled_back_to_the_healthy_release() {
+    support::needs_world!();
+    let mut deployed = Deployed::boot("");
+    let good = deployed.in_service();
+    kill_a_deploy_after_its_switch(&mut deployed);
     assert_eq!(deployed.deploys()["last_good_commit"], good.as_str());
     assert_a_crashing_commit_is_rolled_back_to(&mut deployed, &good);
 }
@@ -634,13 +639,7 @@ fn the_gate_stays_on_when_the_release_last_proven_healthy_is_gone_from_disk() {
     support::needs_world!();
     let mut deployed = Deployed::boot("");
     let good = deployed.in_service();
-    let unproven = deployed.repo.push_version("stage", "stage build 1");
-    let killed = deployed.container.bootagent_with(
-        &deployed.imds,
-        &["BOOTAGENT_FAILPOINT=after-git"],
-        &["deploy", "--follow"],
-    );
-    assert_ne!(killed.code(), 0, "killed: {}", killed.stderr());
+    let unproven = kill_a_deploy_after_its_switch(&mut deployed);
     // An operator frees disk: the proven release is not the link's target.
     deployed
         .container
