@@ -69,12 +69,27 @@ pub async fn watch(config: &Config, interval: Duration) -> Result<(), Error> {
             Err(e) => tracing::warn!(error = %e, "reading the lifecycle state failed"),
         }
         // A spot interruption gives two minutes and no lifecycle hook.
-        if let Ok(Some(_)) = imds.get("meta-data/spot/instance-action").await {
-            tracing::warn!("spot interruption notice: draining");
-            return terminate(config, false).await;
+        if let Ok(Some(notice)) = imds.get("meta-data/spot/instance-action").await {
+            if spot_terminates(&notice) {
+                tracing::warn!("spot interruption notice: draining");
+                return terminate(config, false).await;
+            }
+            // A stop or hibernation comes back: a drain, which is final, would keep the
+            // service down after it (the run dir survives hibernation).
+            tracing::warn!(notice = %notice, "spot interruption notice that does not terminate: not draining");
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Whether a `spot/instance-action` notice (`{"action": "terminate" | "stop" | "hibernate",
+/// "time": …}`) ends the instance. One that cannot be read is taken as a termination, as before
+/// the notice had an action.
+fn spot_terminates(notice: &str) -> bool {
+    let action = serde_json::from_str::<serde_json::Value>(notice)
+        .ok()
+        .and_then(|notice| notice.get("action")?.as_str().map(str::to_string));
+    !matches!(action.as_deref(), Some("stop" | "hibernate"))
 }
 
 fn last_boot_warmed(config: &Config) -> bool {
@@ -115,4 +130,23 @@ async fn terminate(config: &Config, complete_hook: bool) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_spot_termination_drains_for_good() {
+        assert!(spot_terminates(
+            r#"{"action": "terminate", "time": "2026-11-22T17:00:00Z"}"#
+        ));
+        assert!(!spot_terminates(
+            r#"{"action": "hibernate", "time": "2026-11-22T17:00:00Z"}"#
+        ));
+        assert!(!spot_terminates(
+            r#"{"action": "stop", "time": "2026-11-22T17:00:00Z"}"#
+        ));
+        assert!(spot_terminates("not json"), "unreadable: as a termination");
+    }
 }
