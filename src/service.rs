@@ -439,6 +439,18 @@ pub async fn run_hook<'a>(
         // As root, std also drops the supplementary groups before it switches.
         command.uid(target.uid.as_raw()).gid(target.gid.as_raw());
     }
+    // Its own group no longer dies with bootagent's (a SIGKILL to bootagent's group, from
+    // `timeout` or a job runner): the hook itself is killed when bootagent dies. The runtime
+    // is single-threaded, so the thread that spawns it lives as long as bootagent.
+    // SAFETY: prctl is async-signal-safe; it runs after the uid switch, which would clear it.
+    unsafe {
+        command.pre_exec(|| {
+            match nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL, 0, 0, 0) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
     tracing::info!(hook, program = %program, dir = %dir.display(), "running the hook");
     let mut group = HookGroup::watch_stop_signals();
     let mut child = command

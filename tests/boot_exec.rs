@@ -898,9 +898,50 @@ fn a_hook_does_not_outlive_bootagent_told_to_stop() {
         Some(15),
         "bootagent dies of the signal it was sent: {status}"
     );
+    // SIGKILL is delivered at once, but a process dies when next scheduled.
     for pid in pids {
-        assert!(!sleep_runs(pid), "the hook's sleep {pid} still runs");
+        support::container::eventually(5, &format!("the hook's sleep {pid} to die"), || {
+            !sleep_runs(pid)
+        });
     }
+}
+
+#[test]
+fn a_hook_dies_with_bootagent_killed_outright() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    // The hook is the migration itself (exec): its own process group is not bootagent's, so a
+    // SIGKILL to bootagent (or to its group, as `timeout -s KILL` sends) must reach it another
+    // way.
+    instance.add_config(
+        "60-hook.toml",
+        &format!(
+            "[deploy]\npre_start = [\"/bin/sh\", \"-c\", \"exec >/dev/null 2>&1; echo $$ > \
+             {out}/foreground.pid; exec sleep 300\"]\n",
+            out = instance.out.display()
+        ),
+    );
+    let imds = service.imds("test");
+    let mut boot = instance
+        .command(&imds, &["boot"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = instance.out.join("foreground.pid");
+    support::container::eventually(60, "the hook to start", || {
+        std::fs::read_to_string(&pid_file)
+            .is_ok_and(|pid| sleep_runs(pid.trim().parse().unwrap_or(0)))
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    boot.kill().unwrap();
+    boot.wait().unwrap();
+    support::container::eventually(10, "the hook to die with bootagent", || !sleep_runs(pid));
 }
 
 #[test]
