@@ -109,7 +109,15 @@ async fn terminate(config: &Config, complete_hook: bool) -> Result<(), Error> {
     tokio::time::sleep(config.lifecycle.drain).await;
     // A boot, refresh or deploy in flight ends first (each refuses to start once the marker
     // exists); holding the lock until the hook is answered, none starts the unit again.
-    let _lock = crate::boot::lock(&config.paths, config.boot.deadline).await?;
+    // A boot that holds the lock past its own deadline is hung: the drain goes on without it
+    // (the instance is leaving either way).
+    let _lock = match crate::boot::lock(&config.paths, config.boot.deadline).await {
+        Ok(lock) => Some(lock),
+        Err(e) => {
+            tracing::error!(error = %e.chain(), "draining without the boot lock");
+            None
+        }
+    };
     // The unit the last run left, or, when that run failed before its service step, the unit
     // that serves as before.
     let unit = status::read(&config.paths).ok().and_then(|last| {

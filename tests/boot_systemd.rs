@@ -629,6 +629,34 @@ fn termination_stops_the_unit_that_serves_after_a_run_that_failed_before_its_ser
 }
 
 #[test]
+fn termination_drains_past_a_boot_that_holds_the_lock_too_long() {
+    support::needs_world!();
+    let (name, _repo, imds) = small_service("termh", "test");
+    let asg = AsgFake::start();
+    let container = Container::boot(&format!(
+        "{CONFIG}\n[boot]\ndeadline = \"2s\"\n[lifecycle]\ntermination_hook = \"terminating\"\ngroup = \"web-asg\"\ndrain = \"1s\"\n"
+    ));
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
+    container.bootagent(&imds, &["boot"]).expect(0);
+    // A hung run holds the boot lock far past boot.deadline.
+    container.sh("flock /run/bootagent/boot.lock sleep 60 >/dev/null 2>&1 &");
+    asg.activate("web-asg", "terminating", INSTANCE_ID);
+    let endpoint = format!("AWS_ENDPOINT_URL_AUTO_SCALING={}", asg.url);
+    let mut watch = container.spawn_watch(&imds, &[&endpoint]);
+    imds.set(serde_json::json!({"lifecycle_state": "Terminated"}));
+    assert!(watch.wait().unwrap().success());
+    assert_eq!(container.show(&unit, "ActiveState"), "inactive");
+    assert_eq!(
+        asg.calls(),
+        [(
+            "CompleteLifecycleAction".to_string(),
+            Some("CONTINUE".to_string())
+        )]
+    );
+}
+
+#[test]
 fn a_warm_pool_instance_is_prepared_then_started_when_in_service() {
     support::needs_world!();
     let (name, repo, imds) = small_service("warm", "test");
