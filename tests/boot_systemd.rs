@@ -556,104 +556,110 @@ fn a_failed_launch_is_abandoned_exactly_once() {
     );
 }
 
-/// Polls `condition` every 50 ms for up to `seconds`.
+/// An instance in a group with a termination hook, booted once, its unit active.
+struct Terminating {
+    name: String,
+    imds: Imds,
+    asg: AsgFake,
+    container: Container,
+    unit: String,
+}
+
+impl Terminating {
+    /// `config` comes before the `[lifecycle]` table, which drains for `drain`.
+    fn boot(prefix: &str, config: &str, drain: &str) -> Terminating {
+        let (name, _repo, imds) = small_service(prefix, "test");
+        let asg = AsgFake::start();
+        let container = Container::boot(&format!(
+            "{CONFIG}\n{config}[lifecycle]\ntermination_hook = \"terminating\"\ngroup = \"web-asg\"\ndrain = \"{drain}\"\n"
+        ));
+        let unit = format!("{name}.service");
+        container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
+        container.bootagent(&imds, &["boot"]).expect(0);
+        Terminating {
+            name,
+            imds,
+            asg,
+            container,
+            unit,
+        }
+    }
+
+    /// `lifecycle watch` runs; the instance is told it terminates.
+    fn terminate(&self) -> std::process::Child {
+        self.asg.activate("web-asg", "terminating", INSTANCE_ID);
+        let endpoint = format!("AWS_ENDPOINT_URL_AUTO_SCALING={}", self.asg.url);
+        let watch = self.container.spawn_watch(&self.imds, &[&endpoint]);
+        self.imds
+            .set(serde_json::json!({"lifecycle_state": "Terminated"}));
+        watch
+    }
+
+    /// The watch ended well, the unit is stopped, and the hook was completed once.
+    fn assert_stopped_then_completed(&self, mut watch: std::process::Child) {
+        assert!(watch.wait().unwrap().success());
+        assert_eq!(self.container.show(&self.unit, "ActiveState"), "inactive");
+        assert_eq!(
+            self.asg.calls(),
+            [(
+                "CompleteLifecycleAction".to_string(),
+                Some("CONTINUE".to_string())
+            )]
+        );
+    }
+}
 
 #[test]
 fn termination_drains_then_stops_then_completes_the_hook() {
     support::needs_world!();
-    let (name, _repo, imds) = small_service("term", "test");
-    let asg = AsgFake::start();
-    let container = Container::boot(&format!(
-        "{CONFIG}\n[lifecycle]\ntermination_hook = \"terminating\"\ngroup = \"web-asg\"\ndrain = \"2s\"\n"
-    ));
-    let unit = format!("{name}.service");
-    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
-    container.bootagent(&imds, &["boot"]).expect(0);
-    asg.activate("web-asg", "terminating", INSTANCE_ID);
-    let endpoint = format!("AWS_ENDPOINT_URL_AUTO_SCALING={}", asg.url);
-    let mut watch = container.spawn_watch(&imds, &[&endpoint]);
-
-    imds.set(serde_json::json!({"lifecycle_state": "Terminated"}));
-    let health = || container.bootagent(&imds, &["health-report"]).stdout();
+    let instance = Terminating::boot("term", "", "2s");
+    let watch = instance.terminate();
+    let health = || {
+        (instance.container)
+            .bootagent(&instance.imds, &["health-report"])
+            .stdout()
+    };
     eventually(5, "health to say draining", || {
         health().contains("\"draining\"")
     });
     // Draining: the ALB is told, the service still serves, the hook waits.
-    assert_eq!(container.show(&unit, "ActiveState"), "active");
-    assert!(
-        asg.calls().is_empty(),
-        "completed before the drain: {:?}",
-        asg.calls()
-    );
-
-    let status = watch.wait().unwrap();
-    assert!(status.success());
-    assert_eq!(container.show(&unit, "ActiveState"), "inactive");
     assert_eq!(
-        asg.calls(),
-        [(
-            "CompleteLifecycleAction".to_string(),
-            Some("CONTINUE".to_string())
-        )]
+        instance.container.show(&instance.unit, "ActiveState"),
+        "active"
     );
+    assert!(
+        instance.asg.calls().is_empty(),
+        "completed before the drain: {:?}",
+        instance.asg.calls()
+    );
+    instance.assert_stopped_then_completed(watch);
 }
 
 #[test]
 fn termination_stops_the_unit_that_serves_after_a_run_that_failed_before_its_service_step() {
     support::needs_world!();
-    let (name, _repo, imds) = small_service("termf", "test");
-    let asg = AsgFake::start();
-    let container = Container::boot(&format!(
-        "{CONFIG}\n[lifecycle]\ntermination_hook = \"terminating\"\ngroup = \"web-asg\"\ndrain = \"1s\"\n"
-    ));
-    let unit = format!("{name}.service");
-    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
-    container.bootagent(&imds, &["boot"]).expect(0);
+    let instance = Terminating::boot("termf", "", "1s");
     // A malformed rotation: the refresh fails before its service step, and the unit serves on.
-    put_secret_value(&format!("{name}_env_test"), "{not json");
-    container.bootagent(&imds, &["refresh", "--now"]).expect(6);
-    assert_eq!(container.show(&unit, "ActiveState"), "active");
-    asg.activate("web-asg", "terminating", INSTANCE_ID);
-    let endpoint = format!("AWS_ENDPOINT_URL_AUTO_SCALING={}", asg.url);
-    let mut watch = container.spawn_watch(&imds, &[&endpoint]);
-    imds.set(serde_json::json!({"lifecycle_state": "Terminated"}));
-    assert!(watch.wait().unwrap().success());
-    assert_eq!(container.show(&unit, "ActiveState"), "inactive");
+    put_secret_value(&format!("{}_env_test", instance.name), "{not json");
+    (instance.container)
+        .bootagent(&instance.imds, &["refresh", "--now"])
+        .expect(6);
     assert_eq!(
-        asg.calls(),
-        [(
-            "CompleteLifecycleAction".to_string(),
-            Some("CONTINUE".to_string())
-        )]
+        instance.container.show(&instance.unit, "ActiveState"),
+        "active"
     );
+    let watch = instance.terminate();
+    instance.assert_stopped_then_completed(watch);
 }
 
 #[test]
 fn termination_drains_past_a_boot_that_holds_the_lock_too_long() {
     support::needs_world!();
-    let (name, _repo, imds) = small_service("termh", "test");
-    let asg = AsgFake::start();
-    let container = Container::boot(&format!(
-        "{CONFIG}\n[boot]\ndeadline = \"2s\"\n[lifecycle]\ntermination_hook = \"terminating\"\ngroup = \"web-asg\"\ndrain = \"1s\"\n"
-    ));
-    let unit = format!("{name}.service");
-    container.install_unit(&unit, "ExecStart=/share/recorder.sh /share/out --stay");
-    container.bootagent(&imds, &["boot"]).expect(0);
+    let instance = Terminating::boot("termh", "[boot]\ndeadline = \"2s\"\n", "1s");
     // A hung run holds the boot lock far past boot.deadline.
-    container.sh("flock /run/bootagent/boot.lock sleep 60 >/dev/null 2>&1 &");
-    asg.activate("web-asg", "terminating", INSTANCE_ID);
-    let endpoint = format!("AWS_ENDPOINT_URL_AUTO_SCALING={}", asg.url);
-    let mut watch = container.spawn_watch(&imds, &[&endpoint]);
-    imds.set(serde_json::json!({"lifecycle_state": "Terminated"}));
-    assert!(watch.wait().unwrap().success());
-    assert_eq!(container.show(&unit, "ActiveState"), "inactive");
-    assert_eq!(
-        asg.calls(),
-        [(
-            "CompleteLifecycleAction".to_string(),
-            Some("CONTINUE".to_string())
-        )]
-    );
+    (instance.container).sh("flock /run/bootagent/boot.lock sleep 60 >/dev/null 2>&1 &");
+    let watch = instance.terminate();
+    instance.assert_stopped_then_completed(watch);
 }
 
 #[test]
