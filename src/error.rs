@@ -182,6 +182,11 @@ impl Error {
         }
     }
 
+    /// The chain on one line, `what: cause: cause`, for a log line or a message that quotes it.
+    pub fn one_line(&self) -> String {
+        self.chain().replace("\n -> ", ": ")
+    }
+
     /// `first line` then one ` -> cause` line per source, as operators read it over SSM.
     pub fn chain(&self) -> String {
         let mut text = self.to_string();

@@ -813,6 +813,16 @@ fn hook_pids(instance: &Instance) -> Vec<i32> {
         .collect()
 }
 
+/// A boot that runs while the test looks at what its hook does.
+fn boot_in_background(instance: &Instance, imds: &Imds) -> std::process::Child {
+    instance
+        .command(imds, &["boot"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Whether `pid` is a `sleep` that still runs (a zombie waiting for init runs nothing).
 fn sleep_runs(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -877,12 +887,7 @@ fn a_hook_does_not_outlive_bootagent_told_to_stop() {
     let instance = Instance::exec_mode("");
     instance.add_config("60-hook.toml", &migrating_hook(&instance, "5min"));
     let imds = service.imds("test");
-    let mut boot = instance
-        .command(&imds, &["boot"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut boot = boot_in_background(&instance, &imds);
     support::container::eventually(60, "the hook to start its sleeps", || {
         instance.out.join("foreground.pid").exists()
     });
@@ -923,12 +928,7 @@ fn a_hook_dies_with_bootagent_killed_outright() {
         ),
     );
     let imds = service.imds("test");
-    let mut boot = instance
-        .command(&imds, &["boot"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut boot = boot_in_background(&instance, &imds);
     let pid_file = instance.out.join("foreground.pid");
     support::container::eventually(60, "the hook to start", || {
         std::fs::read_to_string(&pid_file)

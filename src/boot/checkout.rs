@@ -29,26 +29,23 @@ pub(super) async fn checkout_or_keep(
     avoid: Option<FailedCommit>,
     keep: Option<&str>,
 ) -> Result<(git::Checkout, Option<Kept>), Error> {
-    let failed_before_code = avoid.as_ref().map(|failed| failed.exit_code);
     match checkout(config, plan, credentials, git_work, boot_ends, avoid).await {
         Ok(checkout) => Ok((checkout, None)),
         Err(error) => {
             log_security_event(&error);
-            keep_last_good(config, plan, error, keep, failed_before_code)
+            keep_last_good(config, plan, error, keep)
         }
     }
 }
 
 /// `commit`, the release in service, stays for `why`, without asking the remote.
 pub(super) fn keep_in_service(commit: &str, why: Error) -> (git::Checkout, Option<Kept>) {
-    let kept = kept(commit, &why, None);
+    let kept = kept(commit, &why);
     tracing::warn!("{}", kept.1.note);
     (kept.0, Some(kept.1))
 }
 
-/// `failed_before_code`: what the run that failed with the commit the ref still names exited
-/// with.
-fn kept(commit: &str, why: &Error, failed_before_code: Option<u8>) -> (git::Checkout, Kept) {
+fn kept(commit: &str, why: &Error) -> (git::Checkout, Kept) {
     let checkout = git::Checkout {
         commit: commit.to_string(),
         action: git::Action::Kept,
@@ -57,11 +54,11 @@ fn kept(commit: &str, why: &Error, failed_before_code: Option<u8>) -> (git::Chec
     };
     let note = format!(
         "running last good commit {commit} because {}",
-        why.chain().replace("\n -> ", ": ")
+        why.one_line()
     );
-    let exit_code = match (why, failed_before_code) {
-        (Error::Git(GitError::FailedBefore { .. }), Some(code)) => code,
-        (other, _) => other.exit_code(),
+    let exit_code = match why {
+        Error::Git(GitError::FailedBefore { exit_code, .. }) => *exit_code,
+        other => other.exit_code(),
     };
     (checkout, Kept { note, exit_code })
 }
@@ -78,11 +75,7 @@ fn log_security_event(error: &Error) {
         Error::Git(GitError::Rewound { .. }) => "ref-rewound",
         _ => return,
     };
-    tracing::error!(
-        security_event = event,
-        "{}",
-        error.chain().replace("\n -> ", ": ")
-    );
+    tracing::error!(security_event = event, "{}", error.one_line());
 }
 
 /// With `git.on_failure = "last-good"`, a failed checkout lets the boot go on with `keep`, and
@@ -93,7 +86,6 @@ fn keep_last_good(
     plan: &Plan,
     error: Error,
     keep: Option<&str>,
-    failed_before_code: Option<u8>,
 ) -> Result<(git::Checkout, Option<Kept>), Error> {
     if let (Some(_), Error::Git(refused)) = (keep, &error) {
         if let Some(commit) = refused.refused_commit() {
@@ -111,7 +103,7 @@ fn keep_last_good(
             if let Err(e) = remembered {
                 tracing::error!(
                     "could not record the refused commit, so it is fetched and refused again: {}",
-                    e.chain().replace("\n -> ", ": ")
+                    e.one_line()
                 );
             }
         }
@@ -119,7 +111,7 @@ fn keep_last_good(
     match (config.git.on_failure, keep, &error) {
         (OnGitFailure::LastGood, Some(commit), Error::Git(_))
         | (_, Some(commit), Error::Git(GitError::FailedBefore { .. })) => {
-            let (checkout, kept) = kept(commit, &error, failed_before_code);
+            let (checkout, kept) = kept(commit, &error);
             tracing::warn!("{}", kept.note);
             Ok((checkout, Some(kept)))
         }

@@ -152,7 +152,7 @@ pub(super) async fn roll_back(
     });
     let before = read(&config.paths).ok();
     let recorded = update(&config.paths, |record| record.rolled_back(commit, secrets))
-        .map_err(|e| e.chain().replace("\n -> ", ": "));
+        .map_err(|e| e.one_line());
     if let Err(why) = &recorded {
         tracing::error!("could not record what failed its gate, so it will be tried again: {why}");
     }
@@ -192,7 +192,7 @@ pub(super) async fn roll_back(
 pub(super) fn cause_of(error: &Error) -> String {
     match error {
         Error::Service(service) => service.to_string(),
-        other => other.chain().replace("\n -> ", ": "),
+        other => other.one_line(),
     }
 }
 

@@ -330,7 +330,7 @@ async fn steps(
                             "{} is healthy, but could not be recorded as the release to roll \
                              back to: {}",
                             checkout.commit,
-                            e.chain().replace("\n -> ", ": ")
+                            e.one_line()
                         );
                     }
                     (report, None)
@@ -407,7 +407,7 @@ async fn roll_back(
         from: commit.to_string(),
         to: to.clone(),
         cause: gate::cause_of(&cause),
-        failure: failure.chain().replace("\n -> ", ": "),
+        failure: failure.one_line(),
     })?;
     if let Some(git) = recorder.status.git.as_mut() {
         git.commit = to.clone();

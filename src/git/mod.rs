@@ -45,6 +45,8 @@ pub enum GitError {
         commit: String,
         at: String,
         reason: String,
+        /// What the run that failed with it exited with; `deploy` exits with it again.
+        exit_code: u8,
     },
     #[error(
         "refused {object}: {reason}; trusted keys are in {keys} (git.verify): sign it with a \
@@ -623,6 +625,7 @@ pub fn sync(
                 commit: failed.commit.clone(),
                 at: failed.at.clone(),
                 reason: failed.reason.clone(),
+                exit_code: failed.exit_code,
             });
         }
     }
