@@ -24,7 +24,7 @@ pub mod identity;
 pub mod imds;
 mod lifecycle;
 pub mod logging;
-mod names;
+pub mod names;
 pub mod plan;
 mod refresh;
 mod remote;

@@ -1,6 +1,6 @@
 //! A git remote's answer to the ref listing (pkt-lines from an untrusted remote) through libgit2's
 //! smart protocol, as bootagent's transports hand it over (a stateful stream, like git:// and
-//! ssh://), and through bootagent's own reading of the listed refs (`git::remote_commit`). It
+//! ssh://), and through bootagent's own reading of the listed refs (`git::remote_ref`). It
 //! must find the ref or fail, never crash: a ref name that is not UTF-8 once did.
 #![no_main]
 
@@ -60,7 +60,7 @@ fn credentials() -> &'static bootagent::git::Credentials {
             versions: Vec::new(),
             vars: Default::default(),
         };
-        bootagent::git::Credentials::from_config(&config.git, Path::new("/tmp"), true, &mut none)
+        bootagent::git::Credentials::from_config(&config, &mut none)
             .expect("no credentials to read")
     })
 }
@@ -81,9 +81,10 @@ fuzz_target!(|data: &[u8]| {
         bootagent::git::Cancel::default(),
     );
     for reference in ["prod", "v1", "0123456789012345678901234567890123456789"] {
-        let _ = bootagent::git::remote_commit(
+        let _ = bootagent::git::remote_ref(
             "fuzz://remote/app.git",
             reference,
+            Path::new("/nonexistent/bootagent-fuzz"),
             credentials(),
             &limits,
         );

@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
-    assert!(bootagent::identity::is_valid_name(&identity.service));
+    assert!(bootagent::names::is_valid_name(&identity.service));
     let Ok(plan) = bootagent::plan::build(config, &identity) else {
         return;
     };
