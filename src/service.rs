@@ -367,15 +367,17 @@ pub fn prepare_exec(plan: &Plan, environment: &Environment) -> Result<ExecComman
 }
 
 impl ExecCommand {
-    /// Drops to the service user and replaces this process. Returns only on failure.
+    /// Becomes the service, as its user. Returns only on failure, with bootagent's own ids back,
+    /// so that the failure can still be recorded in files only bootagent may write.
     pub fn exec(mut self) -> ServiceError {
-        if let Err(errno) = drop_privileges(&self.target) {
-            return ServiceError::Exec {
-                program: self.program,
-                source: errno.into(),
-            };
+        let own = OwnIds::current();
+        let source = match become_user(&self.target) {
+            Ok(()) => self.command.exec(),
+            Err(errno) => errno.into(),
+        };
+        if let Err(errno) = own.restore() {
+            tracing::error!(error = %errno, "could not take bootagent's own user back after the failed exec");
         }
-        let source = self.command.exec();
         ServiceError::Exec {
             program: self.program,
             source,
@@ -623,12 +625,58 @@ fn check_executable(program: &str, dir: &Path, user: &User) -> Result<(), String
     }
 }
 
-/// Supplementary groups, then group, then user: the order in which each step is still allowed.
-fn drop_privileges(user: &User) -> nix::Result<()> {
+/// Takes the service user's ids for the exec while keeping bootagent's own as the saved ids:
+/// execve copies the effective ids over the saved ones, so the service holds none of
+/// bootagent's, while a failed exec can take them back. A saved id of 0 also keeps the ambient
+/// capabilities, which a plain setuid would clear: they are cleared here.
+fn become_user(user: &User) -> nix::Result<()> {
     if Uid::current() == user.uid && Gid::current() == user.gid {
         return Ok(());
     }
     nix::unistd::setgroups(&[user.gid])?;
-    nix::unistd::setgid(user.gid)?;
-    nix::unistd::setuid(user.uid)
+    nix::unistd::setresgid(user.gid, user.gid, Gid::effective())?;
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL reads no pointer; its unused arguments must be 0.
+    let cleared = unsafe {
+        nix::libc::prctl(
+            nix::libc::PR_CAP_AMBIENT,
+            nix::libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    nix::errno::Errno::result(cleared)?;
+    nix::unistd::setresuid(user.uid, user.uid, Uid::effective())
+}
+
+/// bootagent's ids before [`become_user`].
+#[derive(PartialEq)]
+struct OwnIds {
+    uid: Uid,
+    gid: Gid,
+    groups: nix::Result<Vec<Gid>>,
+}
+
+impl OwnIds {
+    fn current() -> OwnIds {
+        OwnIds {
+            uid: Uid::effective(),
+            gid: Gid::effective(),
+            groups: nix::unistd::getgroups(),
+        }
+    }
+
+    /// The user first: only with it back may the groups change. Unchanged ids stay as they
+    /// are (an unprivileged bootagent may not even set its own groups).
+    fn restore(&self) -> nix::Result<()> {
+        if OwnIds::current() == *self {
+            return Ok(());
+        }
+        nix::unistd::setresuid(self.uid, self.uid, self.uid)?;
+        nix::unistd::setresgid(self.gid, self.gid, self.gid)?;
+        match &self.groups {
+            Ok(groups) => nix::unistd::setgroups(groups),
+            Err(errno) => Err(*errno),
+        }
+    }
 }

@@ -1022,3 +1022,70 @@ fn a_duration_beyond_any_clock_is_a_usage_error() {
          (30days at most)",
     );
 }
+
+/// A command that passes every check but cannot be executed (its interpreter is missing) fails
+/// the boot after status.json said succeeded: the failure replaces that record, in status.json
+/// and in the history alike, so the boot is one line there, failed.
+#[test]
+fn an_exec_that_fails_is_one_failed_boot_in_the_history() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("test");
+    let orphan = instance.root.path().join("app");
+    std::fs::write(&orphan, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&orphan, std::fs::Permissions::from_mode(0o755)).unwrap();
+    instance.add_config(
+        "70-command.toml",
+        &format!("[service]\ncommand = [\"{}\"]\n", orphan.display()),
+    );
+    instance
+        .run(&imds, &["boot"])
+        .expect(8)
+        .stderr_has(&format!("failed to run {}", orphan.display()));
+    let status = instance.status();
+    assert_eq!(status["outcome"], "failed", "{status}");
+    assert_eq!(status["error"]["exit_code"], 8, "{status}");
+    let history = instance
+        .run(&imds, &["status", "--history", "--json"])
+        .stdout();
+    let entries: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{history}");
+    assert_eq!(entries[0]["outcome"], "failed", "{history}");
+    assert_eq!(entries[0]["exit_code"], 8, "{history}");
+}
+
+/// The service holds none of root's ids or capabilities: bootagent keeps root as its saved ids
+/// until the exec, so that a failed exec can still be recorded, and the exec must drop them.
+#[test]
+fn the_exec_service_keeps_no_saved_root_ids_or_capabilities() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("test");
+    let copy = instance.out.join("proc-status");
+    instance.add_config(
+        "70-command.toml",
+        &format!(
+            "[service]\ncommand = [\"/bin/sh\", \"-c\", \"cat /proc/self/status > {}\"]\n",
+            copy.display()
+        ),
+    );
+    instance.run(&imds, &["boot"]).expect(0);
+    let status = std::fs::read_to_string(&copy).expect("the service ran");
+    let field = |name: &str| {
+        let line = status.lines().find(|line| line.starts_with(name)).unwrap();
+        line[name.len()..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(field("Uid:"), vec![nobody.uid.to_string(); 4], "{status}");
+    assert_eq!(field("Gid:"), vec![nobody.gid.to_string(); 4], "{status}");
+    assert_eq!(field("Groups:"), vec![nobody.gid.to_string()], "{status}");
+    for capabilities in ["CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(field(capabilities), vec!["0000000000000000"], "{status}");
+    }
+}
