@@ -1,9 +1,8 @@
 //! The git step of a boot: the checkout on a thread of its own, and the last-good decision
 //! when it fails.
 
-use std::time::Instant;
-
 use crate::config::{Config, OnGitFailure};
+use crate::deadline::Deadline;
 use crate::deploys::FailedCommit;
 use crate::git::{self, GitError};
 use crate::plan::Plan;
@@ -25,11 +24,11 @@ pub(super) async fn checkout_or_keep(
     plan: &Plan,
     credentials: git::Credentials,
     git_work: &GitWork,
-    boot_ends: Instant,
+    deadline: Deadline,
     avoid: Option<FailedCommit>,
     keep: Option<&str>,
 ) -> Result<(git::Checkout, Option<Kept>), Error> {
-    match checkout(config, plan, credentials, git_work, boot_ends, avoid).await {
+    match checkout(config, plan, credentials, git_work, deadline, avoid).await {
         Ok(checkout) => Ok((checkout, None)),
         Err(error) => {
             log_security_event(&error);
@@ -149,7 +148,7 @@ async fn checkout(
     plan: &Plan,
     credentials: git::Credentials,
     git_work: &GitWork,
-    boot_ends: Instant,
+    deadline: Deadline,
     avoid: Option<FailedCommit>,
 ) -> Result<git::Checkout, Error> {
     let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
@@ -165,7 +164,7 @@ async fn checkout(
     };
     let git_plan = plan.git.clone();
     // git.deadline, or what is left of the boot's, whichever ends first.
-    let boot_left = boot_ends.saturating_duration_since(Instant::now());
+    let boot_left = deadline.left();
     let limits = if config.git.deadline <= boot_left {
         git::Limits::new(config.git.deadline, "git.deadline", git_work.cancel.clone())
     } else {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, PathsConfig};
+use crate::deadline::Deadline;
 use crate::deploys::{self, Deploys, FailedCommit, FailedSecrets};
 use crate::health::{Checker, Scope};
 use crate::plan::Plan;
@@ -86,9 +87,10 @@ pub(super) async fn start(
     code_changed: bool,
     gated: bool,
 ) -> Result<UnitReport, Error> {
+    let step = config.service.start_timeout + config.service.settle + Duration::from_secs(5);
     let report = super::within(
         "service",
-        config.service.start_timeout + config.service.settle + Duration::from_secs(5),
+        Deadline::after(step),
         service::start_systemd(
             plan,
             env_changed,

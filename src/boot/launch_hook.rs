@@ -1,10 +1,10 @@
 //! The launch hook's side of a boot: heartbeats while it runs, then CONTINUE or ABANDON.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::autoscaling::{ActionResult, Lifecycle};
 use crate::config::Config;
+use crate::deadline::Deadline;
 use crate::health::{Checker, Scope};
 use crate::plan::Plan;
 use crate::Error;
@@ -14,7 +14,7 @@ use crate::Error;
 pub(super) async fn abandon_without_identity(
     config: &Config,
     hook: &str,
-    boot_ends: Instant,
+    deadline: Deadline,
 ) -> Result<(), Error> {
     let imds = crate::identity::imds_client(config);
     let instance_id = imds.get_required("meta-data/instance-id").await?;
@@ -32,7 +32,7 @@ pub(super) async fn abandon_without_identity(
     };
     let lifecycle =
         Lifecycle::connect(&config.lifecycle, &region, &instance_id, tagged_group).await?;
-    let within = answer_within(config, boot_ends);
+    let within = answer_within(config, deadline);
     lifecycle
         .complete_within(hook, ActionResult::Abandon, within)
         .await?;
@@ -42,9 +42,8 @@ pub(super) async fn abandon_without_identity(
 /// How long the answer that ends a launch may keep trying: a fleet launching at once shares
 /// Auto Scaling's bucket, so what the boot deadline leaves, and never less than
 /// lifecycle.timeout.
-fn answer_within(config: &Config, boot_ends: Instant) -> std::time::Duration {
-    let left = boot_ends.saturating_duration_since(Instant::now());
-    left.max(config.lifecycle.timeout)
+fn answer_within(config: &Config, deadline: Deadline) -> std::time::Duration {
+    deadline.left().max(config.lifecycle.timeout)
 }
 
 /// The launch hook's side of a boot: heartbeats while it runs, then CONTINUE once the instance
@@ -53,15 +52,15 @@ pub(super) struct LaunchHook {
     lifecycle: Arc<Lifecycle>,
     hook: String,
     heartbeats: tokio::task::JoinHandle<()>,
-    /// When the boot's deadline passes.
-    boot_ends: Instant,
+    /// The boot's.
+    deadline: Deadline,
 }
 
 impl LaunchHook {
     pub(super) async fn start(
         config: &Config,
         plan: &Plan,
-        boot_ends: Instant,
+        deadline: Deadline,
     ) -> Result<Option<LaunchHook>, Error> {
         let Some(hook) = config.lifecycle.launch_hook.clone() else {
             return Ok(None);
@@ -93,13 +92,13 @@ impl LaunchHook {
             lifecycle,
             hook,
             heartbeats,
-            boot_ends,
+            deadline,
         }))
     }
 
     pub(super) async fn complete(self, config: &Config, result: ActionResult) -> Result<(), Error> {
         self.heartbeats.abort();
-        let within = answer_within(config, self.boot_ends);
+        let within = answer_within(config, self.deadline);
         self.lifecycle
             .complete_within(&self.hook, result, within)
             .await?;

@@ -8,11 +8,15 @@ mod launch_hook;
 mod lock;
 mod recorder;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use zeroize::Zeroizing;
 
 use crate::autoscaling::ActionResult;
 use crate::config::{Config, Manager};
-use crate::envfile;
+use crate::deadline::Deadline;
+use crate::deploys::{FailedCommit, Untrusted};
+use crate::envfile::{self, Environment};
 use crate::git;
 use crate::imds::ImdsClient;
 use crate::plan::Plan;
@@ -37,81 +41,43 @@ pub struct Run {
 /// The whole boot under the lock, recorded in status.json. Ok: the boot serves; with why, when
 /// it kept the release in service rather than deploy what the ref names.
 pub async fn boot(config: &Config, run: Run) -> Result<Option<Kept>, Error> {
-    let started = Instant::now();
-    let deadline = config.boot.deadline;
+    let deadline = Deadline::after(config.boot.deadline);
     let run_dir = &config.paths.run_dir;
     std::fs::create_dir_all(run_dir)
         .map_err(|e| Error::io(format!("failed to create {}", run_dir.display()), e))?;
     envfile::check_memory_backed(run_dir, config.paths.allow_persistent_env_file)?;
-    let _lock = lock::lock(&config.paths.lock_file(), deadline).await?;
+    let _lock = lock::lock(&config.paths.lock_file(), config.boot.deadline).await?;
     // A drain is final: `lifecycle watch` stops the unit under this lock, after which nothing
     // may start it again.
     refuse_if_draining(&config.paths)?;
     lock::clear_interrupted_boot(&config.paths);
     let mut recorder = Recorder::start(&config.paths);
     recorder.save()?;
-    let remaining = deadline.saturating_sub(started.elapsed());
     let mut effects = Effects::default();
     let git_work = GitWork::default();
-    let work = steps(
+    let steps = Steps {
         config,
-        run,
-        &mut recorder,
-        &mut effects,
-        &git_work,
-        started + deadline,
-    );
-    let result = match tokio::time::timeout(remaining, work).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Deadline {
-            phase: "boot",
-            limit: humantime::format_duration(deadline).to_string(),
-        }),
+        deadline,
+        recorder: &mut recorder,
+        effects: &mut effects,
+        git_work: &git_work,
     };
+    let result = within("boot", deadline, steps.run(run))
+        .await
+        .and_then(|r| r);
     // Nothing is decided or recorded while git may still change the release in service.
     git_work.stop().await;
+    // Step 7, the report.
     if result.is_err() {
         recorder.status.serving_unchanged = effects.untouched.take();
     }
     recorder.finish(result.as_ref().err())?;
-    let warmed = recorder
-        .status
-        .service
-        .as_ref()
-        .is_some_and(|s| s.state == ServiceState::Warmed);
     if let Some(change) = &effects.change {
         hooks_after(config, change, &recorder.status).await;
     }
-    let answered = match (effects.launch_hook, result) {
-        // A warm pool's launch is complete once everything is prepared.
-        (Some(hook), Ok(())) if warmed => hook
-            .complete(config, ActionResult::Continue)
-            .await
-            .map(|()| effects.kept),
-        (Some(hook), Ok(())) => hook.finish(config, true).await.map(|()| effects.kept),
-        (Some(hook), Err(error)) => {
-            // The boot's own error is what the caller needs; a failed ABANDON is only logged.
-            if let Err(hook_error) = hook.finish(config, false).await {
-                tracing::error!(error = %hook_error.chain(), "could not abandon the launch");
-            }
-            Err(error)
-        }
-        (None, Err(error)) => {
-            // A launch hook is set, but the boot failed before it knew the instance.
-            if let (Some(hook), true) = (
-                &config.lifecycle.launch_hook,
-                config.lifecycle.abandon_on_failure,
-            ) {
-                let abandoned =
-                    launch_hook::abandon_without_identity(config, hook, started + deadline);
-                if let Err(hook_error) = abandoned.await {
-                    tracing::error!(error = %hook_error.chain(), "could not abandon the launch");
-                }
-            }
-            Err(error)
-        }
-        (None, Ok(())) => Ok(effects.kept),
-    };
+    let hook = effects.launch_hook.take();
+    let answered = answer_the_launch(config, &recorder, hook, deadline, result).await;
+    let answered = answered.map(|()| effects.kept);
     // The launch is part of the boot: an answer Auto Scaling did not take fails it.
     if let (Err(error), Outcome::Succeeded | Outcome::Degraded) =
         (&answered, recorder.status.outcome)
@@ -122,267 +88,446 @@ pub async fn boot(config: &Config, run: Run) -> Result<Option<Kept>, Error> {
     answered
 }
 
-/// The boot proper. Secrets are fetched and checked before the checkout, and the env file is
-/// written only after it, so a failure at any step leaves the previous env file in place.
-async fn steps(
+/// The launch hook's answer to how the boot ended: CONTINUE once healthy (or, in a warm pool,
+/// once prepared), ABANDON when it failed. The boot's own error is what the caller gets; a
+/// failed ABANDON is only logged.
+async fn answer_the_launch(
     config: &Config,
-    run: Run,
-    recorder: &mut Recorder,
-    effects: &mut Effects,
-    git_work: &GitWork,
-    boot_ends: Instant,
+    recorder: &Recorder,
+    hook: Option<LaunchHook>,
+    deadline: Deadline,
+    result: Result<(), Error>,
 ) -> Result<(), Error> {
-    recorder.begin("identity");
-    let imds = crate::identity::imds_client(config);
-    // A fleet booting at once shares DescribeTags' bucket: the fallback may take what the boot
-    // deadline leaves.
-    let describe_tags_for = boot_ends.saturating_duration_since(Instant::now());
-    let plan = crate::plan::resolve_with(&imds, config, describe_tags_for).await?;
-    recorder.status.identity = Some(plan.identity.clone());
-    effects.launch_hook = LaunchHook::start(config, &plan, boot_ends).await?;
-    // deploys.json: the release last proven healthy (what a failed change rolls back to) and
-    // what failed its gate before. When it cannot be trusted, nothing new is deployed over a
-    // release in service, and the gate guards the release in service itself.
-    let record = crate::deploys::read(&config.paths.state_dir);
-    let previous = match (plan.service.manager, &record) {
-        (Manager::Exec, _) => None,
-        (Manager::Systemd, Ok(record)) => gate::Previous::capture(record, &plan),
-        (Manager::Systemd, Err(_)) => gate::Previous::in_service(&plan),
-    };
-    let in_service = git::Layout::of(&plan.git.dir)
-        .current()
-        .map(|commit| commit.to_string());
-    let proven = previous.as_ref().map(|p| p.commit.clone());
-    if let (Some(commit), Some(_)) = (&in_service, &previous) {
-        if Some(commit) == proven.as_ref() {
-            effects.untouched = Some(crate::status::Serving {
-                commit: commit.clone(),
-                unit: plan.service.unit.clone(),
-            });
+    let warmed = recorder
+        .status
+        .service
+        .as_ref()
+        .is_some_and(|s| s.state == ServiceState::Warmed);
+    let abandoned = match (hook, result) {
+        (Some(hook), Ok(())) if warmed => {
+            return hook.complete(config, ActionResult::Continue).await
         }
-    }
-    let (avoid, untrusted) = match (run.retry_failed, record) {
-        (true, _) => (None, None),
-        (false, Ok(record)) => (record.avoided(&plan.git.reference).cloned(), None),
-        (false, Err(untrusted)) => (None, Some(untrusted)),
+        (Some(hook), Ok(())) => return hook.finish(config, true).await,
+        (None, Ok(())) => return Ok(()),
+        (Some(hook), Err(error)) => (hook.finish(config, false).await, error),
+        // A launch hook is set, but the boot failed before it knew the instance.
+        (None, Err(error)) => match (
+            &config.lifecycle.launch_hook,
+            config.lifecycle.abandon_on_failure,
+        ) {
+            (Some(hook), true) => (
+                launch_hook::abandon_without_identity(config, hook, deadline).await,
+                error,
+            ),
+            _ => (Ok(()), error),
+        },
     };
-    recorder.end(Outcome::Succeeded)?;
+    if let (Err(hook_error), _) = &abandoned {
+        tracing::error!(error = %hook_error.chain(), "could not abandon the launch");
+    }
+    Err(abandoned.1)
+}
 
-    recorder.begin("secrets");
-    // Throttling, 5xx and timeouts are tried again for as long as the boot deadline leaves room
-    // for one more call (secrets.timeout each) and a second to spare.
-    let call = config.secrets.timeout + Duration::from_secs(1);
-    let retry_for = boot_ends
-        .saturating_duration_since(Instant::now())
-        .saturating_sub(call);
-    let client = secrets::client(&plan.identity.region, config.secrets.timeout, retry_for).await?;
-    // The last call may start as the retries' time ends; the step gets that call and a second
-    // more, so that a stalled call ends with its own error, which names the secret, rather than
-    // the step's, whichever timer the scheduler happens to wake first.
-    let loaded = within(
-        "secrets",
-        retry_for + call,
-        secrets::load(&client, &plan.identity.region, &plan.secrets),
-    )
-    .await??;
-    recorder.status.secrets = loaded.versions.clone();
-    let mut loaded = loaded;
-    let credentials = git::Credentials::from_config(config, &mut loaded)?;
-    let environment = envfile::compose(&plan.env, loaded)?;
-    let rendered = envfile::render(&environment, plan.secrets.format)?;
-    recorder.end(Outcome::Succeeded)?;
+/// A boot's steps 1 to 6 (docs/contract.md), one method each; the 7th, the report, is
+/// `boot`'s, as it must also record the steps that did not finish. Each step records its phase in
+/// status.json. Secrets are fetched and checked before the checkout, and the env file is
+/// written only after it, so a failure at any step leaves the previous env file in place.
+struct Steps<'a> {
+    config: &'a Config,
+    deadline: Deadline,
+    recorder: &'a mut Recorder,
+    effects: &'a mut Effects,
+    git_work: &'a GitWork,
+}
 
-    recorder.begin("git");
-    let (checkout, kept) = match (untrusted, &in_service) {
-        (Some(untrusted), Some(commit)) => checkout::keep_in_service(commit, untrusted.into()),
-        (untrusted, _) => {
-            if let Some(untrusted) = untrusted {
-                // A first boot has nothing to keep: it deploys, and says why it cannot check.
-                tracing::warn!("{untrusted}");
+/// Who this instance is and what it runs now: what the steps after the identity go by.
+struct Known {
+    imds: ImdsClient,
+    plan: Plan,
+    /// The release last proven healthy, which a failed change rolls back to (systemd mode).
+    previous: Option<gate::Previous>,
+    /// The commit the release link names.
+    in_service: Option<String>,
+}
+
+/// What deploys.json says about deploying the ref's commit.
+struct Record {
+    /// A commit that failed its gate before: the release in service stays while the ref
+    /// names it.
+    avoid: Option<FailedCommit>,
+    /// Why the record cannot be read: then nothing new is deployed over a release in service.
+    untrusted: Option<Untrusted>,
+}
+
+/// What the secrets step hands on.
+struct Fetched {
+    credentials: git::Credentials,
+    environment: Environment,
+    rendered: Zeroizing<String>,
+}
+
+/// The commit the git step settled on.
+struct Release {
+    commit: String,
+    /// The service must restart for it: the link moved, or names a release never proven.
+    code_changed: bool,
+}
+
+impl Steps<'_> {
+    async fn run(mut self, run: Run) -> Result<(), Error> {
+        let (known, record) = self.identify(run).await?;
+        let fetched = self.fetch_secrets(&known.plan).await?;
+        let release = self
+            .check_out(&known, record, fetched.credentials, &fetched.environment)
+            .await?;
+        let command = self.prepare_command(&known.plan, &fetched.environment)?;
+        drop(fetched.environment);
+        let env_changed = self.write_env_file(&known, &release, &fetched.rendered)?;
+        self.start(&known, &release, env_changed, command).await
+    }
+
+    /// Steps 1 and 2, identity and plan: who this instance is, every template rendered against it; then
+    /// the launch hook's heartbeats, and what deploys.json says.
+    async fn identify(&mut self, run: Run) -> Result<(Known, Record), Error> {
+        let config = self.config;
+        self.recorder.begin("identity");
+        let imds = crate::identity::imds_client(config);
+        // A fleet booting at once shares DescribeTags' bucket: the fallback may take what the
+        // boot deadline leaves.
+        let plan = crate::plan::resolve_with(&imds, config, self.deadline.left()).await?;
+        self.recorder.status.identity = Some(plan.identity.clone());
+        self.effects.launch_hook = LaunchHook::start(config, &plan, self.deadline).await?;
+        // deploys.json: the release last proven healthy (what a failed change rolls back to)
+        // and what failed its gate before. When it cannot be trusted, nothing new is deployed
+        // over a release in service, and the gate guards the release in service itself.
+        let record = crate::deploys::read(&config.paths.state_dir);
+        let previous = match (plan.service.manager, &record) {
+            (Manager::Exec, _) => None,
+            (Manager::Systemd, Ok(record)) => gate::Previous::capture(record, &plan),
+            (Manager::Systemd, Err(_)) => gate::Previous::in_service(&plan),
+        };
+        let in_service = git::Layout::of(&plan.git.dir)
+            .current()
+            .map(|commit| commit.to_string());
+        if let (Some(commit), Some(previous)) = (&in_service, &previous) {
+            if *commit == previous.commit {
+                self.effects.untouched = Some(crate::status::Serving {
+                    commit: commit.clone(),
+                    unit: plan.service.unit.clone(),
+                });
             }
-            let keep = proven.as_deref().or(in_service.as_deref());
-            checkout::checkout_or_keep(config, &plan, credentials, git_work, boot_ends, avoid, keep)
-                .await?
         }
-    };
-    let note = kept.as_ref().map(|kept| kept.note.clone());
-    effects.kept = kept;
-    let fetched = matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
-    // The unit restarts when the link moves, and when it names a release never proven healthy
-    // (a boot killed after the switch, before the gate), so that the gate judges it.
-    let code_changed = in_service.as_deref() != Some(checkout.commit.as_str())
-        || proven
-            .as_ref()
-            .is_some_and(|proven| *proven != checkout.commit);
-    if code_changed {
-        effects.change = Some(Change {
-            previous: in_service.clone(),
+        let record = match (run.retry_failed, record) {
+            (true, _) => Record {
+                avoid: None,
+                untrusted: None,
+            },
+            (false, Ok(record)) => Record {
+                avoid: record.avoided(&plan.git.reference).cloned(),
+                untrusted: None,
+            },
+            (false, Err(untrusted)) => Record {
+                avoid: None,
+                untrusted: Some(untrusted),
+            },
+        };
+        self.recorder.end(Outcome::Succeeded)?;
+        let known = Known {
+            imds,
+            plan,
+            previous,
+            in_service,
+        };
+        Ok((known, record))
+    }
+
+    /// Step 3, secrets: fetched, checked and rendered; a git credential kept in them is taken out.
+    async fn fetch_secrets(&mut self, plan: &Plan) -> Result<Fetched, Error> {
+        let config = self.config;
+        self.recorder.begin("secrets");
+        // Throttling, 5xx and timeouts are tried again for as long as the boot deadline leaves
+        // room for one more call (secrets.timeout each) and a second to spare.
+        let call = config.secrets.timeout + Duration::from_secs(1);
+        let retry_for = self.deadline.left().saturating_sub(call);
+        let client =
+            secrets::client(&plan.identity.region, config.secrets.timeout, retry_for).await?;
+        // The last call may start as the retries' time ends; the step gets that call and a
+        // second more, so that a stalled call ends with its own error, which names the secret,
+        // rather than the step's, whichever timer the scheduler happens to wake first.
+        let load = secrets::load(&client, &plan.identity.region, &plan.secrets);
+        let mut loaded = within("secrets", Deadline::after(retry_for + call), load).await??;
+        self.recorder.status.secrets = loaded.versions.clone();
+        let credentials = git::Credentials::from_config(config, &mut loaded)?;
+        let environment = envfile::compose(&plan.env, loaded)?;
+        let rendered = envfile::render(&environment, plan.secrets.format)?;
+        self.recorder.end(Outcome::Succeeded)?;
+        Ok(Fetched {
+            credentials,
+            environment,
+            rendered,
+        })
+    }
+
+    /// Step 4, git: the ref's commit checked out (or, when it fails and the config allows, the last
+    /// good one kept), `deploy.pre_start` run on a new release, and the link switched to it.
+    async fn check_out(
+        &mut self,
+        known: &Known,
+        record: Record,
+        credentials: git::Credentials,
+        environment: &Environment,
+    ) -> Result<Release, Error> {
+        let (config, plan) = (self.config, &known.plan);
+        self.recorder.begin("git");
+        let in_service = known.in_service.as_deref();
+        let proven = known.previous.as_ref().map(|p| p.commit.as_str());
+        let (checkout, kept) = match (record.untrusted, in_service) {
+            (Some(untrusted), Some(commit)) => checkout::keep_in_service(commit, untrusted.into()),
+            (untrusted, _) => {
+                if let Some(untrusted) = untrusted {
+                    // A first boot has nothing to keep: it deploys, and says why it cannot check.
+                    tracing::warn!("{untrusted}");
+                }
+                let keep = proven.or(in_service);
+                let checkout = checkout::checkout_or_keep(
+                    config,
+                    plan,
+                    credentials,
+                    self.git_work,
+                    self.deadline,
+                    record.avoid,
+                    keep,
+                );
+                checkout.await?
+            }
+        };
+        let note = kept.as_ref().map(|kept| kept.note.clone());
+        self.effects.kept = kept;
+        let fetched = matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
+        // The unit restarts when the link moves, and when it names a release never proven
+        // healthy (a boot killed after the switch, before the gate), so that the gate judges it.
+        let moved = in_service != Some(checkout.commit.as_str());
+        let code_changed = moved || proven.is_some_and(|proven| proven != checkout.commit);
+        if code_changed {
+            self.effects.change = Some(Change::to(plan, in_service, &checkout.commit));
+        }
+        if fetched {
+            run_pre_start(config, plan, environment, &checkout.commit, in_service).await?;
+        }
+        if moved {
+            self.effects.untouched = None;
+            git::switch(&plan.git.dir, &checkout.commit).map_err(|e| git::GitError::Local {
+                action: "switch to the new release",
+                dir: plan.git.dir.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(note) = &note {
+            self.recorder.degrade(note.clone());
+        }
+        self.recorder.status.git = Some(GitStatus {
+            url: crate::remote::redact(plan.git.url.as_deref().unwrap_or_default()),
+            reference: plan.git.reference.clone(),
+            dir: plan.git.dir.clone(),
             commit: checkout.commit.clone(),
-            dir: plan.git.dir.clone(),
-            user: plan.service.user.clone(),
+            action: checkout.action,
+            received_bytes: checkout.received_bytes,
+            note,
         });
-    }
-    if fetched && !config.deploy.pre_start.is_empty() {
-        let mut vars: Vec<(&str, &str)> = environment
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
-        vars.push(("BOOTAGENT_COMMIT", &checkout.commit));
-        vars.push((
-            "BOOTAGENT_PREVIOUS_COMMIT",
-            in_service.as_deref().unwrap_or_default(),
-        ));
-        service::run_hook(
-            "deploy.pre_start",
-            &config.deploy.pre_start,
-            &git::release_dir(&plan.git.dir, &checkout.commit),
-            &plan.service.user,
-            vars,
-            config.deploy.hook_timeout,
-        )
-        .await?;
-    }
-    if in_service.as_deref() != Some(checkout.commit.as_str()) {
-        effects.untouched = None;
-        git::switch(&plan.git.dir, &checkout.commit).map_err(|e| git::GitError::Local {
-            action: "switch to the new release",
-            dir: plan.git.dir.clone(),
-            message: e.to_string(),
+        self.recorder.end(match self.recorder.status.degraded {
+            Some(_) => Outcome::Degraded,
+            None => Outcome::Succeeded,
         })?;
+        Ok(Release {
+            commit: checkout.commit,
+            code_changed,
+        })
     }
-    if let Some(note) = &note {
-        recorder.degrade(note.clone());
-    }
-    recorder.status.git = Some(GitStatus {
-        url: crate::remote::redact(plan.git.url.as_deref().unwrap_or_default()),
-        reference: plan.git.reference.clone(),
-        dir: plan.git.dir.clone(),
-        commit: checkout.commit.clone(),
-        action: checkout.action,
-        received_bytes: checkout.received_bytes,
-        note,
-    });
-    recorder.end(if recorder.status.degraded.is_some() {
-        Outcome::Degraded
-    } else {
-        Outcome::Succeeded
-    })?;
 
-    // Exec mode: whether the service's user can run the command is known now, before the env
-    // file changes.
-    let exec_command = match plan.service.manager {
-        Manager::Exec => {
-            recorder.begin("command");
-            let command = service::prepare_exec(&plan, &environment)?;
-            recorder.end(Outcome::Succeeded)?;
-            Some(command)
+    /// Step 6's first half in exec mode: whether the service's user can run the command is known
+    /// now, before the env file changes.
+    fn prepare_command(
+        &mut self,
+        plan: &Plan,
+        environment: &Environment,
+    ) -> Result<Option<service::ExecCommand>, Error> {
+        if !matches!(plan.service.manager, Manager::Exec) {
+            return Ok(None);
         }
-        Manager::Systemd => None,
-    };
-    drop(environment);
+        self.recorder.begin("command");
+        let command = service::prepare_exec(plan, environment)?;
+        self.recorder.end(Outcome::Succeeded)?;
+        Ok(Some(command))
+    }
 
-    recorder.begin("env_file");
-    let env_changed = envfile::write(&plan.env_file, &rendered)?;
-    if env_changed {
-        effects.untouched = None;
-    }
-    if env_changed && effects.change.is_none() {
-        effects.change = Some(Change {
-            previous: in_service.clone(),
-            commit: checkout.commit.clone(),
-            dir: plan.git.dir.clone(),
-            user: plan.service.user.clone(),
-        });
-    }
-    recorder.end(Outcome::Succeeded)?;
-
-    recorder.begin("service");
-    refuse_if_draining(&config.paths)?;
-    if in_warm_pool(&imds).await {
-        // Everything is ready; starting waits for the instance to go in service, when
-        // `lifecycle watch` boots again.
-        tracing::info!("the instance is in a warm pool: prepared, not starting the service");
-        recorder.status.service = Some(ServiceStatus {
-            manager: plan.service.manager,
-            unit: plan.service.unit.clone(),
-            state: ServiceState::Warmed,
-            restarted: false,
-        });
-        recorder.end(Outcome::Succeeded)?;
-        return Ok(());
-    }
-    match exec_command {
-        None => {
-            let changed = env_changed || code_changed;
-            if changed {
-                effects.untouched = None;
+    /// Step 5, the env file: written only when its text changed. Whether it did.
+    fn write_env_file(
+        &mut self,
+        known: &Known,
+        release: &Release,
+        rendered: &str,
+    ) -> Result<bool, Error> {
+        self.recorder.begin("env_file");
+        let env_changed = envfile::write(&known.plan.env_file, rendered)?;
+        if env_changed {
+            self.effects.untouched = None;
+            if self.effects.change.is_none() {
+                let in_service = known.in_service.as_deref();
+                self.effects.change = Some(Change::to(&known.plan, in_service, &release.commit));
             }
-            let started =
-                gate::start(config, &plan, env_changed, code_changed, previous.is_some()).await;
-            let (report, rolled_back) = match (started, &previous) {
-                (Ok(report), _) => {
-                    let versions = &recorder.status.secrets;
-                    let passed = changed && report.restarted;
-                    if let Err(e) = gate::proven(&config.paths, &checkout.commit, versions, passed)
-                    {
-                        // The boot serves; the next failed change cannot roll back to it.
-                        tracing::error!(
-                            "{} is healthy, but could not be recorded as the release to roll \
-                             back to: {}",
-                            checkout.commit,
-                            e.one_line()
-                        );
-                    }
-                    (report, None)
-                }
-                (Err(cause), Some(previous)) if changed => {
-                    let error = roll_back(
-                        config,
-                        &plan,
-                        previous,
-                        &checkout.commit,
-                        env_changed,
-                        recorder,
-                        cause,
-                    )
-                    .await?;
-                    (error.0, Some(error.1))
-                }
-                (Err(cause), _) => return Err(cause),
-            };
-            recorder.status.service = Some(ServiceStatus {
-                manager: Manager::Systemd,
-                unit: plan.service.unit.clone(),
-                state: ServiceState::Unit(report.state),
-                restarted: report.restarted,
-            });
-            match rolled_back {
+        }
+        self.recorder.end(Outcome::Succeeded)?;
+        Ok(env_changed)
+    }
+
+    /// Step 6, start: in a warm pool, nothing yet; under systemd, the unit started and held to the
+    /// health gate; in exec mode, this process becomes the service.
+    async fn start(
+        &mut self,
+        known: &Known,
+        release: &Release,
+        env_changed: bool,
+        command: Option<service::ExecCommand>,
+    ) -> Result<(), Error> {
+        let plan = &known.plan;
+        self.recorder.begin("service");
+        refuse_if_draining(&self.config.paths)?;
+        if in_warm_pool(&known.imds).await {
+            // Everything is ready; starting waits for the instance to go in service, when
+            // `lifecycle watch` boots again.
+            tracing::info!("the instance is in a warm pool: prepared, not starting the service");
+            self.record_service(plan, ServiceState::Warmed, false);
+            self.recorder.end(Outcome::Succeeded)?;
+            return Ok(());
+        }
+        let Some(command) = command else {
+            let started = self.start_gated(known, release, env_changed).await?;
+            let state = ServiceState::Unit(started.report.state);
+            self.record_service(plan, state, started.report.restarted);
+            return match started.rolled_back {
                 Some(error) => {
-                    recorder.end(Outcome::RolledBack)?;
+                    self.recorder.end(Outcome::RolledBack)?;
                     Err(error)
                 }
                 None => {
-                    recorder.end(Outcome::Succeeded)?;
-                    prune_releases(config, &plan);
+                    self.recorder.end(Outcome::Succeeded)?;
+                    prune_releases(self.config, plan);
                     Ok(())
                 }
-            }
+            };
+        };
+        prune_releases(self.config, plan);
+        self.record_service(plan, ServiceState::Exec, true);
+        // The status must say "succeeded" before this process becomes the service; should exec
+        // fail, `boot` records that failure over it.
+        self.recorder.finish(None)?;
+        self.recorder.close();
+        Err(command.exec().into())
+    }
+
+    /// Starts the unit when something changed and holds it to the health gate; a change that
+    /// fails the gate is rolled back to the release last proven healthy.
+    async fn start_gated(
+        &mut self,
+        known: &Known,
+        release: &Release,
+        env_changed: bool,
+    ) -> Result<Started, Error> {
+        let (config, plan) = (self.config, &known.plan);
+        let changed = env_changed || release.code_changed;
+        if changed {
+            self.effects.untouched = None;
         }
-        Some(command) => {
-            prune_releases(config, &plan);
-            recorder.status.service = Some(ServiceStatus {
-                manager: Manager::Exec,
-                unit: plan.service.unit.clone(),
-                state: ServiceState::Exec,
-                restarted: true,
-            });
-            // The status must say "succeeded" before this process becomes the service; should
-            // exec fail, the caller records that failure over it.
-            recorder.finish(None)?;
-            recorder.close();
-            Err(command.exec().into())
+        let has_previous = known.previous.is_some();
+        let started = gate::start(
+            config,
+            plan,
+            env_changed,
+            release.code_changed,
+            has_previous,
+        );
+        match (started.await, &known.previous) {
+            (Ok(report), _) => {
+                let versions = &self.recorder.status.secrets;
+                let passed = changed && report.restarted;
+                if let Err(e) = gate::proven(&config.paths, &release.commit, versions, passed) {
+                    // The boot serves; the next failed change cannot roll back to it.
+                    tracing::error!(
+                        "{} is healthy, but could not be recorded as the release to roll back \
+                         to: {}",
+                        release.commit,
+                        e.one_line()
+                    );
+                }
+                Ok(Started {
+                    report,
+                    rolled_back: None,
+                })
+            }
+            (Err(cause), Some(previous)) if changed => {
+                let rolled_back = roll_back(
+                    config,
+                    plan,
+                    previous,
+                    &release.commit,
+                    env_changed,
+                    self.recorder,
+                    cause,
+                );
+                let (report, error) = rolled_back.await?;
+                Ok(Started {
+                    report,
+                    rolled_back: Some(error),
+                })
+            }
+            (Err(cause), _) => Err(cause),
         }
     }
+
+    fn record_service(&mut self, plan: &Plan, state: ServiceState, restarted: bool) {
+        self.recorder.status.service = Some(ServiceStatus {
+            manager: plan.service.manager,
+            unit: plan.service.unit.clone(),
+            state,
+            restarted,
+        });
+    }
+}
+
+/// What starting the unit came to.
+struct Started {
+    report: service::UnitReport,
+    /// The change failed its gate and was rolled back: the error the boot ends with.
+    rolled_back: Option<Error>,
+}
+
+/// `deploy.pre_start`, on a release just fetched, before the link switches to it.
+async fn run_pre_start(
+    config: &Config,
+    plan: &Plan,
+    environment: &Environment,
+    commit: &str,
+    in_service: Option<&str>,
+) -> Result<(), Error> {
+    if config.deploy.pre_start.is_empty() {
+        return Ok(());
+    }
+    let mut vars: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    vars.push(("BOOTAGENT_COMMIT", commit));
+    vars.push(("BOOTAGENT_PREVIOUS_COMMIT", in_service.unwrap_or_default()));
+    service::run_hook(
+        "deploy.pre_start",
+        &config.deploy.pre_start,
+        &git::release_dir(&plan.git.dir, commit),
+        &plan.service.user,
+        vars,
+        config.deploy.hook_timeout,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The change to `commit` failed its gate for `cause`: brings back `previous` and says what
@@ -472,6 +617,17 @@ struct Change {
     user: String,
 }
 
+impl Change {
+    fn to(plan: &Plan, previous: Option<&str>, commit: &str) -> Change {
+        Change {
+            previous: previous.map(str::to_string),
+            commit: commit.to_string(),
+            dir: plan.git.dir.clone(),
+            user: plan.service.user.clone(),
+        }
+    }
+}
+
 /// `deploy.post`, once the outcome of a change is known: it reports, and its failure is only
 /// logged (the outcome stands).
 async fn hooks_after(config: &Config, change: &Change, status: &Status) {
@@ -545,15 +701,14 @@ async fn in_warm_pool(imds: &ImdsClient) -> bool {
     matches!(imds.target_lifecycle_state().await, Ok(Some(state)) if state.starts_with("Warmed:"))
 }
 
+/// `work` within `deadline`, or the error that names the step and the deadline's length.
 async fn within<T>(
     phase: &'static str,
-    limit: Duration,
+    deadline: Deadline,
     work: impl std::future::Future<Output = T>,
 ) -> Result<T, Error> {
-    tokio::time::timeout(limit, work)
-        .await
-        .map_err(|_| Error::Deadline {
-            phase,
-            limit: humantime::format_duration(limit).to_string(),
-        })
+    deadline.limit(work).await.map_err(|_| Error::Deadline {
+        phase,
+        limit: deadline.length(),
+    })
 }
