@@ -437,16 +437,20 @@ fn parse_layer(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     Ok(table)
 }
 
-/// Rejects keys no version of the config knows, naming the file and the dotted key.
+/// Rejects keys no version of the config knows, naming the file and the dotted key, and
+/// templates no instance can fill, naming the file and the key.
 fn check_known_keys(path: &Path, table: &toml::Table) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut probe: toml::Table = toml::from_str(DEFAULTS).expect("built-in defaults parse");
     merge(&mut probe, table.clone());
-    Config::deserialize(probe)
-        .map(drop)
-        .map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.message().to_string(),
-        })
+    let config = Config::deserialize(probe).map_err(|e| invalid(e.message().to_string()))?;
+    for (key, template) in config.templates() {
+        crate::template::check(&key, template).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Later layers win key by key; tables merge recursively, everything else is replaced.
@@ -464,25 +468,43 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 }
 
 impl Config {
-    /// Every value that is a template.
-    fn templates(&self) -> Vec<&str> {
-        let mut all = vec![
-            self.git.url.as_str(),
-            &self.git.reference,
-            &self.git.dir,
-            &self.service.unit,
-            &self.service.user,
+    /// Every value that is a template, by key.
+    fn templates(&self) -> Vec<(String, &str)> {
+        let mut all: Vec<(String, &str)> = vec![
+            ("git.url".into(), &self.git.url),
+            ("git.ref".into(), &self.git.reference),
+            ("git.dir".into(), &self.git.dir),
+            ("service.unit".into(), &self.service.unit),
+            ("service.user".into(), &self.service.user),
         ];
-        all.extend(self.secrets.main.as_deref());
-        all.extend(self.service.endpoint.as_deref());
-        all.extend(self.secrets.vars.values().map(String::as_str));
         all.extend(
-            self.env
-                .values()
-                .flat_map(|vars| vars.values().map(String::as_str)),
+            self.secrets
+                .main
+                .as_deref()
+                .map(|t| ("secrets.main".into(), t)),
         );
-        all.extend(self.service.command.iter().map(String::as_str));
-        all.extend(self.service.endpoints.values().map(String::as_str));
+        all.extend(
+            self.service
+                .endpoint
+                .as_deref()
+                .map(|t| ("service.endpoint".into(), t)),
+        );
+        fn keyed<'a>(prefix: &str, (name, template): (&String, &'a String)) -> (String, &'a str) {
+            (format!("{prefix}.{name}"), template.as_str())
+        }
+        all.extend(
+            self.secrets
+                .vars
+                .iter()
+                .map(|var| keyed("secrets.vars", var)),
+        );
+        for (section, vars) in &self.env {
+            all.extend(vars.iter().map(|var| keyed(&format!("env.{section}"), var)));
+        }
+        let command = self.service.command.iter().enumerate();
+        all.extend(command.map(|(i, arg)| (format!("service.command[{i}]"), arg.as_str())));
+        let endpoints = self.service.endpoints.iter();
+        all.extend(endpoints.map(|endpoint| keyed("service.endpoints", endpoint)));
         all
     }
 
@@ -490,7 +512,7 @@ impl Config {
     pub fn referenced_tags(&self) -> std::collections::BTreeSet<String> {
         self.templates()
             .into_iter()
-            .flat_map(crate::template::tag_placeholders)
+            .flat_map(|(_, template)| crate::template::tag_placeholders(template))
             .map(str::to_string)
             .collect()
     }

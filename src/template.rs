@@ -19,6 +19,36 @@ pub fn tag_placeholders(template: &str) -> impl Iterator<Item = &str> {
         .filter_map(|rest| rest.split_once('}')?.0.strip_prefix("tag:"))
 }
 
+/// The placeholders a plan fills for every instance; `{tag:NAME}` reads an instance tag.
+pub const PLACEHOLDERS: [&str; 6] = [
+    "service",
+    "env",
+    "env_tag",
+    "region",
+    "instance_id",
+    "repository",
+];
+
+/// Checks `template` (the value of config key `key`) when the config loads, before any
+/// instance is known: balanced braces, and only placeholders a plan fills, so that a misspelled
+/// one fails the load rather than a boot, after instance metadata was asked.
+pub fn check(key: &str, template: &str) -> Result<(), TemplateError> {
+    for piece in pieces(key, template)? {
+        let Piece::Placeholder(name) = piece else {
+            continue;
+        };
+        let tag = name.strip_prefix("tag:").is_some_and(|tag| !tag.is_empty());
+        if !tag && !PLACEHOLDERS.contains(&name) {
+            let known: Vec<String> = PLACEHOLDERS.iter().map(|k| format!("{{{k}}}")).collect();
+            return Err(TemplateError(format!(
+                "{key} = {template:?} uses unknown placeholder {{{name}}}; known: {}, {{tag:NAME}}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Renders `template` (the value of config key `key`). Returns `Ok(None)` when it uses a
 /// placeholder whose value is unset.
 pub fn render(
@@ -27,33 +57,49 @@ pub fn render(
     vars: &TemplateVars,
 ) -> Result<Option<String>, TemplateError> {
     let mut out = String::with_capacity(template.len());
-    let mut rest = template;
     let mut unset = false;
+    for piece in pieces(key, template)? {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Placeholder(name) => match vars.get(name) {
+                Some(Some(value)) => out.push_str(value),
+                Some(None) => unset = true,
+                None => {
+                    return Err(TemplateError(format!(
+                        "{key} = {template:?} uses unknown placeholder {{{name}}}; known: {}",
+                        vars.keys()
+                            .map(|k| format!("{{{k}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            },
+        }
+    }
+    Ok((!unset).then_some(out))
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Placeholder(&'a str),
+}
+
+/// `template` cut into text and `{placeholders}`.
+fn pieces<'a>(key: &str, template: &'a str) -> Result<Vec<Piece<'a>>, TemplateError> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
     while let Some(open) = rest.find(['{', '}']) {
-        out.push_str(&rest[..open]);
+        pieces.push(Piece::Text(&rest[..open]));
         if rest[open..].starts_with('}') {
             return Err(unbalanced(key, template));
         }
         let after = &rest[open + 1..];
         let close = after.find('}').ok_or_else(|| unbalanced(key, template))?;
-        let name = &after[..close];
-        match vars.get(name) {
-            Some(Some(value)) => out.push_str(value),
-            Some(None) => unset = true,
-            None => {
-                return Err(TemplateError(format!(
-                    "{key} = {template:?} uses unknown placeholder {{{name}}}; known: {}",
-                    vars.keys()
-                        .map(|k| format!("{{{k}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )))
-            }
-        }
+        pieces.push(Piece::Placeholder(&after[..close]));
         rest = &after[close + 1..];
     }
-    out.push_str(rest);
-    Ok((!unset).then_some(out))
+    pieces.push(Piece::Text(rest));
+    Ok(pieces)
 }
 
 /// Like [`render`], for keys that cannot work without a value.
@@ -118,6 +164,30 @@ mod tests {
             .to_string();
         assert!(err.contains("git.dir") && err.contains("{servce}"), "{err}");
         assert!(err.contains("{service}"), "lists the known ones: {err}");
+    }
+
+    #[test]
+    fn a_misspelled_placeholder_fails_the_check_that_needs_no_instance() {
+        let err = check("git.dir", "/srv/{servce}").unwrap_err().to_string();
+        assert!(err.contains("git.dir") && err.contains("{servce}"), "{err}");
+        assert!(
+            err.contains("{service}") && err.contains("{tag:NAME}"),
+            "{err}"
+        );
+        assert!(check("k", "{tag:}").is_err());
+        assert!(check("k", "a{service").is_err());
+        for good in [
+            "{service}_env_{env}",
+            "/srv/{tag:Slot}",
+            "{repository}",
+            "plain",
+            "",
+        ] {
+            check("k", good).unwrap();
+        }
+        for name in PLACEHOLDERS {
+            check("k", &format!("{{{name}}}")).unwrap();
+        }
     }
 
     #[test]

@@ -1089,3 +1089,21 @@ fn the_exec_service_keeps_no_saved_root_ids_or_capabilities() {
         assert_eq!(field(capabilities), vec!["0000000000000000"], "{status}");
     }
 }
+
+/// A misspelled placeholder fails the config's load, naming the file and the key, before
+/// instance metadata is asked anything.
+#[test]
+fn a_misspelled_placeholder_fails_the_load_before_metadata_is_asked() {
+    support::needs_world!();
+    let service = Service::create();
+    let instance = Instance::exec_mode("");
+    let imds = service.imds("test");
+    instance.add_config("70-typo.toml", "[git]\ndir = \"/srv/{servce}\"\n");
+    let file = instance.root.path().join("config.d/70-typo.toml");
+    instance
+        .run(&imds, &["boot"])
+        .expect(2)
+        .stderr_has(&format!("config file {} is invalid", file.display()))
+        .stderr_has("git.dir = \"/srv/{servce}\" uses unknown placeholder {servce}");
+    assert_eq!(imds.requests(), Vec::<String>::new());
+}
