@@ -7,6 +7,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use crate::deadline::Deadline;
+
 /// How the waits between tries grow: the n-th wait is a random part of `min(cap, base * 2^n)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
@@ -194,14 +196,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Look<T, P, E>>,
 {
-    let started = Instant::now();
+    let deadline = Deadline::after(limit);
     loop {
         let pending = match look().await {
             Look::Ready(value) => return Ok(value),
             Look::Failed(error) => return Err(Unready::Failed(error)),
             Look::Pending(seen) => seen,
         };
-        let left = limit.saturating_sub(started.elapsed());
+        let left = deadline.left();
         if left.is_zero() {
             return Err(Unready::TimedOut(pending));
         }
