@@ -1,0 +1,225 @@
+//! What the config must satisfy beyond its types: names, environments, variables, durations
+//! and the templates' placeholders.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{Config, ConfigError, Manager, MAX_DURATION};
+use crate::names::{is_valid_name, is_variable_name};
+
+impl Config {
+    /// Every template's placeholders are ones a plan fills, checked before any instance is
+    /// known.
+    pub(super) fn check_templates(&self) -> Result<(), crate::template::TemplateError> {
+        for (key, template) in self.templates() {
+            crate::template::check(&key, template)?;
+        }
+        Ok(())
+    }
+
+    /// Every value that is a template, by key.
+    fn templates(&self) -> Vec<(String, &str)> {
+        let mut all: Vec<(String, &str)> = vec![
+            ("git.url".into(), &self.git.url),
+            ("git.ref".into(), &self.git.reference),
+            ("git.dir".into(), &self.git.dir),
+            ("service.unit".into(), &self.service.unit),
+            ("service.user".into(), &self.service.user),
+        ];
+        all.extend(
+            self.secrets
+                .main
+                .as_deref()
+                .map(|t| ("secrets.main".into(), t)),
+        );
+        all.extend(
+            self.service
+                .endpoint
+                .as_deref()
+                .map(|t| ("service.endpoint".into(), t)),
+        );
+        fn keyed<'a>(prefix: &str, (name, template): (&String, &'a String)) -> (String, &'a str) {
+            (format!("{prefix}.{name}"), template.as_str())
+        }
+        all.extend(
+            self.secrets
+                .vars
+                .iter()
+                .map(|var| keyed("secrets.vars", var)),
+        );
+        for (section, vars) in &self.env {
+            all.extend(vars.iter().map(|var| keyed(&format!("env.{section}"), var)));
+        }
+        let command = self.service.command.iter().enumerate();
+        all.extend(command.map(|(i, arg)| (format!("service.command[{i}]"), arg.as_str())));
+        let endpoints = self.service.endpoints.iter();
+        all.extend(endpoints.map(|endpoint| keyed("service.endpoints", endpoint)));
+        all
+    }
+
+    /// The instance tags templates read with `{tag:NAME}`.
+    pub fn referenced_tags(&self) -> std::collections::BTreeSet<String> {
+        self.templates()
+            .into_iter()
+            .flat_map(|(_, template)| crate::template::tag_placeholders(template))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every duration in the config, by key.
+    fn durations(&self) -> [(&'static str, Duration); 17] {
+        [
+            ("identity.tag_wait", self.identity.tag_wait),
+            ("identity.imds_deadline", self.identity.imds_deadline),
+            ("secrets.timeout", self.secrets.timeout),
+            ("git.timeout", self.git.timeout),
+            ("git.deadline", self.git.deadline),
+            ("service.start_timeout", self.service.start_timeout),
+            ("service.settle", self.service.settle),
+            ("health.app_timeout", self.health.app_timeout),
+            ("health.header_timeout", self.health.header_timeout),
+            ("lifecycle.heartbeat", self.lifecycle.heartbeat),
+            ("lifecycle.drain", self.lifecycle.drain),
+            ("lifecycle.health_wait", self.lifecycle.health_wait),
+            ("lifecycle.timeout", self.lifecycle.timeout),
+            ("refresh.window", self.refresh.window),
+            ("deploy.health_wait", self.deploy.health_wait),
+            ("deploy.hook_timeout", self.deploy.hook_timeout),
+            ("boot.deadline", self.boot.deadline),
+        ]
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (canonical, aliases) in &self.environments {
+            if !is_valid_name(canonical) {
+                return Err(ConfigError::Invalid(format!(
+                    "environment name {canonical:?} must match [a-z0-9][a-z0-9_-]*"
+                )));
+            }
+            for alias in std::iter::once(canonical).chain(aliases) {
+                if let Some(other) = seen.insert(alias, canonical) {
+                    if other != canonical {
+                        return Err(ConfigError::Invalid(format!(
+                            "tag value {alias:?} is listed under both environments.{other} and environments.{canonical}"
+                        )));
+                    }
+                }
+            }
+        }
+        for section in self.env.keys() {
+            if section != "all" && !self.environments.contains_key(section) {
+                return Err(ConfigError::Invalid(format!(
+                    "[env.{section}] names no environment; use [env.all] or one of: {}",
+                    self.environments
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        for (section, vars) in &self.env {
+            if let Some(name) = vars.keys().find(|name| !is_variable_name(name)) {
+                return Err(ConfigError::Invalid(format!(
+                    "env.{section}: {name:?} is not a valid variable name (letters, digits and \
+                     '_', not starting with a digit)"
+                )));
+            }
+        }
+        for (key, argv) in [
+            ("deploy.pre_start", &self.deploy.pre_start),
+            ("deploy.post", &self.deploy.post),
+        ] {
+            if argv.first().is_some_and(|program| program.is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} starts with an empty program name"
+                )));
+            }
+        }
+        for (key, dir) in [
+            ("paths.run_dir", &self.paths.run_dir),
+            ("paths.state_dir", &self.paths.state_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be an absolute path, not {:?}: bootagent runs from systemd, \
+                     cloud-init or a shell, each in another directory",
+                    dir.display().to_string()
+                )));
+            }
+        }
+        for env in &self.deploy.follow {
+            if !self.environments.contains_key(env) {
+                return Err(ConfigError::Invalid(format!(
+                    "deploy.follow names {env:?}, which is no environment"
+                )));
+            }
+        }
+        for env in self.service.endpoints.keys() {
+            if !self.environments.contains_key(env) {
+                return Err(ConfigError::Invalid(format!(
+                    "service.endpoints.{env} names no environment"
+                )));
+            }
+        }
+        for name in self.secrets.vars.keys() {
+            if !is_variable_name(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "secrets.vars.{name}: not a valid variable name (letters, digits and '_', not \
+                     starting with a digit)"
+                )));
+            }
+        }
+        // A zero here would spin (heartbeat) or give up before the first try (the timeouts).
+        let may_be_zero = [
+            "identity.tag_wait",
+            "lifecycle.drain",
+            "lifecycle.health_wait",
+            "refresh.window",
+            "service.settle",
+        ];
+        let durations = self.durations();
+        if let Some((key, _)) = durations
+            .iter()
+            .find(|(key, value)| value.is_zero() && !may_be_zero.contains(key))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{key} must be longer than 0s"
+            )));
+        }
+        if let Some((key, value)) = durations.iter().find(|(_, value)| *value > MAX_DURATION) {
+            return Err(ConfigError::Invalid(format!(
+                "{key} = \"{}\" is longer than bootagent accepts for any duration ({} at \
+                 most): set a shorter one",
+                humantime::format_duration(*value),
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
+        if self.git.keep == 0 {
+            return Err(ConfigError::Invalid(
+                "git.keep must be at least 1 (the release in service)".into(),
+            ));
+        }
+        if self.git.depth == 0 {
+            return Err(ConfigError::Invalid(
+                "git.depth must be at least 1 (1 is a shallow clone)".into(),
+            ));
+        }
+        if self.service.manager == Manager::Exec && self.lifecycle.launch_hook.is_some() {
+            return Err(ConfigError::Invalid(
+                "lifecycle.launch_hook needs service.manager = \"systemd\": in exec mode bootagent \
+                 becomes the service and cannot complete the hook after it starts; leave it unset \
+                 and have the service run `bootagent lifecycle complete --hook NAME --result \
+                 continue` once it is ready"
+                    .into(),
+            ));
+        }
+        if self.service.manager == Manager::Exec && self.service.command.is_empty() {
+            return Err(ConfigError::Invalid(
+                "service.manager = \"exec\" needs service.command (the argv to run)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
