@@ -13,7 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Mutex, Semaphore};
 
 use crate::health::{Checker, Health};
-use crate::status::{self, Outcome};
 
 const MAX_HEAD_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
@@ -162,112 +161,10 @@ impl Server {
         health
     }
 
-    /// Prometheus text: current health and the last boot's phases.
+    /// Prometheus text: current health, the last boot and the deploy record.
     async fn metrics(&self) -> String {
         let health = self.health().await;
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-            for (labels, value) in samples {
-                out.push_str(&format!("{name}{labels} {value}\n"));
-            }
-        };
-        gauge(
-            "bootagent_healthy",
-            "1 when the health check passes.",
-            &[(String::new(), f64::from(u8::from(health.healthy)))],
-        );
-        if let Ok(status) = status::read(&self.paths) {
-            gauge(
-                "bootagent_boot_succeeded",
-                "1 when the last boot succeeded.",
-                &[(
-                    String::new(),
-                    f64::from(u8::from(status.outcome == Outcome::Succeeded)),
-                )],
-            );
-            let outcomes: Vec<(String, f64)> = [
-                Outcome::Succeeded,
-                Outcome::Degraded,
-                Outcome::RolledBack,
-                Outcome::Failed,
-            ]
-            .into_iter()
-            .map(|outcome| {
-                (
-                    format!("{{outcome=\"{}\"}}", outcome.as_str()),
-                    f64::from(u8::from(status.outcome == outcome)),
-                )
-            })
-            .collect();
-            gauge(
-                "bootagent_boot_outcome",
-                "1 for how the last boot ended: succeeded, degraded (the last good release kept), rolled-back (a change failed its gate) or failed.",
-                &outcomes,
-            );
-            let phases: Vec<(String, f64)> = status
-                .phases
-                .iter()
-                .map(|p| {
-                    (
-                        format!("{{phase=\"{}\"}}", p.name),
-                        p.duration_ms as f64 / 1000.0,
-                    )
-                })
-                .collect();
-            gauge(
-                "bootagent_boot_phase_duration_seconds",
-                "How long each phase of the last boot took.",
-                &phases,
-            );
-        }
-        let deploys = match crate::deploys::read(&self.paths.state_dir) {
-            Ok(deploys) => deploys,
-            Err(untrusted) => {
-                // Counters it cannot vouch for are left out, and the damage is a metric to
-                // alert on.
-                tracing::warn!("{untrusted}");
-                out.push_str(
-                    "# HELP bootagent_deploy_record_untrusted 1 when deploys.json cannot be read: \
-                     nothing new deploys until it is fixed.\n# TYPE \
-                     bootagent_deploy_record_untrusted gauge\nbootagent_deploy_record_untrusted 1\n",
-                );
-                return out;
-            }
-        };
-        let mut counter = |name: &str, help: &str, samples: &[(String, f64)]| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-            for (labels, value) in samples {
-                out.push_str(&format!("{name}{labels} {value}\n"));
-            }
-        };
-        counter(
-            "bootagent_deploys_total",
-            "Changes to what runs (a commit, secrets) by outcome: passed the gate, or rolled back.",
-            &[
-                ("{outcome=\"succeeded\"}".into(), deploys.succeeded as f64),
-                (
-                    "{outcome=\"rolled-back\"}".into(),
-                    deploys.rolled_back as f64,
-                ),
-            ],
-        );
-        let last_good = deploys
-            .last_good_at
-            .as_deref()
-            .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
-            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok());
-        if let Some(at) = last_good {
-            out.push_str(
-                "# HELP bootagent_last_good_deploy_timestamp_seconds When a change last passed \
-                 the gate.\n# TYPE bootagent_last_good_deploy_timestamp_seconds gauge\n",
-            );
-            out.push_str(&format!(
-                "bootagent_last_good_deploy_timestamp_seconds {}\n",
-                at.as_secs()
-            ));
-        }
-        out
+        crate::metrics::render(health.healthy, &self.paths)
     }
 }
 

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod imds;
 mod lifecycle;
 pub mod logging;
+mod metrics;
 pub mod names;
 pub mod plan;
 mod refresh;
