@@ -115,7 +115,7 @@ fn group_of(
 }
 
 /// The outcome of a lifecycle action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionResult {
     Continue,
     Abandon,

@@ -15,25 +15,60 @@ use crate::status::{self, Outcome, ServiceState, ServiceStatus, StatusError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
     pub healthy: bool,
-    /// `healthy`, `degraded` (healthy, running the last good release), `rolled-back` (healthy,
-    /// running the release a failed change was rolled back to), `draining`, `booting`,
-    /// `boot-failed`, `warmed`, `service-down`, `app-unhealthy`.
-    pub state: &'static str,
+    pub state: State,
     /// Why it is not healthy; short, and nothing an ALB's neighbours should not see.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// The state the health report names, as its JSON spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Healthy,
+    /// Healthy, running the last good release.
+    Degraded,
+    /// Healthy, running the release a failed change was rolled back to.
+    RolledBack,
+    Draining,
+    Booting,
+    BootFailed,
+    Warmed,
+    ServiceDown,
+    AppUnhealthy,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Degraded => "degraded",
+            State::RolledBack => "rolled-back",
+            State::Draining => "draining",
+            State::Booting => "booting",
+            State::BootFailed => "boot-failed",
+            State::Warmed => "warmed",
+            State::ServiceDown => "service-down",
+            State::AppUnhealthy => "app-unhealthy",
+        }
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl Health {
     fn ok() -> Health {
         Health {
             healthy: true,
-            state: "healthy",
+            state: State::Healthy,
             reason: None,
         }
     }
 
-    fn not(state: &'static str, reason: impl Into<String>) -> Health {
+    fn not(state: State, reason: impl Into<String>) -> Health {
         Health {
             healthy: false,
             state,
@@ -73,21 +108,26 @@ impl Checker {
 
     pub async fn check(&self) -> Health {
         if self.paths.draining_marker().exists() {
-            return Health::not("draining", "the instance is draining before termination");
+            return Health::not(
+                State::Draining,
+                "the instance is draining before termination",
+            );
         }
         let mut status = match status::read(&self.paths) {
             Ok(status) => status,
             Err(StatusError::Missing { .. }) => {
-                return Health::not("booting", "no boot has run yet")
+                return Health::not(State::Booting, "no boot has run yet")
             }
-            Err(_) => return Health::not("boot-failed", "the boot status cannot be read"),
+            Err(_) => return Health::not(State::BootFailed, "the boot status cannot be read"),
         };
         match (&status.outcome, &status.error) {
-            (Outcome::Running, _) => return Health::not("booting", "the boot is still running"),
+            (Outcome::Running, _) => {
+                return Health::not(State::Booting, "the boot is still running")
+            }
             (Outcome::Failed, error) if status.serving_unchanged.is_none() => {
                 let code = error.as_ref().map_or(0, |e| e.exit_code);
                 return Health::not(
-                    "boot-failed",
+                    State::BootFailed,
                     format!("the last boot failed (exit code {code})"),
                 );
             }
@@ -120,8 +160,8 @@ impl Checker {
             Some(why) if health.healthy => Health {
                 healthy: true,
                 state: match status.outcome {
-                    Outcome::RolledBack => "rolled-back",
-                    _ => "degraded",
+                    Outcome::RolledBack => State::RolledBack,
+                    _ => State::Degraded,
                 },
                 reason: Some(why),
             },
@@ -158,17 +198,20 @@ impl Checker {
         match self.http.get(url).send().await {
             Ok(response) if response.status().is_success() => Health::ok(),
             Ok(response) => Health::not(
-                "app-unhealthy",
+                State::AppUnhealthy,
                 format!(
                     "the app's health URL answered HTTP {}",
                     response.status().as_u16()
                 ),
             ),
             Err(e) if e.is_timeout() => Health::not(
-                "app-unhealthy",
+                State::AppUnhealthy,
                 "the app's health URL did not answer in time",
             ),
-            Err(_) => Health::not("app-unhealthy", "the app's health URL could not be reached"),
+            Err(_) => Health::not(
+                State::AppUnhealthy,
+                "the app's health URL could not be reached",
+            ),
         }
     }
 }
@@ -179,7 +222,7 @@ async fn service_down(status: &status::Status) -> Option<Health> {
     let service = status.service.as_ref()?;
     if service.state == ServiceState::Warmed {
         return Some(Health::not(
-            "warmed",
+            State::Warmed,
             "the instance waits in a warm pool; the service starts when it goes in service",
         ));
     }
@@ -187,20 +230,20 @@ async fn service_down(status: &status::Status) -> Option<Health> {
         Manager::Systemd => match crate::service::unit_state(&service.unit).await {
             Ok(state) if state.active == "active" => None,
             Ok(state) => Some(Health::not(
-                "service-down",
+                State::ServiceDown,
                 format!("{} is {}", service.unit, state.active),
             )),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the unit's state failed");
                 Some(Health::not(
-                    "service-down",
+                    State::ServiceDown,
                     format!("the state of {} cannot be read", service.unit),
                 ))
             }
         },
         Manager::Exec => {
             let alive = Path::new(&format!("/proc/{}", status.pid)).exists();
-            (!alive).then(|| Health::not("service-down", "the service process has exited"))
+            (!alive).then(|| Health::not(State::ServiceDown, "the service process has exited"))
         }
     }
 }
@@ -243,7 +286,7 @@ mod tests {
         let health = Checker::new(config).check().await;
         (
             health.healthy,
-            health.state,
+            health.state.as_str(),
             health.reason.unwrap_or_default(),
         )
     }
@@ -258,7 +301,7 @@ mod tests {
             Checker::new(&config).check().await,
             Health {
                 healthy: true,
-                state: "degraded",
+                state: State::Degraded,
                 reason: Some("running last good commit abc because x".into()),
             }
         );

@@ -6,7 +6,6 @@ use crate::deadline::Deadline;
 use crate::deploys::FailedCommit;
 use crate::git::{self, GitError};
 use crate::plan::Plan;
-use crate::service::ServiceError;
 use crate::Error;
 
 /// Why a boot kept a release rather than deploy what the ref names: said in status.json, and
@@ -154,13 +153,10 @@ async fn checkout(
     let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
         tag: config.identity.repository_tag.clone(),
     })?;
-    let user = &plan.service.user;
-    let owner = match nix::unistd::User::from_name(user) {
-        Ok(Some(found)) => git::Owner {
-            uid: found.uid.as_raw(),
-            gid: found.gid.as_raw(),
-        },
-        _ => return Err(ServiceError::UnknownUser { user: user.clone() }.into()),
+    let user = crate::service::user(&plan.service.user)?;
+    let owner = git::Owner {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
     };
     let git_plan = plan.git.clone();
     // git.deadline, or what is left of the boot's, whichever ends first.

@@ -132,7 +132,7 @@ async fn wait_until_healthy(config: &Config) -> bool {
         Ok(()) => true,
         Err(health) => {
             tracing::error!(
-                state = health.state,
+                state = health.state.as_str(),
                 reason = health.reason.as_deref().unwrap_or_default(),
                 "the instance did not turn healthy in time; abandoning the launch"
             );

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 use crate::autoscaling::ActionResult;
 use crate::config::Config;
@@ -21,7 +21,7 @@ enum LifecycleCommand {
         #[arg(long)]
         hook: Option<String>,
         #[arg(long, value_enum)]
-        result: ActionResult,
+        result: ResultArg,
     },
     /// Extend this instance's lifecycle action (RecordLifecycleActionHeartbeat)
     Heartbeat {
@@ -38,13 +38,29 @@ enum LifecycleCommand {
     },
 }
 
+/// `--result`, as the command line spells [`ActionResult`].
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ResultArg {
+    Continue,
+    Abandon,
+}
+
+impl From<ResultArg> for ActionResult {
+    fn from(result: ResultArg) -> ActionResult {
+        match result {
+            ResultArg::Continue => ActionResult::Continue,
+            ResultArg::Abandon => ActionResult::Abandon,
+        }
+    }
+}
+
 impl LifecycleArgs {
     /// "No active lifecycle action" is reported on stderr and exits 0: there is nothing to do.
     pub fn run(self, config: &Config) -> Result<(), Error> {
         let runtime = super::runtime()?;
         match self.command {
             LifecycleCommand::Complete { hook, result } => {
-                runtime.block_on(lifecycle::call(config, hook, Some(result)))
+                runtime.block_on(lifecycle::call(config, hook, Some(result.into())))
             }
             LifecycleCommand::Heartbeat { hook } => {
                 runtime.block_on(lifecycle::call(config, hook, None))

@@ -1,0 +1,236 @@
+//! The service as a systemd unit: the runtime drop-in, restart, and the wait until it is up and
+//! stays up.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::error::ServiceError;
+use crate::plan::Plan;
+use crate::retry::{self, Look, Unready};
+
+const SYSTEMCTL: &str = "systemctl";
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+const SETTLE_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The outcome of a systemd-mode start.
+#[derive(Debug)]
+pub struct UnitReport {
+    pub state: String,
+    pub restarted: bool,
+}
+
+/// Writes the drop-in, reloads systemd if it changed, and restarts the unit when anything it
+/// runs with changed or it is not active. Waits until the unit is active or has failed; after a
+/// restart, the unit must then stay active for `settle`.
+pub async fn start_systemd(
+    plan: &Plan,
+    env_changed: bool,
+    code_changed: bool,
+    timeout: Duration,
+    settle: Duration,
+) -> Result<UnitReport, ServiceError> {
+    let unit = &plan.service.unit;
+    let drop_in = plan
+        .service
+        .drop_in
+        .as_deref()
+        .expect("systemd mode has a drop-in");
+    let drop_in_changed = write_drop_in(drop_in, &render_drop_in(plan))?;
+    if drop_in_changed {
+        systemctl(&["daemon-reload"]).await?;
+    }
+    let state = unit_state(unit).await?.active;
+    let restart = state != "active" || env_changed || code_changed || drop_in_changed;
+    if state == "failed" {
+        // A unit that crashed repeatedly may have hit its start limit; a new boot deserves a
+        // fresh count, as an operator running `systemctl reset-failed` would give it.
+        systemctl(&["reset-failed", unit]).await?;
+    }
+    let timed_out = |state: &UnitState| ServiceError::StartTimeout {
+        unit: unit.clone(),
+        state: state.describe(),
+        waited: humantime::format_duration(timeout).to_string(),
+    };
+    let began = std::time::Instant::now();
+    if restart {
+        tracing::info!(%unit, "restarting the unit");
+        // `systemctl restart` waits for the start job: for a unit that hangs in its start, up to
+        // the unit's own TimeoutStartSec. The boot waits only service.start_timeout.
+        match tokio::time::timeout(timeout, systemctl(&["restart", unit])).await {
+            Ok(restarted) => drop(restarted?),
+            Err(_) => return Err(timed_out(&unit_state(unit).await?)),
+        }
+    }
+    let left = timeout.saturating_sub(began.elapsed());
+    let started = retry::poll(POLL_INTERVAL, left, || async {
+        match unit_state(unit).await {
+            Err(e) => Look::Failed(e),
+            Ok(current) => match current.active.as_str() {
+                "active" => Look::Ready(current),
+                "activating" | "reloading" => Look::Pending(current),
+                _ => Look::Failed(ServiceError::NotActive {
+                    unit: unit.clone(),
+                    state: current.describe(),
+                    result: current.result,
+                }),
+            },
+        }
+    })
+    .await;
+    let current = match started {
+        Ok(current) => current,
+        Err(Unready::Failed(e)) => return Err(e),
+        Err(Unready::TimedOut(current)) => return Err(timed_out(&current)),
+    };
+    if restart {
+        stays_up(unit, &current, settle).await?;
+    }
+    Ok(UnitReport {
+        state: current.active,
+        restarted: restart,
+    })
+}
+
+/// A service that exits right after it started is "active" for a moment (Type=simple counts the
+/// fork as started), and with Restart= it may be active again by the next look. So: it must stay
+/// active, without systemd restarting it, for `settle`.
+async fn stays_up(unit: &str, started: &UnitState, settle: Duration) -> Result<(), ServiceError> {
+    let held = retry::poll(SETTLE_POLL_INTERVAL, settle, || async {
+        let now = match unit_state(unit).await {
+            Ok(now) => now,
+            Err(e) => return Look::Failed(e),
+        };
+        let restarts = now.restarts.saturating_sub(started.restarts);
+        if now.active != "active" || restarts > 0 {
+            return Look::Failed(ServiceError::DidNotStay {
+                unit: unit.to_string(),
+                settle: humantime::format_duration(settle).to_string(),
+                state: now.describe(),
+                result: now.result,
+                restarted: match restarts {
+                    0 => String::new(),
+                    1 => " and systemd restarted it once".to_string(),
+                    n => format!(" and systemd restarted it {n} times"),
+                },
+            });
+        }
+        Look::<std::convert::Infallible, _, _>::Pending(())
+    })
+    .await;
+    // Still up when settle ran out: that is what was asked.
+    match held {
+        Err(Unready::TimedOut(())) => Ok(()),
+        Err(Unready::Failed(e)) => Err(e),
+        Ok(never) => match never {},
+    }
+}
+
+fn render_drop_in(plan: &Plan) -> String {
+    format!(
+        "# Written by bootagent at boot; removed with /run at shutdown.\n\
+         [Service]\n\
+         EnvironmentFile={}\n\
+         WorkingDirectory={}\n\
+         User={}\n",
+        plan.env_file.display(),
+        plan.git.dir.display(),
+        plan.service.user
+    )
+}
+
+fn write_drop_in(path: &Path, contents: &str) -> Result<bool, ServiceError> {
+    let error = |source| ServiceError::DropIn {
+        path: path.to_path_buf(),
+        source,
+    };
+    if std::fs::read_to_string(path).ok().as_deref() == Some(contents) {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(path.parent().expect("a drop-in lives in a directory"))
+        .map_err(error)?;
+    crate::atomic::write_file(path, contents.as_bytes(), 0o644).map_err(error)?;
+    Ok(true)
+}
+
+/// Stops the unit and waits for it to stop (as `systemctl stop` does).
+pub async fn stop_systemd(unit: &str) -> Result<(), ServiceError> {
+    systemctl(&["stop", unit]).await.map(drop)
+}
+
+/// What systemd says of a unit.
+#[derive(Debug)]
+pub struct UnitState {
+    /// ActiveState: `active`, `activating`, `failed` …
+    pub active: String,
+    /// Result: `success`, `exit-code` …
+    pub result: String,
+    /// SubState: `running`, `auto-restart` (exited, and Restart= brings it back) …
+    pub sub: String,
+    /// NRestarts: how often Restart= restarted it (0 on systemd before 235, which lacks it).
+    pub restarts: u64,
+}
+
+impl UnitState {
+    /// The state as `systemctl status` shows it: `activating (auto-restart)`, `failed`.
+    fn describe(&self) -> String {
+        if self.sub == self.active {
+            self.active.clone()
+        } else {
+            format!("{} ({})", self.active, self.sub)
+        }
+    }
+}
+
+pub async fn unit_state(unit: &str) -> Result<UnitState, ServiceError> {
+    let out = systemctl(&[
+        "show",
+        "--property=ActiveState,SubState,Result,NRestarts",
+        unit,
+    ])
+    .await?;
+    let value = |key: &str| {
+        out.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or("unknown")
+            .to_string()
+    };
+    Ok(UnitState {
+        active: value("ActiveState"),
+        result: value("Result"),
+        sub: value("SubState"),
+        restarts: value("NRestarts").parse().unwrap_or(0),
+    })
+}
+
+async fn systemctl(args: &[&str]) -> Result<String, ServiceError> {
+    let failed = |message: String| ServiceError::Systemctl {
+        args: args.join(" "),
+        hint: systemctl_hint(args.last().unwrap_or(&""), &message),
+        message,
+    };
+    let output = tokio::process::Command::new(SYSTEMCTL)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if !output.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The fix for what systemd refuses most often, as systemctl words it.
+fn systemctl_hint(unit: &str, message: &str) -> String {
+    if message.contains("not found") {
+        format!(
+            "; install {unit} in the image, or set service.unit to the unit that runs the service"
+        )
+    } else if message.contains("bad unit file setting") {
+        format!("; `systemd-analyze verify {unit}` names the setting to fix")
+    } else {
+        String::new()
+    }
+}
