@@ -184,10 +184,11 @@ impl Error {
 
     /// The chain on one line, `what: cause: cause`, for a log line or a message that quotes it.
     pub fn one_line(&self) -> String {
-        self.chain().replace("\n -> ", ": ")
+        one_line(&self.chain())
     }
 
-    /// `first line` then one ` -> cause` line per source, as operators read it over SSM.
+    /// `first line` then one ` -> cause` line per source, as operators read it over SSM; status.json
+    /// keeps it so.
     pub fn chain(&self) -> String {
         let mut text = self.to_string();
         let mut source = self.source();
@@ -197,6 +198,11 @@ impl Error {
         }
         text
     }
+}
+
+/// A [`Error::chain`] as kept in status.json, on one line: `what: cause: cause`.
+pub fn one_line(chain: &str) -> String {
+    chain.replace("\n -> ", ": ")
 }
 
 #[cfg(test)]

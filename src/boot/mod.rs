@@ -637,7 +637,7 @@ async fn hooks_after(config: &Config, change: &Change, status: &Status) {
     let error = status
         .error
         .as_ref()
-        .map(|e| e.message.replace("\n -> ", ": "));
+        .map(|e| crate::error::one_line(&e.message));
     let vars = [
         ("BOOTAGENT_COMMIT", change.commit.as_str()),
         (
