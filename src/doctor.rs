@@ -680,7 +680,7 @@ fn check_signing(config: &Config) -> Finding {
             );
         }
     }
-    match git::trust::check_keys(verify, keys) {
+    match git::trusted_keys::check_keys(verify, keys) {
         Ok(()) => ok(format!(
             "{} and the trusted keys in {} are there",
             git::trust::tool(verify).unwrap_or_default(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 
-use super::transport::{fetch_program, Failure, Session};
+use super::session::{fetch_program, Failure, Session};
 
 /// The port git daemon listens on unless the URL names another.
 const DEFAULT_PORT: u16 = 9418;

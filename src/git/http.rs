@@ -12,9 +12,9 @@ use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
 
-use super::transport::{lock, Failure, Session};
+use super::session::{lock, Failure, Session};
 
-pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         // A redirect is followed only within the configured origin (scheme, host and port): a
         // remote may move a repository, never send the fetch to a host nobody configured or
@@ -39,6 +39,16 @@ pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
         .read_timeout(timeout)
         .build()
         .map_err(|e| format!("cannot set up HTTPS: {}", chain(&e)))
+}
+
+/// The session's one HTTP client, made at its first request, so the fetch reuses the connection
+/// (and TLS session) that listed the refs.
+fn client_of(session: &Session) -> Result<&reqwest::Client, String> {
+    session
+        .http_client
+        .get_or_init(|| client(session.options.timeout))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 pub(super) struct HttpSubtransport {
@@ -113,7 +123,7 @@ struct HttpStream {
 
 impl HttpStream {
     fn send(&mut self) -> Result<reqwest::Response, Failure> {
-        let client = self.session.http_client().map_err(Failure::Unreachable)?;
+        let client = client_of(&self.session).map_err(Failure::Unreachable)?;
         let mut request = if self.post {
             client
                 .post(&self.endpoint)

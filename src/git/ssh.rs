@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 
-use super::transport::{fetch_program, lock, Failure, Options, Session};
+use super::session::{fetch_program, lock, Failure, Options, Session};
 
 /// What ssh printed, as a [`Failure`]: the last lines say why.
 fn classify(stderr: &str) -> Failure {
