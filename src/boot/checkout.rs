@@ -152,9 +152,7 @@ async fn checkout(
     boot_ends: Instant,
     avoid: Option<FailedCommit>,
 ) -> Result<git::Checkout, Error> {
-    let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
-        tag: config.identity.repository_tag.clone(),
-    })?;
+    let remote = plan.git.remote.clone().map_err(GitError::from)?;
     let user = &plan.service.user;
     let owner = match nix::unistd::User::from_name(user) {
         Ok(Some(found)) => git::Owner {
@@ -184,7 +182,7 @@ async fn checkout(
             let _inside = runtime.enter();
             let _ = done.send(git::sync(
                 &git_plan,
-                &url,
+                &remote,
                 Some(owner),
                 &credentials,
                 &limits,

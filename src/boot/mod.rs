@@ -254,7 +254,7 @@ async fn steps(
         recorder.degrade(note.clone());
     }
     recorder.status.git = Some(GitStatus {
-        url: crate::remote::redact(plan.git.url.as_deref().unwrap_or_default()),
+        url: (plan.git.remote.as_ref()).map_or_else(|_| String::new(), ToString::to_string),
         reference: plan.git.reference.clone(),
         dir: plan.git.dir.clone(),
         commit: checkout.commit.clone(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::session::{self, ActiveSession, Limits};
 use super::{ssh, GitError};
 use crate::config::{Config, Credential};
-use crate::remote::redact;
+use crate::remote::{Kind, Remote};
 
 /// How bootagent proves itself to the remote, and checks the remote: an HTTP deploy token, an
 /// SSH deploy key and the pinned host keys. Secrets among them are never written to persistent
@@ -88,16 +88,14 @@ impl Credentials {
     /// Refuses to send the token to `url` when the URL comes from an instance tag and its host
     /// is not one of `git.token_hosts`: whoever can tag an instance must not be able to collect
     /// the token with a server of their own.
-    fn check_token_host(&self, url: &str) -> Result<(), GitError> {
+    fn check_token_host(&self, remote: &Remote) -> Result<(), GitError> {
         let (Some(_), Some(allowed)) = (&self.options.token, &self.token_hosts) else {
             return Ok(());
         };
-        if !url.starts_with("http://") && !url.starts_with("https://") {
+        if !matches!(remote.kind(), Kind::Http(_)) {
             return Ok(());
         }
-        let origin = reqwest::Url::parse(url)
-            .ok()
-            .map(|url| url.origin().ascii_serialization());
+        let origin = remote.http_origin();
         let permitted = origin.as_ref().is_some_and(|origin| {
             allowed
                 .iter()
@@ -106,17 +104,21 @@ impl Credentials {
         match permitted {
             true => Ok(()),
             false => Err(GitError::TokenNotForHost {
-                url: redact(url),
+                url: remote.to_string(),
                 host: origin.unwrap_or_else(|| "?".into()),
             }),
         }
     }
 
-    /// Readies the transports for `url`; the known_hosts must be readable when `url` is an
-    /// ssh remote.
-    pub(super) fn session(&self, url: &str, limits: &Limits) -> Result<ActiveSession, GitError> {
-        self.check_token_host(url)?;
-        if ssh::is_ssh_url(url) {
+    /// Readies the transports for `remote`; the known_hosts must be readable when it is an ssh
+    /// remote.
+    pub(super) fn session(
+        &self,
+        remote: &Remote,
+        limits: &Limits,
+    ) -> Result<ActiveSession, GitError> {
+        self.check_token_host(remote)?;
+        if remote.ssh_address().is_ok() {
             let known_hosts = &self.options.known_hosts;
             let refused = |message: String| GitError::NoKnownHosts {
                 known_hosts: known_hosts.display().to_string(),
@@ -137,7 +139,11 @@ impl Credentials {
                 }
             }
         }
-        Ok(ActiveSession::start(self.options.clone(), limits.clone()))
+        Ok(ActiveSession::start(
+            remote.clone(),
+            self.options.clone(),
+            limits.clone(),
+        ))
     }
 }
 

@@ -4,15 +4,12 @@
 use std::path::PathBuf;
 
 use super::session::{ActiveSession, Failure};
-use crate::remote::redact;
+use crate::remote::{NoRemote, Remote};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error(
-        "no git repository is configured: set git.url in the config or tag the instance with \
-         {tag}=<url>"
-    )]
-    NoUrl { tag: String },
+    #[error(transparent)]
+    NoUrl(#[from] NoRemote),
     #[error("cannot reach git remote {url}: {message}; check that the remote is up and reachable")]
     Unreachable { url: String, message: String },
     #[error("git remote {url} refused access: {message}; check the deploy key or token")]
@@ -147,8 +144,12 @@ impl GitError {
 
 /// The error of a network step on `url`: in our transports' words when one of them failed,
 /// else in libgit2's.
-pub(super) fn network_error(error: git2::Error, url: &str, session: &ActiveSession) -> GitError {
-    let shown = redact(url);
+pub(super) fn network_error(
+    error: git2::Error,
+    remote: &Remote,
+    session: &ActiveSession,
+) -> GitError {
+    let shown = remote.to_string();
     if let Some(failure) = session.failure() {
         return match failure {
             Failure::HostKey(message) => GitError::HostKey {
@@ -174,7 +175,7 @@ pub(super) fn network_error(error: git2::Error, url: &str, session: &ActiveSessi
             },
         };
     }
-    let message = error.message().replace(url, &shown);
+    let message = error.message().replace(remote.url(), &shown);
     if error.code() == git2::ErrorCode::Auth {
         GitError::Denied {
             url: shown.to_string(),

@@ -76,9 +76,10 @@ impl HttpSubtransport {
 impl SmartSubtransport for HttpSubtransport {
     fn action(
         &self,
-        url: &str,
+        _url: &str,
         action: Service,
     ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
+        // libgit2's `_url` is the session's remote, which was parsed when the plan was built.
         let (path, post) = match action {
             Service::UploadPackLs => (ADVERTISEMENT, false),
             Service::UploadPack => ("git-upload-pack", true),
@@ -88,7 +89,7 @@ impl SmartSubtransport for HttpSubtransport {
         };
         let base = lock(&self.moved_to)
             .clone()
-            .unwrap_or_else(|| url.trim_end_matches('/').to_string());
+            .unwrap_or_else(|| self.session.remote.url().trim_end_matches('/').to_string());
         Ok(Box::new(HttpStream {
             session: self.session.clone(),
             runtime: self.runtime.clone(),
@@ -152,8 +153,6 @@ impl HttpStream {
             })?
             .map_err(|e| classify(e, timeout))?;
         let status = response.status();
-        let credentials_in_url = reqwest::Url::parse(&self.endpoint)
-            .is_ok_and(|url| !url.username().is_empty() || url.password().is_some());
         match status {
             _ if status.is_success() => {}
             _ if status.is_redirection() => {
@@ -173,7 +172,9 @@ impl HttpStream {
                     "the remote refused the token (HTTP {status})"
                 )))
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if credentials_in_url => {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                if self.session.remote.has_http_credentials() =>
+            {
                 return Err(Failure::Denied(format!(
                     "the remote refused the user and password in the repository URL (HTTP \
                      {status})"

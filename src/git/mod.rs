@@ -16,6 +16,7 @@ mod transport;
 pub mod trust;
 pub mod trusted_keys;
 
+pub use crate::remote::Remote;
 pub use credentials::Credentials;
 pub use error::GitError;
 pub use refs::{remote_ref, RemoteRef};

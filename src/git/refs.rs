@@ -11,28 +11,28 @@ use super::session::{ActiveSession, Limits};
 use super::tag_object::TagHeader;
 use super::trust::Target;
 use super::{Credentials, GitError};
-use crate::remote::redact;
+use crate::remote::Remote;
 
 /// What `reference` names on the remote, asking the remote alone (like `git ls-remote`): no
 /// checkout is touched. The commit is known only when this instance already has the object the
 /// ref names (`dir` is `git.dir`): for an annotated tag, the remote's peeled value is not taken
 /// on its word.
 pub fn remote_ref(
-    url: &str,
+    remote: &Remote,
     reference: &str,
     dir: &Path,
     credentials: &Credentials,
     limits: &Limits,
 ) -> Result<RemoteRef, GitError> {
-    let session = credentials.session(url, limits)?;
-    let mut remote =
-        git2::Remote::create_detached(url).map_err(|e| network_error(e, url, &session))?;
-    let mut connection = remote
+    let session = credentials.session(remote, limits)?;
+    let mut detached = git2::Remote::create_detached(remote.url())
+        .map_err(|e| network_error(e, remote, &session))?;
+    let mut connection = detached
         .connect_auth(Direction::Fetch, None, None)
-        .map_err(|e| network_error(e, url, &session))?;
-    let listed = advertised_ref(&mut connection, url, reference, &session)?;
+        .map_err(|e| network_error(e, remote, &session))?;
+    let listed = advertised_ref(&mut connection, remote, reference, &session)?;
     let commit = match Repository::open_bare(Layout::of(dir).repo) {
-        Ok(repo) => target_of(&repo, &listed, url)?.map(|target| target.commit),
+        Ok(repo) => target_of(&repo, &listed, remote)?.map(|target| target.commit),
         Err(_) => None,
     };
     Ok(RemoteRef {
@@ -75,13 +75,13 @@ pub(super) struct Listed {
 /// Finds `reference` among the refs the connected remote lists.
 pub(super) fn advertised_ref(
     connection: &mut git2::RemoteConnection<'_, '_, '_>,
-    url: &str,
+    remote: &Remote,
     reference: &str,
     session: &ActiveSession,
 ) -> Result<Listed, GitError> {
-    let heads = list_refs(connection.remote()).map_err(|e| network_error(e, url, session))?;
+    let heads = list_refs(connection.remote()).map_err(|e| network_error(e, remote, session))?;
     find_ref(&heads, reference).ok_or_else(|| GitError::RefNotFound {
-        url: redact(url),
+        url: remote.to_string(),
         reference: reference.to_string(),
     })
 }
@@ -91,7 +91,7 @@ pub(super) fn advertised_ref(
 pub(super) fn target_of(
     repo: &Repository,
     listed: &Listed,
-    url: &str,
+    remote: &Remote,
 ) -> Result<Option<Target>, GitError> {
     let odb = repo.odb().map_err(|e| GitError::Local {
         action: "open the object database",
@@ -99,7 +99,7 @@ pub(super) fn target_of(
         message: e.message().to_string(),
     })?;
     let not_a_commit = |what: String| GitError::NotACommit {
-        url: redact(url),
+        url: remote.to_string(),
         reference: listed.name.clone(),
         what,
     };
@@ -141,7 +141,7 @@ pub(super) fn target_of(
 
 /// A peeled value the remote listed that is not what the tag object says is a forgery (by the
 /// server or on the way): what runs was read from the tag object, but someone tried.
-pub(super) fn warn_if_peel_forged(listed: &Listed, target: &Target, url: &str) {
+pub(super) fn warn_if_peel_forged(listed: &Listed, target: &Target, remote: &Remote) {
     if let Some(peeled) = listed.peeled.filter(|peeled| *peeled != target.commit) {
         tracing::warn!(
             security_event = "forged-peeled-ref",
@@ -149,7 +149,7 @@ pub(super) fn warn_if_peel_forged(listed: &Listed, target: &Target, url: &str) {
             "git remote {} listed {}^{{}} as commit {peeled}, but the tag object {} names commit \
              {}: the listing was forged (by the server or on the way); only the tag object's \
              commit is considered. Check the remote and the network path to it",
-            redact(url),
+            remote,
             listed.name,
             listed.object,
             target.commit
@@ -266,7 +266,7 @@ mod tests {
         };
         let credentials = Credentials::from_config(&config, &mut none).unwrap();
         let limits = Limits::new(Duration::from_secs(30), "test", Cancel::default());
-        let url = format!("file://{}", dir.path().display());
+        let url = Remote::parse(&format!("file://{}", dir.path().display()));
         let nowhere = dir.path().join("checkout");
         let head = remote_ref(&url, "prod", &nowhere, &credentials, &limits).unwrap();
         assert!(!head.object.is_zero());

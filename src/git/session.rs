@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::remote::Remote;
+
 /// What the transports are told for one sync.
 #[derive(Clone)]
 pub struct Options {
@@ -107,6 +109,7 @@ impl Failure {
 }
 
 pub(super) struct Session {
+    pub remote: Remote,
     pub options: Options,
     pub limits: Limits,
     failure: Mutex<Option<Failure>>,
@@ -180,8 +183,9 @@ pub(super) fn active() -> Result<Arc<Session>, git2::Error> {
 pub struct ActiveSession(Arc<Session>);
 
 impl ActiveSession {
-    pub fn start(options: Options, limits: Limits) -> ActiveSession {
+    pub fn start(remote: Remote, options: Options, limits: Limits) -> ActiveSession {
         let session = Arc::new(Session {
+            remote,
             options,
             limits,
             failure: Mutex::new(None),

@@ -11,9 +11,9 @@ use super::error::network_error;
 use super::refs::{advertised_ref, target_of, warn_if_peel_forged};
 use super::releases::Layout;
 use super::session::Limits;
-use super::{ssh, trust, Credentials, GitError};
+use super::{trust, Credentials, GitError};
 use crate::plan::GitPlan;
-use crate::remote::redact;
+use crate::remote::Remote;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkout {
@@ -68,7 +68,7 @@ pub struct Owner {
 /// in service, the sync stops with [`GitError::FailedBefore`] before fetching anything.
 pub fn sync(
     plan: &GitPlan,
-    url: &str,
+    remote: &Remote,
     owner: Option<Owner>,
     credentials: &Credentials,
     limits: &Limits,
@@ -91,12 +91,12 @@ pub fn sync(
             message: e.to_string(),
         }
     };
-    let session = credentials.session(url, limits)?;
+    let session = credentials.session(remote, limits)?;
     // Past the deadline, or cancelled: the sync stops before its next step, and never switches
     // the release afterwards.
     let stop_if_exceeded = || match limits.exceeded() {
         Some(failure) => Err(GitError::Unreachable {
-            url: redact(url),
+            url: remote.to_string(),
             message: failure.message().to_string(),
         }),
         None => Ok(()),
@@ -114,19 +114,19 @@ pub fn sync(
         }
     };
 
-    let mut remote = repo
-        .remote_anonymous(url)
+    let mut anonymous = repo
+        .remote_anonymous(remote.url())
         .map_err(local("set up the remote"))?;
     // One connection lists the refs and, when needed, fetches: over ssh a second connection
     // would cost a second handshake.
-    let mut connection = remote
+    let mut connection = anonymous
         .connect_auth(Direction::Fetch, None, None)
-        .map_err(|e| network_error(e, url, &session))?;
-    let listed = advertised_ref(&mut connection, url, &plan.reference, &session)?;
+        .map_err(|e| network_error(e, remote, &session))?;
+    let listed = advertised_ref(&mut connection, remote, &plan.reference, &session)?;
     // What runs is read from the objects on this side: the commit the ref names, or for an
     // annotated tag the commit its (verified) tag object names. The remote's word is only what
     // to fetch.
-    let known = target_of(&repo, &listed, url)?;
+    let known = target_of(&repo, &listed, remote)?;
     let mut received = (0, 0);
     let fetched = known.is_none();
     let target = match known {
@@ -157,7 +157,7 @@ pub fn sync(
             // libgit2's local transport cannot fetch shallow; a repository on this machine's
             // disk costs no network, so it is fetched whole.
             // Whether the new commit descends from the one in service needs the history.
-            if !is_local(url) && plan.trust.allow_rewind {
+            if !remote.is_local() && plan.trust.allow_rewind {
                 options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
             }
             connection
@@ -166,14 +166,14 @@ pub fn sync(
                     &[format!("+{}:{TRACKING}", listed.name)],
                     Some(&mut options),
                 )
-                .map_err(|e| match network_error(e, url, &session) {
+                .map_err(|e| match network_error(e, remote, &session) {
                     // A commit id the remote does not list: a server that answered and said no
                     // is no outage.
                     GitError::Unreachable { message, .. }
                         if !listed.name.starts_with("refs/") && session.failure().is_none() =>
                     {
                         GitError::CommitNotServed {
-                            url: redact(url),
+                            url: remote.to_string(),
                             commit: listed.name.clone(),
                             message,
                         }
@@ -181,8 +181,8 @@ pub fn sync(
                     other => other,
                 })?;
             drop(options);
-            let target = target_of(&repo, &listed, url)?.ok_or_else(|| GitError::Unusable {
-                url: redact(url),
+            let target = target_of(&repo, &listed, remote)?.ok_or_else(|| GitError::Unusable {
+                url: remote.to_string(),
                 message: format!(
                     "the fetch of {} did not bring {} and the commit it names",
                     listed.name, listed.object
@@ -195,7 +195,7 @@ pub fn sync(
             target
         }
     };
-    warn_if_peel_forged(&listed, &target, url);
+    warn_if_peel_forged(&listed, &target, remote);
     let commit_id = target.commit;
     if let Some(failed) = avoid.filter(|f| f.commit == commit_id.to_string()) {
         if layout.current().is_some() {
@@ -246,7 +246,7 @@ pub fn sync(
         repo.checkout_tree(commit.as_object(), Some(&mut checkout))
             .map_err(|e| match limits.exceeded() {
                 Some(failure) => GitError::Unreachable {
-                    url: redact(url),
+                    url: remote.to_string(),
                     message: failure.message().to_string(),
                 },
                 None => local("check out the fetched commit")(e),
@@ -326,30 +326,4 @@ fn chown_tree(dir: &Path, owner: Owner) -> std::io::Result<()> {
 fn sync_filesystem(path: &Path) -> std::io::Result<()> {
     let dir = std::fs::File::open(path)?;
     nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
-}
-
-/// Whether `url` names a repository on this machine (`file://`, or a path), which libgit2
-/// reads with its local transport.
-fn is_local(url: &str) -> bool {
-    url.starts_with("file://") || (!url.contains("://") && !ssh::is_ssh_url(url))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_repositories_are_told_from_remote_ones() {
-        for local in ["file:///srv/app.git", "/srv/app.git", "app.git"] {
-            assert!(is_local(local), "{local}");
-        }
-        for remote in [
-            "git://h/app.git",
-            "https://h/app.git",
-            "ssh://git@h/app.git",
-            "git@h:app.git",
-        ] {
-            assert!(!is_local(remote), "{remote}");
-        }
-    }
 }
