@@ -164,9 +164,7 @@ async fn remote_head(
     plan: &Plan,
     client: &secrets::Client,
 ) -> Result<git::RemoteRef, Error> {
-    let url = plan.git.url.clone().ok_or_else(|| git::GitError::NoUrl {
-        tag: config.identity.repository_tag.clone(),
-    })?;
+    let remote = plan.git.remote.clone().map_err(git::GitError::from)?;
     let mut loaded = secrets::LoadedSecrets::default();
     if config.git.credentials_in_secrets() {
         loaded = secrets::load(client, &plan.identity.region, &plan.secrets).await?;
@@ -177,7 +175,7 @@ async fn remote_head(
     let limits = git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
     let dir = plan.git.dir.clone();
     tokio::task::spawn_blocking(move || {
-        git::remote_ref(&url, &reference, &dir, &credentials, &limits)
+        git::remote_ref(&remote, &reference, &dir, &credentials, &limits)
     })
     .await
     .map_err(|e| Error::io("the git listing failed", std::io::Error::other(e)))?

@@ -599,11 +599,17 @@ async fn check_git(
     client: Option<secrets::Client>,
     deadline: Deadline,
 ) -> Finding {
-    let Some(url) = plan.git.url.clone() else {
-        return fail(
-            "no git repository configured",
-            "set git.url, or tag the instance with Repository=<url>",
-        );
+    let remote = match plan.git.remote.clone() {
+        Ok(remote) => remote,
+        Err(missing) => {
+            return fail(
+                "no git repository configured",
+                format!(
+                    "set git.url, or tag the instance with {}=<url>",
+                    missing.tag
+                ),
+            )
+        }
     };
     let credentials =
         match tokio::time::timeout_at(deadline.at, git_credentials(&config, &plan, client)).await {
@@ -612,12 +618,12 @@ async fn check_git(
             Err(_) => return deadline.timed_out(),
         };
     let reference = plan.git.reference.clone();
-    let shown = crate::remote::redact(&url);
+    let shown = remote.to_string();
     // The listing stops by itself when doctor's time is up, so no git thread outlives doctor.
     let limits = git::Limits::new(deadline.left(), "doctor --timeout", git::Cancel::default());
     let dir = plan.git.dir.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        git::remote_ref(&url, &reference, &dir, &credentials, &limits)
+        git::remote_ref(&remote, &reference, &dir, &credentials, &limits)
     })
     .await;
     match answer {
@@ -680,7 +686,7 @@ fn check_signing(config: &Config) -> Finding {
             );
         }
     }
-    match git::trust::check_keys(verify, keys) {
+    match git::trusted_keys::check_keys(verify, keys) {
         Ok(()) => ok(format!(
             "{} and the trusted keys in {} are there",
             git::trust::tool(verify).unwrap_or_default(),

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError, EnvFileFormat, Manager, Signed, Verify};
 use crate::identity::{self, Identity};
 use crate::imds::ImdsClient;
+use crate::remote::{NoRemote, Remote};
 use crate::template::{render, render_required, TemplateVars};
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,16 +61,24 @@ impl SecretRef {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GitPlan {
-    /// `None` when the URL template uses an unset value (no `Repository` tag). Printed without
-    /// credentials.
-    #[serde(serialize_with = "crate::remote::serialize_redacted")]
-    pub url: Option<String>,
+    /// `NoRemote` when the URL template uses an unset value (no `Repository` tag): the plan
+    /// still prints (its `url` null), and whatever needs the remote fails with it. Printed
+    /// without credentials.
+    #[serde(rename = "url", serialize_with = "serialize_remote")]
+    pub remote: Result<Remote, NoRemote>,
     #[serde(rename = "ref")]
     pub reference: String,
     pub dir: PathBuf,
     pub depth: u32,
     /// Whose signature the code must carry, and whether the branch may rewind.
     pub trust: Trust,
+}
+
+fn serialize_remote<S: serde::Serializer>(
+    remote: &Result<Remote, NoRemote>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    remote.as_ref().ok().serialize(serializer)
 }
 
 /// The checks a sync makes before a commit becomes a release.
@@ -211,7 +220,11 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
         status_file: config.paths.status_file(),
         lock_file: config.paths.lock_file(),
         git: GitPlan {
-            url: render("git.url", &config.git.url, &vars)?,
+            remote: render("git.url", &config.git.url, &vars)?
+                .map(|url| Remote::parse(&url))
+                .ok_or_else(|| NoRemote {
+                    tag: config.identity.repository_tag.clone(),
+                }),
             reference: required("git.ref", &config.git.reference)?,
             dir: git_dir,
             depth: config.git.depth,
@@ -275,8 +288,8 @@ mod tests {
         assert_eq!(plan.secrets.main.as_deref(), Some("calendar_env_stage"));
         assert_eq!(plan.git.reference, "stage");
         assert_eq!(
-            plan.git.url.as_deref(),
-            Some("git://git.example/calendar.git")
+            plan.git.remote.as_ref().map(ToString::to_string),
+            Ok("git://git.example/calendar.git".to_string())
         );
         assert_eq!(plan.git.dir, PathBuf::from("/srv/calendar"));
         assert_eq!(plan.env_file, PathBuf::from("/run/bootagent/calendar.env"));
@@ -291,11 +304,20 @@ mod tests {
     }
 
     #[test]
-    fn missing_repository_leaves_url_unset() {
+    fn a_missing_repository_is_no_remote_and_prints_as_no_url() {
         let mut id = identity("prod", "production");
         id.repository = None;
         let plan = build(&config(""), &id).unwrap();
-        assert_eq!(plan.git.url, None);
+        assert_eq!(
+            plan.git.remote,
+            Err(NoRemote {
+                tag: "Repository".into()
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(&plan).unwrap()["git"]["url"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]

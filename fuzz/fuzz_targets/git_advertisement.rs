@@ -80,9 +80,10 @@ fuzz_target!(|data: &[u8]| {
         "fuzz",
         bootagent::git::Cancel::default(),
     );
+    let remote = bootagent::git::Remote::parse("fuzz://remote/app.git");
     for reference in ["prod", "v1", "0123456789012345678901234567890123456789"] {
         let _ = bootagent::git::remote_ref(
-            "fuzz://remote/app.git",
+            &remote,
             reference,
             Path::new("/nonexistent/bootagent-fuzz"),
             credentials(),

@@ -150,9 +150,7 @@ async fn checkout(
     deadline: Deadline,
     avoid: Option<FailedCommit>,
 ) -> Result<git::Checkout, Error> {
-    let url = plan.git.url.clone().ok_or_else(|| GitError::NoUrl {
-        tag: config.identity.repository_tag.clone(),
-    })?;
+    let remote = plan.git.remote.clone().map_err(GitError::from)?;
     let user = crate::service::user(&plan.service.user)?;
     let owner = git::Owner {
         uid: user.uid.as_raw(),
@@ -179,7 +177,7 @@ async fn checkout(
             let _inside = runtime.enter();
             let _ = done.send(git::sync(
                 &git_plan,
-                &url,
+                &remote,
                 Some(owner),
                 &credentials,
                 &limits,

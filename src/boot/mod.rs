@@ -326,7 +326,7 @@ impl Steps<'_> {
             self.recorder.degrade(note.clone());
         }
         self.recorder.status.git = Some(GitStatus {
-            url: crate::remote::redact(plan.git.url.as_deref().unwrap_or_default()),
+            url: (plan.git.remote.as_ref()).map_or_else(|_| String::new(), ToString::to_string),
             reference: plan.git.reference.clone(),
             dir: plan.git.dir.clone(),
             commit: checkout.commit.clone(),

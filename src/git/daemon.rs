@@ -8,56 +8,16 @@ use std::sync::Arc;
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 
-use super::transport::{fetch_program, Failure, Session};
+use super::session::{fetch_program, Failure, Session};
+use crate::remote::DaemonAddress;
 
-/// The port git daemon listens on unless the URL names another.
-const DEFAULT_PORT: u16 = 9418;
-
-/// Where a git:// remote is: `git://host[:port]/path`.
-#[derive(Debug, PartialEq, Eq)]
-struct DaemonRemote {
-    /// As written in the URL (`[::1]` keeps its brackets), for the request's `host=`.
-    authority: String,
-    host: String,
-    port: u16,
-    path: String,
-}
-
-impl DaemonRemote {
-    fn parse(url: &str) -> Result<DaemonRemote, String> {
-        let rest = url.strip_prefix("git://").ok_or("not a git:// URL")?;
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !port.contains(']') => (
-                host,
-                port.parse()
-                    .map_err(|_| format!("{port:?} is not a port number"))?,
-            ),
-            _ => (authority, DEFAULT_PORT),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || path.len() < 2 {
-            return Err("a git:// URL needs a host and a path".into());
-        }
-        if path.contains('\0') || authority.contains('\0') {
-            return Err("a NUL in a git:// URL is refused".into());
-        }
-        Ok(DaemonRemote {
-            authority: authority.to_string(),
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        })
-    }
-
-    /// The request git daemon expects first: one pkt-line naming the service, the path and the
-    /// host.
-    fn request(&self, program: &str) -> Vec<u8> {
-        let body = format!("{program} {}\0host={}\0", self.path, self.authority);
-        let mut line = format!("{:04x}", body.len() + 4).into_bytes();
-        line.extend_from_slice(body.as_bytes());
-        line
-    }
+/// The request git daemon expects first at `address`: one pkt-line naming the service, the path and the
+/// host.
+fn request(address: &DaemonAddress, program: &str) -> Vec<u8> {
+    let body = format!("{program} {}\0host={}\0", address.path, address.authority);
+    let mut line = format!("{:04x}", body.len() + 4).into_bytes();
+    line.extend_from_slice(body.as_bytes());
+    line
 }
 
 pub(super) struct DaemonSubtransport {
@@ -69,7 +29,7 @@ impl DaemonSubtransport {
         DaemonSubtransport { session }
     }
 
-    fn connect(&self, remote: &DaemonRemote) -> io::Result<TcpStream> {
+    fn connect(&self, remote: &DaemonAddress) -> io::Result<TcpStream> {
         let addresses = (remote.host.as_str(), remote.port)
             .to_socket_addrs()
             .map_err(|e| {
@@ -103,23 +63,24 @@ impl SmartSubtransport for DaemonSubtransport {
     /// goes on with the same stream for the fetch.
     fn action(
         &self,
-        url: &str,
+        _url: &str,
         action: Service,
     ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
         let program = fetch_program(action)?;
-        let remote = DaemonRemote::parse(url).map_err(|e| {
+        // libgit2's `_url` is the session's remote, which was parsed when the plan was built.
+        let remote = self.session.remote.daemon_address().map_err(|e| {
             self.session
                 .refuse(Failure::Unusable(format!("not a usable git:// URL: {e}")))
         })?;
         let socket = self
-            .connect(&remote)
+            .connect(remote)
             .map_err(|e| git2::Error::from_str(&e.to_string()))?;
         let mut stream = DaemonStream {
             socket,
             session: self.session.clone(),
         };
         stream
-            .write_all(&remote.request(program))
+            .write_all(&request(remote, program))
             .map_err(|e| git2::Error::from_str(&e.to_string()))?;
         Ok(Box::new(stream))
     }
@@ -172,30 +133,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn git_urls_name_host_port_and_path() {
-        let remote = DaemonRemote::parse("git://example.com:9000/org/app.git").unwrap();
+    fn the_first_request_names_the_program_the_path_and_the_host() {
+        let remote = crate::remote::Remote::parse("git://example.com:9000/org/app.git");
         assert_eq!(
-            remote,
-            DaemonRemote {
-                authority: "example.com:9000".into(),
-                host: "example.com".into(),
-                port: 9000,
-                path: "/org/app.git".into(),
-            }
-        );
-        assert_eq!(
-            remote.request("git-upload-pack"),
+            request(remote.daemon_address().unwrap(), "git-upload-pack"),
             b"0037git-upload-pack /org/app.git\0host=example.com:9000\0".to_vec()
         );
-        let v6 = DaemonRemote::parse("git://[::1]/app.git").unwrap();
-        assert_eq!((v6.host.as_str(), v6.port), ("::1", DEFAULT_PORT));
-        for bad in [
-            "git://host",
-            "git:///app.git",
-            "git://h:x/app.git",
-            "http://h/a.git",
-        ] {
-            assert!(DaemonRemote::parse(bad).is_err(), "{bad}");
-        }
     }
 }

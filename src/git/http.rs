@@ -12,9 +12,9 @@ use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
 
-use super::transport::{lock, Failure, Session};
+use super::session::{lock, Failure, Session};
 
-pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         // A redirect is followed only within the configured origin (scheme, host and port): a
         // remote may move a repository, never send the fetch to a host nobody configured or
@@ -39,6 +39,16 @@ pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
         .read_timeout(timeout)
         .build()
         .map_err(|e| format!("cannot set up HTTPS: {}", chain(&e)))
+}
+
+/// The session's one HTTP client, made at its first request, so the fetch reuses the connection
+/// (and TLS session) that listed the refs.
+fn client_of(session: &Session) -> Result<&reqwest::Client, String> {
+    session
+        .http_client
+        .get_or_init(|| client(session.options.timeout))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 pub(super) struct HttpSubtransport {
@@ -66,9 +76,10 @@ impl HttpSubtransport {
 impl SmartSubtransport for HttpSubtransport {
     fn action(
         &self,
-        url: &str,
+        _url: &str,
         action: Service,
     ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
+        // libgit2's `_url` is the session's remote, which was parsed when the plan was built.
         let (path, post) = match action {
             Service::UploadPackLs => (ADVERTISEMENT, false),
             Service::UploadPack => ("git-upload-pack", true),
@@ -78,7 +89,7 @@ impl SmartSubtransport for HttpSubtransport {
         };
         let base = lock(&self.moved_to)
             .clone()
-            .unwrap_or_else(|| url.trim_end_matches('/').to_string());
+            .unwrap_or_else(|| self.session.remote.url().trim_end_matches('/').to_string());
         Ok(Box::new(HttpStream {
             session: self.session.clone(),
             runtime: self.runtime.clone(),
@@ -113,7 +124,7 @@ struct HttpStream {
 
 impl HttpStream {
     fn send(&mut self) -> Result<reqwest::Response, Failure> {
-        let client = self.session.http_client().map_err(Failure::Unreachable)?;
+        let client = client_of(&self.session).map_err(Failure::Unreachable)?;
         let mut request = if self.post {
             client
                 .post(&self.endpoint)
@@ -142,8 +153,6 @@ impl HttpStream {
             })?
             .map_err(|e| classify(e, timeout))?;
         let status = response.status();
-        let credentials_in_url = reqwest::Url::parse(&self.endpoint)
-            .is_ok_and(|url| !url.username().is_empty() || url.password().is_some());
         match status {
             _ if status.is_success() => {}
             _ if status.is_redirection() => {
@@ -163,7 +172,9 @@ impl HttpStream {
                     "the remote refused the token (HTTP {status})"
                 )))
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if credentials_in_url => {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                if self.session.remote.has_http_credentials() =>
+            {
                 return Err(Failure::Denied(format!(
                     "the remote refused the user and password in the repository URL (HTTP \
                      {status})"

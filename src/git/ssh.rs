@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 
-use super::transport::{fetch_program, lock, Failure, Options, Session};
+use super::session::{fetch_program, lock, Failure, Options, Session};
+use crate::remote::SshAddress;
 
 /// What ssh printed, as a [`Failure`]: the last lines say why.
 fn classify(stderr: &str) -> Failure {
@@ -45,166 +46,64 @@ fn summarize(stderr: &str) -> String {
     }
 }
 
-/// Where an ssh remote is: `ssh://[user@]host[:port]/path` or `[user@]host:path`.
-#[derive(Debug, PartialEq, Eq)]
-struct SshRemote {
-    user: Option<String>,
-    host: String,
-    port: Option<u16>,
-    path: String,
-}
-
-impl SshRemote {
-    fn parse(url: &str) -> Result<SshRemote, String> {
-        let scheme_rest = crate::remote::SSH_SCHEMES
-            .iter()
-            .find_map(|scheme| url.strip_prefix(scheme));
-        let remote = match scheme_rest {
-            None if url.contains("://") => return Err("not an ssh URL".into()),
-            Some(rest) => {
-                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                let (user, host_port) = split_user(authority);
-                let (host, port) = split_port(host_port)?;
-                // `ssh://host/~/repo` names a path in the home directory, as with git.
-                let path = match path.strip_prefix("/~") {
-                    Some(home) => format!("~{home}"),
-                    None => path.to_string(),
-                };
-                SshRemote {
-                    user,
-                    host,
-                    port,
-                    path,
-                }
+/// The command the remote's login shell runs, the path quoted as git quotes it (`!` too, for
+/// csh).
+fn remote_command(address: &SshAddress, program: &str) -> String {
+    let mut quoted = String::from("'");
+    for c in address.path.chars() {
+        match c {
+            '\'' | '!' => {
+                quoted.push_str("'\\");
+                quoted.push(c);
+                quoted.push('\'');
             }
-            None => {
-                let (authority, path) = url
-                    .split_once(':')
-                    .filter(|(authority, _)| !authority.contains('/'))
-                    .ok_or("not an ssh URL")?;
-                let (user, host) = split_user(authority);
-                SshRemote {
-                    user,
-                    host: host
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_string(),
-                    port: None,
-                    path: path.to_string(),
-                }
-            }
-        };
-        // What would read as an option to ssh, or break the remote command's quoting, is refused.
-        let parts = [
-            remote.user.as_deref().unwrap_or(""),
-            &remote.host,
-            &remote.path,
-        ];
-        if remote.host.is_empty() || remote.path.is_empty() {
-            return Err("an ssh URL needs a host and a path".into());
+            c => quoted.push(c),
         }
-        if parts.iter().any(|part| part.starts_with('-')) {
-            return Err("a user, host or path starting with '-' is refused".into());
-        }
-        if parts.iter().any(|part| part.chars().any(char::is_control)) {
-            return Err("control characters in an ssh URL are refused".into());
-        }
-        Ok(remote)
     }
-
-    /// The command the remote's login shell runs, the path quoted as git quotes it (`!` too, for
-    /// csh).
-    fn remote_command(&self, program: &str) -> String {
-        let mut quoted = String::from("'");
-        for c in self.path.chars() {
-            match c {
-                '\'' | '!' => {
-                    quoted.push_str("'\\");
-                    quoted.push(c);
-                    quoted.push('\'');
-                }
-                c => quoted.push(c),
-            }
-        }
-        quoted.push('\'');
-        format!("{program} {quoted}")
-    }
+    quoted.push('\'');
+    format!("{program} {quoted}")
 }
 
-fn split_user(authority: &str) -> (Option<String>, &str) {
-    match authority.rsplit_once('@') {
-        Some((user, host)) => (Some(user.to_string()), host),
-        None => (None, authority),
+/// The ssh command line that runs `program` at `address`, told only what `options` say.
+fn command(address: &SshAddress, options: &Options, program: &str) -> Command {
+    let seconds = options.timeout.as_secs().max(1);
+    let mut command = Command::new("ssh");
+    command.args(["-F", "/dev/null", "-T", "-x"]);
+    let mut settings = vec![
+        "BatchMode=yes".to_string(),
+        "StrictHostKeyChecking=yes".to_string(),
+        format!("UserKnownHostsFile={}", options.known_hosts.display()),
+        "GlobalKnownHostsFile=/dev/null".to_string(),
+        "UpdateHostKeys=no".to_string(),
+        format!("ConnectTimeout={seconds}"),
+        format!("ServerAliveInterval={}", seconds.div_ceil(3)),
+        "ServerAliveCountMax=3".to_string(),
+        "LogLevel=ERROR".to_string(),
+    ];
+    if let Some(identity) = &options.identity {
+        settings.extend([
+            format!("IdentityFile={}", identity.display()),
+            "IdentitiesOnly=yes".to_string(),
+            "IdentityAgent=none".to_string(),
+        ]);
     }
-}
-
-fn split_port(host_port: &str) -> Result<(String, Option<u16>), String> {
-    let (host, port) = match host_port.strip_prefix('[') {
-        Some(bracketed) => {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or("an unclosed '[' in the host")?;
-            (host, after.strip_prefix(':'))
-        }
-        None => match host_port.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (host_port, None),
-        },
-    };
-    let port = port
-        .filter(|port| !port.is_empty())
-        .map(|port| port.parse().map_err(|_| format!("bad port {port:?}")))
-        .transpose()?;
-    Ok((host.to_string(), port))
-}
-
-impl SshRemote {
-    /// The ssh command line that runs `program` on the remote, told only what `options` say.
-    fn command(&self, options: &Options, program: &str) -> Command {
-        let seconds = options.timeout.as_secs().max(1);
-        let mut command = Command::new("ssh");
-        command.args(["-F", "/dev/null", "-T", "-x"]);
-        let mut settings = vec![
-            "BatchMode=yes".to_string(),
-            "StrictHostKeyChecking=yes".to_string(),
-            format!("UserKnownHostsFile={}", options.known_hosts.display()),
-            "GlobalKnownHostsFile=/dev/null".to_string(),
-            "UpdateHostKeys=no".to_string(),
-            format!("ConnectTimeout={seconds}"),
-            format!("ServerAliveInterval={}", seconds.div_ceil(3)),
-            "ServerAliveCountMax=3".to_string(),
-            "LogLevel=ERROR".to_string(),
-        ];
-        if let Some(identity) = &options.identity {
-            settings.extend([
-                format!("IdentityFile={}", identity.display()),
-                "IdentitiesOnly=yes".to_string(),
-                "IdentityAgent=none".to_string(),
-            ]);
-        }
-        for setting in settings {
-            command.arg("-o").arg(setting);
-        }
-        if let Some(port) = self.port {
-            command.arg("-p").arg(port.to_string());
-        }
-        if let Some(user) = &self.user {
-            command.arg("-l").arg(user);
-        }
-        command
-            .arg("--")
-            .arg(&self.host)
-            .arg(self.remote_command(program))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
+    for setting in settings {
+        command.arg("-o").arg(setting);
     }
-}
-
-/// Whether libgit2 hands `url` to the ssh transport.
-pub fn is_ssh_url(url: &str) -> bool {
-    SshRemote::parse(url).is_ok()
+    if let Some(port) = address.port {
+        command.arg("-p").arg(port.to_string());
+    }
+    if let Some(user) = &address.user {
+        command.arg("-l").arg(user);
+    }
+    command
+        .arg("--")
+        .arg(&address.host)
+        .arg(remote_command(address, program))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
 }
 
 /// Whether a path can be handed to ssh as an option value: ssh splits values at whitespace,
@@ -234,15 +133,15 @@ impl SshSubtransport {
 impl SmartSubtransport for SshSubtransport {
     fn action(
         &self,
-        url: &str,
+        _url: &str,
         action: Service,
     ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
         let program = fetch_program(action)?;
         let refuse = |message: String| self.session.refuse(Failure::Unusable(message));
-        let remote =
-            SshRemote::parse(url).map_err(|e| refuse(format!("not a usable ssh URL: {e}")))?;
-        let mut child = remote
-            .command(&self.session.options, program)
+        // libgit2's `_url` is the session's remote, which was parsed when the plan was built.
+        let address = (self.session.remote.ssh_address())
+            .map_err(|e| refuse(format!("not a usable ssh URL: {e}")))?;
+        let mut child = command(address, &self.session.options, program)
             .spawn()
             .map_err(|e| {
                 refuse(format!(
@@ -381,55 +280,16 @@ impl Write for SshStream {
 mod tests {
     use super::*;
 
-    fn remote(user: Option<&str>, host: &str, port: Option<u16>, path: &str) -> SshRemote {
-        SshRemote {
-            user: user.map(str::to_string),
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        }
-    }
-
-    #[test]
-    fn ssh_urls_in_both_forms_are_understood() {
-        assert_eq!(
-            SshRemote::parse("ssh://git@example.com:2222/org/app.git").unwrap(),
-            remote(Some("git"), "example.com", Some(2222), "/org/app.git")
-        );
-        assert_eq!(
-            SshRemote::parse("git+ssh://example.com/~/app.git").unwrap(),
-            remote(None, "example.com", None, "~/app.git")
-        );
-        assert_eq!(
-            SshRemote::parse("ssh://[::1]:22/srv/app.git").unwrap(),
-            remote(None, "::1", Some(22), "/srv/app.git")
-        );
-        assert_eq!(
-            SshRemote::parse("git@github.com:org/app.git").unwrap(),
-            remote(Some("git"), "github.com", None, "org/app.git")
-        );
-    }
-
-    #[test]
-    fn ssh_urls_that_could_inject_options_are_refused() {
-        for url in [
-            "ssh://-oProxyCommand=x/repo",
-            "-oProxyCommand=x:repo",
-            "ssh://host",
-            "ssh://host:port/repo",
-            "host:-repo",
-            "file:///srv/repo.git",
-            "ssh://host/re\npo",
-        ] {
-            assert!(SshRemote::parse(url).is_err(), "{url} was accepted");
-        }
-    }
-
     #[test]
     fn the_remote_path_is_quoted_for_the_login_shell() {
-        let tricky = remote(None, "h", None, "/srv/it's here!.git");
+        let tricky = SshAddress {
+            user: None,
+            host: "h".into(),
+            port: None,
+            path: "/srv/it's here!.git".into(),
+        };
         assert_eq!(
-            tricky.remote_command("git-upload-pack"),
+            remote_command(&tricky, "git-upload-pack"),
             r"git-upload-pack '/srv/it'\''s here'\!'.git'"
         );
     }

@@ -7,200 +7,22 @@
 //! its deadline or was cancelled: a wait for the remote's next bytes is bounded by the per-read
 //! timeout and by the time left, whichever ends first.
 //!
-//! libgit2 finds transports in a process-wide table, so what they need for a fetch — options,
-//! credentials, and afterwards why they failed — is process-wide too: one [`ActiveSession`] at a
-//! time.
+//! libgit2 finds transports in a process-wide table: each one takes what it needs for a fetch
+//! from the [`super::session`] that is active.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use git2::transport::Transport;
 
+use super::session::active;
 use super::{daemon, http, ssh};
-
-/// What the transports are told for one sync.
-#[derive(Clone)]
-pub struct Options {
-    /// Bounds each connect and every wait for the remote's next bytes.
-    pub timeout: Duration,
-    pub known_hosts: PathBuf,
-    /// The SSH deploy key; none leaves ssh its defaults (`~/.ssh/id_*` of the user boot runs
-    /// as).
-    pub identity: Option<PathBuf>,
-    /// The HTTP deploy token and the user name sent with it.
-    pub token: Option<(String, zeroize::Zeroizing<String>)>,
-}
-
-/// Stops a sync from another thread: its transports end at their next read, and libgit2's own
-/// work (a local fetch, the checkout) at its next progress report.
-#[derive(Clone, Debug, Default)]
-pub struct Cancel(Arc<AtomicBool>);
-
-impl Cancel {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// How long one sync (or one listing of the remote's refs) may take in all.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub deadline: Instant,
-    /// What the deadline is called in messages: `5m (git.deadline)`.
-    pub named: String,
-    pub cancel: Cancel,
-}
-
-impl Limits {
-    pub fn new(within: Duration, named: &str, cancel: Cancel) -> Limits {
-        Limits {
-            deadline: Instant::now() + within,
-            named: format!("{} ({named})", humantime::format_duration(within)),
-            cancel,
-        }
-    }
-
-    /// Why the work must stop now, if it must.
-    pub fn exceeded(&self) -> Option<Failure> {
-        if self.cancel.is_cancelled() {
-            Some(Failure::Unreachable(
-                "stopped: the boot's deadline passed while git was working".into(),
-            ))
-        } else if Instant::now() >= self.deadline {
-            Some(Failure::Unreachable(format!(
-                "the checkout did not finish within {}",
-                self.named
-            )))
-        } else {
-            None
-        }
-    }
-}
-
-/// Why a transport failed, in words fit for the operator; sync turns it into its error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// ssh: the remote's host key is missing from, or differs from, the pinned known_hosts.
-    HostKey(String),
-    /// TLS: the remote's certificate is not trusted or not valid for its name.
-    Certificate(String),
-    /// The remote refused the deploy key or token, or asked for one and none is configured.
-    Denied(String),
-    /// No connection, a timeout, or an answer that is not git's.
-    Unreachable(String),
-    /// Nothing to retry: the URL or this machine cannot work as configured (no ssh client).
-    Unusable(String),
-}
-
-impl Failure {
-    /// The remote let `timeout` (git.timeout) pass without a byte.
-    pub fn silent(timeout: Duration) -> Failure {
-        Failure::Unreachable(format!(
-            "the remote did not answer within {} (git.timeout)",
-            humantime::format_duration(timeout)
-        ))
-    }
-
-    pub fn message(&self) -> &str {
-        match self {
-            Failure::HostKey(m)
-            | Failure::Certificate(m)
-            | Failure::Denied(m)
-            | Failure::Unreachable(m)
-            | Failure::Unusable(m) => m,
-        }
-    }
-}
-
-pub(super) struct Session {
-    pub options: Options,
-    pub limits: Limits,
-    failure: Mutex<Option<Failure>>,
-    /// One HTTP client for the session's connections, so the fetch reuses the connection (and
-    /// TLS session) that listed the refs.
-    http_client: OnceLock<Result<reqwest::Client, String>>,
-}
-
-impl Session {
-    /// Records why the transport failed, and returns the error libgit2 is given.
-    pub fn fail(&self, failure: Failure) -> std::io::Error {
-        let error = std::io::Error::other(failure.message().to_string());
-        *lock(&self.failure) = Some(failure);
-        error
-    }
-
-    /// The same, for a transport step that answers libgit2 with its own error type.
-    pub fn refuse(&self, failure: Failure) -> git2::Error {
-        git2::Error::from_str(&self.fail(failure).to_string())
-    }
-
-    /// How long the next wait for the remote may last: the per-read timeout or the time left,
-    /// whichever is shorter; an error (recorded) when no time is left or the sync was cancelled.
-    pub fn wait_limit(&self) -> Result<Duration, std::io::Error> {
-        if let Some(failure) = self.limits.exceeded() {
-            return Err(self.fail(failure));
-        }
-        let left = self
-            .limits
-            .deadline
-            .saturating_duration_since(Instant::now());
-        // Never zero: socket timeouts refuse it (the deadline is checked again after the wait).
-        Ok(self.options.timeout.min(left).max(Duration::from_millis(1)))
-    }
-
-    /// A wait of [`Session::wait_limit`] ended without data: the deadline's failure if that
-    /// is what ended it, else the remote's silence.
-    pub fn waited_in_vain(&self) -> std::io::Error {
-        let failure = self
-            .limits
-            .exceeded()
-            .unwrap_or_else(|| Failure::silent(self.options.timeout));
-        self.fail(failure)
-    }
-
-    pub fn http_client(&self) -> Result<&reqwest::Client, String> {
-        self.http_client
-            .get_or_init(|| http::client(self.options.timeout))
-            .as_ref()
-            .map_err(Clone::clone)
-    }
-}
-
-/// The program a stream-based remote (ssh, git daemon) runs for `action`: bootagent only fetches.
-pub(super) fn fetch_program(action: git2::transport::Service) -> Result<&'static str, git2::Error> {
-    use git2::transport::Service;
-    match action {
-        Service::UploadPackLs | Service::UploadPack => Ok("git-upload-pack"),
-        Service::ReceivePackLs | Service::ReceivePack => {
-            Err(git2::Error::from_str("bootagent only fetches"))
-        }
-    }
-}
-
-static ACTIVE: Mutex<Option<Arc<Session>>> = Mutex::new(None);
-
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn active() -> Result<Arc<Session>, git2::Error> {
-    lock(&ACTIVE)
-        .clone()
-        .ok_or_else(|| git2::Error::from_str("internal error: a remote outside a git session"))
-}
 
 /// Adds the transports to libgit2's table. scp-like URLs (`git@host:repo.git`) reach the ssh
 /// transport too: libgit2 looks those up as `ssh://`.
 ///
 /// # Safety
 /// Changes libgit2's transport table without synchronization: call before any thread is started.
-pub unsafe fn register() -> Result<(), git2::Error> {
+unsafe fn register() -> Result<(), git2::Error> {
     for scheme in ["ssh", "ssh+git", "git+ssh"] {
         // SAFETY: the caller guarantees no other thread uses libgit2 yet.
         unsafe {
@@ -226,32 +48,15 @@ pub unsafe fn register() -> Result<(), git2::Error> {
     Ok(())
 }
 
-/// While this lives, the transports use its options; afterwards it tells why one failed.
-pub struct ActiveSession(Arc<Session>);
-
-impl ActiveSession {
-    pub fn start(options: Options, limits: Limits) -> ActiveSession {
-        let session = Arc::new(Session {
-            options,
-            limits,
-            failure: Mutex::new(None),
-            http_client: OnceLock::new(),
-        });
-        *lock(&ACTIVE) = Some(session.clone());
-        ActiveSession(session)
-    }
-
-    pub fn failure(&self) -> Option<Failure> {
-        lock(&self.0.failure).clone()
-    }
-
-    pub fn options(&self) -> &Options {
-        &self.0.options
-    }
-}
-
-impl Drop for ActiveSession {
-    fn drop(&mut self) {
-        *lock(&ACTIVE) = None;
-    }
+/// Bounds every network read and connect of libgit2, and adds the ssh transport.
+///
+/// # Safety
+/// Sets libgit2 globals without synchronization: call before any thread is started.
+pub unsafe fn init(timeout: Duration) -> Result<(), git2::Error> {
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // Neither call can fail: libgit2 only stores the value.
+    let _ = git2::opts::set_server_connect_timeout_in_milliseconds(millis);
+    let _ = git2::opts::set_server_timeout_in_milliseconds(millis);
+    // SAFETY: the caller guarantees no other thread uses libgit2 yet.
+    unsafe { register() }
 }

@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 
 use git2::{Oid, Repository};
 
+use super::tag_object::{bound_to, split_tag_signature};
+use super::trusted_keys::check_keys;
 use super::GitError;
 use crate::config::{Signed, Verify};
 use crate::plan::Trust;
@@ -110,74 +112,6 @@ pub(super) struct Target {
     pub commit: Oid,
     /// The annotated tag's object, when the ref names one.
     pub tag: Option<Oid>,
-}
-
-/// The first lines of a tag object, as git writes them (and `git fsck` requires them): `object`,
-/// `type`, `tag`, in that order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct TagHeader {
-    pub object: Oid,
-    pub kind: String,
-    pub name: String,
-}
-
-impl TagHeader {
-    pub fn parse(data: &[u8]) -> Option<TagHeader> {
-        let mut lines = data.split(|&b| b == b'\n');
-        let mut field = |key: &str| {
-            let line = lines.next()?.strip_prefix(key.as_bytes())?;
-            String::from_utf8(line.strip_prefix(b" ")?.to_vec()).ok()
-        };
-        let object = Oid::from_str(&field("object")?).ok()?;
-        let kind = field("type")?;
-        let name = field("tag")?;
-        Some(TagHeader { object, kind, name })
-    }
-}
-
-/// Whether the tag object `data`, listed as `listed_as`, names `commit` and carries the ref's own
-/// name: a signed tag moved under another name is an old release replayed, not this one.
-fn bound_to(data: &[u8], listed_as: &str, commit: Oid) -> Result<(), String> {
-    let Some(header) = TagHeader::parse(data) else {
-        return Err(
-            "its object does not start with a tag's `object`, `type` and `tag` lines".into(),
-        );
-    };
-    if header.kind != "commit" || header.object != commit {
-        return Err(format!(
-            "the tag object names {} {}, not commit {commit}",
-            header.kind, header.object
-        ));
-    }
-    let listed_name = listed_as.strip_prefix("refs/tags/").unwrap_or(listed_as);
-    if listed_as != format!("refs/tags/{}", header.name) {
-        return Err(format!(
-            "the signed tag object is named {:?}, but the remote publishes it as {listed_name:?} \
-             ({listed_as}): an old signed release replayed under a new name; sign a tag named \
-             {listed_name:?}",
-            header.name
-        ));
-    }
-    Ok(())
-}
-
-/// A tag object's text and the signature appended to it, as git writes them.
-fn split_tag_signature(data: &[u8]) -> Option<(&[u8], &[u8])> {
-    [
-        "-----BEGIN SSH SIGNATURE-----",
-        "-----BEGIN PGP SIGNATURE-----",
-    ]
-    .iter()
-    .find_map(|marker| {
-        let at = find(data, marker.as_bytes())?;
-        (at == 0 || data[at - 1] == b'\n').then(|| data.split_at(at))
-    })
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
 }
 
 /// Files for the verifying tool, in a directory of their own, removed when dropped.
@@ -434,13 +368,6 @@ fn gpg_verdict(output: &str, exited_ok: bool) -> Result<String, String> {
     }
 }
 
-/// What is wrong with the file of trusted keys, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeysProblem {
-    pub problem: String,
-    pub fix: String,
-}
-
 /// The program `verify` runs to check a signature.
 pub fn tool(verify: Verify) -> Option<&'static str> {
     match verify {
@@ -450,145 +377,6 @@ pub fn tool(verify: Verify) -> Option<&'static str> {
     }
 }
 
-/// Reads the file of trusted keys before any signature is checked against it: a file that is
-/// missing, empty or not in its format would otherwise read as "not an allowed signer" or "not
-/// in the keyring", blaming the code for a broken setup. Either way nothing is trusted.
-pub fn check_keys(verify: Verify, keys: &Path) -> Result<(), KeysProblem> {
-    use std::io::Read;
-    let (setting, fix) = match verify {
-        Verify::None => return Ok(()),
-        Verify::Ssh => (
-            "git.allowed_signers",
-            "put the trusted keys there in git's allowed-signers format, one line each: \
-             `deploy@example.com ssh-ed25519 AAAA…`"
-                .to_string(),
-        ),
-        Verify::Gpg => (
-            "git.gpg_keyring",
-            format!(
-                "export the trusted public keys there as a binary keyring: `gpg --export KEYID > {}`",
-                keys.display()
-            ),
-        ),
-    };
-    let problem = |what: String| KeysProblem {
-        problem: format!("{setting} {} {what}", keys.display()),
-        fix: fix.clone(),
-    };
-    let mut text = Vec::new();
-    std::fs::File::open(keys)
-        .and_then(|file| file.take(MAX_KEYS_FILE).read_to_end(&mut text))
-        .map_err(|e| problem(format!("cannot be read ({e})")))?;
-    if text.iter().all(u8::is_ascii_whitespace) {
-        return Err(problem("is empty: it trusts no key".into()));
-    }
-    match verify {
-        Verify::Ssh => match String::from_utf8_lossy(&text)
-            .lines()
-            .enumerate()
-            .find(|(_, line)| !is_allowed_signer_line(line))
-        {
-            Some((at, _)) => Err(KeysProblem {
-                problem: format!(
-                    "line {} of {setting} {} is not an allowed-signers line \
-                     (`principals [options] key-type base64-key`)",
-                    at + 1,
-                    keys.display()
-                ),
-                fix: format!("fix or remove that line; {fix}"),
-            }),
-            None => Ok(()),
-        },
-        _ => gpg_keyring_problem(&text).map_or(Ok(()), |(what, own_fix)| {
-            Err(KeysProblem {
-                fix: own_fix.unwrap_or_else(|| fix.clone()),
-                ..problem(what)
-            })
-        }),
-    }
-}
-
-/// More than any keyring of trusted signers: the file is read no further.
-const MAX_KEYS_FILE: u64 = 16 << 20;
-
-/// A line of an allowed-signers file: blank, a comment, or principals, options and a key whose
-/// base64 blob carries its own type, as OpenSSH writes keys.
-fn is_allowed_signer_line(line: &str) -> bool {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return true;
-    }
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    // The principals come first; the key type may follow options.
-    (1..fields.len().saturating_sub(1)).any(|at| blob_has_type(fields[at + 1], fields[at]))
-}
-
-/// Whether `blob` is base64 of an SSH public key of type `kind` (a length-prefixed string).
-fn blob_has_type(blob: &str, kind: &str) -> bool {
-    let Some(bytes) = base64_decode(blob) else {
-        return false;
-    };
-    let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
-        return false;
-    };
-    let len = u32::from_be_bytes(*len) as usize;
-    !kind.is_empty() && rest.get(..len) == Some(kind.as_bytes())
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let text = text.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for &c in text {
-        acc = (acc << 6) | u32::from(digit(c)?);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
-/// Why `keyring` is not a keyring gpgv reads (its problem, and a fix of its own when the general
-/// one would not help), from its first bytes: an OpenPGP public key packet, or GnuPG's keybox.
-fn gpg_keyring_problem(keyring: &[u8]) -> Option<(String, Option<String>)> {
-    let start = keyring.trim_ascii_start();
-    if start.starts_with(b"-----BEGIN PGP") {
-        return Some((
-            "is ASCII-armoured; gpgv needs a binary keyring".into(),
-            Some(
-                "convert it with `gpg --dearmor < FILE > FILE.gpg` and point git.gpg_keyring at \
-                 the result (or export the keys without --armor)"
-                    .into(),
-            ),
-        ));
-    }
-    if keyring.get(8..12) == Some(b"KBXf") {
-        return None;
-    }
-    let first = keyring[0];
-    let tag = if first & 0x40 != 0 {
-        first & 0x3f
-    } else {
-        (first >> 2) & 0x0f
-    };
-    (first & 0x80 == 0 || tag != 6).then(|| {
-        (
-            "is not an OpenPGP keyring (it does not start with a public key)".into(),
-            None,
-        )
-    })
-}
-
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -596,17 +384,6 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_tags_signature_is_split_from_its_text_at_the_line_that_starts_it() {
-        let tag = b"object abc\ntype commit\ntag v1\n\nv1\n-----BEGIN SSH SIGNATURE-----\nU1NI\n-----END SSH SIGNATURE-----\n";
-        let (payload, signature) = split_tag_signature(tag).unwrap();
-        assert!(payload.ends_with(b"\nv1\n"));
-        assert!(signature.starts_with(b"-----BEGIN SSH SIGNATURE-----"));
-        // A message that merely quotes the marker mid-line is no signature.
-        let quoted = b"object abc\ntag v1\n\nsee -----BEGIN PGP SIGNATURE----- here\n";
-        assert!(split_tag_signature(quoted).is_none());
-    }
 
     /// gpgv 2.2's status lines (`--status-fd 1`) for a detached signature, as it printed them
     /// for keys made for the purpose; `sig` is the one verdict line, `extra` what comes before.
@@ -699,129 +476,6 @@ mod tests {
         let novel = gpgv_says("[GNUPG:] TOFU_STATS 1 2 3\n", "GOODSIG", true);
         let err = gpg_verdict(&novel, true).unwrap_err();
         assert!(err.contains("gpgv reported TOFU_STATS 1 2 3"), "{err}");
-    }
-
-    const COMMIT: &str = "5b1f0b7a3c6f2d3b4b1c0e9f8a7d6c5b4a3f2e1d";
-
-    fn tag_object(object: &str, kind: &str, name: &str) -> Vec<u8> {
-        format!(
-            "object {object}\ntype {kind}\ntag {name}\ntagger t <t@t> 1 +0000\n\n{name}\n\
-             -----BEGIN SSH SIGNATURE-----\nU1NI\n-----END SSH SIGNATURE-----\n"
-        )
-        .into_bytes()
-    }
-
-    #[test]
-    fn a_tag_objects_header_names_its_object_type_and_name_in_gits_order() {
-        let header = TagHeader::parse(&tag_object(COMMIT, "commit", "rel-1")).unwrap();
-        assert_eq!(header.object.to_string(), COMMIT);
-        assert_eq!(header.kind, "commit");
-        assert_eq!(header.name, "rel-1");
-        for broken in [
-            format!("type commit\nobject {COMMIT}\ntag rel-1\n"),
-            format!("object {COMMIT}\ntype commit\n\nrel-1\n"),
-            "object nothex\ntype commit\ntag rel-1\n".to_string(),
-            format!("object {COMMIT}\ntype  commit\ntagx rel-1\n"),
-            String::new(),
-        ] {
-            assert_eq!(TagHeader::parse(broken.as_bytes()), None, "{broken:?}");
-        }
-    }
-
-    #[test]
-    fn a_tag_binds_its_commit_and_its_own_name() {
-        let commit = Oid::from_str(COMMIT).unwrap();
-        let tag = tag_object(COMMIT, "commit", "t-old");
-        assert_eq!(bound_to(&tag, "refs/tags/t-old", commit), Ok(()));
-        let err = bound_to(&tag, "refs/tags/t-renamed", commit).unwrap_err();
-        assert!(
-            err.contains("named \"t-old\", but the remote publishes it as \"t-renamed\""),
-            "{err}"
-        );
-        let err = bound_to(&tag, "refs/heads/t-old", commit).unwrap_err();
-        assert!(
-            err.contains("publishes it as \"refs/heads/t-old\""),
-            "{err}"
-        );
-        let other = Oid::from_str("1111111111111111111111111111111111111111").unwrap();
-        let err = bound_to(&tag, "refs/tags/t-old", other).unwrap_err();
-        assert!(
-            err.contains(&format!("names commit {COMMIT}, not commit {other}")),
-            "{err}"
-        );
-        let tree = tag_object(COMMIT, "tree", "t-old");
-        assert!(bound_to(&tree, "refs/tags/t-old", commit).is_err());
-    }
-
-    #[test]
-    fn a_missing_empty_or_garbage_allowed_signers_file_is_named_as_the_cause() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("allowed_signers");
-        let problem = |text: Option<&str>| {
-            if let Some(text) = text {
-                std::fs::write(&file, text).unwrap();
-            }
-            check_keys(Verify::Ssh, &file).map_err(|p| p.problem)
-        };
-        let err = problem(None).unwrap_err();
-        assert!(
-            err.contains("allowed_signers cannot be read (No such file"),
-            "{err}"
-        );
-        assert!(problem(Some("\n \n"))
-            .unwrap_err()
-            .ends_with("is empty: it trusts no key"));
-        let key = "AAAAC3NzaC1lZDI1NTE5AAAAIE3Ku3ng0/0dD47e7xqL4Eq6FkCw3D2xgnDq0LZXKq2w";
-        let good = format!(
-            "# the deployers\ndeploy@example.com ssh-ed25519 {key}\n\
-             ops@example.com namespaces=\"git\" ssh-ed25519 {key} comment\n"
-        );
-        assert_eq!(problem(Some(&good)), Ok(()));
-        let garbage = format!("{good}this is not a key\n");
-        let err = problem(Some(&garbage)).unwrap_err();
-        assert!(err.starts_with("line 4 of git.allowed_signers"), "{err}");
-        // A key whose blob does not carry the type it claims is no key.
-        let mislabelled = format!("deploy@example.com ssh-rsa {key}\n");
-        assert!(problem(Some(&mislabelled)).is_err());
-        assert!(problem(Some("deploy@example.com ssh-ed25519 !!!\n")).is_err());
-    }
-
-    #[test]
-    fn a_missing_empty_armoured_or_garbage_keyring_is_named_as_the_cause() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("trusted.gpg");
-        let problem = |bytes: Option<&[u8]>| {
-            if let Some(bytes) = bytes {
-                std::fs::write(&file, bytes).unwrap();
-            }
-            check_keys(Verify::Gpg, &file)
-        };
-        assert!(problem(None)
-            .unwrap_err()
-            .problem
-            .contains("cannot be read"));
-        assert!(problem(Some(b"")).unwrap_err().problem.contains("is empty"));
-        let armoured =
-            problem(Some(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ...\n")).unwrap_err();
-        assert!(
-            armoured
-                .problem
-                .ends_with("is ASCII-armoured; gpgv needs a binary keyring"),
-            "{armoured:?}"
-        );
-        assert!(armoured.fix.contains("gpg --dearmor"), "{armoured:?}");
-        let garbage = problem(Some(b"hello")).unwrap_err();
-        assert!(
-            garbage.problem.contains("is not an OpenPGP keyring"),
-            "{garbage:?}"
-        );
-        assert!(garbage.fix.contains("gpg --export"), "{garbage:?}");
-        // A public key packet, new (0xc6) or old (0x98) format, and GnuPG's keybox.
-        assert_eq!(problem(Some(b"\xc6\x33\x04")), Ok(()));
-        assert_eq!(problem(Some(b"\x98\x33\x04")), Ok(()));
-        assert_eq!(problem(Some(b"\0\0\0\x20\x01\x01\0\x02KBXf")), Ok(()));
-        // A secret key (tag 5) is not what gpgv checks against.
-        assert!(problem(Some(b"\xc5\x33\x04")).is_err());
     }
 
     #[test]

@@ -1,0 +1,329 @@
+//! The checkout: bring a release of the commit the planned branch, tag or commit names onto
+//! disk, fetching only what is missing. The remote is anonymous, so its URL (and any credential
+//! in it) never lands in `.git/config`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use git2::{Direction, FetchOptions, Repository};
+
+use super::error::network_error;
+use super::refs::{advertised_ref, target_of, warn_if_peel_forged};
+use super::releases::Layout;
+use super::session::Limits;
+use super::{trust, Credentials, GitError};
+use crate::plan::GitPlan;
+use crate::remote::Remote;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkout {
+    pub commit: String,
+    pub action: Action,
+    /// What the fetch transferred (0 when nothing needed fetching).
+    pub received_objects: usize,
+    pub received_bytes: usize,
+}
+
+/// What the boot did to the checkout; written in status.json and the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Cloned,
+    Fetched,
+    Unchanged,
+    /// The checkout failed and the release already in service stays (`git.on_failure`).
+    Kept,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Cloned => "cloned",
+            Action::Fetched => "fetched",
+            Action::Unchanged => "unchanged",
+            Action::Kept => "kept",
+        })
+    }
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Where the bare repository keeps the fetched commit.
+const TRACKING: &str = "refs/bootagent/target";
+
+/// Who owns a release's files.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Blocking: makes a release of the commit `plan.reference` names on `url`, ready for
+/// [`switch`]. A release is checked out in a temporary directory, synced and renamed into place;
+/// the link switches only when the caller says (a rename too), so whatever is killed or fails
+/// when, the link points at a complete release: the new one or the last good one. `Unchanged`:
+/// the link already points at that commit.
+///
+/// `avoid` is a commit that failed its deploy gate: when the ref still names it and a release is
+/// in service, the sync stops with [`GitError::FailedBefore`] before fetching anything.
+pub fn sync(
+    plan: &GitPlan,
+    remote: &Remote,
+    owner: Option<Owner>,
+    credentials: &Credentials,
+    limits: &Limits,
+    avoid: Option<&crate::deploys::FailedCommit>,
+) -> Result<Checkout, GitError> {
+    let layout = Layout::of(&plan.dir);
+    let local = |action: &'static str| {
+        let dir = plan.dir.clone();
+        move |e: git2::Error| GitError::Local {
+            action,
+            dir,
+            message: e.message().to_string(),
+        }
+    };
+    let io = |action: &'static str| {
+        let dir = plan.dir.clone();
+        move |e: std::io::Error| GitError::Local {
+            action,
+            dir,
+            message: e.to_string(),
+        }
+    };
+    let session = credentials.session(remote, limits)?;
+    // Past the deadline, or cancelled: the sync stops before its next step, and never switches
+    // the release afterwards.
+    let stop_if_exceeded = || match limits.exceeded() {
+        Some(failure) => Err(GitError::Unreachable {
+            url: remote.to_string(),
+            message: failure.message().to_string(),
+        }),
+        None => Ok(()),
+    };
+    std::fs::create_dir_all(&layout.releases).map_err(io("create the releases directory"))?;
+    clear_interrupted_work(&layout.repo).map_err(io("clear what an interrupted fetch left"))?;
+    let (repo, fresh) = match Repository::open_bare(&layout.repo) {
+        Ok(repo) => (repo, false),
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&layout.repo);
+            (
+                Repository::init_bare(&layout.repo).map_err(local("create the repository"))?,
+                true,
+            )
+        }
+    };
+
+    let mut anonymous = repo
+        .remote_anonymous(remote.url())
+        .map_err(local("set up the remote"))?;
+    // One connection lists the refs and, when needed, fetches: over ssh a second connection
+    // would cost a second handshake.
+    let mut connection = anonymous
+        .connect_auth(Direction::Fetch, None, None)
+        .map_err(|e| network_error(e, remote, &session))?;
+    let listed = advertised_ref(&mut connection, remote, &plan.reference, &session)?;
+    // What runs is read from the objects on this side: the commit the ref names, or for an
+    // annotated tag the commit its (verified) tag object names. The remote's word is only what
+    // to fetch.
+    let known = target_of(&repo, &listed, remote)?;
+    let mut received = (0, 0);
+    let fetched = known.is_none();
+    let target = match known {
+        Some(target) => target,
+        None => {
+            let mut last_report = Instant::now();
+            let mut callbacks = git2::RemoteCallbacks::new();
+            callbacks.transfer_progress(|progress| {
+                received = (progress.received_objects(), progress.received_bytes());
+                // A local fetch has no transport of ours to stop it: false aborts it here.
+                if limits.exceeded().is_some() {
+                    return false;
+                }
+                // A long transfer says how far it got, at a steady pace.
+                if last_report.elapsed() >= PROGRESS_EVERY {
+                    last_report = Instant::now();
+                    tracing::info!(
+                        objects = progress.received_objects(),
+                        total = progress.total_objects(),
+                        bytes = progress.received_bytes(),
+                        "fetching"
+                    );
+                }
+                true
+            });
+            let mut options = FetchOptions::new();
+            options.remote_callbacks(callbacks);
+            // libgit2's local transport cannot fetch shallow; a repository on this machine's
+            // disk costs no network, so it is fetched whole.
+            // Whether the new commit descends from the one in service needs the history.
+            if !remote.is_local() && plan.trust.allow_rewind {
+                options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
+            }
+            connection
+                .remote()
+                .download(
+                    &[format!("+{}:{TRACKING}", listed.name)],
+                    Some(&mut options),
+                )
+                .map_err(|e| match network_error(e, remote, &session) {
+                    // A commit id the remote does not list: a server that answered and said no
+                    // is no outage.
+                    GitError::Unreachable { message, .. }
+                        if !listed.name.starts_with("refs/") && session.failure().is_none() =>
+                    {
+                        GitError::CommitNotServed {
+                            url: remote.to_string(),
+                            commit: listed.name.clone(),
+                            message,
+                        }
+                    }
+                    other => other,
+                })?;
+            drop(options);
+            let target = target_of(&repo, &listed, remote)?.ok_or_else(|| GitError::Unusable {
+                url: remote.to_string(),
+                message: format!(
+                    "the fetch of {} did not bring {} and the commit it names",
+                    listed.name, listed.object
+                ),
+            })?;
+            // A ref keeps the commit: the next fetch offers it as what this side has, so only
+            // what is new comes.
+            repo.reference(TRACKING, target.commit, true, "bootagent fetch")
+                .map_err(local("record the fetched commit"))?;
+            target
+        }
+    };
+    warn_if_peel_forged(&listed, &target, remote);
+    let commit_id = target.commit;
+    if let Some(failed) = avoid.filter(|f| f.commit == commit_id.to_string()) {
+        if layout.current().is_some() {
+            return Err(GitError::FailedBefore {
+                reference: plan.reference.clone(),
+                commit: failed.commit.clone(),
+                at: failed.at.clone(),
+                reason: failed.reason.clone(),
+                exit_code: failed.exit_code,
+            });
+        }
+    }
+    if layout.current() == Some(commit_id) {
+        return Ok(Checkout {
+            commit: commit_id.to_string(),
+            action: Action::Unchanged,
+            received_objects: received.0,
+            received_bytes: received.1,
+        });
+    }
+    let action = match (fetched, fresh) {
+        (true, true) => Action::Cloned,
+        _ => Action::Fetched,
+    };
+    let release = layout.releases.join(commit_id.to_string());
+    trust::check(
+        &repo,
+        &plan.trust,
+        &plan.reference,
+        &target,
+        layout.current(),
+    )?;
+    if !release.exists() {
+        let commit = repo
+            .find_commit(commit_id)
+            .map_err(local("find the fetched commit"))?;
+        let staging = layout
+            .releases
+            .join(format!(".{commit_id}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        stop_if_exceeded()?;
+        let mut checkout = git2::build::CheckoutBuilder::new();
+        checkout
+            .force()
+            .target_dir(&staging)
+            .notify_on(git2::CheckoutNotificationType::UPDATED)
+            .notify(|_, _, _, _, _| limits.exceeded().is_none());
+        repo.checkout_tree(commit.as_object(), Some(&mut checkout))
+            .map_err(|e| match limits.exceeded() {
+                Some(failure) => GitError::Unreachable {
+                    url: remote.to_string(),
+                    message: failure.message().to_string(),
+                },
+                None => local("check out the fetched commit")(e),
+            })?;
+        if let Some(owner) = owner {
+            chown_tree(&staging, owner).map_err(io("give the release to the service user"))?;
+        }
+        // The rename below must not outrun the data: a crash after it would leave a release of
+        // empty files.
+        sync_filesystem(&staging).map_err(io("flush the release to disk"))?;
+        stop_if_exceeded()?;
+        std::fs::rename(&staging, &release).map_err(io("move the release into place"))?;
+    }
+    stop_if_exceeded()?;
+    Ok(Checkout {
+        commit: commit_id.to_string(),
+        action,
+        received_objects: received.0,
+        received_bytes: received.1,
+    })
+}
+
+/// A fetch killed mid-way leaves lock files (`shallow.lock`, `refs/…/x.lock`) that make every
+/// later fetch fail, and half-written packs. The boot lock guarantees no other fetch is running,
+/// so whatever is there is stale.
+fn clear_interrupted_work(repo: &Path) -> std::io::Result<()> {
+    fn walk(dir: &Path, stale: &dyn Fn(&str) -> bool) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if entry.file_type()?.is_dir() {
+                walk(&entry.path(), stale)?;
+            } else if stale(&name.to_string_lossy()) {
+                tracing::info!(file = %entry.path().display(), "removing what an interrupted fetch left");
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+    let lock = |name: &str| name.ends_with(".lock");
+    for top in [
+        "shallow.lock",
+        "packed-refs.lock",
+        "config.lock",
+        "HEAD.lock",
+        "FETCH_HEAD.lock",
+    ] {
+        match std::fs::remove_file(repo.join(top)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    walk(&repo.join("refs"), &lock)?;
+    walk(&repo.join("objects").join("pack"), &|name: &str| {
+        name.starts_with("pack_git2_") || name.ends_with(".lock")
+    })
+}
+
+fn chown_tree(dir: &Path, owner: Owner) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&entry.path(), owner)?;
+        } else {
+            std::os::unix::fs::lchown(entry.path(), Some(owner.uid), Some(owner.gid))?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_filesystem(path: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(path)?;
+    nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
+}
