@@ -165,12 +165,11 @@ async fn remote_head(
     client: &secrets::Client,
 ) -> Result<git::RemoteRef, Error> {
     let remote = plan.git.remote.clone().map_err(git::GitError::from)?;
-    let mut loaded = secrets::LoadedSecrets::default();
-    if config.git.credentials_in_secrets() {
-        loaded = secrets::load(client, &plan.identity.region, &plan.secrets).await?;
-    }
-    let credentials = git::Credentials::from_config(config, &mut loaded)?;
-    drop(loaded);
+    let credentials = match git::Credentials::load(config, plan, client).await {
+        Ok(credentials) => credentials,
+        Err(git::Unavailable::Secrets(e)) => return Err(e.into()),
+        Err(git::Unavailable::Git(e)) => return Err(e.into()),
+    };
     let reference = plan.git.reference.clone();
     let limits = git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
     let dir = plan.git.dir.clone();

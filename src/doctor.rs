@@ -649,21 +649,26 @@ async fn git_credentials(
     plan: &Plan,
     client: Option<secrets::Client>,
 ) -> Result<git::Credentials, Finding> {
-    let mut loaded = secrets::LoadedSecrets::default();
-    if config.git.credentials_in_secrets() {
-        let Some(client) = client else {
+    let Some(client) = client else {
+        if config.git.credentials_in_secrets() {
             return Err(skip(
                 "a git credential is in a secret, and Secrets Manager is not reachable",
             ));
-        };
-        loaded = secrets::load(&client, &plan.identity.region, &plan.secrets)
-            .await
-            .map_err(|_| {
-                skip("a git credential is in a secret, which the secret check could not read")
-            })?;
+        }
+        let mut none = secrets::LoadedSecrets::default();
+        return git::Credentials::from_config(config, &mut none).map_err(credentials_failed);
+    };
+    match git::Credentials::load(config, plan, &client).await {
+        Ok(credentials) => Ok(credentials),
+        Err(git::Unavailable::Secrets(_)) => Err(skip(
+            "a git credential is in a secret, which the secret check could not read",
+        )),
+        Err(git::Unavailable::Git(e)) => Err(credentials_failed(e)),
     }
-    git::Credentials::from_config(config, &mut loaded)
-        .map_err(|e| fail(e.to_string(), "fix git.token or git.ssh_key"))
+}
+
+fn credentials_failed(error: git::GitError) -> Finding {
+    fail(error.to_string(), "fix git.token or git.ssh_key")
 }
 
 /// With `git.verify` set, what a boot needs to check a signature: the tool on PATH and the

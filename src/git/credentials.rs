@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use super::session::{self, ActiveSession, Limits};
 use super::{ssh, GitError};
 use crate::config::{Config, Credential};
+use crate::plan::Plan;
 use crate::remote::{Kind, Remote};
+use crate::secrets::{self, LoadedSecrets, SecretsError};
 
 /// How bootagent proves itself to the remote, and checks the remote: an HTTP deploy token, an
 /// SSH deploy key and the pinned host keys. Secrets among them are never written to persistent
@@ -20,13 +22,37 @@ pub struct Credentials {
     _key_file: Option<KeyFile>,
 }
 
+/// Why the credentials a boot would use could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// One lives in a secret, which could not be read.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
 impl Credentials {
+    /// The credentials as a boot would use them, outside a boot (deploy's listing, doctor):
+    /// the plan's secrets are read only when a credential lives in one.
+    pub async fn load(
+        settings: &Config,
+        plan: &Plan,
+        client: &secrets::Client,
+    ) -> Result<Credentials, Unavailable> {
+        let mut loaded = LoadedSecrets::default();
+        if settings.git.credentials_in_secrets() {
+            loaded = secrets::load(client, &plan.identity.region, &plan.secrets).await?;
+        }
+        Ok(Credentials::from_config(settings, &mut loaded)?)
+    }
+
     /// The credentials `config` names. A `secret:NAME` one is taken out of the loaded secrets
     /// (so the service does not receive it). A key from a secret is written, mode 0600, into `run_dir`,
     /// which must be memory-backed.
     pub fn from_config(
         settings: &Config,
-        secrets: &mut crate::secrets::LoadedSecrets,
+        secrets: &mut LoadedSecrets,
     ) -> Result<Credentials, GitError> {
         let config = &settings.git;
         let run_dir = &settings.paths.run_dir;

@@ -17,7 +17,7 @@ pub mod trust;
 pub mod trusted_keys;
 
 pub use crate::remote::Remote;
-pub use credentials::Credentials;
+pub use credentials::{Credentials, Unavailable};
 pub use error::GitError;
 pub use refs::{remote_ref, RemoteRef};
 pub use releases::{prune, release_dir, switch, Layout};
