@@ -140,9 +140,7 @@ impl HttpStream {
         }
         let timeout = self.session.options.timeout;
         let limits = self.session.limits.clone();
-        let left = limits
-            .deadline
-            .saturating_duration_since(std::time::Instant::now());
+        let left = limits.deadline.left();
         let response = self
             .runtime
             .block_on(tokio::time::timeout(left, request.send()))

@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::deadline::Deadline;
 use crate::remote::Remote;
 
 /// What the transports are told for one sync.
@@ -41,7 +42,7 @@ impl Cancel {
 /// How long one sync (or one listing of the remote's refs) may take in all.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    pub deadline: Instant,
+    pub deadline: Deadline,
     /// What the deadline is called in messages: `5m (git.deadline)`.
     pub named: String,
     pub cancel: Cancel,
@@ -50,7 +51,7 @@ pub struct Limits {
 impl Limits {
     pub fn new(within: Duration, named: &str, cancel: Cancel) -> Limits {
         Limits {
-            deadline: Instant::now() + within,
+            deadline: Deadline::after(within),
             named: format!("{} ({named})", humantime::format_duration(within)),
             cancel,
         }
@@ -62,7 +63,7 @@ impl Limits {
             Some(Failure::Unreachable(
                 "stopped: the boot's deadline passed while git was working".into(),
             ))
-        } else if Instant::now() >= self.deadline {
+        } else if self.deadline.left().is_zero() {
             Some(Failure::Unreachable(format!(
                 "the checkout did not finish within {}",
                 self.named
@@ -137,10 +138,7 @@ impl Session {
         if let Some(failure) = self.limits.exceeded() {
             return Err(self.fail(failure));
         }
-        let left = self
-            .limits
-            .deadline
-            .saturating_duration_since(Instant::now());
+        let left = self.limits.deadline.left();
         // Never zero: socket timeouts refuse it (the deadline is checked again after the wait).
         Ok(self.options.timeout.min(left).max(Duration::from_millis(1)))
     }
