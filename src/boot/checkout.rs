@@ -156,6 +156,16 @@ async fn checkout(
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
     };
+    let avoid = avoid.map(|failed| git::Avoid {
+        commit: failed.commit.clone(),
+        because: GitError::FailedBefore {
+            reference: plan.git.reference.clone(),
+            commit: failed.commit,
+            at: failed.at,
+            reason: failed.reason,
+            exit_code: failed.exit_code,
+        },
+    });
     let git_plan = plan.git.clone();
     // git.deadline, or what is left of the boot's, whichever ends first.
     let boot_left = deadline.left();
@@ -181,7 +191,7 @@ async fn checkout(
                 Some(owner),
                 &credentials,
                 &limits,
-                avoid.as_ref(),
+                avoid,
             ));
         })
         .map_err(|e| Error::io("failed to start the git thread", e))?;

@@ -22,5 +22,5 @@ pub use error::GitError;
 pub use refs::{remote_ref, RemoteRef};
 pub use releases::{prune, release_dir, switch, Layout};
 pub use session::{Cancel, Limits};
-pub use sync::{sync, Action, Checkout, Owner};
+pub use sync::{sync, Action, Avoid, Checkout, Owner};
 pub use transport::init;

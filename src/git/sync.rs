@@ -58,21 +58,28 @@ pub struct Owner {
     pub gid: u32,
 }
 
+/// A commit not to deploy again while a release is in service, and the error a sync that meets
+/// it stops with (the deploy record's, which git knows nothing of).
+pub struct Avoid {
+    pub commit: String,
+    pub because: GitError,
+}
+
 /// Blocking: makes a release of the commit `plan.reference` names on `url`, ready for
 /// [`switch`]. A release is checked out in a temporary directory, synced and renamed into place;
 /// the link switches only when the caller says (a rename too), so whatever is killed or fails
 /// when, the link points at a complete release: the new one or the last good one. `Unchanged`:
 /// the link already points at that commit.
 ///
-/// `avoid` is a commit that failed its deploy gate: when the ref still names it and a release is
-/// in service, the sync stops with [`GitError::FailedBefore`] before fetching anything.
+/// `avoid` is a commit that failed before: when the ref still names it and a release is in
+/// service, the sync stops with its error before making a release of it.
 pub fn sync(
     plan: &GitPlan,
     remote: &Remote,
     owner: Option<Owner>,
     credentials: &Credentials,
     limits: &Limits,
-    avoid: Option<&crate::deploys::FailedCommit>,
+    avoid: Option<Avoid>,
 ) -> Result<Checkout, GitError> {
     let layout = Layout::of(&plan.dir);
     let local = |action: &'static str| {
@@ -197,15 +204,9 @@ pub fn sync(
     };
     warn_if_peel_forged(&listed, &target, remote);
     let commit_id = target.commit;
-    if let Some(failed) = avoid.filter(|f| f.commit == commit_id.to_string()) {
+    if let Some(avoid) = avoid.filter(|avoid| avoid.commit == commit_id.to_string()) {
         if layout.current().is_some() {
-            return Err(GitError::FailedBefore {
-                reference: plan.reference.clone(),
-                commit: failed.commit.clone(),
-                at: failed.at.clone(),
-                reason: failed.reason.clone(),
-                exit_code: failed.exit_code,
-            });
+            return Err(avoid.because);
         }
     }
     if layout.current() == Some(commit_id) {
