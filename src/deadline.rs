@@ -12,11 +12,22 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    /// `length` from now. Lengths come from the config, which refuses one beyond any clock.
+    /// `length` from now; one beyond what the clock can add (a `--timeout` of centuries) is a
+    /// year, as good as forever here.
     pub fn after(length: Duration) -> Deadline {
+        let now = Instant::now();
+        let at = now
+            .checked_add(length)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 60 * 60));
+        Deadline { at, length }
+    }
+
+    /// The same deadline, but never less than `margin` from now: for work that could start only
+    /// late, and must still get a moment.
+    pub fn at_least(self, margin: Duration) -> Deadline {
         Deadline {
-            at: Instant::now() + length,
-            length,
+            at: self.at.max(Instant::now() + margin),
+            ..self
         }
     }
 
@@ -53,6 +64,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(deadline.left(), Duration::ZERO);
         assert_eq!(deadline.length(), "30ms");
+    }
+
+    #[test]
+    fn a_length_beyond_the_clock_is_a_far_deadline_and_a_margin_extends_a_passed_one() {
+        let forever = Deadline::after(Duration::MAX);
+        assert!(forever.left() > Duration::from_secs(300 * 24 * 60 * 60));
+        let passed = Deadline::after(Duration::ZERO);
+        assert_eq!(passed.left(), Duration::ZERO);
+        let extended = passed.at_least(Duration::from_secs(5));
+        assert!(extended.left() > Duration::from_secs(4), "{extended:?}");
+        assert_eq!(extended.length(), "0s");
+        assert!(forever.at_least(Duration::from_secs(5)).left() > Duration::from_secs(60));
     }
 
     #[tokio::test]

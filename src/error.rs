@@ -3,18 +3,18 @@
 use std::error::Error as StdError;
 use std::fmt::Write as _;
 
-use crate::autoscaling::LifecycleError;
+use crate::aws::autoscaling::LifecycleError;
+use crate::aws::ec2::Ec2Error;
+use crate::aws::imds::ImdsError;
 use crate::config::ConfigError;
-use crate::ec2::Ec2Error;
 use crate::envfile::EnvFileError;
 use crate::exit;
 use crate::git::GitError;
-use crate::identity::{FetchError, IdentityError};
-use crate::imds::ImdsError;
+use crate::plan::identity::{FetchError, IdentityError};
 use crate::plan::ResolveError;
 use crate::secrets::SecretsError;
 use crate::service::{HookError, ServiceError};
-use crate::status::StatusError;
+use crate::state::status::StatusError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -75,7 +75,7 @@ pub enum Error {
         exit_code: u8,
     },
     #[error(transparent)]
-    Deploys(#[from] crate::deploys::Untrusted),
+    Deploys(#[from] crate::state::deploys::Untrusted),
     #[error(
         "the instance is draining before termination ({marker} exists): nothing is started or \
          deployed until it launches again"

@@ -2,39 +2,24 @@
 //! secrets, running". `main.rs` only parses arguments and maps errors to exit codes.
 
 mod atomic;
-pub mod autoscaling;
-mod aws;
+pub mod aws;
 mod boot;
 pub mod cli;
 pub mod config;
 mod deadline;
-mod deploy;
-mod deploys;
-pub mod doctor;
-mod ec2;
-mod envdiff;
 pub mod envfile;
 mod error;
 pub mod exit;
 mod failpoint;
 pub mod git;
-pub mod health;
-pub mod health_server;
-pub mod history;
-pub mod identity;
-pub mod imds;
-mod lifecycle;
 pub mod logging;
-mod metrics;
-pub mod names;
 pub mod plan;
-mod refresh;
 mod remote;
+pub mod report;
 mod retry;
 pub mod secrets;
 pub mod service;
-pub mod status;
-mod template;
+pub mod state;
 #[cfg(test)]
 mod testing;
 
@@ -42,28 +27,44 @@ pub use error::Error;
 
 #[cfg(test)]
 mod tests {
-    /// The README's layout section names every module, so that a newcomer finds each one there.
+    use std::path::Path;
+
+    /// The README's layout section shows every folder of `src/` as `src/PATH/` and names every
+    /// module in it, so that a newcomer finds each one there.
     #[test]
     fn the_readme_layout_names_every_module() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-        let layout = &readme[readme.find("## Layout").expect("a layout section")..];
+        let start = readme.find("## Layout").expect("a layout section");
+        let layout = &readme[start..];
+        let end = layout[3..]
+            .find("\n## ")
+            .map_or(layout.len(), |end| end + 3);
         let mut missing = Vec::new();
-        for entry in std::fs::read_dir(root.join("src")).unwrap() {
+        unnamed(&layout[..end], &root.join("src"), "", &mut missing);
+        assert!(missing.is_empty(), "the README's layout omits {missing:?}");
+    }
+
+    /// The modules in `dir` (`src/` + `folder`) that `layout` does not name, into `missing`.
+    fn unnamed(layout: &str, dir: &Path, folder: &str, missing: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-            if matches!(name.as_str(), "main" | "lib") {
+            if matches!(name.as_str(), "main" | "lib" | "mod" | "tests") {
                 continue;
             }
-            let ways = [
-                format!("`{name}`"),
-                format!("`src/{name}/`"),
-                format!("`src/{name}.rs`"),
-            ];
+            let inside = format!("{folder}{name}");
+            let ways = match (folder.is_empty(), path.is_dir()) {
+                (_, true) => vec![format!("`src/{inside}/`"), format!("src/{inside}/ ")],
+                (true, false) => vec![format!("`{name}`"), format!("`src/{name}.rs`")],
+                (false, false) => vec![format!("`{name}.rs`")],
+            };
             if !ways.iter().any(|way| layout.contains(way)) {
-                missing.push(name);
+                missing.push(inside.clone());
+            }
+            if path.is_dir() {
+                unnamed(layout, &path, &format!("{inside}/"), missing);
             }
         }
-        assert!(missing.is_empty(), "the README's layout omits {missing:?}");
     }
 }

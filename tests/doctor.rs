@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use bootagent::doctor::NEED_IDENTITY;
+use bootagent::report::doctor::NEED_IDENTITY;
 use support::*;
 
 /// A booted exec-mode instance whose every link works.

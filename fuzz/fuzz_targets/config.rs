@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             _ => (config.identity.environment_tag.clone(), value),
         })
         .collect();
-    if let Ok(identity) = bootagent::identity::resolve(
+    if let Ok(identity) = bootagent::plan::identity::resolve(
         &config,
         &tags,
         "i-0123456789abcdef0",

@@ -2,7 +2,7 @@
 //! of the health and metrics paths are served.
 #![no_main]
 
-use bootagent::health_server::{route, Route};
+use bootagent::report::health_server::{route, Route};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

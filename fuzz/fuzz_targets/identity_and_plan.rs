@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .collect();
     let config = config();
-    let Ok(identity) = bootagent::identity::resolve(
+    let Ok(identity) = bootagent::plan::identity::resolve(
         config,
         &tags,
         "i-0123456789abcdef0",
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
-    assert!(bootagent::names::is_valid_name(&identity.service));
+    assert!(bootagent::config::names::is_valid_name(&identity.service));
     let Ok(plan) = bootagent::plan::build(config, &identity) else {
         return;
     };

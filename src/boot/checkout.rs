@@ -3,9 +3,9 @@
 
 use crate::config::{Config, OnGitFailure};
 use crate::deadline::Deadline;
-use crate::deploys::FailedCommit;
 use crate::git::{self, GitError};
 use crate::plan::Plan;
+use crate::state::deploys::FailedCommit;
 use crate::Error;
 
 /// Why a boot kept a release rather than deploy what the ref names: said in status.json, and
@@ -93,7 +93,7 @@ fn keep_last_good(
                 FailedCommit {
                     commit: commit.to_string(),
                     reference: plan.git.reference.clone(),
-                    at: crate::status::now(),
+                    at: crate::state::status::now(),
                     reason: refused.to_string(),
                     exit_code: crate::exit::GIT,
                 },

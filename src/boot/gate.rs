@@ -8,12 +8,14 @@ use zeroize::Zeroizing;
 
 use crate::config::{Config, PathsConfig};
 use crate::deadline::Deadline;
-use crate::deploys::{self, Deploys, FailedCommit, FailedSecrets};
-use crate::health::{Checker, Scope};
 use crate::plan::Plan;
+use crate::report::health::{Checker, Scope};
 use crate::secrets::SecretVersion;
 use crate::service::{self, UnitReport};
+use crate::state::deploys::{self, Deploys, FailedCommit, FailedSecrets};
 use crate::Error;
+
+use super::recorder::Recorder;
 
 /// The release last proven healthy, known before this boot changes anything: what a failed
 /// change rolls back to. It comes from deploys.json, where it is recorded when it is proven,
@@ -118,6 +120,72 @@ async fn app_turns_green(config: &Config) -> Result<(), Error> {
         })
 }
 
+/// The change to `commit` failed its gate for `cause`: brings back `previous` and says what
+/// happened in the error the boot ends with.
+pub(super) async fn roll_back_change(
+    config: &Config,
+    plan: &Plan,
+    previous: &Previous,
+    commit: &str,
+    env_changed: bool,
+    recorder: &mut Recorder,
+    cause: Error,
+) -> Result<(UnitReport, Error), Error> {
+    let to = previous.commit.clone();
+    let new_secrets: Vec<SecretVersion> = (recorder.status.secrets)
+        .iter()
+        .filter(|version| env_changed && !previous.secrets().contains(version))
+        .cloned()
+        .collect();
+    let rolled_back = roll_back(config, plan, previous, commit, &new_secrets, &cause);
+    let (report, recorded) = rolled_back.await.map_err(|failure| Error::RollbackFailed {
+        from: commit.to_string(),
+        to: to.clone(),
+        cause: cause_of(&cause),
+        failure: failure.one_line(),
+    })?;
+    if let Some(git) = recorder.status.git.as_mut() {
+        git.commit = to.clone();
+    }
+    if previous.env_restored() {
+        recorder.status.secrets = previous.secrets().to_vec();
+    }
+    let cause = cause_of(&cause);
+    // The same commit with new secret versions: the versions were the change.
+    let secrets_only = commit == to && !new_secrets.is_empty();
+    let next = match (recorded, secrets_only) {
+        (Ok(()), false) => format!(
+            "{commit} is not deployed again until the ref moves on (`bootagent deploy --retry` \
+             tries it again)"
+        ),
+        (Ok(()), true) => "they are not used again while they are current (`bootagent deploy \
+                           --retry` tries them again)"
+            .to_string(),
+        (Err(why), _) => format!(
+            "this could not be recorded ({why}), so the next deploy or refresh tries it again: \
+             make {} writable",
+            config.paths.state_dir.display()
+        ),
+    };
+    let error = if secrets_only {
+        Error::SecretsRolledBack {
+            secrets: crate::secrets::ids(&new_secrets),
+            commit: to,
+            cause,
+            next,
+        }
+    } else {
+        Error::RolledBack {
+            from: commit.to_string(),
+            to,
+            cause,
+            next,
+        }
+    };
+    recorder.degrade(error.to_string());
+    Ok((report, error))
+}
+
 /// Brings back `previous` after `new_commit` with `new_secrets` (the versions this boot brought)
 /// failed for `cause`: the link, the env file it ran with, a restart, and the same gate. What
 /// failed (the commit, the secret versions) is recorded first, so that it is not deployed
@@ -137,7 +205,7 @@ pub(super) async fn roll_back(
         to = %previous.commit,
         "the change failed its gate, rolling back: {cause_text}"
     );
-    let at = crate::status::now();
+    let at = crate::state::status::now();
     let commit = (new_commit != previous.commit).then(|| FailedCommit {
         commit: new_commit.to_string(),
         reference: plan.git.reference.clone(),
@@ -215,7 +283,7 @@ pub(super) fn proven(
     let mut record = read(paths)?;
     let changed = match changed {
         true => {
-            record.succeeded(commit, versions, crate::status::now());
+            record.succeeded(commit, versions, crate::state::status::now());
             true
         }
         false => record.proven_healthy(commit, versions),

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::autoscaling::{ActionResult, Lifecycle};
+use crate::aws::autoscaling::{ActionResult, Lifecycle};
 use crate::config::Config;
 use crate::deadline::Deadline;
-use crate::health::{Checker, Scope};
 use crate::plan::Plan;
+use crate::report::health::{Checker, Scope};
 use crate::Error;
 
 /// ABANDONs the launch of a boot that failed before it knew who the instance is (bad tags, say):
@@ -16,16 +16,16 @@ pub(super) async fn abandon_without_identity(
     hook: &str,
     deadline: Deadline,
 ) -> Result<(), Error> {
-    let imds = crate::identity::imds_client(config);
+    let imds = crate::plan::identity::imds_client(config);
     let instance_id = imds.get_required("meta-data/instance-id").await?;
-    let region = crate::identity::region(&imds).await?;
+    let region = crate::plan::identity::region(&imds).await?;
     // The tag is read only when the config does not name the group.
     let tagged_group = match config.lifecycle.group {
         Some(_) => None,
         None => {
-            let tag = crate::identity::ASG_GROUP_TAG;
+            let tag = crate::plan::identity::ASG_GROUP_TAG;
             let within = config.identity.imds_deadline;
-            crate::identity::read_tags(&imds, config, &region, &instance_id, &[tag], within)
+            crate::plan::identity::read_tags(&imds, config, &region, &instance_id, &[tag], within)
                 .await?
                 .remove(tag)
         }

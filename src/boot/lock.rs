@@ -9,7 +9,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::PathsConfig;
 use crate::retry::{self, Look, Unready};
-use crate::status::{self, Outcome};
+use crate::state::status::{self, Outcome};
 use crate::Error;
 
 const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -70,7 +70,7 @@ pub fn clear_interrupted_boot(paths: &PathsConfig) {
                 pid = previous.pid,
                 "the previous boot was interrupted before it finished"
             );
-            if let Err(e) = crate::history::record(&paths.state_dir, &previous) {
+            if let Err(e) = crate::state::history::record(&paths.state_dir, &previous) {
                 tracing::warn!(error = %e, "could not record the interrupted boot in the history");
             }
         }

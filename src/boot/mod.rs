@@ -3,26 +3,30 @@
 //! watch` all run it.
 
 mod checkout;
+pub(crate) mod deploy;
 mod gate;
+mod hooks;
 mod launch_hook;
+pub(crate) mod lifecycle;
 mod lock;
 mod recorder;
+pub(crate) mod refresh;
 
 use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::autoscaling::ActionResult;
+use crate::aws::autoscaling::ActionResult;
+use crate::aws::imds::ImdsClient;
 use crate::config::{Config, Manager};
 use crate::deadline::Deadline;
-use crate::deploys::{FailedCommit, Untrusted};
 use crate::envfile::{self, Environment};
 use crate::git;
-use crate::imds::ImdsClient;
 use crate::plan::Plan;
 use crate::secrets;
 use crate::service;
-use crate::status::{GitStatus, Outcome, ServiceState, ServiceStatus, Status};
+use crate::state::deploys::{FailedCommit, Untrusted};
+use crate::state::status::{GitStatus, Outcome, ServiceState, ServiceStatus};
 use crate::Error;
 
 use checkout::GitWork;
@@ -73,7 +77,7 @@ pub async fn boot(config: &Config, run: Run) -> Result<Option<Kept>, Error> {
     }
     recorder.finish(result.as_ref().err())?;
     if let Some(change) = &effects.change {
-        hooks_after(config, change, &recorder.status).await;
+        hooks::run_post(config, change, &recorder.status).await;
     }
     let hook = effects.launch_hook.take();
     let answered = answer_the_launch(config, &recorder, hook, deadline, result).await;
@@ -191,7 +195,7 @@ impl Steps<'_> {
     async fn identify(&mut self, run: Run) -> Result<(Known, Record), Error> {
         let config = self.config;
         self.recorder.begin("identity");
-        let imds = crate::identity::imds_client(config);
+        let imds = crate::plan::identity::imds_client(config);
         // A fleet booting at once shares DescribeTags' bucket: the fallback may take what the
         // boot deadline leaves.
         let plan = crate::plan::resolve_with(&imds, config, self.deadline.left()).await?;
@@ -200,7 +204,7 @@ impl Steps<'_> {
         // deploys.json: the release last proven healthy (what a failed change rolls back to)
         // and what failed its gate before. When it cannot be trusted, nothing new is deployed
         // over a release in service, and the gate guards the release in service itself.
-        let record = crate::deploys::read(&config.paths.state_dir);
+        let record = crate::state::deploys::read(&config.paths.state_dir);
         let previous = match (plan.service.manager, &record) {
             (Manager::Exec, _) => None,
             (Manager::Systemd, Ok(record)) => gate::Previous::capture(record, &plan),
@@ -211,7 +215,7 @@ impl Steps<'_> {
             .map(|commit| commit.to_string());
         if let (Some(commit), Some(previous)) = (&in_service, &previous) {
             if *commit == previous.commit {
-                self.effects.untouched = Some(crate::status::Serving {
+                self.effects.untouched = Some(crate::state::status::Serving {
                     commit: commit.clone(),
                     unit: plan.service.unit.clone(),
                 });
@@ -309,10 +313,10 @@ impl Steps<'_> {
         let moved = in_service != Some(checkout.commit.as_str());
         let code_changed = moved || proven.is_some_and(|proven| proven != checkout.commit);
         if code_changed {
-            self.effects.change = Some(Change::to(plan, in_service, &checkout.commit));
+            self.effects.change = Some(hooks::Change::to(plan, in_service, &checkout.commit));
         }
         if fetched {
-            run_pre_start(config, plan, environment, &checkout.commit, in_service).await?;
+            hooks::run_pre_start(config, plan, environment, &checkout.commit, in_service).await?;
         }
         if moved {
             self.effects.untouched = None;
@@ -373,7 +377,8 @@ impl Steps<'_> {
             self.effects.untouched = None;
             if self.effects.change.is_none() {
                 let in_service = known.in_service.as_deref();
-                self.effects.change = Some(Change::to(&known.plan, in_service, &release.commit));
+                self.effects.change =
+                    Some(hooks::Change::to(&known.plan, in_service, &release.commit));
             }
         }
         self.recorder.end(Outcome::Succeeded)?;
@@ -465,7 +470,7 @@ impl Steps<'_> {
                 })
             }
             (Err(cause), Some(previous)) if changed => {
-                let rolled_back = roll_back(
+                let rolled_back = gate::roll_back_change(
                     config,
                     plan,
                     previous,
@@ -501,170 +506,17 @@ struct Started {
     rolled_back: Option<Error>,
 }
 
-/// `deploy.pre_start`, on a release just fetched, before the link switches to it.
-async fn run_pre_start(
-    config: &Config,
-    plan: &Plan,
-    environment: &Environment,
-    commit: &str,
-    in_service: Option<&str>,
-) -> Result<(), Error> {
-    if config.deploy.pre_start.is_empty() {
-        return Ok(());
-    }
-    let mut vars: Vec<(&str, &str)> = environment
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
-    vars.push(("BOOTAGENT_COMMIT", commit));
-    vars.push(("BOOTAGENT_PREVIOUS_COMMIT", in_service.unwrap_or_default()));
-    service::run_hook(
-        "deploy.pre_start",
-        &config.deploy.pre_start,
-        &git::release_dir(&plan.git.dir, commit),
-        &plan.service.user,
-        vars,
-        config.deploy.hook_timeout,
-    )
-    .await?;
-    Ok(())
-}
-
-/// The change to `commit` failed its gate for `cause`: brings back `previous` and says what
-/// happened in the error the boot ends with.
-async fn roll_back(
-    config: &Config,
-    plan: &Plan,
-    previous: &gate::Previous,
-    commit: &str,
-    env_changed: bool,
-    recorder: &mut Recorder,
-    cause: Error,
-) -> Result<(service::UnitReport, Error), Error> {
-    let to = previous.commit.clone();
-    let new_secrets: Vec<secrets::SecretVersion> = (recorder.status.secrets)
-        .iter()
-        .filter(|version| env_changed && !previous.secrets().contains(version))
-        .cloned()
-        .collect();
-    let rolled_back = gate::roll_back(config, plan, previous, commit, &new_secrets, &cause);
-    let (report, recorded) = rolled_back.await.map_err(|failure| Error::RollbackFailed {
-        from: commit.to_string(),
-        to: to.clone(),
-        cause: gate::cause_of(&cause),
-        failure: failure.one_line(),
-    })?;
-    if let Some(git) = recorder.status.git.as_mut() {
-        git.commit = to.clone();
-    }
-    if previous.env_restored() {
-        recorder.status.secrets = previous.secrets().to_vec();
-    }
-    let cause = gate::cause_of(&cause);
-    // The same commit with new secret versions: the versions were the change.
-    let secrets_only = commit == to && !new_secrets.is_empty();
-    let next = match (recorded, secrets_only) {
-        (Ok(()), false) => format!(
-            "{commit} is not deployed again until the ref moves on (`bootagent deploy --retry` \
-             tries it again)"
-        ),
-        (Ok(()), true) => "they are not used again while they are current (`bootagent deploy \
-                           --retry` tries them again)"
-            .to_string(),
-        (Err(why), _) => format!(
-            "this could not be recorded ({why}), so the next deploy or refresh tries it again: \
-             make {} writable",
-            config.paths.state_dir.display()
-        ),
-    };
-    let error = if secrets_only {
-        Error::SecretsRolledBack {
-            secrets: secrets::ids(&new_secrets),
-            commit: to,
-            cause,
-            next,
-        }
-    } else {
-        Error::RolledBack {
-            from: commit.to_string(),
-            to,
-            cause,
-            next,
-        }
-    };
-    recorder.degrade(error.to_string());
-    Ok((report, error))
-}
-
 /// What a boot leaves for after its steps, whether they finished or not.
 #[derive(Default)]
 struct Effects {
     launch_hook: Option<LaunchHook>,
     /// A change to what runs was attempted.
-    change: Option<Change>,
+    change: Option<hooks::Change>,
     /// The release last proven healthy, while this boot has changed nothing that serves: a
     /// boot that fails then leaves the instance serving as before.
-    untouched: Option<crate::status::Serving>,
+    untouched: Option<crate::state::status::Serving>,
     /// Why the release in service was kept instead of what the ref names.
     kept: Option<checkout::Kept>,
-}
-
-/// A change to what runs: a new commit, or the same with a new environment.
-struct Change {
-    previous: Option<String>,
-    commit: String,
-    dir: std::path::PathBuf,
-    user: String,
-}
-
-impl Change {
-    fn to(plan: &Plan, previous: Option<&str>, commit: &str) -> Change {
-        Change {
-            previous: previous.map(str::to_string),
-            commit: commit.to_string(),
-            dir: plan.git.dir.clone(),
-            user: plan.service.user.clone(),
-        }
-    }
-}
-
-/// `deploy.post`, once the outcome of a change is known: it reports, and its failure is only
-/// logged (the outcome stands).
-async fn hooks_after(config: &Config, change: &Change, status: &Status) {
-    if config.deploy.post.is_empty() {
-        return;
-    }
-    let error = status
-        .error
-        .as_ref()
-        .map(|e| crate::error::one_line(&e.message));
-    let vars = [
-        ("BOOTAGENT_COMMIT", change.commit.as_str()),
-        (
-            "BOOTAGENT_PREVIOUS_COMMIT",
-            change.previous.as_deref().unwrap_or_default(),
-        ),
-        ("BOOTAGENT_OUTCOME", status.outcome.as_str()),
-        ("BOOTAGENT_ERROR", error.as_deref().unwrap_or_default()),
-    ];
-    // The release in service, or the root when there is none (a first boot that failed).
-    let dir = if change.dir.exists() {
-        change.dir.as_path()
-    } else {
-        std::path::Path::new("/")
-    };
-    let ran = service::run_hook(
-        "deploy.post",
-        &config.deploy.post,
-        dir,
-        &change.user,
-        vars,
-        config.deploy.hook_timeout,
-    )
-    .await;
-    if let Err(e) = ran {
-        tracing::error!(error = %e, "the deploy.post hook failed");
-    }
 }
 
 /// The boot lock: while it is held, no boot, refresh or deploy runs.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::config::PathsConfig;
-use crate::status::{ErrorReport, Outcome, Phase, Status, StatusError};
+use crate::state::status::{ErrorReport, Outcome, Phase, Status, StatusError};
 
 /// Each phase is recorded as it ends, so status.json always says how far the boot got.
 pub struct Recorder {
@@ -53,7 +53,7 @@ impl Recorder {
     }
 
     pub fn finish(&mut self, error: Option<&crate::Error>) -> Result<(), StatusError> {
-        self.status.finished_at = Some(crate::status::now());
+        self.status.finished_at = Some(crate::state::status::now());
         self.status.error = error.map(|e| ErrorReport {
             message: e.chain(),
             exit_code: e.exit_code(),
@@ -104,7 +104,7 @@ impl Recorder {
 
     /// Adds the boot, as status.json last says it ended, to the history.
     pub fn close(&self) {
-        if let Err(e) = crate::history::record(&self.history_dir, &self.status) {
+        if let Err(e) = crate::state::history::record(&self.history_dir, &self.status) {
             // The history is for operators looking back; it never fails a boot.
             tracing::warn!(error = %e, dir = %self.history_dir.display(), "could not record the boot in the history");
         }

@@ -1,7 +1,7 @@
 use clap::Args;
 
+use crate::boot::deploy::When;
 use crate::config::Config;
-use crate::deploy::When;
 use crate::Error;
 
 #[derive(Debug, Args)]
@@ -22,6 +22,6 @@ impl DeployArgs {
         } else {
             When::Always
         };
-        super::runtime()?.block_on(crate::deploy::deploy(config, when, self.retry))
+        super::runtime()?.block_on(crate::boot::deploy::deploy(config, when, self.retry))
     }
 }

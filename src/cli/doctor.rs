@@ -4,7 +4,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::config::Config;
-use crate::doctor::{self, Report, Verdict};
+use crate::report::doctor::{self, Report, Verdict};
 use crate::Error;
 
 #[derive(Debug, Args)]

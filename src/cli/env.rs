@@ -1,7 +1,7 @@
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
-use crate::envdiff::{self, Comparison};
+use crate::report::envdiff::{self, Comparison};
 use crate::Error;
 
 #[derive(Debug, Args)]

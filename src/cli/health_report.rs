@@ -1,8 +1,8 @@
 use clap::Args;
 
 use crate::config::Config;
-use crate::health::Checker;
-use crate::health_server::{self, Limits};
+use crate::report::health::Checker;
+use crate::report::health_server::{self, Limits};
 use crate::Error;
 
 #[derive(Debug, Args)]

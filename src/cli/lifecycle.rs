@@ -2,9 +2,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::autoscaling::ActionResult;
+use crate::aws::autoscaling::ActionResult;
+use crate::boot::lifecycle;
 use crate::config::Config;
-use crate::lifecycle;
 use crate::Error;
 
 #[derive(Debug, Args)]

@@ -12,6 +12,6 @@ pub struct RefreshArgs {
 
 impl RefreshArgs {
     pub fn run(self, config: &Config) -> Result<(), Error> {
-        super::runtime()?.block_on(crate::refresh::refresh(config, self.now))
+        super::runtime()?.block_on(crate::boot::refresh::refresh(config, self.now))
     }
 }

@@ -1,8 +1,8 @@
 use clap::Args;
 
 use crate::config::{Config, Manager};
-use crate::history;
-use crate::status::{self, Outcome, Status};
+use crate::state::history;
+use crate::state::status::{self, Outcome, Status};
 use crate::Error;
 
 #[derive(Debug, Args)]

@@ -9,13 +9,15 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 mod load;
+pub mod names;
+pub(crate) mod template;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 pub use load::{from_text, load};
 
-use crate::names::is_variable_name;
+use names::is_variable_name;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bootagent/config.toml";
 const DEFAULTS: &str = include_str!("../../packaging/defaults.toml");
@@ -38,7 +40,7 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
     #[error("invalid configuration: {0}")]
-    Template(#[from] crate::template::TemplateError),
+    Template(#[from] crate::config::template::TemplateError),
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{Config, ConfigError, Manager, MAX_DURATION};
-use crate::names::{is_valid_name, is_variable_name};
+use crate::config::names::{is_valid_name, is_variable_name};
 
 impl Config {
     /// Every template's placeholders are ones a plan fills, checked before any instance is
     /// known.
-    pub(super) fn check_templates(&self) -> Result<(), crate::template::TemplateError> {
+    pub(super) fn check_templates(&self) -> Result<(), crate::config::template::TemplateError> {
         for (key, template) in self.templates() {
-            crate::template::check(&key, template)?;
+            crate::config::template::check(&key, template)?;
         }
         Ok(())
     }
@@ -61,7 +61,7 @@ impl Config {
     pub fn referenced_tags(&self) -> std::collections::BTreeSet<String> {
         self.templates()
             .into_iter()
-            .flat_map(|(_, template)| crate::template::tag_placeholders(template))
+            .flat_map(|(_, template)| crate::config::template::tag_placeholders(template))
             .map(str::to_string)
             .collect()
     }

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::error::SecretsError;
-use crate::names::is_variable_name;
+use crate::config::names::is_variable_name;
 
 /// Variable values hold secret bytes: they are wiped when dropped.
 pub type SecretVars = BTreeMap<String, Zeroizing<String>>;

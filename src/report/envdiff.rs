@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::{identity, secrets, Error};
+use crate::plan::identity;
+use crate::{secrets, Error};
 
 #[derive(Debug, Serialize)]
 pub struct Comparison {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Manager, PathsConfig};
 use crate::git::Action;
-use crate::identity::Identity;
+use crate::plan::identity::Identity;
 use crate::secrets::SecretVersion;
 
 pub const SCHEMA_VERSION: u32 = 1;

@@ -6,7 +6,8 @@
 use crate::boot::Run;
 use crate::config::{Config, Manager};
 use crate::plan::Plan;
-use crate::{deploys, git, secrets, status, Error};
+use crate::state::{deploys, status};
+use crate::{git, secrets, Error};
 
 /// Which runs act.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

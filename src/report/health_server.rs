@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Mutex, Semaphore};
 
-use crate::health::{Checker, Health};
+use crate::report::health::{Checker, Health};
 
 const MAX_HEAD_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
@@ -164,7 +164,7 @@ impl Server {
     /// Prometheus text: current health, the last boot and the deploy record.
     async fn metrics(&self) -> String {
         let health = self.health().await;
-        crate::metrics::render(health.healthy, &self.paths)
+        crate::report::metrics::render(health.healthy, &self.paths)
     }
 }
 

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::aws::imds::{round_to_ms, ImdsClient, ImdsError};
+use crate::config::names::{is_valid_name, MAX_NAME_LEN};
 use crate::config::Config;
-use crate::imds::{round_to_ms, ImdsClient, ImdsError};
-use crate::names::{is_valid_name, MAX_NAME_LEN};
 use crate::retry::{self, Look, Unready};
 
 const TAG_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -82,7 +82,7 @@ pub enum FetchError {
     #[error(transparent)]
     Imds(#[from] ImdsError),
     #[error(transparent)]
-    Ec2(#[from] crate::ec2::Ec2Error),
+    Ec2(#[from] crate::aws::ec2::Ec2Error),
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -160,7 +160,7 @@ pub async fn read_tags(
                 "tags in instance metadata are disabled: reading them with ec2:DescribeTags"
             );
             let mut tags =
-                crate::ec2::instance_tags(region, instance_id, describe_tags_for).await?;
+                crate::aws::ec2::instance_tags(region, instance_id, describe_tags_for).await?;
             tags.retain(|key, _| keys.contains(&key.as_str()));
             Ok(tags)
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Manager};
 use crate::secrets;
-use crate::status;
+use crate::state::status;
 use crate::Error;
 
 /// Compares the secret versions in use (status.json) with the current ones (DescribeSecret,
@@ -23,7 +23,7 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
     crate::boot::refuse_if_draining(&config.paths)?;
     let last = status::read(&config.paths)?;
     let plan = crate::plan::resolve(config).await?;
-    let since = crate::deploy::secrets_since(config, &plan, &last, false).await?;
+    let since = crate::boot::deploy::secrets_since(config, &plan, &last, false).await?;
     let (changed, avoided) = (since.new, since.set_aside);
     if changed.is_empty() {
         match avoided {

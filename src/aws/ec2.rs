@@ -104,7 +104,7 @@ pub async fn instance_tags(
         }) => Err(Ec2Error::Unavailable {
             detail: last,
             attempts,
-            waited: humantime::format_duration(crate::imds::round_to_ms(waited)).to_string(),
+            waited: humantime::format_duration(crate::aws::imds::round_to_ms(waited)).to_string(),
         }),
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::git::Action;
-use crate::status::{Outcome, Status};
+use crate::state::status::{Outcome, Status};
 
 pub const FILE: &str = "history.jsonl";
 pub const KEEP: usize = 100;

@@ -10,7 +10,7 @@ use crate::retry::{Look, Unready};
 use serde::Serialize;
 
 use crate::config::{Config, Manager, PathsConfig};
-use crate::status::{self, Outcome, ServiceState, ServiceStatus, StatusError};
+use crate::state::status::{self, Outcome, ServiceState, ServiceStatus, StatusError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
@@ -94,7 +94,7 @@ pub struct Checker {
 
 impl Checker {
     pub fn new(config: &Config) -> Checker {
-        let http = crate::imds::local_http_client()
+        let http = crate::aws::imds::local_http_client()
             .timeout(config.health.app_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -251,7 +251,7 @@ async fn service_down(status: &status::Status) -> Option<Health> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ErrorReport, ServiceState, ServiceStatus, Status};
+    use crate::state::status::{ErrorReport, ServiceState, ServiceStatus, Status};
     use crate::testing::{HttpStub, Reply};
 
     /// A run dir of its own, and the app's health URL when there is one.

@@ -1,16 +1,18 @@
 //! The plan: every template rendered against the identity. Pure data; `bootagent plan` prints it.
 
+pub mod identity;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::aws::imds::ImdsClient;
+use crate::config::template::{render, render_required, TemplateVars};
 use crate::config::{Config, ConfigError, EnvFileFormat, Manager, Signed, Verify};
-use crate::identity::{self, Identity};
-use crate::imds::ImdsClient;
 use crate::remote::{NoRemote, Remote};
-use crate::template::{render, render_required, TemplateVars};
+use identity::Identity;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {

@@ -1,5 +1,11 @@
-//! What every AWS client here shares: region, timeouts, the `bootagent` app name in the
+//! The AWS APIs bootagent calls besides Secrets Manager (`crate::secrets`): instance metadata
+//! (`imds`), DescribeTags (`ec2`) and the lifecycle actions (`autoscaling`). This file holds
+//! what every AWS client here shares: region, timeouts, the `bootagent` app name in the
 //! User-Agent (so CloudTrail shows who called), and a clear word when there is no CA store.
+
+pub mod autoscaling;
+pub(crate) mod ec2;
+pub mod imds;
 
 use std::time::Duration;
 

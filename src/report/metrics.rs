@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::config::PathsConfig;
-use crate::status::{self, Outcome};
+use crate::state::status::{self, Outcome};
 
 /// Every sample: `name{labels} value`, under the family's HELP and TYPE lines.
 struct Text(String);
@@ -39,7 +39,7 @@ pub fn render(healthy: bool, paths: &PathsConfig) -> String {
     if let Ok(status) = status::read(paths) {
         last_boot(&mut text, &status);
     }
-    match crate::deploys::read(&paths.state_dir) {
+    match crate::state::deploys::read(&paths.state_dir) {
         Ok(deploys) => deploy_record(&mut text, &deploys),
         Err(untrusted) => {
             // Counters it cannot vouch for are left out, and the damage is a metric to alert on.
@@ -97,7 +97,7 @@ fn last_boot(text: &mut Text, status: &status::Status) {
     );
 }
 
-fn deploy_record(text: &mut Text, deploys: &crate::deploys::Deploys) {
+fn deploy_record(text: &mut Text, deploys: &crate::state::deploys::Deploys) {
     text.family(
         "counter",
         "bootagent_deploys_total",
