@@ -7,6 +7,7 @@ mod aws;
 mod boot;
 pub mod cli;
 pub mod config;
+pub mod crash;
 mod deploy;
 mod deploys;
 pub mod doctor;
