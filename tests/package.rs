@@ -10,9 +10,13 @@ use std::process::Command;
 use support::container::{eventually, Container, PrivateRoot};
 use support::*;
 
-/// target/package/, where scripts/package puts its artifacts.
+/// package/ in cargo's target directory, where scripts/package puts its artifacts: target/, or
+/// CARGO_TARGET_DIR (relative to this directory, where scripts/package runs cargo) when set.
 fn packages() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/package")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(dir))
+        .join("package")
 }
 
 /// The one artifact whose name ends with `suffix`.
@@ -26,7 +30,8 @@ fn artifact(suffix: &str) -> PathBuf {
     assert_eq!(
         found.len(),
         1,
-        "*{suffix} in target/package: {found:?}; run scripts/package"
+        "*{suffix} in {}: {found:?}; run scripts/package",
+        packages().display()
     );
     found.into_iter().next().unwrap()
 }
