@@ -6,6 +6,7 @@ pub mod aws;
 mod boot;
 pub mod cli;
 pub mod config;
+pub mod crash;
 mod deadline;
 pub mod envfile;
 mod error;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    bootagent::crash::install();
     let cli = bootagent::cli::Cli::parse();
     bootagent::logging::init(cli.verbose);
     match cli.run() {

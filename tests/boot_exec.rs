@@ -482,6 +482,48 @@ fn metadata_refused_with_403_is_a_permanent_error_naming_the_metadata_options() 
         .stderr_has("HTTP 403");
 }
 
+/// A bug that panics mid-boot (a failpoint of the test build stands for it) ends as the contract
+/// says, in debug and release builds alike: exit 1, one line saying so — never the panic's own
+/// message, which may hold a secret value — and the boot failed in status.json and the history.
+#[test]
+fn a_panic_mid_boot_exits_1_with_one_line_and_a_failed_status() {
+    support::needs_world!();
+    let (_name, _repo, imds) = small_service("panic", "test");
+    let instance = Instance::exec_mode("");
+    let run = instance.run_with(
+        &imds,
+        &["boot"],
+        &[("BOOTAGENT_FAILPOINT", "panic:after-git")],
+    );
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    let stderr = run.stderr();
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("panicked"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].starts_with("error: internal error: bootagent panicked at src/failpoint.rs:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("failpoint after-git"), "{stderr}");
+
+    let status = instance.status();
+    assert_eq!(status["outcome"], "failed", "{status}");
+    assert_eq!(status["error"]["exit_code"], 1, "{status}");
+    let message = status["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("internal error: bootagent panicked at "),
+        "{message}"
+    );
+    assert_eq!(instance.run(&imds, &["status"]).code(), 1);
+    let history = instance.run(&imds, &["status", "--history", "--json"]);
+    let entries: serde_json::Value = serde_json::from_str(&history.stdout()).unwrap();
+    assert_eq!(entries.as_array().unwrap().len(), 1, "{entries}");
+    assert_eq!(entries[0]["outcome"], "failed", "{entries}");
+    assert_eq!(entries[0]["exit_code"], 1, "{entries}");
+}
+
 #[test]
 fn an_oversized_metadata_answer_is_refused_without_reading_it_whole() {
     support::needs_world!();

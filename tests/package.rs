@@ -10,9 +10,13 @@ use std::process::Command;
 use support::container::{eventually, Container, PrivateRoot};
 use support::*;
 
-/// target/package/, where scripts/package puts its artifacts.
+/// package/ in cargo's target directory, where scripts/package puts its artifacts: target/, or
+/// CARGO_TARGET_DIR (relative to this directory, where scripts/package runs cargo) when set.
 fn packages() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/package")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(dir))
+        .join("package")
 }
 
 /// The one artifact whose name ends with `suffix`.
@@ -26,7 +30,8 @@ fn artifact(suffix: &str) -> PathBuf {
     assert_eq!(
         found.len(),
         1,
-        "*{suffix} in target/package: {found:?}; run scripts/package"
+        "*{suffix} in {}: {found:?}; run scripts/package",
+        packages().display()
     );
     found.into_iter().next().unwrap()
 }
@@ -306,20 +311,21 @@ fn embedded_dependencies(binary: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The x86_64 .deb unpacked into `into`; returns its /usr/bin/bootagent.
+fn packaged_binary(into: &Path) -> PathBuf {
+    let deb = artifact("_amd64.deb");
+    output(
+        "dpkg-deb",
+        &["--extract", deb.to_str().unwrap(), into.to_str().unwrap()],
+    );
+    into.join("usr/bin/bootagent")
+}
+
 #[test]
 fn the_packaged_binary_names_its_crates_for_image_scanners() {
     support::needs_world!();
-    let deb = artifact("_amd64.deb");
     let unpacked = tempfile::tempdir().unwrap();
-    output(
-        "dpkg-deb",
-        &[
-            "--extract",
-            deb.to_str().unwrap(),
-            unpacked.path().to_str().unwrap(),
-        ],
-    );
-    let crates = embedded_dependencies(&unpacked.path().join("usr/bin/bootagent"));
+    let crates = embedded_dependencies(&packaged_binary(unpacked.path()));
     let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
     for name in ["git2", "aws-sdk-secretsmanager", "rustls", "tokio"] {
         let (_, version) = crates
@@ -331,6 +337,27 @@ fn the_packaged_binary_names_its_crates_for_image_scanners() {
             lock.contains(&locked),
             "{name} {version} is not the locked version"
         );
+    }
+}
+
+/// The shipped binary has no test hooks: `BOOTAGENT_FAILPOINT`, which kills a test build at the
+/// end of the git step (or makes it panic there), changes nothing in it.
+#[test]
+fn the_packaged_binary_ignores_bootagent_failpoint() {
+    support::needs_world!();
+    let unpacked = tempfile::tempdir().unwrap();
+    let binary = packaged_binary(unpacked.path());
+    let (_name, _repo, imds) = small_service("pkgfp", "test");
+    for point in ["after-git", "panic:after-git"] {
+        let instance = Instance::exec_mode("");
+        let boot = instance
+            .command_of(&binary, &imds, &["boot"])
+            .env("BOOTAGENT_FAILPOINT", point)
+            .output()
+            .unwrap();
+        Run(boot).expect(0);
+        assert_eq!(instance.status()["outcome"], "succeeded", "{point}");
+        assert_eq!(instance.service_env()["A"], "1", "{point}");
     }
 }
 

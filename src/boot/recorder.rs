@@ -16,6 +16,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn start(paths: &PathsConfig) -> Self {
+        crate::crash::watch_boot(paths);
         Recorder {
             path: paths.status_file(),
             status: Status::starting(),
@@ -127,11 +128,6 @@ impl Recorder {
     }
 
     pub fn save(&self) -> Result<(), StatusError> {
-        let mut json = serde_json::to_vec_pretty(&self.status).expect("status serializes");
-        json.push(b'\n');
-        crate::atomic::write_file(&self.path, &json, 0o644).map_err(|source| StatusError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        crate::state::status::write(&self.path, &self.status)
     }
 }

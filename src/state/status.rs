@@ -252,6 +252,16 @@ pub fn read_as_written(path: &Path) -> Result<Status, StatusError> {
     })
 }
 
+/// Writes `status` to `path` atomically: a reader sees the old status or the new one, whole.
+pub fn write(path: &Path, status: &Status) -> Result<(), StatusError> {
+    let mut json = serde_json::to_vec_pretty(status).expect("status serializes");
+    json.push(b'\n');
+    crate::atomic::write_file(path, &json, 0o644).map_err(|source| StatusError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// The time now, as status.json and the history write it.
 pub fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()

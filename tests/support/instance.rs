@@ -237,7 +237,7 @@ deadline = "60s"
 
     /// [`Instance::command`] run through `prefix` (`ip netns exec NAME`, say).
     pub fn command_via(&self, prefix: &[String], imds: &Imds, args: &[&str]) -> Command {
-        let mut command = match prefix.split_first() {
+        let command = match prefix.split_first() {
             Some((program, rest)) => {
                 let mut command = Command::new(program);
                 command.args(rest).arg(bin());
@@ -245,6 +245,16 @@ deadline = "60s"
             }
             None => Command::new(bin()),
         };
+        self.against(command, imds, args)
+    }
+
+    /// [`Instance::command`] running `binary` instead of the one cargo built (a packaged one).
+    pub fn command_of(&self, binary: &Path, imds: &Imds, args: &[&str]) -> Command {
+        self.against(Command::new(binary), imds, args)
+    }
+
+    /// `command` with `args`, this instance's config and the test world's endpoints.
+    fn against(&self, mut command: Command, imds: &Imds, args: &[&str]) -> Command {
         command
             .args(args)
             .env_clear()
