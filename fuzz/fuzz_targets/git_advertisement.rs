@@ -60,7 +60,7 @@ fn credentials() -> &'static bootagent::git::Credentials {
             versions: Vec::new(),
             vars: Default::default(),
         };
-        bootagent::git::Credentials::from_config(&config, &mut none)
+        bootagent::git::Credentials::new(&config.git, &config.paths, &mut none)
             .expect("no credentials to read")
     })
 }

@@ -142,7 +142,7 @@ pub async fn secrets_since(
     retry_failed: bool,
 ) -> Result<SecretsSince, Error> {
     let region = &plan.identity.region;
-    let client = secrets::client(region, config.secrets.timeout, config.secrets.timeout).await?;
+    let client = secrets::client(&config.secrets, region, config.secrets.timeout).await?;
     let changed = secrets::changed(&client, region, &plan.secrets, &last.secrets).await?;
     let record = deploys::read(&config.paths.state_dir);
     // An untrusted record sets nothing aside here: the boot it leads to keeps the code in
@@ -166,7 +166,7 @@ async fn remote_head(
     client: &secrets::Client,
 ) -> Result<git::RemoteRef, Error> {
     let remote = plan.git.remote.clone().map_err(git::GitError::from)?;
-    let credentials = match git::Credentials::load(config, plan, client).await {
+    let credentials = match git::Credentials::load(&config.git, &config.paths, plan, client).await {
         Ok(credentials) => credentials,
         Err(git::Unavailable::Secrets(e)) => return Err(e.into()),
         Err(git::Unavailable::Git(e)) => return Err(e.into()),

@@ -111,7 +111,7 @@ pub(super) async fn start(
 /// `health.app_url` (when set) must answer 2xx within `deploy.health_wait`.
 async fn app_turns_green(config: &Config) -> Result<(), Error> {
     let limit = config.deploy.health_wait;
-    Checker::new(config)
+    Checker::new(&config.health, &config.paths)
         .wait_until_healthy(Scope::App, limit)
         .await
         .map_err(|health| Error::Gate {

@@ -16,7 +16,7 @@ pub(super) async fn abandon_without_identity(
     hook: &str,
     deadline: Deadline,
 ) -> Result<(), Error> {
-    let imds = crate::plan::identity::imds_client(config);
+    let imds = crate::plan::identity::imds_client(&config.identity);
     let instance_id = imds.get_required("meta-data/instance-id").await?;
     let region = crate::plan::identity::region(&imds).await?;
     // The tag is read only when the config does not name the group.
@@ -125,7 +125,7 @@ impl LaunchHook {
 
 /// Whether the health report turns green within `lifecycle.health_wait`.
 async fn wait_until_healthy(config: &Config) -> bool {
-    let waited = Checker::new(config)
+    let waited = Checker::new(&config.health, &config.paths)
         .wait_until_healthy(Scope::Instance, config.lifecycle.health_wait)
         .await;
     match waited {

@@ -55,7 +55,7 @@ fn hook_or_default(hook: &Option<String>, config: &Config) -> Result<String, Err
 /// Polls IMDS until the instance is being terminated, then drains it. A transient IMDS error is
 /// logged and polled through; only the termination ends the watch.
 pub async fn watch(config: &Config, interval: Duration) -> Result<(), Error> {
-    let imds = crate::plan::identity::imds_client(config);
+    let imds = crate::plan::identity::imds_client(&config.identity);
     loop {
         match imds.target_lifecycle_state().await {
             Ok(Some(state)) if state == "Terminated" => return terminate(config, true).await,

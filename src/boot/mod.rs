@@ -195,7 +195,7 @@ impl Steps<'_> {
     async fn identify(&mut self, run: Run) -> Result<(Known, Record), Error> {
         let config = self.config;
         self.recorder.begin("identity");
-        let imds = crate::plan::identity::imds_client(config);
+        let imds = crate::plan::identity::imds_client(&config.identity);
         // A fleet booting at once shares DescribeTags' bucket: the fallback may take what the
         // boot deadline leaves.
         let plan = crate::plan::resolve_with(&imds, config, self.deadline.left()).await?;
@@ -253,15 +253,14 @@ impl Steps<'_> {
         // room for one more call (secrets.timeout each) and a second to spare.
         let call = config.secrets.timeout + Duration::from_secs(1);
         let retry_for = self.deadline.left().saturating_sub(call);
-        let client =
-            secrets::client(&plan.identity.region, config.secrets.timeout, retry_for).await?;
+        let client = secrets::client(&config.secrets, &plan.identity.region, retry_for).await?;
         // The last call may start as the retries' time ends; the step gets that call and a
         // second more, so that a stalled call ends with its own error, which names the secret,
         // rather than the step's, whichever timer the scheduler happens to wake first.
         let load = secrets::load(&client, &plan.identity.region, &plan.secrets);
         let mut loaded = within("secrets", Deadline::after(retry_for + call), load).await??;
         self.recorder.status.secrets = loaded.versions.clone();
-        let credentials = git::Credentials::from_config(config, &mut loaded)?;
+        let credentials = git::Credentials::new(&config.git, &config.paths, &mut loaded)?;
         let environment = envfile::compose(&plan.env, loaded)?;
         let rendered = envfile::render(&environment, plan.secrets.format)?;
         self.recorder.end(Outcome::Succeeded)?;

@@ -17,7 +17,7 @@ impl HealthReportArgs {
     /// One-shot: prints the report as JSON, exits 0 when healthy and 12 when not.
     pub fn run(self, config: &Config) -> Result<(), Error> {
         let runtime = super::runtime()?;
-        let checker = Checker::new(config);
+        let checker = Checker::new(&config.health, &config.paths);
         match self.listen {
             None => {
                 let health = runtime.block_on(checker.check());

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::session::{self, ActiveSession, Limits};
 use super::{ssh, GitError};
-use crate::config::{Config, Credential};
+use crate::config::{Credential, GitConfig, PathsConfig};
 use crate::plan::Plan;
 use crate::remote::{Kind, Remote};
 use crate::secrets::{self, LoadedSecrets, SecretsError};
@@ -36,27 +36,28 @@ impl Credentials {
     /// The credentials as a boot would use them, outside a boot (deploy's listing, doctor):
     /// the plan's secrets are read only when a credential lives in one.
     pub async fn load(
-        settings: &Config,
+        settings: &GitConfig,
+        paths: &PathsConfig,
         plan: &Plan,
         client: &secrets::Client,
     ) -> Result<Credentials, Unavailable> {
         let mut loaded = LoadedSecrets::default();
-        if settings.git.credentials_in_secrets() {
+        if settings.credentials_in_secrets() {
             loaded = secrets::load(client, &plan.identity.region, &plan.secrets).await?;
         }
-        Ok(Credentials::from_config(settings, &mut loaded)?)
+        Ok(Credentials::new(settings, paths, &mut loaded)?)
     }
 
-    /// The credentials `config` names. A `secret:NAME` one is taken out of the loaded secrets
-    /// (so the service does not receive it). A key from a secret is written, mode 0600, into `run_dir`,
-    /// which must be memory-backed.
-    pub fn from_config(
-        settings: &Config,
+    /// The credentials the git settings name. A `secret:NAME` one is taken out of the loaded
+    /// secrets (so the service does not receive it). A key from a secret is written, mode 0600,
+    /// into `paths.run_dir`, which must be memory-backed.
+    pub fn new(
+        config: &GitConfig,
+        paths: &PathsConfig,
         secrets: &mut LoadedSecrets,
     ) -> Result<Credentials, GitError> {
-        let config = &settings.git;
-        let run_dir = &settings.paths.run_dir;
-        let allow_persistent = settings.paths.allow_persistent_env_file;
+        let run_dir = &paths.run_dir;
+        let allow_persistent = paths.allow_persistent_env_file;
         let token = match &config.token {
             None => None,
             Some(Credential::Secret(name)) => {

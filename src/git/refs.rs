@@ -264,7 +264,7 @@ mod tests {
             versions: Vec::new(),
             vars: Default::default(),
         };
-        let credentials = Credentials::from_config(&config, &mut none).unwrap();
+        let credentials = Credentials::new(&config.git, &config.paths, &mut none).unwrap();
         let limits = Limits::new(Duration::from_secs(30), "test", Cancel::default());
         let url = Remote::parse(&format!("file://{}", dir.path().display()));
         let nowhere = dir.path().join("checkout");

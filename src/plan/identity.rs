@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::imds::{round_to_ms, ImdsClient, ImdsError};
 use crate::config::names::{is_valid_name, MAX_NAME_LEN};
-use crate::config::Config;
+use crate::config::{Config, IdentityConfig};
 use crate::retry::{self, Look, Unready};
 
 const TAG_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -70,9 +70,9 @@ pub enum IdentityError {
     InvalidMetadata { what: &'static str, value: String },
 }
 
-/// The instance metadata client the config asks for.
-pub fn imds_client(config: &Config) -> ImdsClient {
-    ImdsClient::from_env(config.identity.imds_deadline)
+/// The instance metadata client the identity settings ask for.
+pub fn imds_client(settings: &IdentityConfig) -> ImdsClient {
+    ImdsClient::from_env(settings.imds_deadline)
 }
 
 /// What reading the identity can fail on: instance metadata, the EC2 API (for tags when

@@ -115,7 +115,7 @@ pub enum ResolveError {
 /// Identity from IMDS, then the plan. Needs no AWS credentials (unless tags come from the EC2
 /// API).
 pub async fn resolve(config: &Config) -> Result<Plan, ResolveError> {
-    let imds = identity::imds_client(config);
+    let imds = identity::imds_client(&config.identity);
     resolve_with(&imds, config, config.identity.imds_deadline).await
 }
 

@@ -31,8 +31,7 @@ pub async fn compare(config: &Config, a: &str, b: &str) -> Result<Comparison, Er
         }
     }
     let here = crate::plan::resolve(config).await?.identity;
-    let client =
-        secrets::client(&here.region, config.secrets.timeout, config.secrets.timeout).await?;
+    let client = secrets::client(&config.secrets, &here.region, config.secrets.timeout).await?;
     let mut names = Vec::new();
     for env in [a, b] {
         let identity = here.in_environment(config, env)?;

@@ -9,7 +9,7 @@ use crate::retry::{Look, Unready};
 
 use serde::Serialize;
 
-use crate::config::{Config, Manager, PathsConfig};
+use crate::config::{HealthConfig, Manager, PathsConfig};
 use crate::state::status::{self, Outcome, ServiceState, ServiceStatus, StatusError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,15 +93,15 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(config: &Config) -> Checker {
+    pub fn new(settings: &HealthConfig, paths: &PathsConfig) -> Checker {
         let http = crate::aws::imds::local_http_client()
-            .timeout(config.health.app_timeout)
+            .timeout(settings.app_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a plain HTTP client builds");
         Checker {
-            paths: config.paths.clone(),
-            app_url: config.health.app_url.clone(),
+            paths: paths.clone(),
+            app_url: settings.app_url.clone(),
             http,
         }
     }
@@ -251,6 +251,7 @@ async fn service_down(status: &status::Status) -> Option<Health> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::state::status::{ErrorReport, ServiceState, ServiceStatus, Status};
     use crate::testing::{HttpStub, Reply};
 
@@ -283,7 +284,7 @@ mod tests {
     }
 
     async fn health_of(config: &Config) -> (bool, &'static str, String) {
-        let health = Checker::new(config).check().await;
+        let health = Checker::new(&config.health, &config.paths).check().await;
         (
             health.healthy,
             health.state.as_str(),
@@ -298,7 +299,7 @@ mod tests {
             status.degraded = Some("running last good commit abc because x".into())
         });
         assert_eq!(
-            Checker::new(&config).check().await,
+            Checker::new(&config.health, &config.paths).check().await,
             Health {
                 healthy: true,
                 state: State::Degraded,
@@ -306,7 +307,10 @@ mod tests {
             }
         );
         booted(&config, Outcome::Succeeded, |_| {});
-        assert_eq!(Checker::new(&config).check().await, Health::ok());
+        assert_eq!(
+            Checker::new(&config.health, &config.paths).check().await,
+            Health::ok()
+        );
     }
 
     #[tokio::test]

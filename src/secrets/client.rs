@@ -6,6 +6,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use super::error::{classify, SecretsError};
+use crate::config::SecretsConfig;
 use crate::retry;
 
 /// A Secrets Manager client that retries on its own: each call is one attempt of the SDK's
@@ -47,14 +48,14 @@ impl Client {
     }
 }
 
-/// A Secrets Manager client for `region`: each attempt within `timeout`, retried for
-/// `retry_for`.
+/// A Secrets Manager client for `region`, as `settings` say: each attempt within
+/// `secrets.timeout`, retried for `retry_for`.
 pub async fn client(
+    settings: &SecretsConfig,
     region: &str,
-    timeout: Duration,
     retry_for: Duration,
 ) -> Result<Client, SecretsError> {
-    let sdk_config = crate::aws::load(region, timeout).await?;
+    let sdk_config = crate::aws::load(region, settings.timeout).await?;
     Ok(Client::with_sdk(
         sdk(&sdk_config),
         retry::AWS_BACKOFF,

@@ -159,7 +159,13 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
     match &plan {
         Some(plan) => {
             let date = Arc::new(Mutex::new(None));
-            let client = secrets_client(&plan.identity.region, timeout, date.clone()).await;
+            let client = secrets_client(
+                &config.secrets,
+                &plan.identity.region,
+                timeout,
+                date.clone(),
+            )
+            .await;
             spawn(
                 &mut set,
                 "credentials",

@@ -10,7 +10,7 @@ use aws_sdk_secretsmanager::primitives::{DateTime, DateTimeFormat};
 
 use super::{fail, ok, skip, timed_out, warn, Finding};
 use crate::aws::imds::ImdsClient;
-use crate::config::Config;
+use crate::config::{Config, SecretsConfig};
 use crate::deadline::Deadline;
 use crate::plan::identity;
 use crate::plan::Plan;
@@ -141,12 +141,17 @@ impl Intercept for DateCapture {
 }
 
 pub(super) async fn secrets_client(
+    settings: &SecretsConfig,
     region: &str,
     timeout: Duration,
     date: Arc<Mutex<Option<String>>>,
 ) -> Option<secrets::Client> {
-    // One attempt per call: the doctor reports what answers now, within each check's time.
-    let client = secrets::client(region, timeout, Duration::ZERO)
+    // One attempt per call, within doctor's --timeout: the doctor reports what answers now.
+    let settings = SecretsConfig {
+        timeout,
+        ..settings.clone()
+    };
+    let client = secrets::client(&settings, region, Duration::ZERO)
         .await
         .ok()?;
     let config = client
@@ -364,9 +369,10 @@ async fn git_credentials(
             ));
         }
         let mut none = secrets::LoadedSecrets::default();
-        return git::Credentials::from_config(config, &mut none).map_err(credentials_failed);
+        return git::Credentials::new(&config.git, &config.paths, &mut none)
+            .map_err(credentials_failed);
     };
-    match git::Credentials::load(config, plan, &client).await {
+    match git::Credentials::load(&config.git, &config.paths, plan, &client).await {
         Ok(credentials) => Ok(credentials),
         Err(git::Unavailable::Secrets(_)) => Err(skip(
             "a git credential is in a secret, which the secret check could not read",
