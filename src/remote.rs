@@ -34,6 +34,7 @@ pub enum Kind {
 
 impl Remote {
     pub fn parse(url: &str) -> Remote {
+        let url = &lower_case_scheme(url);
         let kind = if url.starts_with("file://") {
             Kind::Local
         } else if url.starts_with("git://") {
@@ -96,6 +97,23 @@ impl Remote {
 }
 
 /// `[user@]host:path`: a colon before any slash.
+/// libgit2 picks a transport by the scheme whatever its case (`HTTPS://` is https): the scheme is
+/// written in lower case before anything reads it, so that every check bootagent makes (the
+/// token's hosts, the pinned host keys) sees the transport libgit2 will use.
+fn lower_case_scheme(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            format!("{}://{rest}", scheme.to_ascii_lowercase())
+        }
+        _ => url.to_string(),
+    }
+}
+
 fn is_scp_like(url: &str) -> bool {
     url.split_once(':')
         .is_some_and(|(authority, _)| !authority.contains('/'))
@@ -410,6 +428,11 @@ mod tests {
             ("ssh://-oProxyCommand=x/repo", "unusable ssh"),
             ("-oProxyCommand=x:repo", "unusable ssh"),
             ("ftp://h/app.git", "unusable ssh"),
+            ("HTTPS://h/app.git", "http"),
+            ("Http://h/app.git", "http"),
+            ("GIT://h/app.git", "git"),
+            ("SSH://git@h/app.git", "ssh"),
+            ("File:///srv/app.git", "local"),
         ] {
             assert_eq!(kind(url), expected, "{url}");
         }

@@ -83,6 +83,26 @@ fn the_token_goes_only_to_the_hosts_the_config_names() {
     pinned.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
 }
 
+/// libgit2 picks the transport whatever the case of the scheme: a Repository tag that writes
+/// `HTTP://` is still http to the token's host check, and the token is not sent.
+#[test]
+fn an_upper_case_scheme_in_the_tag_does_not_take_the_token_past_the_host_check() {
+    support::needs_world!();
+    let setup = setup();
+    let shouted = setup
+        .server
+        .repo_url(&setup.name)
+        .replacen("http://", "HTTP://", 1);
+    let imds = Imds::for_service(&setup.name, "prod", &shouted);
+    let instance =
+        Instance::exec_mode("[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"deploy\"\n");
+    let run = instance.run(&imds, &["boot"]);
+    run.expect(7)
+        .stderr_has("is not in git.token_hosts, so the token is not sent")
+        .stderr_has("token-host-refused");
+    instance.assert_left_nowhere(&setup.token, &run);
+}
+
 #[test]
 fn a_wrong_token_is_refused_with_a_clear_message() {
     support::needs_world!();
