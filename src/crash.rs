@@ -7,6 +7,7 @@
 //! whatever the failing code formatted (an `unwrap` prints the error, which may carry a value
 //! read from a secret), and no secret value may reach the journal or status.json.
 
+use std::io::Write;
 use std::sync::{Mutex, PoisonError};
 
 use crate::config::PathsConfig;
@@ -30,10 +31,13 @@ pub fn install() {
             "internal error: bootagent panicked at {place}, a bug (the panic's message is \
              withheld: it may hold a secret value)"
         );
-        match record_failed_boot(&message) {
-            Ok(()) => eprintln!("error: {message}"),
-            Err(e) => eprintln!("error: {message}; {}", e.one_line()),
-        }
+        let recorded = record_failed_boot(&message);
+        // Not eprintln: a closed stderr would panic inside the panic, and end in SIGABRT.
+        let mut stderr = std::io::stderr();
+        let _ = match recorded {
+            Ok(()) => writeln!(stderr, "error: {message}"),
+            Err(e) => writeln!(stderr, "error: {message}; {}", e.one_line()),
+        };
         // Other threads may still be inside libgit2 or the SDK: nothing more runs on this path.
         std::process::exit(i32::from(crate::exit::INTERNAL));
     }));
@@ -43,6 +47,12 @@ pub fn install() {
 /// as failed there.
 pub fn watch_boot(paths: &PathsConfig) {
     *BOOT.lock().unwrap_or_else(PoisonError::into_inner) = Some(paths.clone());
+}
+
+/// The boot's record is closed: a panic from now on (`lifecycle watch` goes on for hours after
+/// the boot it ran) is not the boot's, which keeps the outcome it was recorded with.
+pub fn boot_ended() {
+    *BOOT.lock().unwrap_or_else(PoisonError::into_inner) = None;
 }
 
 /// The boot this process runs, if any, ends as failed with `message`: in status.json, and in
@@ -68,4 +78,37 @@ fn record_failed_boot(message: &str) -> Result<(), crate::Error> {
             .map_err(|e| crate::Error::io("failed to record the boot in the history", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_fails_the_boot_in_progress_but_not_one_whose_record_was_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[paths]\nrun_dir = \"{dir}/run\"\nstate_dir = \"{dir}/state\"\n",
+            dir = dir.path().display()
+        );
+        let config = crate::config::from_text(std::path::Path::new("t.toml"), &text).unwrap();
+        let paths = config.paths;
+        std::fs::create_dir_all(&paths.run_dir).unwrap();
+        let mut boot = status::Status::starting();
+        boot.outcome = Outcome::Succeeded;
+        status::write(&paths.status_file(), &boot).unwrap();
+
+        watch_boot(&paths);
+        boot_ended();
+        record_failed_boot("internal error").unwrap();
+        let kept = status::read_as_written(&paths.status_file()).unwrap();
+        assert_eq!(kept.outcome, Outcome::Succeeded);
+
+        watch_boot(&paths);
+        record_failed_boot("internal error").unwrap();
+        let failed = status::read_as_written(&paths.status_file()).unwrap();
+        assert_eq!(failed.outcome, Outcome::Failed);
+        assert_eq!(failed.error.unwrap().exit_code, crate::exit::INTERNAL);
+        boot_ended();
+    }
 }

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -9,7 +10,8 @@ fn main() -> ExitCode {
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", error.chain());
+            // A closed stderr must not turn the error's own exit code into a panic's.
+            let _ = writeln!(std::io::stderr(), "error: {}", error.chain());
             ExitCode::from(error.exit_code())
         }
     }

@@ -288,8 +288,10 @@ impl DaemonAddress {
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !port.contains(']') => (
                 host,
-                port.parse()
-                    .map_err(|_| format!("{port:?} is not a port number"))?,
+                // Not quoted: after the last `:` of `user:password@host` comes the password.
+                port.parse().map_err(|_| {
+                    "what follows the last ':' before the path is not a port number"
+                })?,
             ),
             _ => (authority, DEFAULT_DAEMON_PORT),
         };
@@ -436,6 +438,18 @@ mod tests {
         ] {
             assert_eq!(kind(url), expected, "{url}");
         }
+    }
+
+    #[test]
+    fn a_git_url_with_a_password_is_refused_without_quoting_it() {
+        let Kind::Daemon(Err(why)) = Remote::parse("git://user:s3cret@host/app.git")
+            .kind()
+            .clone()
+        else {
+            panic!("a git:// URL with credentials parses as a daemon address");
+        };
+        assert!(!why.contains("s3cret"), "{why}");
+        assert!(why.contains("not a port number"), "{why}");
     }
 
     #[test]

@@ -14,6 +14,13 @@ pub struct Recorder {
     history_dir: PathBuf,
 }
 
+/// The boot's record is over, however the boot ended (returned, failed with `?`).
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        crate::crash::boot_ended();
+    }
+}
+
 impl Recorder {
     pub fn start(paths: &PathsConfig) -> Self {
         crate::crash::watch_boot(paths);

@@ -95,7 +95,11 @@ fn pieces<'a>(key: &str, template: &'a str) -> Result<Vec<Piece<'a>>, TemplateEr
         }
         let after = &rest[open + 1..];
         let close = after.find('}').ok_or_else(|| unbalanced(key, template))?;
-        pieces.push(Piece::Placeholder(&after[..close]));
+        let name = &after[..close];
+        if name.contains('{') {
+            return Err(unbalanced(key, template));
+        }
+        pieces.push(Piece::Placeholder(name));
         rest = &after[close + 1..];
     }
     pieces.push(Piece::Text(rest));
@@ -175,6 +179,7 @@ mod tests {
             "{err}"
         );
         assert!(check("k", "{tag:}").is_err());
+        assert!(check("k", "{tag:A{b}").is_err());
         assert!(check("k", "a{service").is_err());
         for good in [
             "{service}_env_{env}",

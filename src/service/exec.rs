@@ -139,7 +139,11 @@ fn become_user(user: &User) -> nix::Result<()> {
             0,
         )
     };
-    nix::errno::Errno::result(cleared)?;
+    match nix::errno::Errno::result(cleared) {
+        // A kernel older than 4.3 has no ambient capabilities to clear.
+        Ok(_) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(errno) => return Err(errno),
+    }
     nix::unistd::setresuid(user.uid, user.uid, Uid::effective())
 }
 
