@@ -1081,10 +1081,10 @@ fn an_exec_that_fails_is_one_failed_boot_in_the_history() {
         "70-command.toml",
         &format!("[service]\ncommand = [\"{}\"]\n", orphan.display()),
     );
-    instance
-        .run(&imds, &["boot"])
-        .expect(8)
+    let run = instance.run(&imds, &["boot"]);
+    run.expect(8)
         .stderr_has(&format!("failed to run {}", orphan.display()));
+    instance.assert_no_canary(&service.canaries["test"], &run);
     let status = instance.status();
     assert_eq!(status["outcome"], "failed", "{status}");
     assert_eq!(status["error"]["exit_code"], 8, "{status}");
