@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod delivery;
 mod load;
 pub mod names;
 pub(crate) mod template;
@@ -15,6 +16,7 @@ pub(crate) mod template;
 mod tests;
 mod validate;
 
+pub use delivery::{Deliver, FileConfig, OnChange};
 pub use load::{from_text, load};
 
 use names::is_variable_name;
@@ -59,6 +61,8 @@ pub struct Config {
     pub refresh: RefreshConfig,
     pub deploy: DeployConfig,
     pub boot: BootConfig,
+    #[serde(default)]
+    pub files: Vec<FileConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +150,9 @@ pub struct SecretsConfig {
     pub timeout: Duration,
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    pub deliver: Deliver,
+    /// What a change to the credentials does to the service (the env file always restarts it).
+    pub on_change: OnChange,
 }
 
 /// The syntax of the env file: what reads it decides.
@@ -165,6 +172,8 @@ pub struct PathsConfig {
     pub state_dir: PathBuf,
     pub systemd_runtime_dir: PathBuf,
     pub allow_persistent_env_file: bool,
+    /// Where `[[files]]` may be written.
+    pub file_roots: Vec<PathBuf>,
 }
 
 impl GitConfig {
