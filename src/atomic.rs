@@ -22,6 +22,16 @@ pub fn is_temporary(name: &std::ffi::OsStr) -> bool {
 /// over `path` and fsyncs the directory. On any error the temporary file is removed and `path`
 /// is untouched.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_file_owned(path, contents, mode, None)
+}
+
+/// [`write_file`], the file given to `owner` (user, group) before anything is written to it.
+pub fn write_file_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no directory"))?;
@@ -44,6 +54,9 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
             .create_new(true)
             .mode(mode)
             .open(&temp)?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::fchown(&file, Some(uid), Some(gid))?;
+        }
         file.write_all(contents)?;
         file.sync_all()?;
         crate::failpoint::hit(&format!("before-rename:{}", name.to_string_lossy()));

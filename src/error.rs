@@ -30,6 +30,10 @@ pub enum Error {
     Secrets(#[from] SecretsError),
     #[error("failed to write the env file")]
     EnvFile(#[from] EnvFileError),
+    #[error("failed to deliver the service's credentials")]
+    Credentials(#[from] crate::deliver::credentials::CredentialsError),
+    #[error("failed to hand the unit its new credentials")]
+    CredentialsSync(#[from] crate::deliver::live::SyncError),
     #[error("failed to check out the service's code")]
     Git(#[from] GitError),
     #[error("failed to start the service")]
@@ -157,9 +161,12 @@ impl Error {
                 | EnvFileError::Nul { .. }
                 | EnvFileError::TooLong { .. },
             ) => exit::SECRET_MALFORMED,
-            Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) | Error::Deploys(_) => {
-                exit::LOCAL
-            }
+            Error::EnvFile(_)
+            | Error::Credentials(_)
+            | Error::CredentialsSync(_)
+            | Error::Io { .. }
+            | Error::Status(_)
+            | Error::Deploys(_) => exit::LOCAL,
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
             Error::RolledBack { .. } | Error::SecretsRolledBack { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } | Error::Gate { .. } => exit::SERVICE,

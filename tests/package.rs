@@ -70,6 +70,7 @@ fn expected_files(units: &str) -> Vec<String> {
         "bootagent-refresh.timer",
         "bootagent-deploy.service",
         "bootagent-deploy.timer",
+        "bootagent-credentials@.service",
     ] {
         files.push(format!("{units}/{unit}"));
     }

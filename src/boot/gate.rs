@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{Config, PathsConfig};
 use crate::deadline::Deadline;
+use crate::deliver::credentials::{self, Credentials};
 use crate::plan::Plan;
 use crate::report::health::{Checker, Scope};
 use crate::secrets::SecretVersion;
@@ -25,6 +26,8 @@ pub(super) struct Previous {
     /// The env file in service; absent after a reboot (the run dir is tmpfs), when a rollback
     /// keeps the new environment.
     env: Option<Zeroizing<String>>,
+    /// The credentials in service (`secrets.deliver`), absent as the env file is.
+    credentials: Option<Credentials>,
     secrets: Vec<SecretVersion>,
 }
 
@@ -65,6 +68,8 @@ impl Previous {
                 env: std::fs::read_to_string(&plan.env_file)
                     .ok()
                     .map(Zeroizing::new),
+                credentials: (plan.secrets.credentials_dir.as_deref())
+                    .and_then(|dir| credentials::read(dir).ok()),
                 secrets: secrets.to_vec(),
             }
         })
@@ -85,8 +90,7 @@ impl Previous {
 pub(super) async fn start(
     config: &Config,
     plan: &Plan,
-    env_changed: bool,
-    code_changed: bool,
+    changes: &service::Changes,
     gated: bool,
 ) -> Result<UnitReport, Error> {
     let step = config.service.start_timeout + config.service.settle + Duration::from_secs(5);
@@ -95,14 +99,14 @@ pub(super) async fn start(
         Deadline::after(step),
         service::start_systemd(
             plan,
-            env_changed,
-            code_changed,
+            changes,
             config.service.start_timeout,
             config.service.settle,
         ),
     )
     .await??;
-    if gated && report.restarted {
+    // A reload or a signal is a change to what runs as much as a restart.
+    if gated && (report.restarted || !report.applied.is_empty()) {
         app_turns_green(config).await?;
     }
     Ok(report)
@@ -127,14 +131,14 @@ pub(super) async fn roll_back_change(
     plan: &Plan,
     previous: &Previous,
     commit: &str,
-    env_changed: bool,
+    secrets_changed: bool,
     recorder: &mut Recorder,
     cause: Error,
 ) -> Result<(UnitReport, Error), Error> {
     let to = previous.commit.clone();
     let new_secrets: Vec<SecretVersion> = (recorder.status.secrets)
         .iter()
-        .filter(|version| env_changed && !previous.secrets().contains(version))
+        .filter(|version| secrets_changed && !previous.secrets().contains(version))
         .cloned()
         .collect();
     let rolled_back = roll_back(config, plan, previous, commit, &new_secrets, &cause);
@@ -240,7 +244,19 @@ pub(super) async fn roll_back(
         if let Some(env) = &previous.env {
             crate::envfile::write(&plan.env_file, env)?;
         }
-        start(config, plan, true, true, true).await
+        let mut changes = service::Changes {
+            restart: true,
+            ..Default::default()
+        };
+        if let Some(dir) = &plan.secrets.credentials_dir {
+            if let Some(before) = &previous.credentials {
+                credentials::write(dir, credentials::Owner::Root, before)?;
+            }
+            changes.credential_names = credentials::read(dir)
+                .map(|now| now.into_keys().collect())
+                .unwrap_or_default();
+        }
+        start(config, plan, &changes, true).await
     };
     match restored.await {
         Ok(report) => Ok((report, recorded)),

@@ -20,6 +20,7 @@ use crate::aws::autoscaling::ActionResult;
 use crate::aws::imds::ImdsClient;
 use crate::config::{Config, Manager};
 use crate::deadline::Deadline;
+use crate::deliver;
 use crate::envfile::{self, Environment};
 use crate::git;
 use crate::plan::Plan;
@@ -168,6 +169,8 @@ struct Fetched {
     credentials: git::Credentials,
     environment: Environment,
     rendered: Zeroizing<String>,
+    /// The secret variables as credentials (none unless `secrets.deliver` says so).
+    delivered: deliver::credentials::Credentials,
 }
 
 /// The commit the git step settled on.
@@ -180,14 +183,19 @@ struct Release {
 impl Steps<'_> {
     async fn run(mut self, run: Run) -> Result<(), Error> {
         let (known, record) = self.identify(run).await?;
-        let fetched = self.fetch_secrets(&known.plan).await?;
+        let Fetched {
+            credentials,
+            environment,
+            rendered,
+            delivered,
+        } = self.fetch_secrets(&known.plan).await?;
         let release = self
-            .check_out(&known, record, fetched.credentials, &fetched.environment)
+            .check_out(&known, record, credentials, &environment)
             .await?;
-        let command = self.prepare_command(&known.plan, &fetched.environment)?;
-        drop(fetched.environment);
-        let env_changed = self.write_env_file(&known, &release, &fetched.rendered)?;
-        self.start(&known, &release, env_changed, command).await
+        let command = self.prepare_command(&known.plan, &environment)?;
+        drop(environment);
+        let written = self.write_env_file(&known, &release, &rendered, &delivered)?;
+        self.start(&known, &release, written, command).await
     }
 
     /// Steps 1 and 2, identity and plan: who this instance is, every template rendered against it; then
@@ -261,6 +269,15 @@ impl Steps<'_> {
         let mut loaded = within("secrets", Deadline::after(retry_for + call), load).await??;
         self.recorder.status.secrets = loaded.versions.clone();
         let credentials = git::Credentials::new(&config.git, &config.paths, &mut loaded)?;
+        let delivered = match plan.secrets.deliver.as_credentials() {
+            true => (loaded.vars.iter())
+                .map(|(name, var)| (name.clone(), var.value.clone()))
+                .collect(),
+            false => Default::default(),
+        };
+        if !plan.secrets.deliver.as_variables() {
+            loaded.vars.clear();
+        }
         let environment = envfile::compose(&plan.env, loaded)?;
         let rendered = envfile::render(&environment, plan.secrets.format)?;
         self.recorder.end(Outcome::Succeeded)?;
@@ -268,6 +285,7 @@ impl Steps<'_> {
             credentials,
             environment,
             rendered,
+            delivered,
         })
     }
 
@@ -363,25 +381,32 @@ impl Steps<'_> {
         Ok(Some(command))
     }
 
-    /// Step 5, the env file: written only when its text changed. Whether it did.
+    /// Step 5, the env file and the credentials: each written only when it changed. What did.
     fn write_env_file(
         &mut self,
         known: &Known,
         release: &Release,
         rendered: &str,
-    ) -> Result<bool, Error> {
+        delivered: &deliver::credentials::Credentials,
+    ) -> Result<Written, Error> {
+        let plan = &known.plan;
         self.recorder.begin("env_file");
-        let env_changed = envfile::write(&known.plan.env_file, rendered)?;
-        if env_changed {
+        let env = envfile::write(&plan.env_file, rendered)?;
+        let credentials = deliver_credentials(self.config, plan, delivered)?;
+        let written = Written {
+            env,
+            credentials,
+            credential_names: delivered.keys().cloned().collect(),
+        };
+        if written.secrets_changed() {
             self.effects.untouched = None;
             if self.effects.change.is_none() {
                 let in_service = known.in_service.as_deref();
-                self.effects.change =
-                    Some(hooks::Change::to(&known.plan, in_service, &release.commit));
+                self.effects.change = Some(hooks::Change::to(plan, in_service, &release.commit));
             }
         }
         self.recorder.end(Outcome::Succeeded)?;
-        Ok(env_changed)
+        Ok(written)
     }
 
     /// Step 6, start: in a warm pool, nothing yet; under systemd, the unit started and held to the
@@ -390,7 +415,7 @@ impl Steps<'_> {
         &mut self,
         known: &Known,
         release: &Release,
-        env_changed: bool,
+        written: Written,
         command: Option<service::ExecCommand>,
     ) -> Result<(), Error> {
         let plan = &known.plan;
@@ -400,15 +425,18 @@ impl Steps<'_> {
             // Everything is ready; starting waits for the instance to go in service, when
             // `lifecycle watch` boots again.
             tracing::info!("the instance is in a warm pool: prepared, not starting the service");
-            self.record_service(plan, ServiceState::Warmed, false);
+            self.record_service(plan, ServiceState::Warmed, false, Vec::new());
             self.recorder.end(Outcome::Succeeded)?;
             return Ok(());
         }
         let Some(command) = command else {
-            let started = self.start_gated(known, release, env_changed).await?;
-            let state = ServiceState::Unit(started.report.state);
-            self.record_service(plan, state, started.report.restarted);
-            return match started.rolled_back {
+            let Started {
+                report,
+                rolled_back,
+            } = self.start_gated(known, release, written).await?;
+            let state = ServiceState::Unit(report.state);
+            self.record_service(plan, state, report.restarted, report.applied);
+            return match rolled_back {
                 Some(error) => {
                     self.recorder.end(Outcome::RolledBack)?;
                     Err(error)
@@ -421,7 +449,7 @@ impl Steps<'_> {
             };
         };
         prune_releases(self.config, plan);
-        self.record_service(plan, ServiceState::Exec, true);
+        self.record_service(plan, ServiceState::Exec, true, Vec::new());
         // The status must say "succeeded" before this process becomes the service; should exec
         // fail, `boot` records that failure over it.
         self.recorder.finish(None)?;
@@ -435,25 +463,21 @@ impl Steps<'_> {
         &mut self,
         known: &Known,
         release: &Release,
-        env_changed: bool,
+        written: Written,
     ) -> Result<Started, Error> {
         let (config, plan) = (self.config, &known.plan);
-        let changed = env_changed || release.code_changed;
+        let secrets_changed = written.secrets_changed();
+        let changed = secrets_changed || release.code_changed;
         if changed {
             self.effects.untouched = None;
         }
         let has_previous = known.previous.is_some();
-        let started = gate::start(
-            config,
-            plan,
-            env_changed,
-            release.code_changed,
-            has_previous,
-        );
+        let changes = written.into_changes(plan, release.code_changed);
+        let started = gate::start(config, plan, &changes, has_previous);
         match (started.await, &known.previous) {
             (Ok(report), _) => {
                 let versions = &self.recorder.status.secrets;
-                let passed = changed && report.restarted;
+                let passed = changed && (report.restarted || !report.applied.is_empty());
                 if let Err(e) = gate::proven(&config.paths, &release.commit, versions, passed) {
                     // The boot serves; the next failed change cannot roll back to it.
                     tracing::error!(
@@ -474,7 +498,7 @@ impl Steps<'_> {
                     plan,
                     previous,
                     &release.commit,
-                    env_changed,
+                    secrets_changed,
                     self.recorder,
                     cause,
                 );
@@ -488,14 +512,83 @@ impl Steps<'_> {
         }
     }
 
-    fn record_service(&mut self, plan: &Plan, state: ServiceState, restarted: bool) {
+    fn record_service(
+        &mut self,
+        plan: &Plan,
+        state: ServiceState,
+        restarted: bool,
+        applied: Vec<crate::config::OnChange>,
+    ) {
         self.recorder.status.service = Some(ServiceStatus {
             manager: plan.service.manager,
             unit: plan.service.unit.clone(),
             state,
             restarted,
+            applied,
         });
     }
+}
+
+/// What step 5 changed.
+struct Written {
+    env: bool,
+    credentials: bool,
+    credential_names: Vec<String>,
+}
+
+impl Written {
+    /// Whether the service's secrets, in any form it gets them, changed.
+    fn secrets_changed(&self) -> bool {
+        self.env || self.credentials
+    }
+
+    /// What the unit needs for them: the env file and new code take a restart; credentials what
+    /// `secrets.on_change` says.
+    fn into_changes(self, plan: &Plan, code_changed: bool) -> service::Changes {
+        service::Changes {
+            restart: self.env || code_changed,
+            actions: self
+                .credentials
+                .then_some(plan.secrets.on_change)
+                .into_iter()
+                .collect(),
+            credentials: self.credentials,
+            credential_names: self.credential_names,
+        }
+    }
+}
+
+/// Writes the credentials when the secrets are delivered as such: root's alone under systemd
+/// (systemd gives the unit its copy), the service user's in exec mode. Otherwise a store an
+/// earlier config left goes. Whether anything changed.
+fn deliver_credentials(
+    config: &Config,
+    plan: &Plan,
+    credentials: &deliver::credentials::Credentials,
+) -> Result<bool, Error> {
+    use deliver::credentials::{self, Owner};
+    let Some(dir) = &plan.secrets.credentials_dir else {
+        let stale = config.paths.credentials_dir(&plan.identity.service);
+        return match std::fs::remove_dir_all(&stale) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(
+                format!("failed to remove {}", stale.display()),
+                e,
+            )),
+        };
+    };
+    let owner = match plan.service.manager {
+        Manager::Systemd => Owner::Root,
+        Manager::Exec => {
+            let user = service::user(&plan.service.user)?;
+            Owner::Service {
+                uid: user.uid,
+                gid: user.gid,
+            }
+        }
+    };
+    Ok(credentials::write(dir, owner, credentials)?)
 }
 
 /// What starting the unit came to.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::Error;
 
 mod boot;
+mod credentials;
 mod deploy;
 mod doctor;
 mod env;
@@ -51,6 +52,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Answer ASG lifecycle hooks
     Lifecycle(lifecycle::LifecycleArgs),
+    /// Hand a running unit new credentials (secrets.deliver = "credentials")
+    Credentials(credentials::CredentialsArgs),
 }
 
 impl Cli {
@@ -74,6 +77,7 @@ impl Cli {
             Command::HealthReport(args) => args.run(&config),
             Command::Doctor(args) => args.run(&config),
             Command::Lifecycle(args) => args.run(&config),
+            Command::Credentials(args) => args.run(&config),
         }
     }
 }

@@ -160,7 +160,13 @@ mod tests {
 
     #[test]
     fn on_change_reads_what_it_writes_and_refuses_the_rest() {
-        for text in ["none", "reload", "restart", "signal:SIGHUP", "signal:SIGUSR1"] {
+        for text in [
+            "none",
+            "reload",
+            "restart",
+            "signal:SIGHUP",
+            "signal:SIGUSR1",
+        ] {
             let parsed: OnChange = text.parse().unwrap();
             assert_eq!(parsed.to_string(), text);
         }

@@ -207,6 +207,18 @@ impl PathsConfig {
     pub fn draining_marker(&self) -> PathBuf {
         self.run_dir.join("draining")
     }
+
+    /// The drop-in bootagent writes for `unit`: what it runs with, and from where.
+    pub fn drop_in(&self, unit: &str) -> PathBuf {
+        self.systemd_runtime_dir
+            .join(format!("{unit}.d"))
+            .join("50-bootagent.conf")
+    }
+
+    /// The service's secret variables as credentials, one file each (`secrets.deliver`).
+    pub fn credentials_dir(&self, service: &str) -> PathBuf {
+        self.run_dir.join("credentials").join(service)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

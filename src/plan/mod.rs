@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::aws::imds::ImdsClient;
 use crate::config::template::{render, render_required, TemplateVars};
-use crate::config::{Config, ConfigError, EnvFileFormat, Manager, Signed, Verify};
+use crate::config::{
+    Config, ConfigError, Deliver, EnvFileFormat, Manager, OnChange, Signed, Verify,
+};
 use crate::remote::{NoRemote, Remote};
 use identity::Identity;
 
@@ -37,6 +39,11 @@ pub struct SecretsPlan {
     /// Variables taken from one secret each (a whole plain value or one JSON field).
     pub vars: BTreeMap<String, SecretRef>,
     pub format: EnvFileFormat,
+    pub deliver: Deliver,
+    /// Where the credentials are kept, when the secrets are delivered as credentials.
+    pub credentials_dir: Option<PathBuf>,
+    /// What new credentials do to the service.
+    pub on_change: OnChange,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -166,6 +173,15 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
     if let Some((key, template)) = endpoint {
         env.insert("BOOTAGENT_ENDPOINT".into(), required(&key, template)?);
     }
+    let credentials_dir = (config.secrets.deliver.as_credentials())
+        .then(|| config.paths.credentials_dir(&identity.service));
+    if let (Some(dir), Manager::Exec) = (&credentials_dir, config.service.manager) {
+        // Under systemd, systemd sets it to the unit's own copy.
+        env.insert(
+            crate::deliver::credentials::DIRECTORY_VARIABLE.into(),
+            dir.display().to_string(),
+        );
+    }
 
     let unit = required("service.unit", &config.service.unit)?;
     if !is_unit_name(&unit) {
@@ -180,13 +196,7 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
             git_dir.display()
         )));
     }
-    let drop_in = (config.service.manager == Manager::Systemd).then(|| {
-        config
-            .paths
-            .systemd_runtime_dir
-            .join(format!("{unit}.d"))
-            .join("50-bootagent.conf")
-    });
+    let drop_in = (config.service.manager == Manager::Systemd).then(|| config.paths.drop_in(&unit));
     let command = config
         .service
         .command
@@ -216,6 +226,9 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
                 })
                 .collect::<Result<_, ConfigError>>()?,
             format: config.secrets.format,
+            deliver: config.secrets.deliver,
+            credentials_dir,
+            on_change: config.secrets.on_change,
         },
         env,
         env_file: config.paths.env_file(&identity.service),

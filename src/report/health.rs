@@ -146,6 +146,7 @@ impl Checker {
                     unit: serving.unit,
                     state: ServiceState::Unit(String::new()),
                     restarted: false,
+                    applied: Vec::new(),
                 });
             }
             (Outcome::Succeeded | Outcome::Degraded | Outcome::RolledBack, _) => {}
@@ -276,6 +277,7 @@ mod tests {
             unit: "app.service".into(),
             state: ServiceState::Exec,
             restarted: true,
+            applied: Vec::new(),
         });
         status.outcome = outcome;
         change(&mut status);

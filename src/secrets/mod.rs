@@ -174,6 +174,9 @@ mod tests {
             version_id: None,
             vars: BTreeMap::new(),
             format: EnvFileFormat::Systemd,
+            deliver: crate::config::Deliver::Env,
+            credentials_dir: None,
+            on_change: crate::config::OnChange::Restart,
         }
     }
 

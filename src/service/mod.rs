@@ -13,4 +13,4 @@ pub use environment::user;
 pub use error::ServiceError;
 pub use exec::{prepare_exec, ExecCommand};
 pub use hooks::{run_hook, HookError};
-pub use systemd::{start_systemd, stop_systemd, unit_state, UnitReport};
+pub use systemd::{start_systemd, stop_systemd, unit_state, Changes, UnitReport};

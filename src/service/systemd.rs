@@ -1,10 +1,12 @@
 //! The service as a systemd unit: the runtime drop-in, restart, and the wait until it is up and
 //! stays up.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use super::error::ServiceError;
+use crate::config::OnChange;
 use crate::plan::Plan;
 use crate::retry::{self, Look, Unready};
 
@@ -17,15 +19,30 @@ const SETTLE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub struct UnitReport {
     pub state: String,
     pub restarted: bool,
+    /// What was done instead of a restart, for credentials or secret files that changed.
+    pub applied: Vec<OnChange>,
+}
+
+/// What changed since the unit last started, and so what it needs.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The env file or the code: only a restart applies them.
+    pub restart: bool,
+    /// What the changed credentials and secret files ask for (`on_change`).
+    pub actions: BTreeSet<OnChange>,
+    /// The credentials' values changed: systemd gives a unit its copy only when it starts.
+    pub credentials: bool,
+    /// The credentials the unit loads (`LoadCredential=`), by name, from `credentials_dir`.
+    pub credential_names: Vec<String>,
 }
 
 /// Writes the drop-in, reloads systemd if it changed, and restarts the unit when anything it
-/// runs with changed or it is not active. Waits until the unit is active or has failed; after a
-/// restart, the unit must then stay active for `settle`.
+/// runs with changed or it is not active; changed credentials and secret files get their
+/// `on_change` instead, when nothing else needs a restart. Waits until the unit is active or has
+/// failed; after a restart, reload or signal, the unit must then stay active for `settle`.
 pub async fn start_systemd(
     plan: &Plan,
-    env_changed: bool,
-    code_changed: bool,
+    changes: &Changes,
     timeout: Duration,
     settle: Duration,
 ) -> Result<UnitReport, ServiceError> {
@@ -35,12 +52,15 @@ pub async fn start_systemd(
         .drop_in
         .as_deref()
         .expect("systemd mode has a drop-in");
-    let drop_in_changed = write_drop_in(drop_in, &render_drop_in(plan))?;
+    let drop_in_changed = write_drop_in(drop_in, &render_drop_in(plan, &changes.credential_names))?;
     if drop_in_changed {
         systemctl(&["daemon-reload"]).await?;
     }
     let state = unit_state(unit).await?.active;
-    let restart = state != "active" || env_changed || code_changed || drop_in_changed;
+    let mut restart = state != "active"
+        || changes.restart
+        || drop_in_changed
+        || changes.actions.contains(&OnChange::Restart);
     if state == "failed" {
         // A unit that crashed repeatedly may have hit its start limit; a new boot deserves a
         // fresh count, as an operator running `systemctl reset-failed` would give it.
@@ -51,6 +71,28 @@ pub async fn start_systemd(
         state: state.describe(),
         waited: humantime::format_duration(timeout).to_string(),
     };
+    let mut applied: Vec<OnChange> = Vec::new();
+    if !restart {
+        applied = changes
+            .actions
+            .iter()
+            .copied()
+            .filter(|action| *action != OnChange::None)
+            .collect();
+    }
+    if !restart && changes.credentials && !applied.is_empty() {
+        // The unit reads its own copy of the credentials, made when it started: it gets the
+        // new values before it is told to read them again, or it restarts.
+        if let Err(e) = refresh_credentials(unit, timeout).await {
+            tracing::warn!(
+                %unit,
+                "restarting rather than {}: {e}",
+                applied.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            );
+            restart = true;
+            applied.clear();
+        }
+    }
     let began = std::time::Instant::now();
     if restart {
         tracing::info!(%unit, "restarting the unit");
@@ -58,6 +100,24 @@ pub async fn start_systemd(
         // the unit's own TimeoutStartSec. The boot waits only service.start_timeout.
         match tokio::time::timeout(timeout, systemctl(&["restart", unit])).await {
             Ok(restarted) => drop(restarted?),
+            Err(_) => return Err(timed_out(&unit_state(unit).await?)),
+        }
+    }
+    for action in &applied {
+        tracing::info!(%unit, %action, "applying new secrets without a restart");
+        let args: Vec<String> = match action {
+            OnChange::Reload => vec!["reload".into(), unit.clone()],
+            OnChange::Signal(signal) => vec![
+                "kill".into(),
+                "--kill-who=main".into(),
+                format!("--signal={}", signal.as_str()),
+                unit.clone(),
+            ],
+            OnChange::None | OnChange::Restart => continue,
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match tokio::time::timeout(timeout, systemctl(&args)).await {
+            Ok(told) => drop(told?),
             Err(_) => return Err(timed_out(&unit_state(unit).await?)),
         }
     }
@@ -82,12 +142,13 @@ pub async fn start_systemd(
         Err(Unready::Failed(e)) => return Err(e),
         Err(Unready::TimedOut(current)) => return Err(timed_out(&current)),
     };
-    if restart {
+    if restart || !applied.is_empty() {
         stays_up(unit, &current, settle).await?;
     }
     Ok(UnitReport {
         state: current.active,
         restarted: restart,
+        applied,
     })
 }
 
@@ -125,17 +186,39 @@ async fn stays_up(unit: &str, started: &UnitState, settle: Duration) -> Result<(
     }
 }
 
-fn render_drop_in(plan: &Plan) -> String {
+fn render_drop_in(plan: &Plan, credential_names: &[String]) -> String {
+    let credentials = match &plan.secrets.credentials_dir {
+        Some(dir) => crate::deliver::credentials::load_credential_lines(dir, credential_names),
+        None => String::new(),
+    };
     format!(
         "# Written by bootagent at boot; removed with /run at shutdown.\n\
          [Service]\n\
          EnvironmentFile={}\n\
          WorkingDirectory={}\n\
-         User={}\n",
+         User={}\n\
+         {credentials}",
         plan.env_file.display(),
         plan.git.dir.display(),
         plan.service.user
     )
+}
+
+/// Has `bootagent-credentials@UNIT.service` copy the credentials bootagent wrote into the unit's
+/// own credentials directory, as systemd does only when the unit starts.
+async fn refresh_credentials(unit: &str, timeout: Duration) -> Result<(), ServiceError> {
+    let helper = format!(
+        "bootagent-credentials@{}.service",
+        crate::deliver::credentials::escape_instance(unit)
+    );
+    match tokio::time::timeout(timeout, systemctl(&["start", &helper])).await {
+        Ok(started) => started.map(drop),
+        Err(_) => Err(ServiceError::StartTimeout {
+            unit: helper,
+            state: "activating".into(),
+            waited: humantime::format_duration(timeout).to_string(),
+        }),
+    }
 }
 
 fn write_drop_in(path: &Path, contents: &str) -> Result<bool, ServiceError> {

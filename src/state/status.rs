@@ -119,6 +119,9 @@ pub struct ServiceStatus {
     pub unit: String,
     pub state: ServiceState,
     pub restarted: bool,
+    /// What new credentials or secret files got instead of a restart (`on_change`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<crate::config::OnChange>,
 }
 
 /// What the boot left the service in; written as one word in status.json.

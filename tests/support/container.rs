@@ -173,6 +173,7 @@ impl Container {
             "bootagent-refresh.timer",
             "bootagent-deploy.service",
             "bootagent-deploy.timer",
+            "bootagent-credentials@.service",
         ] {
             std::fs::copy(shipped.join(unit_file), self.out().join(unit_file)).unwrap();
         }
