@@ -52,6 +52,7 @@ world_start() {
     export BOOTAGENT_WORLD_PYTHON=$cache/venv/bin/python
     export BOOTAGENT_WORLD_ROOTFS=$cache/rootfs
     export BOOTAGENT_WORLD_ROOTFS_CLOUD_INIT=$cache/rootfs-cloud-init
+    export BOOTAGENT_WORLD_ROOTFS_NGINX=$cache/rootfs-nginx
     export BOOTAGENT_WORLD_IMDS_FAKE=$PWD/tests/world/imds_fake.py
     export BOOTAGENT_WORLD_AWS_ERROR=$PWD/tests/world/aws_error_endpoint.py
     export BOOTAGENT_WORLD_ASG_FAKE=$PWD/tests/world/autoscaling_fake.py
