@@ -187,3 +187,101 @@ fn in_exec_mode_the_credentials_are_the_service_users_own() {
     assert!(!env_file.contains(&canary), "{env_file}");
     instance.assert_no_canary(&canary, &run);
 }
+
+/// A self-signed certificate for 127.0.0.1 whose subject is `CN=<cn>`, and its key (PEM).
+fn certificate(cn: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={cn}")])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    (read(&dir.path().join("cert.pem")), read(&dir.path().join("key.pem")))
+}
+
+/// The subject of the certificate a TLS server on 127.0.0.1:`port` presents.
+fn served_subject(port: u16) -> String {
+    let shown = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null \
+             | openssl x509 -noout -subject"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&shown.stdout).trim().to_string()
+}
+
+#[test]
+fn a_tls_service_gets_its_certificate_and_key_as_files_and_a_rotation_reloads_it() {
+    support::needs_world!();
+    let name = unique("tls");
+    let repo = SampleRepo::create(&name);
+    let (cert, key) = certificate("first");
+    let tls = format!("{name}/tls");
+    create_secret(&tls, &serde_json::json!({ "cert": cert, "key": key }).to_string());
+    let imds = Imds::for_service(&name, "production", &repo.url);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = |ext: &str, field: &str| {
+        format!(
+            "[[files]]\npath = \"/run/tls/{{service}}.{ext}\"\nsecret = \"{{service}}/tls#{field}\"\n\
+             group = \"www-data\"\nmode = \"0640\"\non_change = \"reload\"\n\n"
+        )
+    };
+    let container = Container::boot_over(
+        "ROOTFS_NGINX",
+        &config(&format!(
+            "[secrets]\nmain = \"\"\n\n{}{}",
+            file("crt", "cert"),
+            file("key", "key")
+        ))
+        .replace("user = \"nobody\"", "user = \"root\"\nunit = \"nginx.service\""),
+    );
+    container.sh(&format!(
+        "printf 'server {{\\n listen 127.0.0.1:{port} ssl;\\n ssl_certificate /run/tls/{name}.crt;\\n \
+         ssl_certificate_key /run/tls/{name}.key;\\n}}\\n' > /etc/nginx/sites-enabled/default"
+    ));
+    let run = container.bootagent(&imds, &["boot"]);
+    run.expect(0);
+    assert_eq!(
+        container.sh(&format!("stat -c %a:%U:%G /run/tls/{name}.crt /run/tls/{name}.key")),
+        "640:root:www-data\n640:root:www-data\n"
+    );
+    assert_eq!(container.sh(&format!("cat /run/tls/{name}.key")), key);
+    eventually(10, "nginx serves the first certificate", || {
+        served_subject(port) == "subject=CN = first"
+    });
+
+    let pid = container.show("nginx.service", "MainPID");
+    let (cert, rotated_key) = certificate("second");
+    put_secret_value(&tls, &serde_json::json!({ "cert": cert, "key": rotated_key }).to_string());
+    let refresh = container.bootagent(&imds, &["refresh", "--now"]);
+    refresh.expect(0);
+    eventually(10, "nginx serves the rotated certificate", || {
+        served_subject(port) == "subject=CN = second"
+    });
+    assert_eq!(container.show("nginx.service", "MainPID"), pid, "reloaded, not restarted");
+    let status: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
+    assert_eq!(status["service"]["applied"], serde_json::json!(["reload"]), "{status}");
+
+    // The key's lines (without the armour) are in its file and nowhere else.
+    for line in rotated_key.lines().filter(|l| !l.starts_with("-----")) {
+        let found: Vec<String> = container
+            .places_holding(line, &format!("/run/tls/{name}.key"), &container.out().join("out"))
+            .into_iter()
+            .filter(|place| !place.starts_with("/run/tls/"))
+            .collect();
+        assert!(found.is_empty(), "part of the key in {found:?}");
+        assert_no_canary(line, &[("stdout", &refresh.stdout()), ("stderr", &refresh.stderr())]);
+    }
+}

@@ -20,16 +20,21 @@ pub struct Container {
 impl Container {
     /// Boots a container with the binary, the recorder and `config` under /share.
     pub fn boot(config: &str) -> Container {
+        Container::boot_over("ROOTFS", config)
+    }
+
+    /// [`Container::boot`] over another of the world's root file systems (`ROOTFS_NGINX`).
+    pub fn boot_over(lower: &str, config: &str) -> Container {
         let share = Container::share();
         std::fs::copy(bin(), share.path().join("bootagent")).unwrap();
         std::fs::write(share.path().join("config.toml"), config).unwrap();
-        Container::start(share, None)
+        Container::start(share, Err(lower))
     }
 
     /// Boots a container from `root`, a writable layer of its own: what is installed in it
     /// survives [`Container::reboot`], as on an instance.
     pub fn boot_private(root: PrivateRoot) -> Container {
-        Container::start(Container::share(), Some(root))
+        Container::start(Container::share(), Ok(root))
     }
 
     /// A /share with the recorder and an `out/` anyone may write.
@@ -43,23 +48,24 @@ impl Container {
         share
     }
 
-    fn start(share: tempfile::TempDir, root: Option<PrivateRoot>) -> Container {
+    /// Boots from `root`, a private root, or else over the world's root file system named.
+    fn start(share: tempfile::TempDir, root: Result<PrivateRoot, &str>) -> Container {
         let name = unique("ba");
-        let leader = Container::start_systemd(&name, share.path(), root.as_ref());
+        let leader = Container::start_systemd(&name, share.path(), root.as_ref().map_err(|l| *l));
         Container {
             name,
             leader,
             share,
-            root,
+            root: root.ok(),
         }
     }
 
     /// Starts systemd in the container; its leader's PID.
-    fn start_systemd(name: &str, share: &Path, root: Option<&PrivateRoot>) -> String {
+    fn start_systemd(name: &str, share: &Path, root: Result<&PrivateRoot, &str>) -> String {
         let mut command = Command::new(world("NSPAWN"));
         match root {
-            Some(root) => command.args(["start-persistent", name]).arg(root.merged()),
-            None => command.args(["start", name, &world("ROOTFS")]),
+            Ok(root) => command.args(["start-persistent", name]).arg(root.merged()),
+            Err(lower) => command.args(["start", name, &world(lower)]),
         };
         let started = command.arg(share).output().unwrap();
         assert!(
@@ -77,7 +83,8 @@ impl Container {
     pub fn reboot(&mut self) {
         assert!(self.root.is_some(), "only a private root survives a reboot");
         self.stop();
-        self.leader = Container::start_systemd(&self.name, self.share.path(), self.root.as_ref());
+        let root = self.root.as_ref().expect("checked above");
+        self.leader = Container::start_systemd(&self.name, self.share.path(), Ok(root));
     }
 
     fn stop(&self) {
