@@ -192,7 +192,14 @@ fn in_exec_mode_the_credentials_are_the_service_users_own() {
 fn certificate(cn: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
         .args(["-nodes", "-days", "2", "-subj", &format!("/CN={cn}")])
         .arg("-keyout")
         .arg(dir.path().join("key.pem"))
@@ -200,8 +207,15 @@ fn certificate(cn: &str) -> (String, String) {
         .arg(dir.path().join("cert.pem"))
         .output()
         .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    (read(&dir.path().join("cert.pem")), read(&dir.path().join("key.pem")))
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (
+        read(&dir.path().join("cert.pem")),
+        read(&dir.path().join("key.pem")),
+    )
 }
 
 /// The subject of the certificate a TLS server on 127.0.0.1:`port` presents.
@@ -224,7 +238,10 @@ fn a_tls_service_gets_its_certificate_and_key_as_files_and_a_rotation_reloads_it
     let repo = SampleRepo::create(&name);
     let (cert, key) = certificate("first");
     let tls = format!("{name}/tls");
-    create_secret(&tls, &serde_json::json!({ "cert": cert, "key": key }).to_string());
+    create_secret(
+        &tls,
+        &serde_json::json!({ "cert": cert, "key": key }).to_string(),
+    );
     let imds = Imds::for_service(&name, "production", &repo.url);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -244,7 +261,10 @@ fn a_tls_service_gets_its_certificate_and_key_as_files_and_a_rotation_reloads_it
             file("crt", "cert"),
             file("key", "key")
         ))
-        .replace("user = \"nobody\"", "user = \"root\"\nunit = \"nginx.service\""),
+        .replace(
+            "user = \"nobody\"",
+            "user = \"root\"\nunit = \"nginx.service\"",
+        ),
     );
     container.sh(&format!(
         "printf 'server {{\\n listen 127.0.0.1:{port} ssl;\\n ssl_certificate /run/tls/{name}.crt;\\n \
@@ -253,7 +273,9 @@ fn a_tls_service_gets_its_certificate_and_key_as_files_and_a_rotation_reloads_it
     let run = container.bootagent(&imds, &["boot"]);
     run.expect(0);
     assert_eq!(
-        container.sh(&format!("stat -c %a:%U:%G /run/tls/{name}.crt /run/tls/{name}.key")),
+        container.sh(&format!(
+            "stat -c %a:%U:%G /run/tls/{name}.crt /run/tls/{name}.key"
+        )),
         "640:root:www-data\n640:root:www-data\n"
     );
     assert_eq!(container.sh(&format!("cat /run/tls/{name}.key")), key);
@@ -263,25 +285,101 @@ fn a_tls_service_gets_its_certificate_and_key_as_files_and_a_rotation_reloads_it
 
     let pid = container.show("nginx.service", "MainPID");
     let (cert, rotated_key) = certificate("second");
-    put_secret_value(&tls, &serde_json::json!({ "cert": cert, "key": rotated_key }).to_string());
+    put_secret_value(
+        &tls,
+        &serde_json::json!({ "cert": cert, "key": rotated_key }).to_string(),
+    );
     let refresh = container.bootagent(&imds, &["refresh", "--now"]);
     refresh.expect(0);
     eventually(10, "nginx serves the rotated certificate", || {
         served_subject(port) == "subject=CN = second"
     });
-    assert_eq!(container.show("nginx.service", "MainPID"), pid, "reloaded, not restarted");
+    assert_eq!(
+        container.show("nginx.service", "MainPID"),
+        pid,
+        "reloaded, not restarted"
+    );
     let status: serde_json::Value =
         serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
-    assert_eq!(status["service"]["applied"], serde_json::json!(["reload"]), "{status}");
+    assert_eq!(
+        status["service"]["applied"],
+        serde_json::json!(["reload"]),
+        "{status}"
+    );
 
     // The key's lines (without the armour) are in its file and nowhere else.
     for line in rotated_key.lines().filter(|l| !l.starts_with("-----")) {
         let found: Vec<String> = container
-            .places_holding(line, &format!("/run/tls/{name}.key"), &container.out().join("out"))
+            .places_holding(
+                line,
+                &format!("/run/tls/{name}.key"),
+                &container.out().join("out"),
+            )
             .into_iter()
             .filter(|place| !place.starts_with("/run/tls/"))
             .collect();
         assert!(found.is_empty(), "part of the key in {found:?}");
-        assert_no_canary(line, &[("stdout", &refresh.stdout()), ("stderr", &refresh.stderr())]);
+        assert_no_canary(
+            line,
+            &[("stdout", &refresh.stdout()), ("stderr", &refresh.stderr())],
+        );
     }
+}
+
+/// A service that takes its RELEASE from its credentials at start and at each SIGHUP, records
+/// it, and exits when it says "crash".
+const RELEASE_APP: &str = r#"#!/bin/sh
+out=$1
+check() {
+    release=$(cat "$CREDENTIALS_DIRECTORY/RELEASE")
+    echo "$release" > "$out/release"
+    [ "$release" != crash ] || exit 3
+}
+trap check HUP
+check
+while true; do sleep 0.1; done
+"#;
+
+#[test]
+fn credentials_that_break_the_service_on_reload_are_rolled_back_with_a_restart() {
+    support::needs_world!();
+    let name = unique("credback");
+    let repo = SampleRepo::create(&name);
+    let secret = format!("{name}_env_stage");
+    create_secret(&secret, r#"{"RELEASE": "one"}"#);
+    let imds = Imds::for_service(&name, "staging", &repo.url);
+    let container = Container::boot(&config(
+        "[secrets]\ndeliver = \"credentials\"\non_change = \"reload\"\n",
+    ));
+    let app = container.out().join("release-app.sh");
+    std::fs::write(&app, RELEASE_APP).unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let unit = format!("{name}.service");
+    container.install_unit(
+        &unit,
+        "ExecStart=/share/release-app.sh /share/out\\nExecReload=/bin/sh -c \"kill -HUP $MAINPID\"",
+    );
+    container.bootagent(&imds, &["boot"]).expect(0);
+    let out = container.out().join("out");
+    assert_eq!(read(&out.join("release")), "one\n");
+
+    let crashing = put_secret_value(&secret, r#"{"RELEASE": "crash"}"#);
+    container
+        .bootagent(&imds, &["refresh", "--now"])
+        .expect(16)
+        .stderr_has("applying new secrets without a restart")
+        .stderr_has(&format!("rolled back the new versions of {secret}"));
+    eventually(10, "the service runs with the credentials before", || {
+        read(&out.join("release")) == "one\n" && container.show(&unit, "ActiveState") == "active"
+    });
+    assert_eq!(
+        container.sh(&format!("cat /run/bootagent/credentials/{name}/RELEASE")),
+        "one"
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /var/lib/bootagent/deploys.json")).unwrap();
+    assert_eq!(
+        record["failed_secrets"]["versions"][0]["version_id"],
+        crashing.as_str()
+    );
 }
