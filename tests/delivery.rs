@@ -351,6 +351,7 @@ fn credentials_that_break_the_service_on_reload_are_rolled_back_with_a_restart()
     let container = Container::boot(&config(
         "[secrets]\ndeliver = \"credentials\"\non_change = \"reload\"\n",
     ));
+    container.install_shipped_units(&imds);
     let app = container.out().join("release-app.sh");
     std::fs::write(&app, RELEASE_APP).unwrap();
     std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
