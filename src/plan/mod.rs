@@ -1,5 +1,6 @@
 //! The plan: every template rendered against the identity. Pure data; `bootagent plan` prints it.
 
+mod files;
 pub mod identity;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use crate::aws::imds::ImdsClient;
 use crate::config::template::{render, render_required, TemplateVars};
 use crate::config::{Config, ConfigError, EnvFileFormat, Manager, Signed, Verify};
 use crate::remote::{NoRemote, Remote};
+pub use files::{FilePlan, FileSource};
 use identity::Identity;
 
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +27,8 @@ pub struct Plan {
     pub lock_file: PathBuf,
     pub git: GitPlan,
     pub service: ServicePlan,
+    /// `[[files]]`, rendered.
+    pub files: Vec<FilePlan>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +41,10 @@ pub struct SecretsPlan {
     /// Variables taken from one secret each (a whole plain value or one JSON field).
     pub vars: BTreeMap<String, SecretRef>,
     pub format: EnvFileFormat,
+    /// The secrets `[[files]]` entries hold as they are, by entry (`files[N]`); read with the
+    /// others. `files` prints them.
+    #[serde(skip)]
+    pub files: BTreeMap<String, SecretRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -187,6 +195,11 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
             .join(format!("{unit}.d"))
             .join("50-bootagent.conf")
     });
+    let files = files::build(
+        config,
+        |key, template| Ok(required(key, template)?),
+        &git_dir,
+    )?;
     let command = config
         .service
         .command
@@ -216,6 +229,13 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
                 })
                 .collect::<Result<_, ConfigError>>()?,
             format: config.secrets.format,
+            files: files
+                .iter()
+                .filter_map(|file| match &file.source {
+                    FileSource::Secret(reference) => Some((file.key.clone(), reference.clone())),
+                    FileSource::Template(_) => None,
+                })
+                .collect(),
         },
         env,
         env_file: config.paths.env_file(&identity.service),
@@ -248,6 +268,7 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
             drop_in,
         },
         identity: identity.clone(),
+        files,
     })
 }
 
