@@ -7,6 +7,7 @@ use crate::aws::autoscaling::LifecycleError;
 use crate::aws::ec2::Ec2Error;
 use crate::aws::imds::ImdsError;
 use crate::config::ConfigError;
+use crate::deliver::files::FileError;
 use crate::envfile::EnvFileError;
 use crate::exit;
 use crate::git::GitError;
@@ -30,6 +31,8 @@ pub enum Error {
     Secrets(#[from] SecretsError),
     #[error("failed to write the env file")]
     EnvFile(#[from] EnvFileError),
+    #[error("failed to deliver a secret file")]
+    Files(#[from] FileError),
     #[error("failed to check out the service's code")]
     Git(#[from] GitError),
     #[error("failed to start the service")]
@@ -157,9 +160,12 @@ impl Error {
                 | EnvFileError::Nul { .. }
                 | EnvFileError::TooLong { .. },
             ) => exit::SECRET_MALFORMED,
-            Error::EnvFile(_) | Error::Io { .. } | Error::Status(_) | Error::Deploys(_) => {
-                exit::LOCAL
-            }
+            Error::Files(e) if e.is_malformed() => exit::SECRET_MALFORMED,
+            Error::EnvFile(_)
+            | Error::Files(_)
+            | Error::Io { .. }
+            | Error::Status(_)
+            | Error::Deploys(_) => exit::LOCAL,
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
             Error::RolledBack { .. } | Error::SecretsRolledBack { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } | Error::Gate { .. } => exit::SERVICE,
@@ -231,6 +237,24 @@ mod tests {
                 (cells[1].parse().expect("a code"), retry)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_secret_file_a_template_cannot_fill_is_a_malformed_secret_and_the_rest_local() {
+        let path = std::path::PathBuf::from("/run/tls/app.conf");
+        let undefined = FileError::Undefined {
+            path: path.clone(),
+            key: "files[0]".into(),
+            name: "secrets.NOPE".into(),
+        };
+        assert_eq!(Error::from(undefined).exit_code(), exit::SECRET_MALFORMED);
+        let unknown = FileError::Unknown {
+            path,
+            key: "files[0]".into(),
+            field: "owner",
+            name: "nginx".into(),
+        };
+        assert_eq!(Error::from(unknown).exit_code(), exit::LOCAL);
     }
 
     #[test]

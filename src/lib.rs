@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod crash;
 mod deadline;
+mod deliver;
 pub mod envfile;
 mod error;
 pub mod exit;

@@ -20,6 +20,7 @@ use crate::aws::autoscaling::ActionResult;
 use crate::aws::imds::ImdsClient;
 use crate::config::{Config, Manager};
 use crate::deadline::Deadline;
+use crate::deliver::files;
 use crate::envfile::{self, Environment};
 use crate::git;
 use crate::plan::Plan;
@@ -168,6 +169,7 @@ struct Fetched {
     credentials: git::Credentials,
     environment: Environment,
     rendered: Zeroizing<String>,
+    files: Vec<files::Rendered>,
 }
 
 /// The commit the git step settled on.
@@ -186,7 +188,8 @@ impl Steps<'_> {
             .await?;
         let command = self.prepare_command(&known.plan, &fetched.environment)?;
         drop(fetched.environment);
-        let env_changed = self.write_env_file(&known, &release, &fetched.rendered)?;
+        let env_changed =
+            self.write_env_file(&known, &release, &fetched.rendered, &fetched.files)?;
         self.start(&known, &release, env_changed, command).await
     }
 
@@ -261,6 +264,10 @@ impl Steps<'_> {
         let mut loaded = within("secrets", Deadline::after(retry_for + call), load).await??;
         self.recorder.status.secrets = loaded.versions.clone();
         let credentials = git::Credentials::new(&config.git, &config.paths, &mut loaded)?;
+        // Rendered now, before the checkout: a template naming an unknown variable fails the
+        // boot before anything changes. A git credential is no longer among the variables.
+        let texts = std::mem::take(&mut loaded.files);
+        let files = files::render(&plan.files, &plan.identity, &loaded.vars, &texts)?;
         let environment = envfile::compose(&plan.env, loaded)?;
         let rendered = envfile::render(&environment, plan.secrets.format)?;
         self.recorder.end(Outcome::Succeeded)?;
@@ -268,6 +275,7 @@ impl Steps<'_> {
             credentials,
             environment,
             rendered,
+            files,
         })
     }
 
@@ -363,15 +371,22 @@ impl Steps<'_> {
         Ok(Some(command))
     }
 
-    /// Step 5, the env file: written only when its text changed. Whether it did.
+    /// Step 5, the env file and the secret files: each written only when it changed. Whether
+    /// the service must restart for them (a file whose `on_change` is "none" does not ask it).
     fn write_env_file(
         &mut self,
         known: &Known,
         release: &Release,
         rendered: &str,
+        secret_files: &[files::Rendered],
     ) -> Result<bool, Error> {
         self.recorder.begin("env_file");
-        let env_changed = envfile::write(&known.plan.env_file, rendered)?;
+        // Every file is checked before any is written, and all before the env file.
+        let files_changed = files::write_all(secret_files)?;
+        let env_changed = envfile::write(&known.plan.env_file, rendered)?
+            | files_changed
+                .iter()
+                .any(|file| file.on_change != crate::config::OnChange::None);
         if env_changed {
             self.effects.untouched = None;
             if self.effects.change.is_none() {
