@@ -135,12 +135,18 @@ pub const TEMPLATE_NAMES: [&str; 6] = [
 ];
 
 /// The one way `[[files]]` templates are read, at load and at render: a name that is not
-/// defined is an error (never an empty string in a secret file), and nothing is escaped, since
-/// the output is a config file or a key, not HTML.
+/// defined is an error (never an empty string in a secret file), nothing is escaped, since the
+/// output is a config file or a key, not HTML, and the file ends as the template does (Jinja
+/// drops a final newline, which config files and PEM readers expect).
 pub fn template_environment() -> minijinja::Environment<'static> {
     let mut environment = minijinja::Environment::new();
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     environment.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+        .expect("Jinja's own delimiters are a valid syntax");
+    environment.set_syntax(syntax);
     environment
 }
 

@@ -136,7 +136,7 @@ fn a_secret_file_is_the_secret_byte_for_byte_and_a_template_never_reinterprets_a
     assert_eq!(contents[1], PEM.as_bytes());
     assert_eq!(
         contents[2],
-        b"service=calendar env=prod/production eu-west-1 i-0abc\npassword={{ secrets.KEY }}{% raw %}"
+        b"service=calendar env=prod/production eu-west-1 i-0abc\npassword={{ secrets.KEY }}{% raw %}\n"
     );
 }
 
