@@ -320,6 +320,7 @@ mod tests {
                     (k.to_string(), var)
                 })
                 .collect(),
+            files: Default::default(),
         }
     }
 

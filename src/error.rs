@@ -7,6 +7,7 @@ use crate::aws::autoscaling::LifecycleError;
 use crate::aws::ec2::Ec2Error;
 use crate::aws::imds::ImdsError;
 use crate::config::ConfigError;
+use crate::deliver::files::FileError;
 use crate::envfile::EnvFileError;
 use crate::exit;
 use crate::git::GitError;
@@ -34,6 +35,8 @@ pub enum Error {
     Credentials(#[from] crate::deliver::credentials::CredentialsError),
     #[error("failed to hand the unit its new credentials")]
     CredentialsSync(#[from] crate::deliver::live::SyncError),
+    #[error("failed to deliver a secret file")]
+    Files(#[from] FileError),
     #[error("failed to check out the service's code")]
     Git(#[from] GitError),
     #[error("failed to start the service")]
@@ -161,7 +164,9 @@ impl Error {
                 | EnvFileError::Nul { .. }
                 | EnvFileError::TooLong { .. },
             ) => exit::SECRET_MALFORMED,
+            Error::Files(e) if e.is_malformed() => exit::SECRET_MALFORMED,
             Error::EnvFile(_)
+            | Error::Files(_)
             | Error::Credentials(_)
             | Error::CredentialsSync(_)
             | Error::Io { .. }
@@ -238,6 +243,24 @@ mod tests {
                 (cells[1].parse().expect("a code"), retry)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_secret_file_a_template_cannot_fill_is_a_malformed_secret_and_the_rest_local() {
+        let path = std::path::PathBuf::from("/run/tls/app.conf");
+        let undefined = FileError::Undefined {
+            path: path.clone(),
+            key: "files[0]".into(),
+            name: "secrets.NOPE".into(),
+        };
+        assert_eq!(Error::from(undefined).exit_code(), exit::SECRET_MALFORMED);
+        let unknown = FileError::Unknown {
+            path,
+            key: "files[0]".into(),
+            field: "owner",
+            name: "nginx".into(),
+        };
+        assert_eq!(Error::from(unknown).exit_code(), exit::LOCAL);
     }
 
     #[test]

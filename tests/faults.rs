@@ -10,7 +10,7 @@
 //! where it should, and that neither the old nor the new secret value (canaries) appears in any
 //! output or in any file written outside the env file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use support::container::Container;
 use support::matrix;
@@ -57,6 +57,8 @@ struct Setup {
     earlier_commit: String,
     new_commit: String,
     canaries: [String; 2],
+    /// With [`FILES`] in the config, the secret file the first boot wrote.
+    earlier_file: Option<Vec<u8>>,
 }
 
 impl Setup {
@@ -64,6 +66,9 @@ impl Setup {
         let mut service = Service::create("fault");
         let instance = Instance::exec_mode(config);
         instance.run(&service.imds, &["boot"]).expect(0);
+        let earlier_file = config
+            .contains("[[files]]")
+            .then(|| std::fs::read(secret_file(&service.name)).unwrap());
         let earlier_env = std::fs::read(instance.env_file(&service.name)).unwrap();
         let earlier_commit = instance.running_commit(&service.name);
         let new_commit = service.change();
@@ -75,6 +80,7 @@ impl Setup {
             earlier_commit,
             new_commit,
             canaries: service.canaries,
+            earlier_file,
         }
     }
 
@@ -87,6 +93,39 @@ impl Setup {
     fn imds_with_repository(&self, url: &str) -> Imds {
         Imds::for_service(&self.name, "prod", url)
     }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if self.earlier_file.is_some() {
+            let _ = std::fs::remove_dir_all(secret_file(&self.name).parent().unwrap());
+            // The last row out takes the root too; the others find it not empty.
+            let _ = std::fs::remove_dir("/dev/shm/bootagent-files");
+        }
+    }
+}
+
+/// A secret file on tmpfs holding the secret's TOKEN (a canary), which each boot writes.
+const FILES: &str =
+    "[paths]\nfile_roots = [\"/dev/shm/bootagent-files\", \"/var/tmp/bootagent-files\"]\n\
+                     [[files]]\npath = \"/dev/shm/bootagent-files/{service}/app.conf\"\n\
+                     template = \"token={{ secrets.TOKEN }}\\n\"\n";
+
+/// A `[[files]]` source that holds no canary.
+const PORT: &str = "secret = \"{service}_env_prod#PORT\"\n";
+
+fn secret_file(service: &str) -> PathBuf {
+    Path::new("/dev/shm/bootagent-files")
+        .join(service)
+        .join("app.conf")
+}
+
+/// The boot after [`FILES`] gained `bad`, a second entry that cannot be delivered.
+fn with_bad_file(setup: &Setup, bad: &str) -> Run {
+    let config = format!("{FILES}[[files]]\n{bad}");
+    // After the 50-test.toml drop-in with FILES, whose [[files]] this one replaces.
+    setup.instance.add_config("60-files.toml", &config);
+    setup.boot(&setup.imds, &[])
 }
 
 /// A service in the test world (its secret holds the first canary, its repository one commit),
@@ -147,6 +186,10 @@ trait Subject {
     /// Where a canary was found outside the runs' output: a file outside the env file and the
     /// service's own record of its environment (and, in the container, the journal).
     fn leaks(&self) -> Vec<String>;
+    /// Which secret file is left, when the row has one ([`FILES`]): it goes with the env file.
+    fn file_left(&self) -> Option<Option<Left>> {
+        None
+    }
 }
 
 impl Subject for Setup {
@@ -182,6 +225,12 @@ impl Subject for Setup {
 
     fn unit_state(&self) -> Option<String> {
         None
+    }
+
+    fn file_left(&self) -> Option<Option<Left>> {
+        let earlier = self.earlier_file.as_ref()?;
+        let now = std::fs::read(secret_file(&self.name)).ok();
+        Some(now.and_then(|now| env_left(&now, earlier, &self.canaries[1])))
     }
 
     fn boot_again(&self) -> Run {
@@ -305,6 +354,10 @@ fn judge(
     if release != Some(expect.release) {
         problems.push(format!("release {release:?}"));
     }
+    let file = subject.file_left();
+    if file.is_some_and(|file| file != Some(expect.env)) {
+        problems.push(format!("secret file {:?}", file.flatten()));
+    }
     if let Some(unit) = unit {
         let state = subject.unit_state().unwrap_or_default();
         if state != unit {
@@ -359,8 +412,12 @@ fn judge(
         let needles: Vec<String> = expect.says.iter().map(|s| format!("`{s}`")).collect();
         format!("; says {}", needles.join(" + "))
     };
+    let files = match file {
+        Some(_) => format!(", secret file {}", expect.env.word()),
+        None => String::new(),
+    };
     let expected = format!(
-        "{}, {}{says}; env {}, release {}{}{}",
+        "{}, {}{says}; env {}{files}, release {}{}{}",
         shown(expect.code),
         expect.outcome,
         expect.env.word(),
@@ -996,6 +1053,87 @@ fn faults() -> Vec<Fault> {
                 says: &[
                     "/nonexistent/app cannot be run as nobody: no such file",
                     "fix service.command",
+                ],
+                env: Left::Earlier,
+                release: Left::New,
+                converges: false,
+            },
+        },
+        // Secret files ([[files]]): a second entry that cannot be delivered.
+        Fault {
+            fault: "[[files]] template names an unknown variable".into(),
+            when: "secrets",
+            config: FILES,
+            strike: Strike::Run(|s| {
+                with_bad_file(
+                    s,
+                    "path = \"/dev/shm/bootagent-files/{service}/bad.conf\"\n\
+                     template = \"{{ secrets.NOPE }}\"\n",
+                )
+            }),
+            expect: Expect {
+                code: 6,
+                outcome: "failed",
+                says: &["/bad.conf (files[1].template) uses secrets.NOPE"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: false,
+            },
+        },
+        Fault {
+            fault: "[[files]] owner does not exist".into(),
+            when: "env_file",
+            config: FILES,
+            strike: Strike::Run(|s| {
+                with_bad_file(
+                    s,
+                    "path = \"/dev/shm/bootagent-files/{service}/bad.conf\"\n\
+                     secret = \"{service}_env_prod#PORT\"\nowner = \"no-such-user-f1\"\n",
+                )
+            }),
+            expect: Expect {
+                code: 9,
+                outcome: "failed",
+                says: &["/bad.conf: files[1].owner names \"no-such-user-f1\""],
+                env: Left::Earlier,
+                release: Left::New,
+                converges: false,
+            },
+        },
+        Fault {
+            fault: "[[files]] path outside paths.file_roots".into(),
+            when: "identity",
+            config: FILES,
+            strike: Strike::Run(|s| {
+                with_bad_file(
+                    s,
+                    &format!("path = \"/dev/shm/elsewhere/{{service}}.conf\"\n{PORT}"),
+                )
+            }),
+            expect: Expect {
+                code: 2,
+                outcome: "failed",
+                says: &["files[1].path renders to", "outside the allowed roots"],
+                env: Left::Earlier,
+                release: Left::Earlier,
+                converges: false,
+            },
+        },
+        Fault {
+            fault: "[[files]] on disk without persistent".into(),
+            when: "env_file",
+            config: FILES,
+            strike: Strike::Run(|s| {
+                let path = "/var/tmp/bootagent-files/{service}/bad.conf";
+                with_bad_file(s, &format!("path = {path:?}\n{PORT}"))
+            }),
+            expect: Expect {
+                code: 9,
+                outcome: "failed",
+                says: &[
+                    "/bad.conf would be written",
+                    "not tmpfs",
+                    "files[1].persistent = true",
                 ],
                 env: Left::Earlier,
                 release: Left::New,

@@ -20,7 +20,7 @@ use crate::aws::autoscaling::ActionResult;
 use crate::aws::imds::ImdsClient;
 use crate::config::{Config, Manager};
 use crate::deadline::Deadline;
-use crate::deliver;
+use crate::deliver::{self, files};
 use crate::envfile::{self, Environment};
 use crate::git;
 use crate::plan::Plan;
@@ -171,6 +171,8 @@ struct Fetched {
     rendered: Zeroizing<String>,
     /// The secret variables as credentials (none unless `secrets.deliver` says so).
     delivered: deliver::credentials::Credentials,
+    /// The `[[files]]`, rendered.
+    files: Vec<files::Rendered>,
 }
 
 /// The commit the git step settled on.
@@ -188,13 +190,14 @@ impl Steps<'_> {
             environment,
             rendered,
             delivered,
+            files,
         } = self.fetch_secrets(&known.plan).await?;
         let release = self
             .check_out(&known, record, credentials, &environment)
             .await?;
         let command = self.prepare_command(&known.plan, &environment)?;
         drop(environment);
-        let written = self.write_env_file(&known, &release, &rendered, &delivered)?;
+        let written = self.write_env_file(&known, &release, &rendered, &delivered, &files)?;
         self.start(&known, &release, written, command).await
     }
 
@@ -269,6 +272,10 @@ impl Steps<'_> {
         let mut loaded = within("secrets", Deadline::after(retry_for + call), load).await??;
         self.recorder.status.secrets = loaded.versions.clone();
         let credentials = git::Credentials::new(&config.git, &config.paths, &mut loaded)?;
+        // Rendered now, before the checkout: a template naming an unknown variable fails the
+        // boot before anything changes. A git credential is no longer among the variables.
+        let texts = std::mem::take(&mut loaded.files);
+        let files = files::render(&plan.files, &plan.identity, &loaded.vars, &texts)?;
         let delivered = match plan.secrets.deliver.as_credentials() {
             true => (loaded.vars.iter())
                 .map(|(name, var)| (name.clone(), var.value.clone()))
@@ -286,6 +293,7 @@ impl Steps<'_> {
             environment,
             rendered,
             delivered,
+            files,
         })
     }
 
@@ -381,22 +389,27 @@ impl Steps<'_> {
         Ok(Some(command))
     }
 
-    /// Step 5, the env file and the credentials: each written only when it changed. What did.
+    /// Step 5, the env file, the secret files and the credentials: each written only when it
+    /// changed. What did.
     fn write_env_file(
         &mut self,
         known: &Known,
         release: &Release,
         rendered: &str,
         delivered: &deliver::credentials::Credentials,
+        secret_files: &[files::Rendered],
     ) -> Result<Written, Error> {
         let plan = &known.plan;
         self.recorder.begin("env_file");
+        // Every file is checked before any is written, and all before the env file.
+        let files = files::write_all(secret_files)?;
         let env = envfile::write(&plan.env_file, rendered)?;
         let credentials = deliver_credentials(self.config, plan, delivered)?;
         let written = Written {
             env,
             credentials,
             credential_names: delivered.keys().cloned().collect(),
+            files,
         };
         if written.secrets_changed() {
             self.effects.untouched = None;
@@ -534,24 +547,27 @@ struct Written {
     env: bool,
     credentials: bool,
     credential_names: Vec<String>,
+    /// The secret files that changed, each with its `on_change`.
+    files: Vec<files::Changed>,
 }
 
 impl Written {
     /// Whether the service's secrets, in any form it gets them, changed.
     fn secrets_changed(&self) -> bool {
-        self.env || self.credentials
+        self.env || self.credentials || !self.files.is_empty()
     }
 
     /// What the unit needs for them: the env file and new code take a restart; credentials what
-    /// `secrets.on_change` says.
+    /// `secrets.on_change` says, and each secret file its own `on_change`.
     fn into_changes(self, plan: &Plan, code_changed: bool) -> service::Changes {
         service::Changes {
             restart: self.env || code_changed,
-            actions: self
+            actions: (self
                 .credentials
                 .then_some(plan.secrets.on_change)
-                .into_iter()
-                .collect(),
+                .into_iter())
+            .chain(self.files.iter().map(|file| file.on_change))
+            .collect(),
             credentials: self.credentials,
             credential_names: self.credential_names,
         }

@@ -123,6 +123,75 @@ pub struct FileConfig {
     pub persistent: bool,
 }
 
+/// The names a `[[files]]` template may use at its top level; `secrets` holds every secret
+/// variable by name.
+pub const TEMPLATE_NAMES: [&str; 6] = [
+    "secrets",
+    "service",
+    "env",
+    "env_tag",
+    "region",
+    "instance_id",
+];
+
+/// The one way `[[files]]` templates are read, at load and at render: a name that is not
+/// defined is an error (never an empty string in a secret file), nothing is escaped, since the
+/// output is a config file or a key, not HTML, and the file ends as the template does (Jinja
+/// drops a final newline, which config files and PEM readers expect).
+pub fn template_environment() -> minijinja::Environment<'static> {
+    let mut environment = minijinja::Environment::new();
+    environment.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    environment.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+        .expect("Jinja's own delimiters are a valid syntax");
+    environment.set_syntax(syntax);
+    environment
+}
+
+impl FileConfig {
+    /// What the entry `key` (`files[N]`) must satisfy beyond its types: one source, and a
+    /// template that parses and uses only names a boot defines.
+    pub(super) fn check(&self, key: &str) -> Result<(), String> {
+        match (&self.secret, &self.template) {
+            (Some(_), Some(_)) => Err(format!(
+                "{key} sets both secret and template: a file is either a secret as it is or a \
+                 template; keep one"
+            )),
+            (None, None) => Err(format!(
+                "{key} sets neither secret nor template: name the secret (\"id\" or \
+                 \"id#field\") or give a template"
+            )),
+            (Some(_), None) => Ok(()),
+            (None, Some(text)) => check_template(key, text),
+        }
+    }
+}
+
+/// The template parses, and its top-level names are ones a boot defines: a misspelled one fails
+/// the load, not a boot.
+fn check_template(key: &str, text: &str) -> Result<(), String> {
+    let environment = template_environment();
+    let template = environment
+        .template_from_str(text)
+        .map_err(|e| format!("{key}.template does not parse: {e}"))?;
+    let mut unknown: Vec<String> = template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| !TEMPLATE_NAMES.contains(&name.as_str()))
+        .collect();
+    unknown.sort();
+    match unknown.first() {
+        None => Ok(()),
+        Some(name) => Err(format!(
+            "{key}.template uses {name:?}, which a file template does not have; it may use \
+             secrets.NAME (a secret variable), {}",
+            TEMPLATE_NAMES[1..].join(", ")
+        )),
+    }
+}
+
 fn root() -> String {
     "root".to_string()
 }

@@ -16,7 +16,7 @@ pub(crate) mod template;
 mod tests;
 mod validate;
 
-pub use delivery::{Deliver, FileConfig, OnChange};
+pub use delivery::{template_environment, Deliver, FileConfig, OnChange, TEMPLATE_NAMES};
 pub use load::{from_text, load};
 
 use names::is_variable_name;

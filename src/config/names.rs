@@ -26,9 +26,34 @@ pub fn is_variable_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// An absolute path written the one way: no `.` or `..` component, no empty one (`//`, a
+/// trailing slash), and not `/` itself; so that comparing texts compares files.
+pub fn is_normal_path(path: &str) -> bool {
+    path.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normal_paths_are_absolute_and_written_one_way() {
+        assert!(is_normal_path("/run/tls/app.key") && is_normal_path("/run"));
+        for bad in [
+            "",
+            "/",
+            "run/x",
+            "/run/",
+            "/run//x",
+            "/run/./x",
+            "/run/../etc/x",
+        ] {
+            assert!(!is_normal_path(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn names_are_strict() {

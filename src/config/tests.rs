@@ -245,3 +245,97 @@ fn an_app_url_that_is_not_http_is_refused_at_load() {
     let err = load(Some(&main)).unwrap_err().to_string();
     assert!(err.contains("is not an http:// or https:// URL"), "{err}");
 }
+
+/// The error a config with these `[[files]]` entries (TOML) is refused with.
+fn files_refused(entries: &str) -> String {
+    from_text(Path::new("t.toml"), entries)
+        .unwrap_err()
+        .to_string()
+}
+
+const CERT: &str =
+    "[[files]]\npath = \"/run/tls/{service}.crt\"\nsecret = \"{service}/tls#cert\"\n";
+
+#[test]
+fn files_load_with_their_templates_and_defaults() {
+    let text = format!(
+        "{CERT}[[files]]\npath = \"/run/{{service}}/app.conf\"\n\
+         template = \"password={{{{ secrets.DB_PASSWORD }}}}\\nregion={{{{ region }}}}\\n\"\n\
+         owner = \"{{service}}\"\nmode = \"0640\"\non_change = \"signal:SIGHUP\"\n"
+    );
+    let config = from_text(Path::new("t.toml"), &text).unwrap();
+    assert_eq!(config.files.len(), 2);
+    assert_eq!(config.files[0].owner, "root");
+    assert_eq!(config.files[0].mode, 0o600);
+    assert_eq!(config.files[1].mode, 0o640);
+    let keys: Vec<String> = config.templates().into_iter().map(|(k, _)| k).collect();
+    for key in [
+        "files[0].path",
+        "files[0].secret",
+        "files[1].owner",
+        "files[1].group",
+    ] {
+        assert!(keys.iter().any(|k| k == key), "{key} in {keys:?}");
+    }
+}
+
+#[test]
+fn a_file_needs_exactly_one_source() {
+    let both = format!("{CERT}template = \"x\"\n");
+    assert!(files_refused(&both).contains("files[0] sets both secret and template"));
+    let neither = "[[files]]\npath = \"/run/x\"\n";
+    assert!(files_refused(neither).contains("files[0] sets neither secret nor template"));
+}
+
+#[test]
+fn a_file_template_that_does_not_parse_or_names_an_unknown_top_level_name_is_refused() {
+    let unparsed = format!("{CERT}[[files]]\npath = \"/run/y\"\ntemplate = \"{{{{ secrets.A \"\n");
+    let err = files_refused(&unparsed);
+    assert!(err.contains("files[1].template does not parse"), "{err}");
+    let unknown = "[[files]]\npath = \"/run/y\"\ntemplate = \"{{ secret.A }}{{ service }}\"\n";
+    let err = files_refused(unknown);
+    assert!(err.contains("files[0].template uses \"secret\""), "{err}");
+    assert!(err.contains("secrets.NAME"), "{err}");
+}
+
+#[test]
+fn file_path_secret_owner_and_group_are_bootagent_templates_checked_at_load() {
+    for (key, line) in [
+        (
+            "files[0].path",
+            "path = \"/run/{servce}.key\"\nsecret = \"s\"\n",
+        ),
+        (
+            "files[0].secret",
+            "path = \"/run/k\"\nsecret = \"{nope}/tls\"\n",
+        ),
+        (
+            "files[0].owner",
+            "path = \"/run/k\"\nsecret = \"s\"\nowner = \"{user}\"\n",
+        ),
+        (
+            "files[0].group",
+            "path = \"/run/k\"\nsecret = \"s\"\ngroup = \"{x\"\n",
+        ),
+    ] {
+        let err = files_refused(&format!("[[files]]\n{line}"));
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn two_files_with_one_path_are_refused_naming_both() {
+    let twice = format!("{CERT}{CERT}");
+    let err = files_refused(&twice);
+    assert!(err.contains("files[1].path"), "{err}");
+    assert!(err.contains("as files[0].path is"), "{err}");
+}
+
+#[test]
+fn file_roots_must_be_normal_absolute_paths() {
+    for root in ["run", "/run/", "/run/../etc"] {
+        let err = files_refused(&format!("[paths]\nfile_roots = [\"/srv\", {root:?}]\n"));
+        assert!(err.contains("paths.file_roots[1]"), "{root}: {err}");
+    }
+    from_text(Path::new("t.toml"), "[paths]\nfile_roots = [\"/\"]\n").unwrap();
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{Config, ConfigError, Manager, MAX_DURATION};
-use crate::config::names::{is_valid_name, is_variable_name};
+use crate::config::names::{is_normal_path, is_valid_name, is_variable_name};
 
 impl Config {
     /// Every template's placeholders are ones a plan fills, checked before any instance is
@@ -18,7 +18,7 @@ impl Config {
     }
 
     /// Every value that is a template, by key.
-    fn templates(&self) -> Vec<(String, &str)> {
+    pub(super) fn templates(&self) -> Vec<(String, &str)> {
         let mut all: Vec<(String, &str)> = vec![
             ("git.url".into(), &self.git.url),
             ("git.ref".into(), &self.git.reference),
@@ -54,6 +54,17 @@ impl Config {
         all.extend(command.map(|(i, arg)| (format!("service.command[{i}]"), arg.as_str())));
         let endpoints = self.service.endpoints.iter();
         all.extend(endpoints.map(|endpoint| keyed("service.endpoints", endpoint)));
+        for (i, file) in self.files.iter().enumerate() {
+            let values = [
+                ("path", Some(&file.path)),
+                ("secret", file.secret.as_ref()),
+                ("owner", Some(&file.owner)),
+                ("group", Some(&file.group)),
+            ];
+            for (name, value) in values {
+                all.extend(value.map(|value| (format!("files[{i}].{name}"), value.as_str())));
+            }
+        }
         all
     }
 
@@ -87,6 +98,32 @@ impl Config {
             ("deploy.hook_timeout", self.deploy.hook_timeout),
             ("boot.deadline", self.boot.deadline),
         ]
+    }
+
+    /// `[[files]]`: each entry on its own, no two with one path, and roots a path can be
+    /// compared with.
+    fn validate_files(&self) -> Result<(), ConfigError> {
+        let mut paths: BTreeMap<&str, String> = BTreeMap::new();
+        for (i, file) in self.files.iter().enumerate() {
+            let key = format!("files[{i}]");
+            file.check(&key).map_err(ConfigError::Invalid)?;
+            if let Some(first) = paths.insert(&file.path, key.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}.path is {:?}, as {first}.path is: two entries cannot write one file",
+                    file.path
+                )));
+            }
+        }
+        for (i, root) in self.paths.file_roots.iter().enumerate() {
+            let text = root.to_string_lossy();
+            if !is_normal_path(&text) && text != "/" {
+                return Err(ConfigError::Invalid(format!(
+                    "paths.file_roots[{i}] is {text:?}: it must be an absolute path without \
+                     \".\", \"..\", \"//\" or a trailing slash"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -149,6 +186,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_files()?;
         for env in &self.deploy.follow {
             if !self.environments.contains_key(env) {
                 return Err(ConfigError::Invalid(format!(

@@ -260,10 +260,7 @@ mod tests {
         let odd = std::ffi::OsStr::from_bytes(b"refs/heads/odd-\xff");
         git(dir.path(), &[&os("update-ref"), odd, &os("HEAD")]);
         let config = crate::config::from_text(Path::new("t.toml"), "").unwrap();
-        let mut none = crate::secrets::LoadedSecrets {
-            versions: Vec::new(),
-            vars: Default::default(),
-        };
+        let mut none = crate::secrets::LoadedSecrets::default();
         let credentials = Credentials::new(&config.git, &config.paths, &mut none).unwrap();
         let limits = Limits::new(Duration::from_secs(30), "test", Cancel::default());
         let url = Remote::parse(&format!("file://{}", dir.path().display()));

@@ -1,5 +1,6 @@
 //! The plan: every template rendered against the identity. Pure data; `bootagent plan` prints it.
 
+mod files;
 pub mod identity;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use crate::config::{
     Config, ConfigError, Deliver, EnvFileFormat, Manager, OnChange, Signed, Verify,
 };
 use crate::remote::{NoRemote, Remote};
+pub use files::{FilePlan, FileSource};
 use identity::Identity;
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +29,8 @@ pub struct Plan {
     pub lock_file: PathBuf,
     pub git: GitPlan,
     pub service: ServicePlan,
+    /// `[[files]]`, rendered.
+    pub files: Vec<FilePlan>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +48,10 @@ pub struct SecretsPlan {
     pub credentials_dir: Option<PathBuf>,
     /// What new credentials do to the service.
     pub on_change: OnChange,
+    /// The secrets `[[files]]` entries hold as they are, by entry (`files[N]`); read with the
+    /// others. `files` prints them.
+    #[serde(skip)]
+    pub files: BTreeMap<String, SecretRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -197,6 +205,11 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
         )));
     }
     let drop_in = (config.service.manager == Manager::Systemd).then(|| config.paths.drop_in(&unit));
+    let files = files::build(
+        config,
+        |key, template| Ok(required(key, template)?),
+        &git_dir,
+    )?;
     let command = config
         .service
         .command
@@ -229,6 +242,13 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
             deliver: config.secrets.deliver,
             credentials_dir,
             on_change: config.secrets.on_change,
+            files: files
+                .iter()
+                .filter_map(|file| match &file.source {
+                    FileSource::Secret(reference) => Some((file.key.clone(), reference.clone())),
+                    FileSource::Template(_) => None,
+                })
+                .collect(),
         },
         env,
         env_file: config.paths.env_file(&identity.service),
@@ -261,6 +281,7 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
             drop_in,
         },
         identity: identity.clone(),
+        files,
     })
 }
 

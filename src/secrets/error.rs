@@ -59,7 +59,10 @@ pub enum SecretsError {
         first: String,
         second: String,
     },
-    #[error("secret {id} has no field {field:?}; add it, or fix the #field in secrets.vars")]
+    #[error(
+        "secret {id} has no field {field:?}; add it, or fix the #field in secrets.vars or \
+         files[].secret"
+    )]
     MissingField { id: String, field: String },
     #[error(
         "Secrets Manager's answer for secret {id} in region {region} exceeded {limit} (a secret \

@@ -31,6 +31,9 @@ pub struct LoadedSecrets {
     /// Every secret read, with the version that was used.
     pub versions: Vec<SecretVersion>,
     pub vars: BTreeMap<String, SecretVar>,
+    /// What each `[[files]]` entry with a `secret` holds, by entry (`files[N]`): no variable,
+    /// so it reaches neither the env file nor the service's environment.
+    pub files: BTreeMap<String, Zeroizing<String>>,
 }
 
 impl LoadedSecrets {
@@ -60,7 +63,7 @@ pub struct SecretVersion {
 }
 
 /// Reads every secret the plan names, each once, and turns them into variables: the main
-/// secret's keys, then each of `secrets.vars`.
+/// secret's keys, then each of `secrets.vars`; then the texts `[[files]]` take as they are.
 pub async fn load(
     client: &Client,
     region: &str,
@@ -95,6 +98,19 @@ pub async fn load(
         };
         loaded.insert(name.clone(), value, source)?;
     }
+    for (key, reference) in &plan.files {
+        let id = &reference.id;
+        if !fetched.contains_key(id) {
+            let secret = fetch(client, region, id, Version::Stage(&plan.version_stage)).await?;
+            fetched.insert(id.clone(), secret);
+        }
+        let text = &fetched[id].text;
+        let value = match &reference.field {
+            None => text.clone(),
+            Some(field) => json_field(id, text, field)?,
+        };
+        loaded.files.insert(key.clone(), value);
+    }
     loaded.versions = fetched
         .into_iter()
         .map(|(id, secret)| SecretVersion {
@@ -117,6 +133,7 @@ pub async fn changed(
         .main
         .iter()
         .chain(plan.vars.values().map(|r| &r.id))
+        .chain(plan.files.values().map(|r| &r.id))
         .map(String::as_str)
         .collect();
     // A secret the plan names and the last boot did not use: its version is not asked for.
@@ -177,6 +194,7 @@ mod tests {
             deliver: crate::config::Deliver::Env,
             credentials_dir: None,
             on_change: crate::config::OnChange::Restart,
+            files: BTreeMap::new(),
         }
     }
 

@@ -276,6 +276,7 @@ pub(super) async fn check_isolation(
         let probe = crate::plan::SecretsPlan {
             main: Some(id.clone()),
             vars: Default::default(),
+            files: Default::default(),
             version_id: None,
             ..other.secrets
         };
