@@ -326,12 +326,13 @@ fn a_tls_service_gets_its_certificate_and_key_as_files_and_a_rotation_reloads_it
     }
 }
 
-/// A service that takes its RELEASE from its credentials at start and at each SIGHUP, records
-/// it, and exits when it says "crash".
+/// A service that takes its RELEASE from a file (by default its credential RELEASE) at start
+/// and at each SIGHUP, records it, and exits when it says "crash".
 const RELEASE_APP: &str = r#"#!/bin/sh
 out=$1
+file=${2:-$CREDENTIALS_DIRECTORY/RELEASE}
 check() {
-    release=$(cat "$CREDENTIALS_DIRECTORY/RELEASE")
+    release=$(cat "$file")
     echo "$release" > "$out/release"
     [ "$release" != crash ] || exit 3
 }
@@ -377,6 +378,62 @@ fn credentials_that_break_the_service_on_reload_are_rolled_back_with_a_restart()
         container.sh(&format!("cat /run/bootagent/credentials/{name}/RELEASE")),
         "one"
     );
+    let record: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /var/lib/bootagent/deploys.json")).unwrap();
+    assert_eq!(
+        record["failed_secrets"]["versions"][0]["version_id"],
+        crashing.as_str()
+    );
+}
+
+#[test]
+fn a_secret_file_that_breaks_the_service_on_reload_is_rolled_back_with_a_restart() {
+    support::needs_world!();
+    let name = unique("fileback");
+    let repo = SampleRepo::create(&name);
+    let secret = format!("{name}/release");
+    create_secret(&secret, "one");
+    let imds = Imds::for_service(&name, "staging", &repo.url);
+    let container = Container::boot(&config(&format!(
+        "[secrets]\nmain = \"\"\n\n[[files]]\npath = \"/run/{{service}}/release\"\n\
+         secret = \"{secret}\"\nmode = \"0644\"\non_change = \"signal:SIGHUP\"\n"
+    )));
+    container.install_shipped_units(&imds);
+    let app = container.out().join("release-app.sh");
+    std::fs::write(&app, RELEASE_APP).unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let unit = format!("{name}.service");
+    container.install_unit(
+        &unit,
+        &format!("ExecStart=/share/release-app.sh /share/out /run/{name}/release"),
+    );
+    container.bootagent(&imds, &["boot"]).expect(0);
+    let out = container.out().join("out");
+    assert_eq!(read(&out.join("release")), "one\n");
+    let pid = container.show(&unit, "MainPID");
+
+    // A signal alone delivers a good version: the same process reads the new file.
+    put_secret_value(&secret, "two");
+    container.bootagent(&imds, &["refresh", "--now"]).expect(0);
+    eventually(10, "the service reads the new file", || {
+        read(&out.join("release")) == "two\n"
+    });
+    assert_eq!(
+        container.show(&unit, "MainPID"),
+        pid,
+        "signalled, not restarted"
+    );
+
+    let crashing = put_secret_value(&secret, "crash");
+    container
+        .bootagent(&imds, &["refresh", "--now"])
+        .expect(16)
+        .stderr_has("applying new secrets without a restart")
+        .stderr_has(&format!("rolled back the new versions of {secret}"));
+    eventually(10, "the service runs with the file before", || {
+        read(&out.join("release")) == "two\n" && container.show(&unit, "ActiveState") == "active"
+    });
+    assert_eq!(container.sh(&format!("cat /run/{name}/release")), "two");
     let record: serde_json::Value =
         serde_json::from_str(&container.sh("cat /var/lib/bootagent/deploys.json")).unwrap();
     assert_eq!(

@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 use crate::config::{Config, PathsConfig};
 use crate::deadline::Deadline;
 use crate::deliver::credentials::{self, Credentials};
+use crate::deliver::files;
 use crate::plan::Plan;
 use crate::report::health::{Checker, Scope};
 use crate::secrets::SecretVersion;
@@ -28,6 +29,8 @@ pub(super) struct Previous {
     env: Option<Zeroizing<String>>,
     /// The credentials in service (`secrets.deliver`), absent as the env file is.
     credentials: Option<Credentials>,
+    /// The secret files in service, those that exist.
+    files: Vec<files::Rendered>,
     secrets: Vec<SecretVersion>,
 }
 
@@ -70,6 +73,7 @@ impl Previous {
                     .map(Zeroizing::new),
                 credentials: (plan.secrets.credentials_dir.as_deref())
                     .and_then(|dir| credentials::read(dir).ok()),
+                files: files::read_back(&plan.files),
                 secrets: secrets.to_vec(),
             }
         })
@@ -241,6 +245,7 @@ pub(super) async fn roll_back(
                 e,
             )
         })?;
+        files::write_all(&previous.files)?;
         if let Some(env) = &previous.env {
             crate::envfile::write(&plan.env_file, env)?;
         }
