@@ -441,3 +441,106 @@ fn a_secret_file_that_breaks_the_service_on_reload_is_rolled_back_with_a_restart
         crashing.as_str()
     );
 }
+
+/// `bootagent doctor --json`'s `delivered` check, run in `container`.
+fn delivered_check(container: &Container, imds: &Imds) -> serde_json::Value {
+    let run = container.bootagent(imds, &["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    (report["checks"].as_array().unwrap().iter())
+        .find(|check| check["name"] == "delivered")
+        .cloned()
+        .unwrap_or_else(|| panic!("no delivered check in {report}"))
+}
+
+#[test]
+fn status_and_doctor_name_what_is_delivered_and_what_is_stale_never_a_value() {
+    support::needs_world!();
+    let name = unique("credstale");
+    let repo = SampleRepo::create(&name);
+    let (canary, rotated) = (canary(), canary());
+    let secret = format!("{name}_env_prod");
+    create_secret(
+        &secret,
+        &serde_json::json!({ "DB_PASSWORD": canary }).to_string(),
+    );
+    let imds = Imds::for_service(&name, "production", &repo.url);
+    let container = Container::boot(&config(
+        "[secrets]\ndeliver = \"credentials\"\non_change = \"none\"\n\n[[files]]\n\
+         path = \"/run/{service}/db.conf\"\ntemplate = \"password={{ secrets.DB_PASSWORD }}\"\n\
+         group = \"nogroup\"\nmode = \"0640\"\non_change = \"none\"\n",
+    ));
+    container.install_shipped_units(&imds);
+    let app = container.out().join("credentials-app.sh");
+    std::fs::write(&app, CREDENTIALS_APP).unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "ExecStart=/share/credentials-app.sh /share/out");
+    container.bootagent(&imds, &["boot"]).expect(0);
+
+    let status = container.bootagent(&imds, &["status"]);
+    status.expect(0);
+    for line in [
+        format!("credentials: 1 in /run/bootagent/credentials/{name} (new values): DB_PASSWORD"),
+        format!("file:     /run/{name}/db.conf 0640 root:nogroup (written)"),
+    ] {
+        assert!(
+            status.stdout().contains(&line),
+            "{line:?} not in:\n{}",
+            status.stdout()
+        );
+    }
+    let check = delivered_check(&container, &imds);
+    assert_eq!(check["verdict"], "ok", "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{unit} holds them as written")),
+        "{check}"
+    );
+
+    // on_change = "none": the store and the file change, the running unit keeps what it has.
+    let pid = container.show(&unit, "MainPID");
+    put_secret_value(
+        &secret,
+        &serde_json::json!({ "DB_PASSWORD": rotated }).to_string(),
+    );
+    let refresh = container.bootagent(&imds, &["refresh", "--now"]);
+    refresh.expect(0);
+    assert_eq!(container.show(&unit, "MainPID"), pid);
+    assert_eq!(
+        container.sh(&format!("cat /run/{name}/db.conf")),
+        format!("password={rotated}")
+    );
+    let check = delivered_check(&container, &imds);
+    assert_eq!(check["verdict"], "warn", "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("{unit} runs with older values of DB_PASSWORD")),
+        "{check}"
+    );
+
+    // A file changed by hand is named with what the config says.
+    container.sh(&format!("chmod 0644 /run/{name}/db.conf"));
+    let check = delivered_check(&container, &imds);
+    assert_eq!(check["verdict"], "fail", "{check}");
+    assert!(
+        check["detail"].as_str().unwrap().contains(&format!(
+            "/run/{name}/db.conf is 0644 root:nogroup; files[0] says 0640 root:nogroup"
+        )),
+        "{check}"
+    );
+    let doctor = container.bootagent(&imds, &["doctor"]);
+    for secret_value in [&canary, &rotated] {
+        assert_no_canary(
+            secret_value,
+            &[
+                ("status", &status.stdout()),
+                ("doctor", &doctor.stdout()),
+                ("doctor's stderr", &doctor.stderr()),
+                ("refresh", &refresh.stderr()),
+                ("check", &check.to_string()),
+            ],
+        );
+    }
+}

@@ -411,6 +411,7 @@ impl Steps<'_> {
             credential_names: delivered.keys().cloned().collect(),
             files,
         };
+        self.recorder.status.delivered = written.record(plan);
         if written.secrets_changed() {
             self.effects.untouched = None;
             if self.effects.change.is_none() {
@@ -555,6 +556,26 @@ impl Written {
     /// Whether the service's secrets, in any form it gets them, changed.
     fn secrets_changed(&self) -> bool {
         self.env || self.credentials || !self.files.is_empty()
+    }
+
+    /// What status.json says of it: names and paths.
+    fn record(&self, plan: &Plan) -> crate::state::status::Delivered {
+        use crate::state::status::{DeliveredCredentials, DeliveredFile};
+        let credentials = (plan.secrets.credentials_dir.clone()).map(|dir| DeliveredCredentials {
+            dir,
+            names: self.credential_names.clone(),
+            changed: self.credentials,
+        });
+        let files = (plan.files.iter())
+            .map(|file| DeliveredFile {
+                path: file.path.clone(),
+                owner: file.owner.clone(),
+                group: file.group.clone(),
+                mode: format!("{:04o}", file.mode),
+                changed: self.files.iter().any(|changed| changed.path == file.path),
+            })
+            .collect();
+        crate::state::status::Delivered { credentials, files }
     }
 
     /// What the unit needs for them: the env file and new code take a restart; credentials what

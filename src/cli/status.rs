@@ -130,6 +130,29 @@ fn render(status: &Status) -> String {
             lines.push(format!("          {note}"));
         }
     }
+    if let Some(credentials) = &status.delivered.credentials {
+        lines.push(format!(
+            "credentials: {} in {}{}: {}",
+            credentials.names.len(),
+            credentials.dir.display(),
+            if credentials.changed {
+                " (new values)"
+            } else {
+                ""
+            },
+            credentials.names.join(", ")
+        ));
+    }
+    for file in &status.delivered.files {
+        lines.push(format!(
+            "file:     {} {} {}:{}{}",
+            file.path.display(),
+            file.mode,
+            file.owner,
+            file.group,
+            if file.changed { " (written)" } else { "" }
+        ));
+    }
     match &status.service {
         Some(service) if service.manager == Manager::Exec => {
             lines.push("service:  started in exec mode (bootagent became the service)".into())
@@ -138,10 +161,17 @@ fn render(status: &Status) -> String {
             "service:  {} {}{}",
             service.unit,
             service.state,
-            if service.restarted {
-                " (restarted)"
-            } else {
-                " (left running)"
+            match (service.restarted, service.applied.as_slice()) {
+                (true, _) => " (restarted)".to_string(),
+                (false, []) => " (left running)".to_string(),
+                (false, applied) => format!(
+                    " (kept running: {})",
+                    applied
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             }
         )),
         None => {}

@@ -82,6 +82,44 @@ pub struct Status {
     /// still serves as before (the health report follows what serves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_unchanged: Option<Serving>,
+    /// What reached the service besides the env file: names and paths, never a value.
+    #[serde(default, skip_serializing_if = "Delivered::is_empty")]
+    pub delivered: Delivered,
+}
+
+/// The credentials and secret files a boot wrote (`secrets.deliver`, `[[files]]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The credential store and the names in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<DeliveredCredentials>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<DeliveredFile>,
+}
+
+impl Delivered {
+    pub fn is_empty(&self) -> bool {
+        self.credentials.is_none() && self.files.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredCredentials {
+    pub dir: PathBuf,
+    pub names: Vec<String>,
+    /// This boot wrote new values.
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredFile {
+    pub path: PathBuf,
+    pub owner: String,
+    pub group: String,
+    /// Octal, as chmod takes it: "0640".
+    pub mode: String,
+    /// This boot wrote it (new contents, owner, group or mode).
+    pub changed: bool,
 }
 
 /// What serves: the commit, under which unit.
@@ -187,6 +225,7 @@ impl Status {
             error: None,
             degraded: None,
             serving_unchanged: None,
+            delivered: Delivered::default(),
         }
     }
 

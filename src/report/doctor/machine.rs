@@ -114,7 +114,11 @@ pub(super) async fn check_unit(plan: Arc<Plan>, client: Option<secrets::Client>)
             let journal = match loaded {
                 Some(loaded) => format!(
                     "last journal lines (secret values masked):\n{}",
-                    mask(&journal, loaded.vars.values().map(|v| v.value.as_str()))
+                    mask(
+                        &journal,
+                        (loaded.vars.values().map(|v| v.value.as_str()))
+                            .chain(loaded.files.values().map(|text| text.as_str()))
+                    )
                 ),
                 None => "its journal lines are not shown: the secret could not be read to mask \
                          its values in them"

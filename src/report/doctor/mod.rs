@@ -11,9 +11,11 @@ use crate::aws::imds::ImdsClient;
 use crate::config::{Config, Verify};
 use crate::deadline::Deadline;
 
+mod delivered;
 mod machine;
 mod services;
 
+use delivered::check_delivered;
 use machine::{check_disk, check_env_file, check_last_boot, check_signing, check_unit};
 use services::{
     check_clock, check_credentials, check_git, check_imds, check_isolation, check_secret,
@@ -86,7 +88,7 @@ fn skip(detail: impl Into<String>) -> Finding {
 }
 
 /// The checks that need to know who the instance is: skipped when identity fails.
-pub const NEED_IDENTITY: [&str; 7] = [
+pub const NEED_IDENTITY: [&str; 8] = [
     "credentials",
     "secret",
     "isolation",
@@ -94,6 +96,7 @@ pub const NEED_IDENTITY: [&str; 7] = [
     "git",
     "env-file",
     "unit",
+    "delivered",
 ];
 
 /// The order checks are listed in, whatever order they finish in.
@@ -109,6 +112,7 @@ const ORDER: &[&str] = &[
     "signing",
     "env-file",
     "unit",
+    "delivered",
     "disk",
     "last-boot",
 ];
@@ -210,6 +214,12 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
                 "unit",
                 deadline.at_least(LOCAL_MARGIN),
                 Box::pin(check_unit(plan.clone(), client)),
+            );
+            spawn(
+                &mut set,
+                "delivered",
+                deadline.at_least(LOCAL_MARGIN),
+                Box::pin(check_delivered(plan.clone())),
             );
         }
         None => {
