@@ -16,7 +16,9 @@ pub(crate) mod template;
 mod tests;
 mod validate;
 
-pub use delivery::{template_environment, Deliver, FileConfig, OnChange, TEMPLATE_NAMES};
+pub use delivery::{
+    template_environment, Deliver, FileConfig, OnChange, CREDENTIALS_DIRECTORY, TEMPLATE_NAMES,
+};
 pub use load::{from_text, load};
 
 use names::is_variable_name;

@@ -13,9 +13,6 @@ use zeroize::Zeroizing;
 /// Variable name → value.
 pub type Credentials = BTreeMap<String, Zeroizing<String>>;
 
-/// The variable a service finds its credentials' directory in, under systemd and in exec mode.
-pub const DIRECTORY_VARIABLE: &str = "CREDENTIALS_DIRECTORY";
-
 #[derive(Debug, thiserror::Error)]
 #[error("failed to {action} {path}")]
 pub struct CredentialsError {

@@ -186,7 +186,7 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
     if let (Some(dir), Manager::Exec) = (&credentials_dir, config.service.manager) {
         // Under systemd, systemd sets it to the unit's own copy.
         env.insert(
-            crate::deliver::credentials::DIRECTORY_VARIABLE.into(),
+            crate::config::CREDENTIALS_DIRECTORY.into(),
             dir.display().to_string(),
         );
     }
