@@ -544,3 +544,35 @@ fn status_and_doctor_name_what_is_delivered_and_what_is_stale_never_a_value() {
         );
     }
 }
+
+#[test]
+fn env_diff_names_the_files_an_environment_cannot_fill_and_how_variables_are_delivered() {
+    support::needs_world!();
+    let name = unique("filediff");
+    let canary = canary();
+    create_secret(
+        &format!("{name}_env_stage"),
+        &serde_json::json!({ "DB_PASSWORD": canary, "TLS_PIN": canary }).to_string(),
+    );
+    create_secret(
+        &format!("{name}_env_prod"),
+        &serde_json::json!({ "DB_PASSWORD": canary }).to_string(),
+    );
+    let instance = Instance::exec_mode(
+        "[paths]\nfile_roots = [\"/dev/shm\"]\n\n[secrets]\ndeliver = \"both\"\n\n[[files]]\npath = \"/dev/shm/{service}-pin\"\n\
+         template = \"{{ secrets.TLS_PIN }}\"\n",
+    );
+    let imds = Imds::with_tags(&[("Service", &name), ("Environment", "test")]);
+    let run = instance.run(&imds, &["env", "diff", "stage", "prod"]);
+    run.expect(11);
+    assert_eq!(
+        run.stdout(),
+        format!(
+            "service {name}: 1 variable(s) in both stage and prod (delivered as both)\n\
+             only in stage: TLS_PIN\nonly in prod: -\n\
+             prod: /dev/shm/{name}-pin (files[0].template) uses secrets.TLS_PIN, which no \
+             secret variable defines; add it to the secrets, or fix files[0].template\n"
+        )
+    );
+    instance.assert_no_canary(&canary, &run);
+}

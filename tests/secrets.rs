@@ -303,7 +303,7 @@ fn env_diff_names_variables_one_environment_lacks_without_values() {
     assert_eq!(
         run.stdout(),
         format!(
-            "service {name}: 2 variable(s) in both staging and production\n\
+            "service {name}: 2 variable(s) in both staging and production (delivered as env)\n\
              only in staging: NEW_FLAG\nonly in production: LEGACY_KEY\n"
         )
     );

@@ -47,10 +47,9 @@ impl DiffArgs {
         } else {
             print!("{}", render(&comparison));
         }
-        if comparison.only_in_a.is_empty() && comparison.only_in_b.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::EnvironmentsDiffer)
+        match comparison.differ() {
+            false => Ok(()),
+            true => Err(Error::EnvironmentsDiffer),
         }
     }
 }
@@ -63,15 +62,22 @@ fn render(c: &Comparison) -> String {
             names.join(", ")
         }
     };
-    format!(
-        "service {}: {} variable(s) in both {} and {}\nonly in {}: {}\nonly in {}: {}\n",
+    let mut text = format!(
+        "service {}: {} variable(s) in both {} and {} (delivered as {})\nonly in {}: {}\nonly in {}: {}\n",
         c.service,
         c.in_both,
         c.a,
         c.b,
+        c.delivered_as.as_str(),
         c.a,
         list(&c.only_in_a),
         c.b,
         list(&c.only_in_b)
-    )
+    );
+    for (env, failing) in [(&c.a, &c.files_failing_in_a), (&c.b, &c.files_failing_in_b)] {
+        for file in failing {
+            text.push_str(&format!("{env}: {file}\n"));
+        }
+    }
+    text
 }

@@ -21,6 +21,15 @@ pub enum Deliver {
 }
 
 impl Deliver {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Deliver::Env => "env",
+            Deliver::Credentials => "credentials",
+            Deliver::Both => "both",
+        }
+    }
+
     /// Whether the secret variables go into the service's environment.
     pub fn as_variables(self) -> bool {
         matches!(self, Deliver::Env | Deliver::Both)
