@@ -56,10 +56,7 @@ fn credentials() -> &'static bootagent::git::Credentials {
     static CREDENTIALS: OnceLock<bootagent::git::Credentials> = OnceLock::new();
     CREDENTIALS.get_or_init(|| {
         let config = bootagent::config::from_text(Path::new("fuzz.toml"), "").expect("defaults");
-        let mut none = bootagent::secrets::LoadedSecrets {
-            versions: Vec::new(),
-            vars: Default::default(),
-        };
+        let mut none = bootagent::secrets::LoadedSecrets::default();
         bootagent::git::Credentials::new(&config.git, &config.paths, &mut none)
             .expect("no credentials to read")
     })
