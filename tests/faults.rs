@@ -1082,7 +1082,7 @@ fn faults() -> Vec<Fault> {
         },
         Fault {
             fault: "[[files]] owner does not exist".into(),
-            when: "env_file",
+            when: "secrets",
             config: FILES,
             strike: Strike::Run(|s| {
                 with_bad_file(
@@ -1096,7 +1096,7 @@ fn faults() -> Vec<Fault> {
                 outcome: "failed",
                 says: &["/bad.conf: files[1].owner names \"no-such-user-f1\""],
                 env: Left::Earlier,
-                release: Left::New,
+                release: Left::Earlier,
                 converges: false,
             },
         },
@@ -1121,7 +1121,7 @@ fn faults() -> Vec<Fault> {
         },
         Fault {
             fault: "[[files]] on disk without persistent".into(),
-            when: "env_file",
+            when: "secrets",
             config: FILES,
             strike: Strike::Run(|s| {
                 let path = "/var/tmp/bootagent-files/{service}/bad.conf";
@@ -1136,7 +1136,7 @@ fn faults() -> Vec<Fault> {
                     "files[1].persistent = true",
                 ],
                 env: Left::Earlier,
-                release: Left::New,
+                release: Left::Earlier,
                 converges: false,
             },
         },

@@ -272,10 +272,12 @@ impl Steps<'_> {
         let mut loaded = within("secrets", Deadline::after(retry_for + call), load).await??;
         self.recorder.status.secrets = loaded.versions.clone();
         let credentials = git::Credentials::new(&config.git, &config.paths, &mut loaded)?;
-        // Rendered now, before the checkout: a template naming an unknown variable fails the
-        // boot before anything changes. A git credential is no longer among the variables.
+        // Rendered and checked now, before the checkout: a template naming an unknown
+        // variable, an owner that does not exist or an unsafe directory fails the boot before
+        // anything changes. A git credential is no longer among the variables.
         let texts = std::mem::take(&mut loaded.files);
         let files = files::render(&plan.files, &plan.identity, &loaded.vars, &texts)?;
+        files::check_all(&files)?;
         let delivered = match plan.secrets.deliver.as_credentials() {
             true => (loaded.vars.iter())
                 .map(|(name, var)| (name.clone(), var.value.clone()))

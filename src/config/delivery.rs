@@ -42,7 +42,8 @@ impl Deliver {
 }
 
 /// What a change to a credential or a secret file does to the service that runs. Ordered by
-/// how much it disturbs: when several things change, the strongest action is taken.
+/// how much it disturbs: when anything asks for a restart, the unit restarts and nothing else is
+/// done; otherwise every distinct reload and signal asked for is applied, in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OnChange {
     /// Nothing: the service reads the file again by itself.

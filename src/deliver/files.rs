@@ -289,6 +289,13 @@ impl Write for Wiped {
     }
 }
 
+/// Checks every file as [`write_all`] does first, writing nothing: the boot asks before the
+/// checkout, so that an owner that does not exist, an unsafe directory or a disk path fails it
+/// before anything changes, the release link included.
+pub fn check_all(files: &[Rendered]) -> Result<(), FileError> {
+    files.iter().try_for_each(|file| check(file).map(drop))
+}
+
 /// Writes each file whose contents, owner, group or mode differ; returns those. Every file is
 /// checked before any is written (and the env file is written after them), so a boot that fails
 /// here leaves the files before it, and the service, as they were.

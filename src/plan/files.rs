@@ -122,21 +122,25 @@ fn allowed(config: &Config, key: &str, path: &str, git_dir: &Path) -> Result<Pat
     let hidden = git_dir
         .file_name()
         .map(|name| git_dir.with_file_name(format!(".{}", name.to_string_lossy())));
+    // The credential stores, and systemd's own copies of every unit's credentials.
     let own_dirs = [
         Some(paths.state_dir.clone()),
         Some(paths.systemd_runtime_dir.clone()),
         Some(git_dir.to_path_buf()),
         hidden,
+        Some(paths.run_dir.join("credentials")),
+        Some(PathBuf::from("/run/credentials")),
     ];
     if in_run_dir || own_dirs.iter().flatten().any(|dir| path.starts_with(dir)) {
         return Err(invalid(format!(
             "which is bootagent's own (the run dir {} itself, the state dir {}, the systemd \
-             runtime dir {} or the code in {}); put the file in a directory of its own, such as \
-             {}",
+             runtime dir {}, the code in {}, or the credentials in {} and /run/credentials); put \
+             the file in a directory of its own, such as {}",
             paths.run_dir.display(),
             paths.state_dir.display(),
             paths.systemd_runtime_dir.display(),
             git_dir.display(),
+            paths.run_dir.join("credentials").display(),
             paths.run_dir.join("tls").display()
         )));
     }
@@ -248,6 +252,8 @@ mod tests {
             "/run/systemd/system/{service}.service",
             "/srv/{service}/config/app.key",
             "/srv/.{service}/repo.git/config",
+            "/run/bootagent/credentials/{service}/DB_PASSWORD",
+            "/run/credentials/other.service/key",
         ] {
             let err = planned(path, roots).unwrap_err();
             assert!(err.contains("which is bootagent's own"), "{path}: {err}");
