@@ -74,6 +74,11 @@ pub enum FileError {
         why: String,
         fix: String,
     },
+    #[error(
+        "{path} ({key}.path) is a directory, which a secret file cannot replace; remove it, or \
+         fix {key}.path"
+    )]
+    Directory { path: PathBuf, key: String },
     #[error("failed to {action} {path}")]
     Io {
         action: &'static str,
@@ -335,7 +340,19 @@ fn check(file: &Rendered) -> Result<Owner, FileError> {
         .map_err(lookup)?
         .ok_or_else(|| unknown("group", &plan.group))?
         .gid;
-    let (_, deepest) = open_parent(plan, false)?;
+    let (dir, deepest) = open_parent(plan, false)?;
+    // A directory in the file's place would fail its rename after the files before it were
+    // written: refused here, with the other checks.
+    let name = plan.path.file_name().unwrap_or_default();
+    if plan.path.parent() == Some(deepest.as_path()) {
+        let found = nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+        if found.is_ok_and(|stat| stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR) {
+            return Err(FileError::Directory {
+                path: plan.path.clone(),
+                key: plan.key.clone(),
+            });
+        }
+    }
     // A directory still to be made lands on the file system of the deepest one there is.
     if !plan.persistent {
         crate::envfile::check_memory_backed(&deepest, false).map_err(|e| match e {
