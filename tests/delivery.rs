@@ -576,3 +576,46 @@ fn env_diff_names_the_files_an_environment_cannot_fill_and_how_variables_are_del
     );
     instance.assert_no_canary(&canary, &run);
 }
+
+#[test]
+#[ignore = "reproduces an open finding (review): an on_change lost to a killed refresh is never applied"]
+fn a_refresh_killed_after_writing_a_file_still_applies_its_on_change_later() {
+    // The file is written, then the refresh dies (power loss, OOM, the boot deadline) before it
+    // signals the unit. status.json already names the new version, so every later refresh finds
+    // "secrets unchanged", and a boot finds the file unchanged: nothing ever signals the unit.
+    support::needs_world!();
+    let name = unique("filekill");
+    let repo = SampleRepo::create(&name);
+    let secret = format!("{name}/release");
+    create_secret(&secret, "one");
+    let imds = Imds::for_service(&name, "staging", &repo.url);
+    let container = Container::boot(&config(&format!(
+        "[secrets]\nmain = \"\"\n\n[[files]]\npath = \"/run/{{service}}/release\"\n\
+         secret = \"{secret}\"\nmode = \"0644\"\non_change = \"signal:SIGHUP\"\n"
+    )));
+    container.install_shipped_units(&imds);
+    let app = container.out().join("release-app.sh");
+    std::fs::write(&app, RELEASE_APP).unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let unit = format!("{name}.service");
+    container.install_unit(
+        &unit,
+        &format!("ExecStart=/share/release-app.sh /share/out /run/{name}/release"),
+    );
+    container.bootagent(&imds, &["boot"]).expect(0);
+    let out = container.out().join("out");
+    assert_eq!(read(&out.join("release")), "one\n");
+
+    put_secret_value(&secret, "two");
+    container.bootagent_with(
+        &imds,
+        &["BOOTAGENT_FAILPOINT=after-env_file"],
+        &["refresh", "--now"],
+    );
+    assert_eq!(container.sh(&format!("cat /run/{name}/release")), "two");
+    container.bootagent(&imds, &["refresh", "--now"]).expect(0);
+    container.bootagent(&imds, &["boot"]).expect(0);
+    eventually(10, "the service is told to read the new file", || {
+        read(&out.join("release")) == "two\n"
+    });
+}
