@@ -273,7 +273,10 @@ fn a_tls_service_gets_its_certificate_and_key_as_files_and_a_rotation_reloads_it
     // Under the shipped units' confinement (ProtectSystem=strict), as on an instance.
     container.install_shipped_units(&imds);
     container.sh("systemctl start bootagent-boot.service");
-    assert_eq!(container.show("bootagent-boot.service", "Result"), "success");
+    assert_eq!(
+        container.show("bootagent-boot.service", "Result"),
+        "success"
+    );
     assert_eq!(
         container.sh(&format!(
             "stat -c %a:%U:%G /run/tls/{name}.crt /run/tls/{name}.key"
@@ -292,7 +295,10 @@ fn a_tls_service_gets_its_certificate_and_key_as_files_and_a_rotation_reloads_it
         &serde_json::json!({ "cert": cert, "key": rotated_key }).to_string(),
     );
     container.sh("systemctl start bootagent-refresh.service");
-    assert_eq!(container.show("bootagent-refresh.service", "Result"), "success");
+    assert_eq!(
+        container.show("bootagent-refresh.service", "Result"),
+        "success"
+    );
     eventually(10, "nginx serves the rotated certificate", || {
         served_subject(port) == "subject=CN = second"
     });
@@ -467,7 +473,7 @@ fn status_and_doctor_name_what_is_delivered_and_what_is_stale_never_a_value() {
          path = \"/run/{service}/db.conf\"\ntemplate = \"password={{ secrets.DB_PASSWORD }}\"\n\
          group = \"nogroup\"\nmode = \"0640\"\non_change = \"none\"\n",
     ));
-    container.install_shipped_units(&imds);
+    // Without bootagent-credentials@.service, new credentials cannot reach the running unit.
     let app = container.out().join("credentials-app.sh");
     std::fs::write(&app, CREDENTIALS_APP).unwrap();
     std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -504,7 +510,9 @@ fn status_and_doctor_name_what_is_delivered_and_what_is_stale_never_a_value() {
         &serde_json::json!({ "DB_PASSWORD": rotated }).to_string(),
     );
     let refresh = container.bootagent(&imds, &["refresh", "--now"]);
-    refresh.expect(0);
+    refresh
+        .expect(0)
+        .stderr_has("the unit keeps its credentials from before");
     assert_eq!(container.show(&unit, "MainPID"), pid);
     assert_eq!(
         container.sh(&format!("cat /run/{name}/db.conf")),
@@ -573,4 +581,81 @@ fn env_diff_names_the_files_an_environment_cannot_fill_and_how_variables_are_del
         )
     );
     instance.assert_no_canary(&canary, &run);
+}
+
+#[test]
+fn a_refresh_killed_after_writing_a_file_still_applies_its_on_change_later() {
+    // The file is written, then the refresh dies (power loss, OOM, the boot deadline) before it
+    // signals the unit. status.json already names the new version and the file is as the secret
+    // says, so only the marker the boot left tells the next refresh that the unit lacks it.
+    support::needs_world!();
+    let name = unique("filekill");
+    let repo = SampleRepo::create(&name);
+    let secret = format!("{name}/release");
+    create_secret(&secret, "one");
+    let imds = Imds::for_service(&name, "staging", &repo.url);
+    let container = Container::boot(&config(&format!(
+        "[secrets]\nmain = \"\"\n\n[[files]]\npath = \"/run/{{service}}/release\"\n\
+         secret = \"{secret}\"\nmode = \"0644\"\non_change = \"signal:SIGHUP\"\n"
+    )));
+    container.install_shipped_units(&imds);
+    let app = container.out().join("release-app.sh");
+    std::fs::write(&app, RELEASE_APP).unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let unit = format!("{name}.service");
+    container.install_unit(
+        &unit,
+        &format!("ExecStart=/share/release-app.sh /share/out /run/{name}/release"),
+    );
+    container.bootagent(&imds, &["boot"]).expect(0);
+    let out = container.out().join("out");
+    assert_eq!(read(&out.join("release")), "one\n");
+
+    put_secret_value(&secret, "two");
+    container.bootagent_with(
+        &imds,
+        &["BOOTAGENT_FAILPOINT=after-env_file"],
+        &["refresh", "--now"],
+    );
+    assert_eq!(container.sh(&format!("cat /run/{name}/release")), "two");
+    container.bootagent(&imds, &["refresh", "--now"]).expect(0);
+    container.bootagent(&imds, &["boot"]).expect(0);
+    eventually(10, "the service is told to read the new file", || {
+        read(&out.join("release")) == "two\n"
+    });
+}
+
+#[test]
+fn with_on_change_none_new_credentials_reach_the_running_unit_untouched() {
+    support::needs_world!();
+    let name = unique("credquiet");
+    let repo = SampleRepo::create(&name);
+    let secret = format!("{name}_env_prod");
+    create_secret(&secret, r#"{"TOKEN": "first"}"#);
+    let imds = Imds::for_service(&name, "production", &repo.url);
+    let container = Container::boot(&config(
+        "[secrets]\ndeliver = \"credentials\"\non_change = \"none\"\n",
+    ));
+    container.install_shipped_units(&imds);
+    let app = container.out().join("credentials-app.sh");
+    std::fs::write(&app, CREDENTIALS_APP).unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let unit = format!("{name}.service");
+    container.install_unit(&unit, "ExecStart=/share/credentials-app.sh /share/out");
+    container.bootagent(&imds, &["boot"]).expect(0);
+    let pid = container.show(&unit, "MainPID");
+
+    put_secret_value(&secret, r#"{"TOKEN": "second"}"#);
+    container.bootagent(&imds, &["refresh", "--now"]).expect(0);
+    assert_eq!(container.show(&unit, "MainPID"), pid, "not restarted");
+    // What the service reads by itself, when it reads it again.
+    assert_eq!(
+        container.sh(&format!("cat /run/credentials/{unit}/TOKEN")),
+        "second"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
+    assert_eq!(status["service"]["restarted"], false, "{status}");
+    assert!(status["service"].get("applied").is_none(), "{status}");
+    assert_eq!(delivered_check(&container, &imds)["verdict"], "ok");
 }

@@ -153,6 +153,8 @@ struct Known {
     previous: Option<gate::Previous>,
     /// The commit the release link names.
     in_service: Option<String>,
+    /// An earlier boot wrote what the service reads and was stopped before the unit got it.
+    unapplied: bool,
 }
 
 /// What deploys.json says about deploying the ref's commit.
@@ -247,11 +249,14 @@ impl Steps<'_> {
             },
         };
         self.recorder.end(Outcome::Succeeded)?;
+        let unapplied = plan.service.manager == Manager::Systemd
+            && config.paths.apply_pending_marker().exists();
         let known = Known {
             imds,
             plan,
             previous,
             in_service,
+            unapplied,
         };
         Ok((known, record))
     }
@@ -403,6 +408,12 @@ impl Steps<'_> {
     ) -> Result<Written, Error> {
         let plan = &known.plan;
         self.recorder.begin("env_file");
+        if plan.service.manager == Manager::Systemd {
+            let marker = self.config.paths.apply_pending_marker();
+            let note = b"bootagent wrote what the service reads and has not yet restarted,                          reloaded or signalled it; the next boot restarts it\n";
+            crate::atomic::write_file(&marker, note, 0o644)
+                .map_err(|e| Error::io(format!("failed to write {}", marker.display()), e))?;
+        }
         // Every file is checked before any is written, and all before the env file.
         let files = files::write_all(secret_files)?;
         let env = envfile::write(&plan.env_file, rendered)?;
@@ -450,6 +461,13 @@ impl Steps<'_> {
                 report,
                 rolled_back,
             } = self.start_gated(known, release, written).await?;
+            // The unit has what was written (or, rolled back, what was there before).
+            let marker = self.config.paths.apply_pending_marker();
+            if let Err(e) = std::fs::remove_file(&marker) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(error = %e, "could not remove {}", marker.display());
+                }
+            }
             let state = ServiceState::Unit(report.state);
             self.record_service(plan, state, report.restarted, report.applied);
             return match rolled_back {
@@ -488,7 +506,13 @@ impl Steps<'_> {
             self.effects.untouched = None;
         }
         let has_previous = known.previous.is_some();
-        let changes = written.into_changes(plan, release.code_changed);
+        if known.unapplied {
+            tracing::warn!(
+                unit = %plan.service.unit,
+                "an earlier boot wrote what the service reads and was stopped before the unit                  got it: restarting the unit"
+            );
+        }
+        let changes = written.into_changes(plan, release.code_changed || known.unapplied);
         let started = gate::start(config, plan, &changes, has_previous);
         match (started.await, &known.previous) {
             (Ok(report), _) => {
@@ -580,11 +604,12 @@ impl Written {
         crate::state::status::Delivered { credentials, files }
     }
 
-    /// What the unit needs for them: the env file and new code take a restart; credentials what
+    /// What the unit needs for them: the env file and new code (or a change an interrupted
+    /// boot did not apply, `restart`) take a restart; credentials what
     /// `secrets.on_change` says, and each secret file its own `on_change`.
-    fn into_changes(self, plan: &Plan, code_changed: bool) -> service::Changes {
+    fn into_changes(self, plan: &Plan, restart: bool) -> service::Changes {
         service::Changes {
-            restart: self.env || code_changed,
+            restart: self.env || restart,
             actions: (self
                 .credentials
                 .then_some(plan.secrets.on_change)

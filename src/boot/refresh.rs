@@ -21,6 +21,13 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
         ));
     }
     crate::boot::refuse_if_draining(&config.paths)?;
+    if config.paths.apply_pending_marker().exists() {
+        tracing::warn!(
+            "an earlier boot wrote what the service reads and was stopped before the unit got              it: booting again now"
+        );
+        crate::boot::boot(config, crate::boot::Run::default()).await?;
+        return Ok(());
+    }
     let last = status::read(&config.paths)?;
     let plan = crate::plan::resolve(config).await?;
     let since = crate::boot::deploy::secrets_since(config, &plan, &last, false).await?;

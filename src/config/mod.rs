@@ -210,6 +210,13 @@ impl PathsConfig {
         self.run_dir.join("draining")
     }
 
+    /// Present from the moment a boot starts writing what the service reads (env file, secret
+    /// files, credentials) until the unit has been given it (restarted, reloaded, signalled): a
+    /// boot that finds it restarts the unit, since an interrupted one may not have.
+    pub fn apply_pending_marker(&self) -> PathBuf {
+        self.run_dir.join("apply-pending")
+    }
+
     /// The drop-in bootagent writes for `unit`: what it runs with, and from where.
     pub fn drop_in(&self, unit: &str) -> PathBuf {
         self.systemd_runtime_dir

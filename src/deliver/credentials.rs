@@ -65,7 +65,7 @@ pub fn write(
         let unchanged = std::fs::symlink_metadata(&path).is_ok_and(|meta| {
             use std::os::unix::fs::MetadataExt;
             meta.is_file() && meta.uid() == uid.as_raw() && meta.gid() == gid.as_raw()
-        }) && std::fs::read(&path)
+        }) && read_entry(&path)
             .is_ok_and(|old| Zeroizing::new(old).as_slice() == value.as_bytes());
         if unchanged {
             continue;
@@ -126,12 +126,22 @@ pub fn read(dir: &Path) -> std::io::Result<Credentials> {
         if crate::atomic::is_temporary(entry.file_name().as_os_str()) {
             continue;
         }
-        let bytes = Zeroizing::new(std::fs::read(entry.path())?);
+        let bytes = Zeroizing::new(read_entry(&entry.path())?);
         let value = std::str::from_utf8(&bytes)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         credentials.insert(name, Zeroizing::new(value.to_string()));
     }
     Ok(credentials)
+}
+
+/// Past any credential bootagent writes (a secret answer is cut off at 1 MiB).
+const MAX_CREDENTIAL_BYTES: u64 = 16 * 1024 * 1024;
+
+/// One file of the store as [`write`] left it: a regular file, not a link (in exec mode the
+/// directory is the service user's, who could put a link to a file only root may read, a FIFO
+/// or /dev/zero there), and no larger than a credential can be.
+fn read_entry(path: &Path) -> std::io::Result<Vec<u8>> {
+    crate::atomic::read_bounded(path, MAX_CREDENTIAL_BYTES, crate::atomic::Links::Refuse)
 }
 
 /// The drop-in's lines that hand the unit each credential by name: names and paths only, never
@@ -246,6 +256,43 @@ mod tests {
             "{error}"
         );
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn reading_the_store_back_follows_no_link_and_no_fifo() {
+        // In exec mode the store is the service user's own directory: whatever it puts there,
+        // root (a rollback, doctor's check, the next boot's comparison) must not read through a
+        // link into a file the user may not read, nor block on a FIFO or read /dev/zero forever.
+        let run = tempfile::tempdir().unwrap();
+        let dir = run.path().join("credentials/calendar");
+        write(&dir, Owner::Root, &credentials(&[("A", "1")])).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let private = run.path().join("shadow");
+        std::fs::write(&private, "root-only-7c1").unwrap();
+        std::os::unix::fs::symlink(&private, dir.join("STOLEN")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("ZERO")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.join("FIFO"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let read_back = read(&dir);
+        let values: Vec<String> = read_back
+            .iter()
+            .flat_map(|store| store.values().map(|v| v.to_string()))
+            .collect();
+        assert!(
+            !values.iter().any(|v| v.contains("root-only-7c1")),
+            "read through a link: {:?}",
+            read_back
+                .as_ref()
+                .map(|store| store.keys().collect::<Vec<_>>())
+        );
+        // The same link where a credential's file goes is replaced, never compared through.
+        std::fs::remove_file(dir.join("A")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("A")).unwrap();
+        assert!(write(&dir, Owner::Root, &credentials(&[("A", "1")])).unwrap());
+        assert_eq!(std::fs::read(dir.join("A")).unwrap(), b"1");
     }
 
     #[test]

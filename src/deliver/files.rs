@@ -74,6 +74,11 @@ pub enum FileError {
         why: String,
         fix: String,
     },
+    #[error(
+        "{path} ({key}.path) is a directory, which a secret file cannot replace; remove it, or \
+         fix {key}.path"
+    )]
+    Directory { path: PathBuf, key: String },
     #[error("failed to {action} {path}")]
     Io {
         action: &'static str,
@@ -342,7 +347,19 @@ fn check(file: &Rendered) -> Result<Owner, FileError> {
         .map_err(lookup)?
         .ok_or_else(|| unknown("group", &plan.group))?
         .gid;
-    let (_, deepest) = open_parent(plan, false)?;
+    let (dir, deepest) = open_parent(plan, false)?;
+    // A directory in the file's place would fail its rename after the files before it were
+    // written: refused here, with the other checks.
+    let name = plan.path.file_name().unwrap_or_default();
+    if plan.path.parent() == Some(deepest.as_path()) {
+        let found = nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+        if found.is_ok_and(|stat| stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR) {
+            return Err(FileError::Directory {
+                path: plan.path.clone(),
+                key: plan.key.clone(),
+            });
+        }
+    }
     // A directory still to be made lands on the file system of the deepest one there is.
     if !plan.persistent {
         crate::envfile::check_memory_backed(&deepest, false).map_err(|e| match e {
@@ -417,13 +434,18 @@ fn make_directory(parent: &File, name: &OsStr, path: &Path) -> Result<File, File
         path: path.to_path_buf(),
         source,
     };
-    match mkdirat(parent, name, Mode::from_bits_truncate(0o755)) {
-        // Made by someone else meanwhile: opened and checked like any other.
-        Ok(()) | Err(Errno::EEXIST) => {}
+    let made = match mkdirat(parent, name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) => true,
+        // Made by someone else meanwhile: opened and checked like any other, never adopted
+        // (given to root and made 0755, when another user made it, perhaps with more inside).
+        Err(Errno::EEXIST) => false,
         Err(e) => return Err(failed(e.into())),
-    }
+    };
     let dir =
         File::from(openat(parent, name, DIRECTORY, Mode::empty()).map_err(|e| failed(e.into()))?);
+    if !made {
+        return Ok(dir);
+    }
     std::os::unix::fs::fchown(&dir, Some(0), Some(0)).map_err(failed)?;
     dir.set_permissions(Permissions::from_mode(0o755))
         .map_err(failed)?;
@@ -525,4 +547,44 @@ fn unchanged(dir: &File, name: &OsStr, file: &Rendered, owner: &Owner) -> bool {
     let mut now = Zeroizing::new(Vec::with_capacity(wanted.len() + 1));
     let read = existing.take(wanted.len() as u64 + 1).read_to_end(&mut now);
     read.is_ok() && *now == **wanted
+}
+
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_someone_else_made_first_is_not_adopted() {
+        // open_parent found no directory, then another user (in a sticky /tmp or /dev/shm)
+        // made one with that name before mkdirat: it must be judged as found, not given to
+        // root, made 0755 and written into.
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        std::fs::set_permissions(shm.path(), Permissions::from_mode(0o1777)).unwrap();
+        let theirs = shm.path().join("tls");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let parent = File::open(shm.path()).unwrap();
+        let dir = make_directory(&parent, OsStr::new("tls"), &theirs).unwrap();
+        let plan = FilePlan {
+            key: "files[0]".into(),
+            path: theirs.join("app.key"),
+            source: crate::plan::FileSource::Template(String::new()),
+            owner: "root".into(),
+            group: "root".into(),
+            mode: 0o600,
+            on_change: OnChange::Restart,
+            persistent: false,
+        };
+        let refused = check_directory(&plan, &dir, &theirs)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("is owned by uid 65534"), "{refused}");
+        let meta = std::fs::metadata(&theirs).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o7777),
+            (65534, 0o777),
+            "taken over: chowned to root and chmodded"
+        );
+    }
 }

@@ -130,7 +130,9 @@ fn copy_all(unit: &str, live: &Path, sources: &[(String, PathBuf)]) -> Result<us
                 name: name.clone(),
             });
         };
-        let value = zeroize::Zeroizing::new(std::fs::read(source).map_err(io("read", source))?);
+        let value =
+            crate::atomic::read_bounded(source, 16 * 1024 * 1024, crate::atomic::Links::Refuse);
+        let value = zeroize::Zeroizing::new(value.map_err(io("read", source))?);
         let owner = Some((
             nix::unistd::Uid::from_raw(meta.uid()),
             nix::unistd::Gid::from_raw(meta.gid()),

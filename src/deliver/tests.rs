@@ -278,3 +278,28 @@ fn a_link_in_place_of_the_file_is_replaced_not_followed() {
         .file_type()
         .is_symlink());
 }
+
+#[test]
+fn a_directory_where_a_later_file_goes_fails_the_check_before_any_file_is_written() {
+    // Every file is checked before any is written: a directory in place of files[1] (an
+    // operator's mkdir, a package) must fail the boot before files[0] changes, or files[0] is
+    // new while the boot fails, and the next boot, finding it unchanged, never applies its
+    // on_change.
+    let dir = tmpfs_dir();
+    let good = template(&dir.path().join("good.conf"), "new");
+    std::fs::write(dir.path().join("good.conf"), "old").unwrap();
+    let taken = dir.path().join("taken.conf");
+    std::fs::create_dir(&taken).unwrap();
+    let mut blocked = template(&taken, "x");
+    blocked.key = "files[1]".into();
+    let err = written(&[good, blocked], &[]).unwrap_err();
+    assert_eq!(
+        std::fs::read(dir.path().join("good.conf")).unwrap(),
+        b"old",
+        "files[0] was written before files[1] failed"
+    );
+    let message = err.to_string();
+    assert!(message.contains("taken.conf"), "{message}");
+    assert!(message.contains("files[1].path"), "{message}");
+    assert!(!err.is_malformed());
+}

@@ -122,13 +122,15 @@ fn allowed(config: &Config, key: &str, path: &str, git_dir: &Path) -> Result<Pat
     let hidden = git_dir
         .file_name()
         .map(|name| git_dir.with_file_name(format!(".{}", name.to_string_lossy())));
-    // The credential stores, and systemd's own copies of every unit's credentials.
     let own_dirs = [
+        // The credential store (`secrets.deliver`), every service's: root's private directory,
+        // whose entries bootagent removes or replaces.
+        Some(paths.run_dir.join("credentials")),
         Some(paths.state_dir.clone()),
         Some(paths.systemd_runtime_dir.clone()),
         Some(git_dir.to_path_buf()),
         hidden,
-        Some(paths.run_dir.join("credentials")),
+        // systemd's own copies of every unit's credentials.
         Some(PathBuf::from("/run/credentials")),
     ];
     if in_run_dir || own_dirs.iter().flatten().any(|dir| path.starts_with(dir)) {
@@ -259,6 +261,21 @@ mod tests {
             assert!(err.contains("which is bootagent's own"), "{path}: {err}");
         }
         planned("/run/bootagent/tls/{service}.key", roots).unwrap();
+    }
+
+    #[test]
+    fn the_credential_store_is_bootagents_own() {
+        // A file in the store would be removed as a stale credential (or overwritten by one) at
+        // every boot, and one owned by the service user would sit in root's private store; the
+        // store's directory itself as a file stops the credentials being written at all.
+        for path in [
+            "/run/bootagent/credentials/{service}/DB_PASSWORD",
+            "/run/bootagent/credentials/{service}",
+            "/run/bootagent/credentials/other/x",
+        ] {
+            let err = planned(path, "").unwrap_err();
+            assert!(err.contains("which is bootagent's own"), "{path}: {err}");
+        }
     }
 
     #[test]

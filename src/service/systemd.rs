@@ -80,17 +80,24 @@ pub async fn start_systemd(
             .filter(|action| *action != OnChange::None)
             .collect();
     }
-    if !restart && changes.credentials && !applied.is_empty() {
+    if !restart && changes.credentials {
         // The unit reads its own copy of the credentials, made when it started: it gets the
-        // new values before it is told to read them again, or it restarts.
-        if let Err(e) = refresh_credentials(unit, timeout).await {
-            tracing::warn!(
-                %unit,
-                "restarting rather than {}: {e}",
-                applied.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-            );
-            restart = true;
-            applied.clear();
+        // new values before it is told to read them again (or, with on_change = "none", for
+        // when it reads them by itself); when it cannot, a unit to be told restarts instead.
+        match refresh_credentials(unit, timeout).await {
+            Ok(()) => {}
+            Err(e) if applied.is_empty() => {
+                tracing::warn!(%unit, "the unit keeps its credentials from before: {e}")
+            }
+            Err(e) => {
+                tracing::warn!(
+                    %unit,
+                    "restarting rather than {}: {e}",
+                    applied.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                );
+                restart = true;
+                applied.clear();
+            }
         }
     }
     let began = std::time::Instant::now();

@@ -108,7 +108,13 @@ fn check_store(plan: &Plan, dir: &Path, report: &mut Report) {
     }
     let stale: Vec<&str> = (store.iter())
         .filter(|(name, value)| {
-            let held = std::fs::read(live.join(name)).map(zeroize::Zeroizing::new);
+            // The unit's directory is its user's: no link followed, nothing unbounded read.
+            let held = crate::atomic::read_bounded(
+                &live.join(name),
+                16 * 1024 * 1024,
+                crate::atomic::Links::Refuse,
+            )
+            .map(zeroize::Zeroizing::new);
             !held.is_ok_and(|held| held.as_slice() == value.as_bytes())
         })
         .map(|(name, _)| name.as_str())
