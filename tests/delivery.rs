@@ -35,6 +35,13 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// `script` as /share/`name` in `container`, executable.
+fn share_script(container: &Container, name: &str, script: &str) {
+    let path = container.out().join(name);
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 #[test]
 fn credentials_reach_the_service_in_its_credentials_directory_never_its_environment() {
     support::needs_world!();
@@ -51,10 +58,7 @@ fn credentials_reach_the_service_in_its_credentials_directory_never_its_environm
         "[secrets]\ndeliver = \"credentials\"\non_change = \"reload\"\n\n[env.all]\nLOG_LEVEL = \"info\"\n",
     ));
     container.install_shipped_units(&imds);
-    let app = container.out().join("credentials-app.sh");
-    std::fs::write(&app, CREDENTIALS_APP).unwrap();
-    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(&app, executable).unwrap();
+    share_script(&container, "credentials-app.sh", CREDENTIALS_APP);
     let unit = format!("{name}.service");
     let out = container.out().join("out");
     container.install_unit(
@@ -363,9 +367,7 @@ fn credentials_that_break_the_service_on_reload_are_rolled_back_with_a_restart()
         "[secrets]\ndeliver = \"credentials\"\non_change = \"reload\"\n",
     ));
     container.install_shipped_units(&imds);
-    let app = container.out().join("release-app.sh");
-    std::fs::write(&app, RELEASE_APP).unwrap();
-    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    share_script(&container, "release-app.sh", RELEASE_APP);
     let unit = format!("{name}.service");
     container.install_unit(
         &unit,
@@ -396,30 +398,60 @@ fn credentials_that_break_the_service_on_reload_are_rolled_back_with_a_restart()
     );
 }
 
+/// A service that reads /run/NAME/release, a secret file from the secret NAME/release ("one")
+/// with `on_change = "signal:SIGHUP"`, under the shipped units, booted once.
+struct ReleaseFile {
+    name: String,
+    secret: String,
+    imds: Imds,
+    container: Container,
+    unit: String,
+    out: std::path::PathBuf,
+}
+
+impl ReleaseFile {
+    fn booted(prefix: &str) -> ReleaseFile {
+        let name = unique(prefix);
+        let repo = SampleRepo::create(&name);
+        let secret = format!("{name}/release");
+        create_secret(&secret, "one");
+        let imds = Imds::for_service(&name, "staging", &repo.url);
+        let container = Container::boot(&config(&format!(
+            "[secrets]\nmain = \"\"\n\n[[files]]\npath = \"/run/{{service}}/release\"\n\
+             secret = \"{secret}\"\nmode = \"0644\"\non_change = \"signal:SIGHUP\"\n"
+        )));
+        container.install_shipped_units(&imds);
+        share_script(&container, "release-app.sh", RELEASE_APP);
+        let unit = format!("{name}.service");
+        container.install_unit(
+            &unit,
+            &format!("ExecStart=/share/release-app.sh /share/out /run/{name}/release"),
+        );
+        container.bootagent(&imds, &["boot"]).expect(0);
+        let out = container.out().join("out");
+        assert_eq!(read(&out.join("release")), "one\n");
+        ReleaseFile {
+            name,
+            secret,
+            imds,
+            container,
+            unit,
+            out,
+        }
+    }
+}
+
 #[test]
 fn a_secret_file_that_breaks_the_service_on_reload_is_rolled_back_with_a_restart() {
     support::needs_world!();
-    let name = unique("fileback");
-    let repo = SampleRepo::create(&name);
-    let secret = format!("{name}/release");
-    create_secret(&secret, "one");
-    let imds = Imds::for_service(&name, "staging", &repo.url);
-    let container = Container::boot(&config(&format!(
-        "[secrets]\nmain = \"\"\n\n[[files]]\npath = \"/run/{{service}}/release\"\n\
-         secret = \"{secret}\"\nmode = \"0644\"\non_change = \"signal:SIGHUP\"\n"
-    )));
-    container.install_shipped_units(&imds);
-    let app = container.out().join("release-app.sh");
-    std::fs::write(&app, RELEASE_APP).unwrap();
-    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let unit = format!("{name}.service");
-    container.install_unit(
-        &unit,
-        &format!("ExecStart=/share/release-app.sh /share/out /run/{name}/release"),
-    );
-    container.bootagent(&imds, &["boot"]).expect(0);
-    let out = container.out().join("out");
-    assert_eq!(read(&out.join("release")), "one\n");
+    let ReleaseFile {
+        name,
+        secret,
+        imds,
+        container,
+        unit,
+        out,
+    } = ReleaseFile::booted("fileback");
     let pid = container.show(&unit, "MainPID");
 
     // A signal alone delivers a good version: the same process reads the new file.
@@ -480,9 +512,7 @@ fn status_and_doctor_name_what_is_delivered_and_what_is_stale_never_a_value() {
          group = \"nogroup\"\nmode = \"0640\"\non_change = \"none\"\n",
     ));
     // Without bootagent-credentials@.service, new credentials cannot reach the running unit.
-    let app = container.out().join("credentials-app.sh");
-    std::fs::write(&app, CREDENTIALS_APP).unwrap();
-    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    share_script(&container, "credentials-app.sh", CREDENTIALS_APP);
     let unit = format!("{name}.service");
     container.install_unit(&unit, "ExecStart=/share/credentials-app.sh /share/out");
     container.bootagent(&imds, &["boot"]).expect(0);
@@ -595,27 +625,14 @@ fn a_refresh_killed_after_writing_a_file_still_applies_its_on_change_later() {
     // signals the unit. status.json already names the new version and the file is as the secret
     // says, so only the marker the boot left tells the next refresh that the unit lacks it.
     support::needs_world!();
-    let name = unique("filekill");
-    let repo = SampleRepo::create(&name);
-    let secret = format!("{name}/release");
-    create_secret(&secret, "one");
-    let imds = Imds::for_service(&name, "staging", &repo.url);
-    let container = Container::boot(&config(&format!(
-        "[secrets]\nmain = \"\"\n\n[[files]]\npath = \"/run/{{service}}/release\"\n\
-         secret = \"{secret}\"\nmode = \"0644\"\non_change = \"signal:SIGHUP\"\n"
-    )));
-    container.install_shipped_units(&imds);
-    let app = container.out().join("release-app.sh");
-    std::fs::write(&app, RELEASE_APP).unwrap();
-    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let unit = format!("{name}.service");
-    container.install_unit(
-        &unit,
-        &format!("ExecStart=/share/release-app.sh /share/out /run/{name}/release"),
-    );
-    container.bootagent(&imds, &["boot"]).expect(0);
-    let out = container.out().join("out");
-    assert_eq!(read(&out.join("release")), "one\n");
+    let ReleaseFile {
+        name,
+        secret,
+        imds,
+        container,
+        unit: _,
+        out,
+    } = ReleaseFile::booted("filekill");
 
     put_secret_value(&secret, "two");
     container.bootagent_with(
@@ -643,9 +660,7 @@ fn with_on_change_none_new_credentials_reach_the_running_unit_untouched() {
         "[secrets]\ndeliver = \"credentials\"\non_change = \"none\"\n",
     ));
     container.install_shipped_units(&imds);
-    let app = container.out().join("credentials-app.sh");
-    std::fs::write(&app, CREDENTIALS_APP).unwrap();
-    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    share_script(&container, "credentials-app.sh", CREDENTIALS_APP);
     let unit = format!("{name}.service");
     container.install_unit(&unit, "ExecStart=/share/credentials-app.sh /share/out");
     container.bootagent(&imds, &["boot"]).expect(0);
