@@ -10,7 +10,7 @@ use support::bin;
 /// Each service unit's exposure as the README states it (0.0 best, 10.0 worst).
 const EXPOSURE: [(&str, f64); 6] = [
     ("bootagent-boot.service", 2.3),
-    ("bootagent-credentials@.service", 3.7),
+    ("bootagent-credentials@.service", 4.1),
     ("bootagent-deploy.service", 2.3),
     ("bootagent-health.service", 1.6),
     ("bootagent-lifecycle.service", 2.3),
