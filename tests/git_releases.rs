@@ -369,3 +369,26 @@ fn the_boot_deadline_stops_git_before_the_status_is_written() {
     );
     run.expect(75);
 }
+
+#[test]
+fn a_remote_down_and_a_mirror_up_deploys_from_the_mirror_and_says_so() {
+    support::needs_world!();
+    let (name, repo, _) = small_service("mirror", "stage");
+    let refusing = RefusingPort::bind();
+    let dead = Imds::for_service(&name, "stage", &refusing.url("git", "/gone.git"));
+    let instance = Instance::exec_mode(&format!("[git]\nmirrors = [{:?}]\n", repo.url));
+    let run = instance.run(&dead, &["boot"]);
+    run.expect(0)
+        .stderr_has("the remote did not answer, fetching from a mirror")
+        .stderr_has("cannot reach git remote");
+    let status = instance.status();
+    assert_eq!(status["outcome"], "succeeded", "{status}");
+    assert_eq!(status["git"]["mirror"], repo.url.as_str(), "{status}");
+    assert_eq!(instance.running_commit(&name), repo.commits["stage"]);
+    assert_eq!(instance.service_saw("version"), "stage build 1");
+
+    // The remote answers again: the mirror is not asked.
+    let imds = Imds::for_service(&name, "stage", &repo.url);
+    instance.run(&imds, &["boot"]).expect(0);
+    assert!(instance.status()["git"].get("mirror").is_none());
+}

@@ -384,3 +384,36 @@ fn a_missing_or_armoured_gpg_keyring_is_named_as_the_cause_and_doctor_says_so() 
     fixed.run(imds, &["boot"]).expect(0);
     assert_eq!(fixed.running_commit(name), signed);
 }
+
+#[test]
+fn a_mirror_serving_an_unsigned_commit_is_refused_and_the_last_good_release_kept() {
+    support::needs_world!();
+    let (name, mut repo, imds) = small_service("ssigm", "test");
+    let (_keys, trusted, allowed) = one_trusted_signer();
+    let instance = Instance::exec_mode(&format!(
+        "[git]\nverify = \"ssh\"\nallowed_signers = \"{}\"\nmirrors = [{:?}]\n",
+        allowed.display(),
+        repo.url
+    ));
+    let signed = repo.push_with("test", "signed build", &trusted.settings());
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), signed);
+
+    // The remote goes down; the mirror has an unsigned commit on the branch.
+    let unsigned = repo.push_version("test", "unsigned build");
+    let refusing = RefusingPort::bind();
+    let dead = Imds::for_service(&name, "test", &refusing.url("git", "/gone.git"));
+    instance
+        .run(&dead, &["boot"])
+        .expect(0)
+        .stderr_has("fetching from a mirror")
+        .stderr_has("security_event=\"code-signature-refused\"");
+    assert_eq!(instance.running_commit(&name), signed);
+    let status = instance.status();
+    assert_eq!(status["outcome"], "degraded");
+    let why = status["degraded"].as_str().unwrap();
+    assert!(
+        why.contains(&format!("refused commit {unsigned}: it is not signed")),
+        "{why}"
+    );
+}

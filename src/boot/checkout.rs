@@ -5,6 +5,7 @@ use crate::config::{Config, OnGitFailure};
 use crate::deadline::Deadline;
 use crate::git::{self, GitError};
 use crate::plan::Plan;
+use crate::remote::Remote;
 use crate::state::deploys::FailedCommit;
 use crate::Error;
 
@@ -49,6 +50,7 @@ fn kept(commit: &str, why: &Error) -> (git::Checkout, Kept) {
         action: git::Action::Kept,
         received_objects: 0,
         received_bytes: 0,
+        mirror: None,
     };
     let note = format!(
         "running last good commit {commit} because {}",
@@ -156,16 +158,20 @@ async fn checkout(
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
     };
-    let avoid = avoid.map(|failed| git::Avoid {
-        commit: failed.commit.clone(),
-        because: GitError::FailedBefore {
-            reference: plan.git.reference.clone(),
-            commit: failed.commit,
-            at: failed.at,
-            reason: failed.reason,
-            exit_code: failed.exit_code,
-        },
-    });
+    // Each remote tried gets its own (a sync consumes it).
+    let reference = plan.git.reference.clone();
+    let avoid = move || {
+        avoid.clone().map(|failed| git::Avoid {
+            commit: failed.commit.clone(),
+            because: GitError::FailedBefore {
+                reference: reference.clone(),
+                commit: failed.commit,
+                at: failed.at,
+                reason: failed.reason,
+                exit_code: failed.exit_code,
+            },
+        })
+    };
     let git_plan = plan.git.clone();
     // git.deadline, or what is left of the boot's, whichever ends first.
     let boot_left = deadline.left();
@@ -185,14 +191,32 @@ async fn checkout(
         .name("git".into())
         .spawn(move || {
             let _inside = runtime.enter();
-            let _ = done.send(git::sync(
-                &git_plan,
-                &remote,
-                Some(owner),
-                &credentials,
-                &limits,
-                avoid,
-            ));
+            let sync = |remote: &Remote| {
+                git::sync(
+                    &git_plan,
+                    remote,
+                    Some(owner),
+                    &credentials,
+                    &limits,
+                    avoid(),
+                )
+            };
+            let mut result = sync(&remote);
+            // A mirror gets the remote's trust: the same host keys, signatures and rewind check.
+            for mirror in &git_plan.mirrors {
+                match &result {
+                    Err(error) if error.is_transient() => tracing::warn!(
+                        %mirror,
+                        "the remote did not answer, fetching from a mirror: {error}"
+                    ),
+                    _ => break,
+                }
+                result = sync(mirror).map(|checkout| git::Checkout {
+                    mirror: Some(mirror.to_string()),
+                    ..checkout
+                });
+            }
+            let _ = done.send(result);
         })
         .map_err(|e| Error::io("failed to start the git thread", e))?;
     *git_work

@@ -369,6 +369,7 @@ impl Steps<'_> {
             action: checkout.action,
             received_bytes: checkout.received_bytes,
             note,
+            mirror: checkout.mirror.clone(),
         });
         self.recorder.end(match self.recorder.status.degraded {
             Some(_) => Outcome::Degraded,

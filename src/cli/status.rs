@@ -126,6 +126,11 @@ fn render(status: &Status) -> String {
             git.action,
             git.dir.display()
         ));
+        if let Some(mirror) = &git.mirror {
+            lines.push(format!(
+                "          fetched from the mirror {mirror}: the remote did not answer"
+            ));
+        }
         if let Some(note) = &git.note {
             lines.push(format!("          {note}"));
         }

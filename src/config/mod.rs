@@ -234,6 +234,8 @@ impl PathsConfig {
 #[serde(deny_unknown_fields)]
 pub struct GitConfig {
     pub url: String,
+    /// Templates: where the same repository is fetched when `url` does not answer.
+    pub mirrors: Vec<String>,
     #[serde(rename = "ref")]
     pub reference: String,
     pub dir: String,

@@ -50,6 +50,8 @@ impl Config {
         for (section, vars) in &self.env {
             all.extend(vars.iter().map(|var| keyed(&format!("env.{section}"), var)));
         }
+        let mirrors = self.git.mirrors.iter().enumerate();
+        all.extend(mirrors.map(|(i, url)| (format!("git.mirrors[{i}]"), url.as_str())));
         let command = self.service.command.iter().enumerate();
         all.extend(command.map(|(i, arg)| (format!("service.command[{i}]"), arg.as_str())));
         let endpoints = self.service.endpoints.iter();

@@ -22,6 +22,8 @@ pub struct Checkout {
     /// What the fetch transferred (0 when nothing needed fetching).
     pub received_objects: usize,
     pub received_bytes: usize,
+    /// The mirror it came from, when the remote did not answer (set by the caller).
+    pub mirror: Option<String>,
 }
 
 /// What the boot did to the checkout; written in status.json and the history.
@@ -215,6 +217,7 @@ pub fn sync(
             action: Action::Unchanged,
             received_objects: received.0,
             received_bytes: received.1,
+            mirror: None,
         });
     }
     let action = match (fetched, fresh) {
@@ -267,6 +270,7 @@ pub fn sync(
         action,
         received_objects: received.0,
         received_bytes: received.1,
+        mirror: None,
     })
 }
 

@@ -83,6 +83,8 @@ pub struct GitPlan {
     /// without credentials.
     #[serde(rename = "url", serialize_with = "serialize_remote")]
     pub remote: Result<Remote, NoRemote>,
+    /// The same repository elsewhere, in the order they are tried when `remote` does not answer.
+    pub mirrors: Vec<Remote>,
     #[serde(rename = "ref")]
     pub reference: String,
     pub dir: PathBuf,
@@ -260,6 +262,9 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
                 .ok_or_else(|| NoRemote {
                     tag: config.identity.repository_tag.clone(),
                 }),
+            mirrors: (config.git.mirrors.iter().enumerate())
+                .map(|(i, url)| Ok(Remote::parse(&required(&format!("git.mirrors[{i}]"), url)?)))
+                .collect::<Result<_, ConfigError>>()?,
             reference: required("git.ref", &config.git.reference)?,
             dir: git_dir,
             depth: config.git.depth,

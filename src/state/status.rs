@@ -149,6 +149,9 @@ pub struct GitStatus {
     /// Why the release in service is not the planned one, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The mirror (`git.mirrors`) the commit was fetched from, when `url` did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
