@@ -35,6 +35,37 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// A service in a container: its name, its secret's id, the IMDS of its instance.
+struct InContainer {
+    name: String,
+    secret: String,
+    imds: Imds,
+    container: Container,
+}
+
+/// A service named after `prefix`, with a sample repo; its secret `NAME{secret_suffix}` holding
+/// `value`; an instance tagged `env_tag`; a container booted with `extra` config.
+fn in_container(
+    prefix: &str,
+    secret_suffix: &str,
+    value: &str,
+    env_tag: &str,
+    extra: &str,
+) -> InContainer {
+    let name = unique(prefix);
+    let repo = SampleRepo::create(&name);
+    let secret = format!("{name}{secret_suffix}");
+    create_secret(&secret, value);
+    let imds = Imds::for_service(&name, env_tag, &repo.url);
+    let container = Container::boot(&config(extra));
+    InContainer {
+        name,
+        secret,
+        imds,
+        container,
+    }
+}
+
 /// `script` as /share/`name` in `container`, executable.
 fn share_script(container: &Container, name: &str, script: &str) {
     let path = container.out().join(name);
@@ -45,18 +76,19 @@ fn share_script(container: &Container, name: &str, script: &str) {
 #[test]
 fn credentials_reach_the_service_in_its_credentials_directory_never_its_environment() {
     support::needs_world!();
-    let name = unique("cred");
-    let repo = SampleRepo::create(&name);
     let (canary, rotated) = (canary(), canary());
-    let secret = format!("{name}_env_prod");
-    create_secret(
-        &secret,
+    let InContainer {
+        name,
+        secret,
+        imds,
+        container,
+    } = in_container(
+        "cred",
+        "_env_prod",
         &serde_json::json!({ "DB_PASSWORD": canary, "API_KEY": "k1" }).to_string(),
-    );
-    let imds = Imds::for_service(&name, "production", &repo.url);
-    let container = Container::boot(&config(
+        "production",
         "[secrets]\ndeliver = \"credentials\"\non_change = \"reload\"\n\n[env.all]\nLOG_LEVEL = \"info\"\n",
-    ));
+    );
     container.install_shipped_units(&imds);
     share_script(&container, "credentials-app.sh", CREDENTIALS_APP);
     let unit = format!("{name}.service");
@@ -358,14 +390,18 @@ while true; do sleep 0.1; done
 #[test]
 fn credentials_that_break_the_service_on_reload_are_rolled_back_with_a_restart() {
     support::needs_world!();
-    let name = unique("credback");
-    let repo = SampleRepo::create(&name);
-    let secret = format!("{name}_env_stage");
-    create_secret(&secret, r#"{"RELEASE": "one"}"#);
-    let imds = Imds::for_service(&name, "staging", &repo.url);
-    let container = Container::boot(&config(
+    let InContainer {
+        name,
+        secret,
+        imds,
+        container,
+    } = in_container(
+        "credback",
+        "_env_stage",
+        r#"{"RELEASE": "one"}"#,
+        "staging",
         "[secrets]\ndeliver = \"credentials\"\non_change = \"reload\"\n",
-    ));
+    );
     container.install_shipped_units(&imds);
     share_script(&container, "release-app.sh", RELEASE_APP);
     let unit = format!("{name}.service");
@@ -411,15 +447,20 @@ struct ReleaseFile {
 
 impl ReleaseFile {
     fn booted(prefix: &str) -> ReleaseFile {
-        let name = unique(prefix);
-        let repo = SampleRepo::create(&name);
-        let secret = format!("{name}/release");
-        create_secret(&secret, "one");
-        let imds = Imds::for_service(&name, "staging", &repo.url);
-        let container = Container::boot(&config(&format!(
-            "[secrets]\nmain = \"\"\n\n[[files]]\npath = \"/run/{{service}}/release\"\n\
-             secret = \"{secret}\"\nmode = \"0644\"\non_change = \"signal:SIGHUP\"\n"
-        )));
+        // The file's secret is the one in_container makes: NAME/release.
+        let InContainer {
+            name,
+            secret,
+            imds,
+            container,
+        } = in_container(
+            prefix,
+            "/release",
+            "one",
+            "staging",
+            "[secrets]\nmain = \"\"\n\n[[files]]\npath = \"/run/{service}/release\"\n\
+             secret = \"{service}/release\"\nmode = \"0644\"\non_change = \"signal:SIGHUP\"\n",
+        );
         container.install_shipped_units(&imds);
         share_script(&container, "release-app.sh", RELEASE_APP);
         let unit = format!("{name}.service");
@@ -497,20 +538,21 @@ fn delivered_check(container: &Container, imds: &Imds) -> serde_json::Value {
 #[test]
 fn status_and_doctor_name_what_is_delivered_and_what_is_stale_never_a_value() {
     support::needs_world!();
-    let name = unique("credstale");
-    let repo = SampleRepo::create(&name);
     let (canary, rotated) = (canary(), canary());
-    let secret = format!("{name}_env_prod");
-    create_secret(
-        &secret,
+    let InContainer {
+        name,
+        secret,
+        imds,
+        container,
+    } = in_container(
+        "credstale",
+        "_env_prod",
         &serde_json::json!({ "DB_PASSWORD": canary }).to_string(),
-    );
-    let imds = Imds::for_service(&name, "production", &repo.url);
-    let container = Container::boot(&config(
+        "production",
         "[secrets]\ndeliver = \"credentials\"\non_change = \"none\"\n\n[[files]]\n\
          path = \"/run/{service}/db.conf\"\ntemplate = \"password={{ secrets.DB_PASSWORD }}\"\n\
          group = \"nogroup\"\nmode = \"0640\"\non_change = \"none\"\n",
-    ));
+    );
     // Without bootagent-credentials@.service, new credentials cannot reach the running unit.
     share_script(&container, "credentials-app.sh", CREDENTIALS_APP);
     let unit = format!("{name}.service");
@@ -651,14 +693,18 @@ fn a_refresh_killed_after_writing_a_file_still_applies_its_on_change_later() {
 #[test]
 fn with_on_change_none_new_credentials_reach_the_running_unit_untouched() {
     support::needs_world!();
-    let name = unique("credquiet");
-    let repo = SampleRepo::create(&name);
-    let secret = format!("{name}_env_prod");
-    create_secret(&secret, r#"{"TOKEN": "first"}"#);
-    let imds = Imds::for_service(&name, "production", &repo.url);
-    let container = Container::boot(&config(
+    let InContainer {
+        name,
+        secret,
+        imds,
+        container,
+    } = in_container(
+        "credquiet",
+        "_env_prod",
+        r#"{"TOKEN": "first"}"#,
+        "production",
         "[secrets]\ndeliver = \"credentials\"\non_change = \"none\"\n",
-    ));
+    );
     container.install_shipped_units(&imds);
     share_script(&container, "credentials-app.sh", CREDENTIALS_APP);
     let unit = format!("{name}.service");

@@ -7,6 +7,9 @@ use serde::{Deserialize, Deserializer};
 /// The variable a service finds its credentials' directory in, under systemd and in exec mode.
 pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
+/// Where systemd keeps each unit's own copy of its credentials (`/run/credentials/UNIT`).
+pub const SYSTEMD_CREDENTIALS_ROOT: &str = "/run/credentials";
+
 /// Where the secret variables go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -17,7 +17,8 @@ mod tests;
 mod validate;
 
 pub use delivery::{
-    template_environment, Deliver, FileConfig, OnChange, CREDENTIALS_DIRECTORY, TEMPLATE_NAMES,
+    template_environment, Deliver, FileConfig, OnChange, CREDENTIALS_DIRECTORY,
+    SYSTEMD_CREDENTIALS_ROOT, TEMPLATE_NAMES,
 };
 pub use load::{from_text, load};
 

@@ -65,8 +65,8 @@ pub fn write(
         let unchanged = std::fs::symlink_metadata(&path).is_ok_and(|meta| {
             use std::os::unix::fs::MetadataExt;
             meta.is_file() && meta.uid() == uid.as_raw() && meta.gid() == gid.as_raw()
-        }) && read_entry(&path)
-            .is_ok_and(|old| Zeroizing::new(old).as_slice() == value.as_bytes());
+        }) && super::read_delivered(&path)
+            .is_ok_and(|old| old.as_slice() == value.as_bytes());
         if unchanged {
             continue;
         }
@@ -126,22 +126,12 @@ pub fn read(dir: &Path) -> std::io::Result<Credentials> {
         if crate::atomic::is_temporary(entry.file_name().as_os_str()) {
             continue;
         }
-        let bytes = Zeroizing::new(read_entry(&entry.path())?);
+        let bytes = super::read_delivered(&entry.path())?;
         let value = std::str::from_utf8(&bytes)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         credentials.insert(name, Zeroizing::new(value.to_string()));
     }
     Ok(credentials)
-}
-
-/// Past any credential bootagent writes (a secret answer is cut off at 1 MiB).
-const MAX_CREDENTIAL_BYTES: u64 = 16 * 1024 * 1024;
-
-/// One file of the store as [`write`] left it: a regular file, not a link (in exec mode the
-/// directory is the service user's, who could put a link to a file only root may read, a FIFO
-/// or /dev/zero there), and no larger than a credential can be.
-fn read_entry(path: &Path) -> std::io::Result<Vec<u8>> {
-    crate::atomic::read_bounded(path, MAX_CREDENTIAL_BYTES, crate::atomic::Links::Refuse)
 }
 
 /// The drop-in's lines that hand the unit each credential by name: names and paths only, never

@@ -118,10 +118,6 @@ impl std::fmt::Debug for Rendered {
     }
 }
 
-/// Past any secret file bootagent renders (each secret answer is cut off at 1 MiB): a file this
-/// large was not written by it.
-const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
-
 /// The files as they are now, for those of `plans` that exist: what a rollback writes back. A
 /// file that cannot be read (a link, not a regular file, larger than a secret can be) is left
 /// out, and a rollback leaves it as it is.
@@ -129,15 +125,10 @@ pub fn read_back(plans: &[FilePlan]) -> Vec<Rendered> {
     plans
         .iter()
         .filter_map(|plan| {
-            let bytes = crate::atomic::read_bounded(
-                &plan.path,
-                MAX_FILE_BYTES,
-                crate::atomic::Links::Refuse,
-            )
-            .ok()?;
+            let contents = super::read_delivered(&plan.path).ok()?;
             Some(Rendered {
                 plan: plan.clone(),
-                contents: Zeroizing::new(bytes),
+                contents,
             })
         })
         .collect()

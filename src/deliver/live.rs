@@ -12,9 +12,6 @@ use nix::mount::MsFlags;
 
 use crate::config::PathsConfig;
 
-/// Where systemd keeps each unit's own copy of its credentials.
-const LIVE_ROOT: &str = "/run/credentials";
-
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("{unit:?} is not a service unit name")]
@@ -97,7 +94,7 @@ pub fn sync(paths: &PathsConfig, unit: &str) -> Result<usize, SyncError> {
         }
         sources.push((name.to_string(), source));
     }
-    let live = Path::new(LIVE_ROOT).join(unit);
+    let live = super::live_credentials_dir(unit);
     if !std::fs::symlink_metadata(&live).is_ok_and(|meta| meta.is_dir()) {
         return Err(SyncError::NotLive {
             unit: unit.to_string(),
@@ -130,9 +127,7 @@ fn copy_all(unit: &str, live: &Path, sources: &[(String, PathBuf)]) -> Result<us
                 name: name.clone(),
             });
         };
-        let value =
-            crate::atomic::read_bounded(source, 16 * 1024 * 1024, crate::atomic::Links::Refuse);
-        let value = zeroize::Zeroizing::new(value.map_err(io("read", source))?);
+        let value = super::read_delivered(source).map_err(io("read", source))?;
         let owner = Some((
             nix::unistd::Uid::from_raw(meta.uid()),
             nix::unistd::Gid::from_raw(meta.gid()),

@@ -131,7 +131,7 @@ fn allowed(config: &Config, key: &str, path: &str, git_dir: &Path) -> Result<Pat
         Some(git_dir.to_path_buf()),
         hidden,
         // systemd's own copies of every unit's credentials.
-        Some(PathBuf::from("/run/credentials")),
+        Some(PathBuf::from(crate::config::SYSTEMD_CREDENTIALS_ROOT)),
     ];
     if in_run_dir || own_dirs.iter().flatten().any(|dir| path.starts_with(dir)) {
         return Err(invalid(format!(

@@ -11,9 +11,6 @@ use crate::config::Manager;
 use crate::deliver::credentials;
 use crate::plan::Plan;
 
-/// Where systemd keeps a unit's own copy of its credentials.
-const LIVE_ROOT: &str = "/run/credentials";
-
 pub(super) async fn check_delivered(plan: Arc<Plan>) -> Finding {
     if plan.secrets.credentials_dir.is_none() && plan.files.is_empty() {
         return ok("nothing besides the env file: secrets.deliver = \"env\" and no [[files]]");
@@ -102,19 +99,14 @@ fn check_store(plan: &Plan, dir: &Path, report: &mut Report) {
         return;
     }
     let unit = &plan.service.unit;
-    let live = Path::new(LIVE_ROOT).join(unit);
+    let live = crate::deliver::live_credentials_dir(unit);
     if !live.is_dir() {
         return report.fact(format!("{unit} holds no credentials now (not running)"));
     }
     let stale: Vec<&str> = (store.iter())
         .filter(|(name, value)| {
-            // The unit's directory is its user's: no link followed, nothing unbounded read.
-            let held = crate::atomic::read_bounded(
-                &live.join(name),
-                16 * 1024 * 1024,
-                crate::atomic::Links::Refuse,
-            )
-            .map(zeroize::Zeroizing::new);
+            // The unit's directory is its user's: read as bootagent reads what it delivered.
+            let held = crate::deliver::read_delivered(&live.join(name));
             !held.is_ok_and(|held| held.as_slice() == value.as_bytes())
         })
         .map(|(name, _)| name.as_str())
