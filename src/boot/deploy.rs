@@ -143,7 +143,17 @@ pub async fn secrets_since(
 ) -> Result<SecretsSince, Error> {
     let region = &plan.identity.region;
     let client = secrets::client(&config.secrets, region, config.secrets.timeout).await?;
-    let changed = secrets::changed(&client, region, &plan.secrets, &last.secrets).await?;
+    let changed = match secrets::changed(&client, region, &plan.secrets, &last.secrets).await {
+        Ok(changed) => changed,
+        Err(e) => {
+            if e.is_refusal() {
+                let state_dir = &config.paths.state_dir;
+                let why = "Secrets Manager refused a secret it holds";
+                secrets::fallback::delete_snapshot(state_dir, why);
+            }
+            return Err(e.into());
+        }
+    };
     let record = deploys::read(&config.paths.state_dir);
     // An untrusted record sets nothing aside here: the boot it leads to keeps the code in
     // service, and `deploy` refuses to go on without --retry.

@@ -24,10 +24,10 @@ use crate::deliver::{self, files};
 use crate::envfile::{self, Environment};
 use crate::git;
 use crate::plan::Plan;
-use crate::secrets;
+use crate::secrets::{self, fallback};
 use crate::service;
 use crate::state::deploys::{FailedCommit, Untrusted};
-use crate::state::status::{GitStatus, Outcome, ServiceState, ServiceStatus};
+use crate::state::status::{GitStatus, Outcome, SecretsFrom, ServiceState, ServiceStatus};
 use crate::Error;
 
 use checkout::GitWork;
@@ -66,6 +66,7 @@ pub async fn boot(config: &Config, run: Run) -> Result<Option<Kept>, Error> {
         recorder: &mut recorder,
         effects: &mut effects,
         git_work: &git_work,
+        fresh_secrets: None,
     };
     let result = within("boot", deadline, steps.run(run))
         .await
@@ -143,6 +144,8 @@ struct Steps<'a> {
     recorder: &'a mut Recorder,
     effects: &'a mut Effects,
     git_work: &'a GitWork,
+    /// What Secrets Manager gave this boot: sealed into the snapshot once the boot succeeds.
+    fresh_secrets: Option<secrets::Read>,
 }
 
 /// Who this instance is and what it runs now: what the steps after the identity go by.
@@ -269,13 +272,40 @@ impl Steps<'_> {
         // room for one more call (secrets.timeout each) and a second to spare.
         let call = config.secrets.timeout + Duration::from_secs(1);
         let retry_for = self.deadline.left().saturating_sub(call);
-        let client = secrets::client(&config.secrets, &plan.identity.region, retry_for).await?;
         // The last call may start as the retries' time ends; the step gets that call and a
         // second more, so that a stalled call ends with its own error, which names the secret,
         // rather than the step's, whichever timer the scheduler happens to wake first.
-        let load = secrets::load(&client, &plan.identity.region, &plan.secrets);
-        let mut loaded = within("secrets", Deadline::after(retry_for + call), load).await??;
+        let (state_dir, region) = (&config.paths.state_dir, &plan.identity.region);
+        let obtain = fallback::obtain(&config.secrets, state_dir, region, &plan.secrets, retry_for);
+        let obtained = within("secrets", Deadline::after(retry_for + call), obtain).await??;
+        let mut loaded = secrets::assemble(&obtained.read, &plan.secrets)?;
         self.recorder.status.secrets = loaded.versions.clone();
+        self.recorder.status.secrets_from = Some(match obtained.served {
+            fallback::Served::Region(region) => {
+                self.fresh_secrets = Some(obtained.read);
+                SecretsFrom::Region(region)
+            }
+            fallback::Served::Snapshot { taken_at, age } => {
+                let age_seconds = age.as_secs();
+                let age = humantime::format_duration(Duration::from_secs(age_seconds));
+                let taken = humantime::format_rfc3339_seconds(taken_at);
+                tracing::warn!(
+                    degraded = "secrets-snapshot",
+                    snapshot_taken_at = %taken,
+                    "Secrets Manager did not answer: the secrets are the snapshot of {taken} \
+                     ({age} old)"
+                );
+                self.recorder.degrade(format!(
+                    "Secrets Manager did not answer: running on the snapshot of the last good \
+                     secrets, taken {taken} ({age} old); refresh replaces it once Secrets \
+                     Manager answers"
+                ));
+                SecretsFrom::Snapshot {
+                    taken_at: taken.to_string(),
+                    age_seconds,
+                }
+            }
+        });
         let credentials = git::Credentials::new(&config.git, &config.paths, &mut loaded)?;
         // Rendered and checked now, before the checkout: a template naming an unknown
         // variable, an owner that does not exist or an unsafe directory fails the boot before
@@ -455,6 +485,7 @@ impl Steps<'_> {
             tracing::info!("the instance is in a warm pool: prepared, not starting the service");
             self.record_service(plan, ServiceState::Warmed, false, Vec::new());
             self.recorder.end(Outcome::Succeeded)?;
+            self.keep_snapshot().await;
             return Ok(());
         }
         let Some(command) = command else {
@@ -479,11 +510,13 @@ impl Steps<'_> {
                 None => {
                     self.recorder.end(Outcome::Succeeded)?;
                     prune_releases(self.config, plan);
+                    self.keep_snapshot().await;
                     Ok(())
                 }
             };
         };
         prune_releases(self.config, plan);
+        self.keep_snapshot().await;
         self.record_service(plan, ServiceState::Exec, true, Vec::new());
         // The status must say "succeeded" before this process becomes the service; should exec
         // fail, `boot` records that failure over it.
@@ -550,6 +583,26 @@ impl Steps<'_> {
                 })
             }
             (Err(cause), _) => Err(cause),
+        }
+    }
+
+    /// Seals what Secrets Manager gave this boot into the snapshot: the service runs with it.
+    /// A snapshot that cannot be written leaves the one before (or none) and says so.
+    async fn keep_snapshot(&mut self) {
+        let settings = &self.config.secrets;
+        let Some(read) = self.fresh_secrets.take() else {
+            return;
+        };
+        if settings.snapshot_max_age.is_zero() {
+            return;
+        }
+        let state_dir = &self.config.paths.state_dir;
+        let taken_at = std::time::SystemTime::now();
+        if let Err(e) = secrets::snapshot::save(state_dir, &read, taken_at).await {
+            tracing::warn!(
+                "could not keep a snapshot of the last good secrets: {e}; a boot while Secrets \
+                 Manager does not answer will fail"
+            );
         }
     }
 

@@ -57,7 +57,10 @@ impl Recorder {
 
     /// The boot goes on with something other than what was asked, for `why`.
     pub fn degrade(&mut self, why: String) {
-        self.status.degraded = Some(why);
+        self.status.degraded = Some(match self.status.degraded.take() {
+            Some(earlier) if earlier != why => format!("{earlier}; {why}"),
+            _ => why,
+        });
     }
 
     pub fn finish(&mut self, error: Option<&crate::Error>) -> Result<(), StatusError> {

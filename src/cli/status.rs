@@ -2,7 +2,7 @@ use clap::Args;
 
 use crate::config::{Config, Manager};
 use crate::state::history;
-use crate::state::status::{self, Outcome, Status};
+use crate::state::status::{self, Outcome, SecretsFrom, Status};
 use crate::Error;
 
 #[derive(Debug, Args)]
@@ -110,12 +110,31 @@ fn render(status: &Status) -> String {
             id.service, id.env, id.env_tag, id.instance_id, id.region
         ));
     }
+    let instance_region = status.identity.as_ref().map(|id| &id.region);
     for secret in &status.secrets {
         lines.push(format!(
             "secret:   {} version {}",
             secret.id,
             secret.version_id.as_deref().unwrap_or("-")
         ));
+    }
+    match &status.secrets_from {
+        Some(SecretsFrom::Region(region)) if Some(region) != instance_region => {
+            lines.push(format!(
+                "          read from the replica region {region}: the instance's did not answer"
+            ));
+        }
+        Some(SecretsFrom::Snapshot {
+            taken_at,
+            age_seconds,
+        }) => {
+            let age = humantime::format_duration(std::time::Duration::from_secs(*age_seconds));
+            lines.push(format!(
+                "          from the snapshot of the last good secrets, taken {taken_at} ({age} \
+                 old): Secrets Manager did not answer"
+            ));
+        }
+        _ => {}
     }
     if let Some(git) = &status.git {
         lines.push(format!(

@@ -156,6 +156,16 @@ pub struct SecretsConfig {
     pub deliver: Deliver,
     /// What a change to the credentials does to the service (the env file always restarts it).
     pub on_change: OnChange,
+    /// Replica regions, read in order when the instance's region does not answer.
+    pub regions: Vec<String>,
+    /// How long a boot may run on the encrypted snapshot of the last good secrets after
+    /// Secrets Manager last answered; zero keeps no snapshot.
+    #[serde(deserialize_with = "duration")]
+    pub snapshot_max_age: Duration,
+    /// How long one region's throttling, 5xx answers and timeouts are tried again before the
+    /// next region, or the snapshot, is: only when there is one.
+    #[serde(deserialize_with = "duration")]
+    pub fallback_after: Duration,
 }
 
 /// The syntax of the env file: what reads it decides.

@@ -128,6 +128,28 @@ impl Config {
         Ok(())
     }
 
+    /// A region ends up in an endpoint's host name: `us-west-2`, never a URL or a path.
+    fn validate_regions(&self) -> Result<(), ConfigError> {
+        let regions = &self.secrets.regions;
+        for (i, region) in regions.iter().enumerate() {
+            let well_formed = !region.is_empty()
+                && region.len() <= 32
+                && !region.starts_with('-')
+                && (region.bytes()).all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !well_formed {
+                return Err(ConfigError::Invalid(format!(
+                    "secrets.regions[{i}] is {region:?}: name a region such as \"us-west-2\""
+                )));
+            }
+            if regions[..i].contains(region) {
+                return Err(ConfigError::Invalid(format!(
+                    "secrets.regions lists {region:?} twice"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
         for (canonical, aliases) in &self.environments {
@@ -189,6 +211,7 @@ impl Config {
             }
         }
         self.validate_files()?;
+        self.validate_regions()?;
         for env in &self.deploy.follow {
             if !self.environments.contains_key(env) {
                 return Err(ConfigError::Invalid(format!(

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::config::PathsConfig;
-use crate::state::status::{self, Outcome};
+use crate::state::status::{self, Outcome, SecretsFrom};
 
 /// Every sample: `name{labels} value`, under the family's HELP and TYPE lines.
 struct Text(String);
@@ -76,10 +76,18 @@ fn last_boot(text: &mut Text, status: &status::Status) {
     .collect();
     text.gauge(
         "bootagent_boot_outcome",
-        "1 for how the last boot ended: succeeded, degraded (the last good release kept), \
-         rolled-back (a change failed its gate) or failed.",
+        "1 for how the last boot ended: succeeded, degraded (the last good release kept, or \
+         the secrets from the snapshot), rolled-back (a change failed its gate) or failed.",
         &outcomes,
     );
+    if let Some(SecretsFrom::Snapshot { age_seconds, .. }) = &status.secrets_from {
+        text.gauge(
+            "bootagent_secrets_snapshot_age_seconds",
+            "Present when Secrets Manager did not answer the last boot: how old the snapshot \
+             of the last good secrets it ran on was.",
+            &[(String::new(), *age_seconds as f64)],
+        );
+    }
     let phases: Vec<(String, f64)> = status
         .phases
         .iter()

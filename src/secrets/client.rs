@@ -73,12 +73,20 @@ pub fn sdk(sdk_config: &aws_config::SdkConfig) -> aws_sdk_secretsmanager::Client
 }
 
 /// Which version of a secret to read.
+#[derive(Clone, Copy)]
 pub(super) enum Version<'a> {
     Stage(&'a str),
     Id(&'a str),
 }
 
 impl Version<'_> {
+    pub(super) fn selector(&self) -> String {
+        match self {
+            Version::Stage(stage) => format!("stage:{stage}"),
+            Version::Id(id) => format!("id:{id}"),
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Version::Stage(stage) => format!("labelled {stage}"),
@@ -87,7 +95,11 @@ impl Version<'_> {
     }
 }
 
-pub(super) struct Fetched {
+/// One secret as read.
+pub struct Fetched {
+    /// Which version was asked for ([`Version::selector`]): a snapshot serves a boot that asks
+    /// for the same.
+    pub(super) selector: String,
     /// The VersionId read, which status.json records.
     pub(super) version_id: Option<String>,
     pub(super) text: Zeroizing<String>,
@@ -143,6 +155,7 @@ pub(super) async fn fetch(
         None => return Err(SecretsError::Binary { id: id.to_string() }),
     };
     Ok(Fetched {
+        selector: version.selector(),
         version_id: output.version_id().map(str::to_string),
         text,
     })

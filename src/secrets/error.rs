@@ -53,6 +53,12 @@ pub enum SecretsError {
         /// How long the server asked to wait before the next try.
         retry_after: Option<crate::retry::Asked>,
     },
+    /// No region answered and the snapshot could not stand in.
+    #[error("{error}; {snapshot}")]
+    NoFallback {
+        error: Box<SecretsError>,
+        snapshot: String,
+    },
     #[error("variable {name} is set both by {first} and by {second}; keep one of them")]
     Conflict {
         name: String,
@@ -164,7 +170,22 @@ impl retry::Retryable for SecretsError {
 
 impl SecretsError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, SecretsError::Unreachable { .. })
+        matches!(
+            self,
+            SecretsError::Unreachable { .. } | SecretsError::NoFallback { .. }
+        )
+    }
+
+    /// Secrets Manager answered, and said no: the secret is not there, may not be read or
+    /// cannot be decrypted. Never retried elsewhere, and never answered from the snapshot.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            SecretsError::NotFound { .. }
+                | SecretsError::AccessDenied { .. }
+                | SecretsError::Decryption { .. }
+                | SecretsError::Refused { .. }
+        )
     }
 
     /// A problem of this machine rather than of the secret or of AWS.

@@ -4,7 +4,9 @@
 
 mod client;
 mod error;
+pub mod fallback;
 mod payload;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::plan::SecretsPlan;
-use client::{current_version, fetch, Fetched, Version};
+use client::{current_version, fetch, Version};
 use payload::json_field;
 
-pub use client::{client, Client};
+pub use client::{client, Client, Fetched};
 pub use error::SecretsError;
 pub use payload::{parse_object, SecretVars};
 
@@ -62,33 +64,89 @@ pub struct SecretVersion {
     pub version_id: Option<String>,
 }
 
-/// Reads every secret the plan names, each once, and turns them into variables: the main
-/// secret's keys, then each of `secrets.vars`; then the texts `[[files]]` take as they are.
-pub async fn load(
-    client: &Client,
-    region: &str,
-    plan: &SecretsPlan,
-) -> Result<LoadedSecrets, SecretsError> {
-    let mut fetched: BTreeMap<String, Fetched> = BTreeMap::new();
-    let mut loaded = LoadedSecrets::default();
+/// Every secret a plan names, each once, as one region gave it (or a snapshot kept it).
+pub struct Read {
+    pub region: String,
+    pub secrets: BTreeMap<String, Fetched>,
+}
+
+impl Read {
+    /// What status.json records: which version of each, never a value.
+    pub fn versions(&self) -> Vec<SecretVersion> {
+        (self.secrets.iter())
+            .map(|(id, secret)| SecretVersion {
+                id: id.clone(),
+                version_id: secret.version_id.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Each secret the plan reads, once, with the version asked for: the main secret's (which may
+/// be pinned) wins over the stage the others are read at.
+fn wanted(plan: &SecretsPlan) -> BTreeMap<&str, Version<'_>> {
+    let mut wanted = BTreeMap::new();
     if let Some(id) = &plan.main {
         let version = match &plan.version_id {
             Some(version_id) => Version::Id(version_id),
             None => Version::Stage(&plan.version_stage),
         };
+        wanted.insert(id.as_str(), version);
+    }
+    let others = (plan.vars.values()).chain(plan.files.values());
+    for reference in others {
+        let stage = Version::Stage(&plan.version_stage);
+        wanted.entry(reference.id.as_str()).or_insert(stage);
+    }
+    wanted
+}
+
+/// Reads every secret the plan names from `region`, each once.
+pub async fn read(client: &Client, region: &str, plan: &SecretsPlan) -> Result<Read, SecretsError> {
+    let mut secrets = BTreeMap::new();
+    for (id, version) in wanted(plan) {
         let secret = fetch(client, region, id, version).await?;
-        for (name, value) in parse_object(id, &secret.text)? {
+        secrets.insert(id.to_string(), secret);
+    }
+    Ok(Read {
+        region: region.to_string(),
+        secrets,
+    })
+}
+
+/// Why `read` cannot stand for what `plan` reads now (it lacks a secret, or holds another
+/// version of one), or `None` when it can.
+pub fn mismatch(read: &Read, plan: &SecretsPlan) -> Option<String> {
+    wanted(plan).into_iter().find_map(|(id, version)| {
+        match read.secrets.get(id) {
+            None => Some(format!("no secret {id}")),
+            Some(kept) if kept.selector != version.selector() => Some(format!(
+                "secret {id} {}, not {}",
+                kept.selector, version.selector()
+            )),
+            Some(_) => None,
+        }
+    })
+}
+
+/// The variables and file texts a read gives: the main secret's keys, then each of
+/// `secrets.vars`; then the texts `[[files]]` take as they are.
+pub fn assemble(read: &Read, plan: &SecretsPlan) -> Result<LoadedSecrets, SecretsError> {
+    let mut loaded = LoadedSecrets::default();
+    let text_of = |id: &str| match read.secrets.get(id) {
+        Some(secret) => Ok(&secret.text),
+        None => Err(SecretsError::MissingField {
+            id: id.to_string(),
+            field: String::new(),
+        }),
+    };
+    if let Some(id) = &plan.main {
+        for (name, value) in parse_object(id, text_of(id)?)? {
             loaded.insert(name, value, format!("secret {id}"))?;
         }
-        fetched.insert(id.clone(), secret);
     }
     for (name, reference) in &plan.vars {
-        let id = &reference.id;
-        if !fetched.contains_key(id) {
-            let secret = fetch(client, region, id, Version::Stage(&plan.version_stage)).await?;
-            fetched.insert(id.clone(), secret);
-        }
-        let text = &fetched[id].text;
+        let (id, text) = (&reference.id, text_of(&reference.id)?);
         let (value, source) = match &reference.field {
             None => (text.clone(), format!("secrets.vars ({id})")),
             Some(field) => (
@@ -99,26 +157,24 @@ pub async fn load(
         loaded.insert(name.clone(), value, source)?;
     }
     for (key, reference) in &plan.files {
-        let id = &reference.id;
-        if !fetched.contains_key(id) {
-            let secret = fetch(client, region, id, Version::Stage(&plan.version_stage)).await?;
-            fetched.insert(id.clone(), secret);
-        }
-        let text = &fetched[id].text;
+        let (id, text) = (&reference.id, text_of(&reference.id)?);
         let value = match &reference.field {
             None => text.clone(),
             Some(field) => json_field(id, text, field)?,
         };
         loaded.files.insert(key.clone(), value);
     }
-    loaded.versions = fetched
-        .into_iter()
-        .map(|(id, secret)| SecretVersion {
-            id,
-            version_id: secret.version_id,
-        })
-        .collect();
+    loaded.versions = read.versions();
     Ok(loaded)
+}
+
+/// Reads every secret the plan names, each once, and turns them into variables.
+pub async fn load(
+    client: &Client,
+    region: &str,
+    plan: &SecretsPlan,
+) -> Result<LoadedSecrets, SecretsError> {
+    assemble(&read(client, region, plan).await?, plan)
 }
 
 /// The secrets whose version in use (`recorded`, from status.json) is no longer the one the plan

@@ -85,6 +85,21 @@ pub struct Status {
     /// What reached the service besides the env file: names and paths, never a value.
     #[serde(default, skip_serializing_if = "Delivered::is_empty")]
     pub delivered: Delivered,
+    /// Who gave this boot its secrets: a region of Secrets Manager, or the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_from: Option<SecretsFrom>,
+}
+
+/// `{"region": "us-west-2"}`, or `{"snapshot": {"taken_at": …, "age_seconds": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretsFrom {
+    Region(String),
+    Snapshot {
+        /// When Secrets Manager last gave these values (RFC 3339).
+        taken_at: String,
+        age_seconds: u64,
+    },
 }
 
 /// The credentials and secret files a boot wrote (`secrets.deliver`, `[[files]]`).
@@ -229,6 +244,7 @@ impl Status {
             degraded: None,
             serving_unchanged: None,
             delivered: Delivered::default(),
+            secrets_from: None,
         }
     }
 
