@@ -1,0 +1,277 @@
+//! No single outage stops a boot: the encrypted snapshot of the last good secrets, under a real
+//! systemd (nspawn) with moto and a git daemon; a "no" from Secrets Manager is final.
+
+use support::container::{Container, PrivateRoot, CRASHING_APP, QUICK_GATE};
+use support::*;
+
+const SNAPSHOT: &str = "/var/lib/bootagent/secrets.snapshot";
+
+/// How long a region is retried before the snapshot: short, so that a dead endpoint is given
+/// up quickly.
+const FALLBACK: &str = "[secrets]\nfallback_after = \"2s\"\n";
+
+/// A service whose secret holds a canary, an instance tagged for it, and the env a boot gets
+/// when Secrets Manager is stopped (its endpoint a port nothing listens on).
+struct Outage {
+    name: String,
+    canary: String,
+    imds: Imds,
+    stopped: String,
+}
+
+impl Outage {
+    fn new(prefix: &str) -> Outage {
+        let name = unique(prefix);
+        let repo = SampleRepo::create(&name);
+        let canary = canary();
+        create_secret(
+            &format!("{name}_env_prod"),
+            &serde_json::json!({ "APP_TOKEN": canary }).to_string(),
+        );
+        let imds = Imds::for_service(&name, "prod", &repo.url);
+        // Bound, then closed: connections to it are refused, as to a stopped endpoint.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let stopped = format!("AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:{port}");
+        Outage {
+            name,
+            canary,
+            imds,
+            stopped,
+        }
+    }
+
+    /// Installs the binary, `config` and the service (the recording app) in `container`.
+    fn install(&self, container: &Container, config: &str) {
+        std::fs::copy(bin(), container.out().join("bootagent")).unwrap();
+        std::fs::write(container.out().join("config.toml"), config).unwrap();
+        container.install_app(&format!("{}.service", self.name));
+    }
+
+    fn boot(&self, container: &Container, env: &[&str]) -> Run {
+        let run = container.bootagent_with(&self.imds, env, &["boot"]);
+        self.assert_no_canary(&run);
+        run
+    }
+
+    fn boot_while_stopped(&self, container: &Container) -> Run {
+        self.boot(container, &[self.stopped.as_str()])
+    }
+
+    fn assert_no_canary(&self, run: &Run) {
+        assert_no_canary(
+            &self.canary,
+            &[("stdout", &run.stdout()), ("stderr", &run.stderr())],
+        );
+    }
+
+    /// Nowhere in the container but the env file and what the service recorded.
+    fn assert_canary_only_where_it_belongs(&self, container: &Container) {
+        let record = container.out().join("out");
+        let places = container.places_holding(
+            &self.canary,
+            &format!("/run/bootagent/{}.env", self.name),
+            &record,
+        );
+        assert!(places.is_empty(), "the canary is in {places:?}");
+    }
+
+    /// What the running service got in its environment.
+    fn service_env(&self, container: &Container) -> String {
+        let env = std::fs::read(container.out().join("out/env")).unwrap_or_default();
+        String::from_utf8_lossy(&env).replace('\0', "\n")
+    }
+}
+
+fn status(container: &Container) -> serde_json::Value {
+    serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap()
+}
+
+fn has_snapshot(container: &Container) -> bool {
+    container
+        .exec(&["test", "-e", SNAPSHOT])
+        .status
+        .success()
+}
+
+#[test]
+fn a_reboot_while_secrets_manager_is_stopped_runs_on_the_snapshot_until_it_answers_again() {
+    support::needs_world!();
+    let outage = Outage::new("snap");
+    let mut container = Container::boot_private(PrivateRoot::mount("ROOTFS"));
+    outage.install(&container, &format!("{QUICK_GATE}{FALLBACK}"));
+    let unit = format!("{}.service", outage.name);
+
+    outage.boot(&container, &[]).expect(0);
+    assert_eq!(
+        status(&container)["secrets_from"],
+        serde_json::json!({ "region": "us-east-1" })
+    );
+    assert_eq!(container.sh(&format!("stat -c %a:%U {SNAPSHOT}")), "600:root\n");
+    // Sealed by systemd-creds: not the clear text, not base64 of it.
+    let sealed = container.sh(&format!("cat {SNAPSHOT}"));
+    assert!(!sealed.contains(&outage.canary) && !sealed.contains("APP_TOKEN"));
+
+    // The instance reboots (the env file on tmpfs is gone) while Secrets Manager is stopped.
+    container.reboot();
+    container.sh("test ! -e /run/bootagent");
+    let _ = std::fs::remove_file(container.out().join("out/env"));
+    let run = outage.boot_while_stopped(&container);
+    run.expect(0);
+    let status_now = status(&container);
+    assert_eq!(status_now["outcome"], "degraded", "{status_now}");
+    let degraded = status_now["degraded"].as_str().unwrap();
+    assert!(
+        degraded.contains("running on the snapshot of the last good secrets, taken"),
+        "{degraded}"
+    );
+    assert!(
+        status_now["secrets_from"]["snapshot"]["age_seconds"].is_u64(),
+        "{status_now}"
+    );
+    assert_eq!(container.show(&unit, "ActiveState"), "active");
+    let seen = outage.service_env(&container);
+    assert!(
+        seen.contains(&format!("APP_TOKEN={}", outage.canary)),
+        "{seen}"
+    );
+    let history = container.sh("tail -n1 /var/lib/bootagent/history.jsonl");
+    assert!(history.contains("\"outcome\":\"degraded\""), "{history}");
+    let journal = container.sh("journalctl --no-pager -o cat DEGRADED=secrets-snapshot");
+    assert!(journal.contains("the secrets are the snapshot of"), "{journal}");
+    let shown = container.bootagent(&outage.imds, &["status"]);
+    assert!(
+        shown
+            .stdout()
+            .contains("from the snapshot of the last good secrets"),
+        "{}",
+        shown.stdout()
+    );
+
+    // Still stopped: refresh cannot leave the snapshot, and says why.
+    let refresh = container.bootagent_with(&outage.imds, &[&outage.stopped], &["refresh"]);
+    outage.assert_no_canary(&refresh);
+    refresh.expect(75);
+    assert_eq!(status(&container)["outcome"], "degraded");
+    // Secrets Manager answers again: the next refresh boots from it.
+    let refresh = container.bootagent(&outage.imds, &["refresh"]);
+    outage.assert_no_canary(&refresh);
+    refresh.expect(0);
+    let status_now = status(&container);
+    assert_eq!(status_now["outcome"], "succeeded", "{status_now}");
+    assert_eq!(
+        status_now["secrets_from"],
+        serde_json::json!({ "region": "us-east-1" })
+    );
+    assert!(has_snapshot(&container));
+    outage.assert_canary_only_where_it_belongs(&container);
+}
+
+#[test]
+fn a_no_from_secrets_manager_deletes_the_snapshot_and_the_boot_fails_as_before() {
+    support::needs_world!();
+    let outage = Outage::new("deny");
+    let container = Container::boot(&format!("{QUICK_GATE}{FALLBACK}"));
+    outage.install(&container, &format!("{QUICK_GATE}{FALLBACK}"));
+    outage.boot(&container, &[]).expect(0);
+    assert!(has_snapshot(&container));
+
+    let denied = AwsError::start(
+        "AccessDeniedException",
+        400,
+        "User is not authorized to perform: secretsmanager:GetSecretValue",
+    );
+    let endpoint = format!("AWS_ENDPOINT_URL_SECRETS_MANAGER={}", denied.url);
+    let run = outage.boot(&container, &[&endpoint]);
+    run.expect(5).stderr_has("was denied");
+    assert!(!has_snapshot(&container), "a denial must delete the snapshot");
+    let journal = container.sh("journalctl --no-pager -o cat SECURITY_EVENT=secrets-snapshot-deleted");
+    assert!(journal.contains("deleted the snapshot"), "{journal}");
+    // The last good env file is kept, as for any failed boot.
+    let env_file = container.sh(&format!("cat /run/bootagent/{}.env", outage.name));
+    assert!(env_file.contains(&outage.canary));
+    // Without a snapshot, an outage fails the boot, and says there is none.
+    let run = outage.boot_while_stopped(&container);
+    run.expect(75).stderr_has("there is no snapshot of the last good secrets");
+
+    // The secret deleted in Secrets Manager: the same.
+    outage.boot(&container, &[]).expect(0);
+    assert!(has_snapshot(&container));
+    secretsmanager(
+        "DeleteSecret",
+        serde_json::json!({
+            "SecretId": format!("{}_env_prod", outage.name),
+            "ForceDeleteWithoutRecovery": true,
+        }),
+    );
+    outage.boot(&container, &[]).expect(5).stderr_has("was not found");
+    assert!(!has_snapshot(&container));
+    outage.assert_canary_only_where_it_belongs(&container);
+}
+
+#[test]
+fn a_snapshot_older_than_the_maximum_is_not_used_and_the_boot_says_so() {
+    support::needs_world!();
+    let outage = Outage::new("old");
+    let config = format!("{QUICK_GATE}{FALLBACK}snapshot_max_age = \"2s\"\n");
+    let container = Container::boot(&config);
+    outage.install(&container, &config);
+    outage.boot(&container, &[]).expect(0);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let run = outage.boot_while_stopped(&container);
+    run.expect(75)
+        .stderr_has("did not return secret")
+        .stderr_has("past secrets.snapshot_max_age (2s)");
+    assert_eq!(status(&container)["outcome"], "failed");
+    // Kept: the boot that Secrets Manager answers next replaces it.
+    assert!(has_snapshot(&container));
+}
+
+#[test]
+fn a_snapshot_copied_to_another_host_does_not_decrypt_there() {
+    support::needs_world!();
+    let outage = Outage::new("copy");
+    let config = format!("{QUICK_GATE}{FALLBACK}");
+    let first = Container::boot(&config);
+    outage.install(&first, &config);
+    outage.boot(&first, &[]).expect(0);
+    first.sh(&format!("cp {SNAPSHOT} /share/out/stolen.snapshot"));
+    let stolen = first.out().join("out/stolen.snapshot");
+    assert!(files_containing(&first.out().join("out"), &outage.canary)
+        .iter()
+        .all(|path| *path != stolen));
+
+    // The same image, another instance: its own host key.
+    let second = Container::boot(&config);
+    outage.install(&second, &config);
+    std::fs::copy(&stolen, second.out().join("stolen.snapshot")).unwrap();
+    second.sh(&format!(
+        "mkdir -p /var/lib/bootagent && install -m 600 /share/stolen.snapshot {SNAPSHOT}"
+    ));
+    let run = outage.boot_while_stopped(&second);
+    run.expect(75)
+        .stderr_has("could not be decrypted on this host");
+    let unit = format!("{}.service", outage.name);
+    assert_ne!(second.show(&unit, "ActiveState"), "active");
+    outage.assert_canary_only_where_it_belongs(&second);
+    // The tool itself agrees: not bootagent's refusal alone.
+    let decrypted = second.exec(&[
+        "systemd-creds",
+        "decrypt",
+        "--name",
+        "bootagent-secrets-snapshot",
+        SNAPSHOT,
+        "-",
+    ]);
+    assert!(!decrypted.status.success());
+    assert!(!String::from_utf8_lossy(&decrypted.stdout).contains(&outage.canary));
+}
+
+/// The crashing app records into /share/out: the test reads what the service got there.
+#[test]
+fn the_recording_app_is_the_one_the_outage_tests_read() {
+    assert!(CRASHING_APP.contains("/share/out"));
+}
