@@ -56,6 +56,7 @@ world_start() {
     export BOOTAGENT_WORLD_IMDS_FAKE=$PWD/tests/world/imds_fake.py
     export BOOTAGENT_WORLD_AWS_ERROR=$PWD/tests/world/aws_error_endpoint.py
     export BOOTAGENT_WORLD_ASG_FAKE=$PWD/tests/world/autoscaling_fake.py
+    export BOOTAGENT_WORLD_REGION_FRONT=$PWD/tests/world/region_front.py
     export BOOTAGENT_WORLD_GIT_HTTP=$PWD/tests/world/git_http_server.py
     export BOOTAGENT_WORLD_MOTO_SERVER=$PWD/tests/world/moto_server.py
     export BOOTAGENT_WORLD_INETD=$PWD/tests/world/inetd.py

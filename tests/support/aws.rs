@@ -1,15 +1,26 @@
 //! moto for Secrets Manager and EC2 tags, and the fakes for what moto does not do: AWS's error
-//! answers (tests/world/aws_error_endpoint.py) and the Auto Scaling lifecycle API
-//! (tests/world/autoscaling_fake.py).
+//! answers (tests/world/aws_error_endpoint.py), the Auto Scaling lifecycle API
+//! (tests/world/autoscaling_fake.py), and one endpoint for several regions, each a moto of its
+//! own (tests/world/region_front.py).
 
 use crate::*;
 
+/// The region the IMDS fake gives the instance, which bootagent's requests are signed for.
+const INSTANCE_REGION: &str = "us-east-1";
+
 /// Calls a Secrets Manager action on the shared moto (JSON protocol); returns the JSON answer.
 pub fn secretsmanager(action: &str, body: serde_json::Value) -> serde_json::Value {
-    secretsmanager_at(&world("MOTO"), action, body)
+    secretsmanager_at(&world("MOTO"), INSTANCE_REGION, action, body)
 }
 
-fn secretsmanager_at(url: &str, action: &str, body: serde_json::Value) -> serde_json::Value {
+/// Calls a Secrets Manager action at `url` signed for `region` (moto keeps each region's secrets
+/// apart, and a [`RegionFront`] routes by it); returns the JSON answer.
+fn secretsmanager_at(
+    url: &str,
+    region: &str,
+    action: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
     let out = curl(&[
         "-sS",
         "-X",
@@ -19,7 +30,10 @@ fn secretsmanager_at(url: &str, action: &str, body: serde_json::Value) -> serde_
         "-H",
         "Content-Type: application/x-amz-json-1.1",
         "-H",
-        "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=0",
+        &format!(
+            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/secretsmanager/\
+             aws4_request, SignedHeaders=host, Signature=0"
+        ),
         "--data-binary",
         &body.to_string(),
         &format!("{url}/"),
@@ -201,9 +215,10 @@ impl AsgFake {
     }
 }
 
-/// A moto of one test's own, for what would disturb the shared one (switching auth on).
+/// A moto of one test's own, for what would disturb the shared one (switching auth on, stopping
+/// it to stand for a region that is down).
 pub struct Moto {
-    _process: Reaped,
+    process: Reaped,
     pub url: String,
 }
 
@@ -213,14 +228,27 @@ impl Moto {
         command.arg(world("MOTO_SERVER")).stderr(Stdio::null());
         let (child, url) = start_listening(command);
         Moto {
-            _process: Reaped(child),
+            process: Reaped(child),
             url,
         }
     }
 
+    /// Stops it for good: from then on its port refuses connections, and a [`RegionFront`]
+    /// routing to it gives no answer.
+    pub fn stop(&mut self) {
+        let _ = self.process.0.kill();
+        self.process.0.wait().unwrap();
+    }
+
     pub fn create_secret(&self, name: &str, value: &str) {
+        self.create_secret_in(INSTANCE_REGION, name, value);
+    }
+
+    /// Creates a secret for `region` (a region of its own in this moto).
+    pub fn create_secret_in(&self, region: &str, name: &str, value: &str) {
         let answer = secretsmanager_at(
             &self.url,
+            region,
             "CreateSecret",
             serde_json::json!({ "Name": name, "SecretString": value }),
         );
@@ -272,5 +300,37 @@ impl Moto {
             "0",
             &format!("{}/moto-api/reset-auth", self.url),
         ]);
+    }
+}
+
+/// One endpoint for several regions (tests/world/region_front.py), as bootagent's SDK has one
+/// endpoint URL whatever the region: each request goes to the URL routed for the region it is
+/// signed for. A region whose URL does not answer (a stopped [`Moto`]), or that has no route,
+/// is a dead endpoint: the connection is closed without an answer.
+pub struct RegionFront {
+    _process: Reaped,
+    pub url: String,
+}
+
+impl RegionFront {
+    /// `routes`: (region, URL), e.g. `[("us-east-1", &primary.url), ("us-west-2", &replica.url)]`.
+    pub fn start(routes: &[(&str, &str)]) -> RegionFront {
+        let args: Vec<String> = routes
+            .iter()
+            .flat_map(|(region, url)| ["--route".to_string(), format!("{region}={url}")])
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, url) = start_fake("REGION_FRONT", &args);
+        RegionFront {
+            _process: Reaped(child),
+            url,
+        }
+    }
+
+    /// The requests signed for each region so far, those that got no answer included; each
+    /// routed region is there, with 0 when it was never asked.
+    pub fn requests(&self) -> BTreeMap<String, usize> {
+        let out = curl(&["-sSf", &format!("{}/fake/requests", self.url)]);
+        serde_json::from_str(&out).unwrap_or_else(|_| panic!("region front answered {out}"))
     }
 }
