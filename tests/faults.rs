@@ -473,8 +473,14 @@ fn killed_at(setup: &Setup, point: &str) -> Run {
 }
 
 // Transient Secrets Manager errors are tried again for as long as the boot deadline leaves
-// room for one more call: a short deadline keeps those rows short.
-const FAST_SECRETS: &str = "[secrets]\ntimeout = \"3s\"\n[boot]\ndeadline = \"12s\"\n";
+// room for one more call: a short deadline keeps those rows short. No snapshot of the last good
+// secrets is kept, so that nothing stands in for Secrets Manager (SNAPSHOT rows: one does).
+const FAST_SECRETS: &str =
+    "[secrets]\ntimeout = \"3s\"\nsnapshot_max_age = \"0s\"\n[boot]\ndeadline = \"12s\"\n";
+// The default snapshot (the first boot kept one), given its turn after 2 s of retries.
+const SNAPSHOT: &str =
+    "[secrets]\ntimeout = \"3s\"\nfallback_after = \"2s\"\n[boot]\ndeadline = \"12s\"\n";
+const SNAPSHOT_1S: &str = "[secrets]\ntimeout = \"3s\"\nfallback_after = \"2s\"\nsnapshot_max_age = \"1s\"\n[boot]\ndeadline = \"12s\"\n";
 const FAST_GIT: &str = "[git]\ntimeout = \"2s\"\ndeadline = \"4s\"\n";
 const FAIL_ON_GIT: &str = "[git]\ntimeout = \"2s\"\ndeadline = \"4s\"\non_failure = \"fail\"\n";
 const FALLBACK: &str = "[identity]\ndescribe_tags_fallback = true\n";
@@ -734,6 +740,45 @@ fn faults() -> Vec<Fault> {
                 release: Left::Earlier,
                 converges: true,
             },
+        },
+        Fault {
+            fault: "Secrets Manager throttling, the last good secrets in the snapshot".into(),
+            when: "secrets",
+            config: SNAPSHOT,
+            strike: Strike::Run(|s| {
+                let throttling = AwsError::start("ThrottlingException", 400, "Rate exceeded");
+                with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &throttling.url)
+            }),
+            // The earlier values, from the snapshot, with the new commit.
+            expect: Expect {
+                code: 0,
+                outcome: "degraded",
+                says: &[
+                    "ThrottlingException",
+                    "running on the snapshot of the last good secrets",
+                ],
+                env: Left::Earlier,
+                release: Left::New,
+                converges: true,
+            },
+        },
+        Fault {
+            fault: "Secrets Manager down, the snapshot past secrets.snapshot_max_age".into(),
+            when: "secrets",
+            config: SNAPSHOT_1S,
+            strike: Strike::Run(|s| {
+                std::thread::sleep(std::time::Duration::from_millis(2100));
+                let silent = silent_listener();
+                let url = format!("http://{}", silent.local_addr().unwrap());
+                with_endpoint(s, "AWS_ENDPOINT_URL_SECRETS_MANAGER", &url)
+            }),
+            expect: fails(
+                75,
+                &[
+                    "did not return secret",
+                    "past secrets.snapshot_max_age (1s)",
+                ],
+            ),
         },
         Fault {
             fault: "access to the secret denied".into(),

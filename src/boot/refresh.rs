@@ -32,7 +32,10 @@ pub async fn refresh(config: &Config, now: bool) -> Result<(), Error> {
     let plan = crate::plan::resolve(config).await?;
     let since = crate::boot::deploy::secrets_since(config, &plan, &last, false).await?;
     let (changed, avoided) = (since.new, since.set_aside);
-    let on_snapshot = matches!(last.secrets_from, Some(status::SecretsFrom::Snapshot { .. }));
+    let on_snapshot = matches!(
+        last.secrets_from,
+        Some(status::SecretsFrom::Snapshot { .. })
+    );
     if changed.is_empty() && !on_snapshot {
         match avoided {
             None => tracing::info!("secrets unchanged, nothing to do"),

@@ -135,7 +135,8 @@ impl Config {
             let well_formed = !region.is_empty()
                 && region.len() <= 32
                 && !region.starts_with('-')
-                && (region.bytes()).all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                && (region.bytes())
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !well_formed {
                 return Err(ConfigError::Invalid(format!(
                     "secrets.regions[{i}] is {region:?}: name a region such as \"us-west-2\""

@@ -27,7 +27,8 @@ pub struct Obtained {
 
 /// Reads the plan's secrets from the first region that answers (the instance's, then
 /// `settings.regions`), or from the snapshot when none does; `time` is what the boot leaves.
-/// Each region gets `settings.fallback_after` of retries when something comes after it.
+/// A region gets `settings.fallback_after` of retries (at most half the time left) when
+/// something comes after it.
 pub async fn obtain(
     settings: &SecretsConfig,
     state_dir: &Path,
@@ -55,8 +56,9 @@ pub async fn obtain(
     for (i, region) in regions.iter().enumerate() {
         let left = time.saturating_sub(started.elapsed());
         let more_to_try = i + 1 < regions.len() || snapshot_kept;
+        // At most half of what is left, so that what comes after always gets its turn.
         let retry_for = match more_to_try {
-            true => left.min(settings.fallback_after),
+            true => (left / 2).min(settings.fallback_after),
             false => left,
         };
         let client = client(settings, region, retry_for).await?;

@@ -117,16 +117,17 @@ pub async fn read(client: &Client, region: &str, plan: &SecretsPlan) -> Result<R
 /// Why `read` cannot stand for what `plan` reads now (it lacks a secret, or holds another
 /// version of one), or `None` when it can.
 pub fn mismatch(read: &Read, plan: &SecretsPlan) -> Option<String> {
-    wanted(plan).into_iter().find_map(|(id, version)| {
-        match read.secrets.get(id) {
+    wanted(plan)
+        .into_iter()
+        .find_map(|(id, version)| match read.secrets.get(id) {
             None => Some(format!("no secret {id}")),
             Some(kept) if kept.selector != version.selector() => Some(format!(
                 "secret {id} {}, not {}",
-                kept.selector, version.selector()
+                kept.selector,
+                version.selector()
             )),
             Some(_) => None,
-        }
-    })
+        })
 }
 
 /// The variables and file texts a read gives: the main secret's keys, then each of

@@ -115,13 +115,25 @@ pub async fn save(state_dir: &Path, read: &Read, taken_at: SystemTime) -> Result
         secrets,
     };
     // Room for every text and its escapes up front: a growing buffer would leave copies behind.
-    let room = (read.secrets.values()).map(|f| 2 * f.text.len() + 256).sum::<usize>() + 1024;
+    let room = (read.secrets.values())
+        .map(|f| 2 * f.text.len() + 256)
+        .sum::<usize>()
+        + 1024;
     let mut clear = Zeroizing::new(Vec::with_capacity(room));
     serde_json::to_writer(&mut *clear, &sealed).map_err(|e| e.to_string())?;
-    let args = ["encrypt", "--with-key=auto", "--name", CREDENTIAL_NAME, "-", "-"];
+    let args = [
+        "encrypt",
+        "--with-key=auto",
+        "--name",
+        CREDENTIAL_NAME,
+        "-",
+        "-",
+    ];
     let sealed_bytes = systemd_creds(&args, &clear).await?;
     check_keyed(&sealed_bytes)?;
     let path = path(state_dir);
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| format!("failed to create {}: {e}", state_dir.display()))?;
     crate::atomic::write_file(&path, &sealed_bytes, 0o600)
         .map_err(|e| format!("failed to write {}: {e}", path.display()))
 }
@@ -157,8 +169,7 @@ pub async fn open(state_dir: &Path, max_age: Duration) -> Result<Snapshot, Unusa
         path: shown.clone(),
         detail,
     };
-    let sealed = match crate::atomic::read_bounded(&path, MAX_BYTES, crate::atomic::Links::Refuse)
-    {
+    let sealed = match crate::atomic::read_bounded(&path, MAX_BYTES, crate::atomic::Links::Refuse) {
         Ok(sealed) => sealed,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Unusable::Missing { path: shown })
@@ -175,8 +186,12 @@ pub async fn open(state_dir: &Path, max_age: Duration) -> Result<Snapshot, Unusa
         })?;
     // Sealed by this host's key: what it says was written by bootagent, so a parse error is
     // a bug or a version skew, never an attack; it still names no value.
-    let sealed: Sealed = serde_json::from_slice(&clear)
-        .map_err(|e| unreadable(format!("not a snapshot bootagent reads ({})", classified(&e))))?;
+    let sealed: Sealed = serde_json::from_slice(&clear).map_err(|e| {
+        unreadable(format!(
+            "not a snapshot bootagent reads ({})",
+            classified(&e)
+        ))
+    })?;
     let taken_at = UNIX_EPOCH + Duration::from_secs(sealed.taken_at);
     let secrets = (sealed.secrets.into_iter())
         .map(|(id, secret)| {
@@ -256,7 +271,11 @@ async fn systemd_creds(args: &[&str], input: &[u8]) -> Result<Vec<u8>, String> {
     drop(Zeroizing::new(output.stdout));
     let said = String::from_utf8_lossy(&output.stderr);
     // Its warnings ("not located on encrypted media") come before the error: the last line.
-    let last = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = said
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     Err(format!("systemd-creds {}: {}", output.status, last.trim()))
 }
 
