@@ -74,6 +74,10 @@ impl World {
     }
 }
 
+/// The checks of what an exec-mode instance with the default config does not have: a unit,
+/// replica regions, git mirrors.
+const NOT_CONFIGURED: [&str; 3] = ["unit", "replicas", "mirrors"];
+
 struct Report(serde_json::Value);
 
 impl Report {
@@ -115,7 +119,8 @@ impl Report {
         for (check, verdict) in self.verdicts() {
             if check != name && !affected.contains(&check.as_str()) {
                 assert!(
-                    verdict == "ok" || (check == "unit" && verdict == "skip"),
+                    verdict == "ok"
+                        || (NOT_CONFIGURED.contains(&check.as_str()) && verdict == "skip"),
                     "{check} should pass when only {name} is broken: {}",
                     self.0
                 );
@@ -157,7 +162,10 @@ fn a_working_chain_passes_every_check() {
     let (code, report) = world.doctor(&world.imds(), &[]);
     assert_eq!(code, 0, "{}", report.0);
     for (check, verdict) in report.verdicts() {
-        let expected = if check == "unit" { "skip" } else { "ok" };
+        let expected = match NOT_CONFIGURED.contains(&check.as_str()) {
+            true => "skip",
+            false => "ok",
+        };
         assert_eq!(verdict, expected, "{check}: {}", report.0);
     }
     assert!(report.check("secret")["detail"]
@@ -250,7 +258,13 @@ fn a_missing_secret_fails_the_secret_check() {
     );
     let (code, report) = world.doctor(&world.imds(), &[]);
     assert_eq!(code, 13);
-    report.only_fails("secret", "secretsmanager:GetSecretValue", &["env-file"]);
+    // The snapshot holds the secret the config named before: a warning.
+    report.only_fails(
+        "secret",
+        "secretsmanager:GetSecretValue",
+        &["env-file", "snapshot"],
+    );
+    assert_eq!(report.verdict("snapshot"), "warn");
 }
 
 #[test]
@@ -440,4 +454,65 @@ fn a_stalled_imds_ends_doctor_within_its_timeout() {
     }
     assert_eq!(report.verdict("disk"), "ok", "{}", report.0);
     assert_eq!(report.verdict("last-boot"), "ok", "{}", report.0);
+}
+
+#[test]
+fn the_fallbacks_are_looked_at_as_a_boot_would_use_them() {
+    support::needs_world!();
+    let world = World::booted();
+    let refusing = RefusingPort::bind();
+    let dead = refusing.url("git", "/mirror.git");
+    world.instance.add_config(
+        "50-fallbacks.toml",
+        &format!(
+            "[secrets]\nregions = [\"us-west-2\"]\n[git]\nmirrors = [{:?}, {dead:?}]\n",
+            world.repo.url
+        ),
+    );
+    let (code, report) = world.doctor(&world.imds(), &[]);
+    assert_eq!(code, 0, "warnings only: {}", report.0);
+    let snapshot = report.check("snapshot");
+    assert_eq!(snapshot["verdict"], "ok", "{snapshot}");
+    let detail = snapshot["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("decrypts on this host, holds the 1 secret(s) a boot reads"),
+        "{detail}"
+    );
+    // The secret was never replicated: a boot would meet that "no" in the replica.
+    let replicas = report.check("replicas");
+    assert_eq!(replicas["verdict"], "warn", "{replicas}");
+    assert!(
+        replicas["detail"]
+            .as_str()
+            .unwrap()
+            .contains("us-west-2: secret"),
+        "{replicas}"
+    );
+    assert!(
+        (replicas["hint"].as_str().unwrap()).contains("replicate-secret-to-regions"),
+        "{replicas}"
+    );
+    // The working mirror is listed; the dead one is named.
+    let mirrors = report.check("mirrors");
+    assert_eq!(mirrors["verdict"], "warn", "{mirrors}");
+    let detail = mirrors["detail"].as_str().unwrap();
+    assert!(detail.starts_with(&dead), "{detail}");
+    assert!(!detail.contains(&world.repo.url), "{detail}");
+
+    // Without a snapshot, doctor says what a boot in an outage would meet.
+    std::fs::remove_file(world.instance.root.path().join("state/secrets.snapshot")).unwrap();
+    let (_, report) = world.doctor(&world.imds(), &[]);
+    let snapshot = report.check("snapshot");
+    assert_eq!(snapshot["verdict"], "warn", "{snapshot}");
+    assert!(
+        (snapshot["detail"].as_str().unwrap())
+            .contains("a boot while Secrets Manager does not answer fails"),
+        "{snapshot}"
+    );
+    world.instance.add_config(
+        "60-no-snapshot.toml",
+        "[secrets]\nsnapshot_max_age = \"0s\"\n",
+    );
+    let (_, report) = world.doctor(&world.imds(), &[]);
+    assert_eq!(report.verdict("snapshot"), "skip");
 }

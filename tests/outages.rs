@@ -320,6 +320,22 @@ fn a_replica_region_serves_when_the_instance_region_is_stopped_and_a_denial_is_n
         seen.contains(&format!("APP_TOKEN={}", outage.canary)),
         "{seen}"
     );
+    // doctor: the instance's region fails, the replica serves.
+    let doctor = container.bootagent_with(&outage.imds, &[&endpoint], &["doctor", "--json"]);
+    outage.assert_no_canary(&doctor);
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout()).unwrap();
+    let check = |name: &str| {
+        (report["checks"].as_array().unwrap().iter())
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(check("secret")["verdict"], "fail", "{report}");
+    assert_eq!(check("replicas")["verdict"], "ok", "{report}");
+    assert_eq!(
+        check("replicas")["detail"],
+        "replicas serve: us-west-2 (1 secret(s))"
+    );
 
     // The instance's region says no: final, the replica is not asked.
     let denied = AwsError::start(

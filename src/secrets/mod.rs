@@ -442,6 +442,46 @@ mod tests {
         assert!(!message.contains(CANARY), "{message}");
     }
 
+    #[test]
+    fn a_read_stands_for_a_plan_only_with_every_secret_at_the_version_asked() {
+        let kept = |selector: &str| Fetched {
+            selector: selector.into(),
+            version_id: Some("v-1".into()),
+            text: Zeroizing::new(r#"{"PORT": "8080"}"#.into()),
+        };
+        let read = Read {
+            region: "eu-west-1".into(),
+            secrets: BTreeMap::from([("calendar_env_prod".into(), kept("stage:AWSCURRENT"))]),
+        };
+        assert_eq!(mismatch(&read, &plan()), None);
+        assert_eq!(
+            assemble(&read, &plan()).unwrap().vars["PORT"]
+                .value
+                .as_str(),
+            "8080"
+        );
+        // Pinned since: the snapshot's AWSCURRENT is not that version.
+        let pinned = SecretsPlan {
+            version_id: Some("v-9".into()),
+            ..plan()
+        };
+        assert_eq!(
+            mismatch(&read, &pinned).as_deref(),
+            Some("secret calendar_env_prod stage:AWSCURRENT, not id:v-9")
+        );
+        // A secret added to secrets.vars since.
+        let mut more = plan();
+        let reference = crate::plan::SecretRef {
+            id: "shared_db".into(),
+            field: None,
+        };
+        more.vars.insert("DB".into(), reference);
+        assert_eq!(
+            mismatch(&read, &more).as_deref(),
+            Some("no secret shared_db")
+        );
+    }
+
     #[tokio::test]
     async fn describe_finds_the_version_that_carries_the_stage() {
         let described = r#"{"Name": "calendar_env_prod", "VersionIdsToStages":

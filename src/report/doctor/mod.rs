@@ -12,10 +12,12 @@ use crate::config::{Config, Verify};
 use crate::deadline::Deadline;
 
 mod delivered;
+mod fallbacks;
 mod machine;
 mod services;
 
 use delivered::check_delivered;
+use fallbacks::{check_mirrors, check_replicas, check_snapshot};
 use machine::{check_disk, check_env_file, check_last_boot, check_signing, check_unit};
 use services::{
     check_clock, check_credentials, check_git, check_imds, check_isolation, check_secret,
@@ -88,9 +90,12 @@ fn skip(detail: impl Into<String>) -> Finding {
 }
 
 /// The checks that need to know who the instance is: skipped when identity fails.
-pub const NEED_IDENTITY: [&str; 8] = [
+pub const NEED_IDENTITY: [&str; 11] = [
     "credentials",
     "secret",
+    "snapshot",
+    "replicas",
+    "mirrors",
     "isolation",
     "clock",
     "git",
@@ -106,9 +111,12 @@ const ORDER: &[&str] = &[
     "identity",
     "credentials",
     "secret",
+    "snapshot",
+    "replicas",
     "isolation",
     "clock",
     "git",
+    "mirrors",
     "signing",
     "env-file",
     "unit",
@@ -194,6 +202,25 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
                     client.clone(),
                 )),
             );
+            spawn(
+                &mut set,
+                "snapshot",
+                deadline,
+                Box::pin(check_snapshot(config.clone(), plan.clone())),
+            );
+            spawn(
+                &mut set,
+                "replicas",
+                deadline,
+                Box::pin(check_replicas(config.clone(), plan.clone(), timeout)),
+            );
+            let (mirrors_config, mirrors_plan) = (config.clone(), plan.clone());
+            let mirrors_client = client.clone();
+            set.spawn(async move {
+                let started = Instant::now();
+                let mirrors = check_mirrors(mirrors_config, mirrors_plan, mirrors_client, deadline);
+                vec![named("mirrors", started, mirrors.await)]
+            });
             // Not cut off from outside: the listing runs on a blocking thread, which must end
             // before the runtime does (an HTTP transport on a runtime being shut down panics).
             // It ends by the deadline on its own.

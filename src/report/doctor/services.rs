@@ -358,7 +358,7 @@ pub(super) async fn check_git(
 }
 
 /// The deploy token and key as a boot would use them; reading secrets only when one is there.
-async fn git_credentials(
+pub(super) async fn git_credentials(
     config: &Config,
     plan: &Plan,
     client: Option<secrets::Client>,
