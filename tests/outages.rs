@@ -98,15 +98,36 @@ fn has_snapshot(container: &Container) -> bool {
     container.exec(&["test", "-e", SNAPSHOT]).status.success()
 }
 
+/// Points the shipped units' Secrets Manager at a stopped endpoint (`stopped`), or back.
+fn set_secrets_manager(container: &Container, stopped: Option<&str>) {
+    for unit in ["bootagent-boot", "bootagent-refresh"] {
+        let drop_in = format!("/etc/systemd/system/{unit}.service.d/zz-outage.conf");
+        container.sh(&match stopped {
+            Some(env) => format!("printf '[Service]\\nEnvironment={env}\\n' > {drop_in}"),
+            None => format!("rm -f {drop_in}"),
+        });
+    }
+    container.sh("systemctl daemon-reload");
+}
+
 #[test]
 fn a_reboot_while_secrets_manager_is_stopped_runs_on_the_snapshot_until_it_answers_again() {
     support::needs_world!();
     let outage = Outage::new("snap");
     let mut container = Container::boot_private(PrivateRoot::mount("ROOTFS"));
-    outage.install(&container, &format!("{QUICK_GATE}{FALLBACK}"));
+    let config = format!("{QUICK_GATE}{FALLBACK}[refresh]\nwindow = \"0s\"\n");
+    outage.install(&container, &config);
+    container.install_shipped_units(&outage.imds);
     let unit = format!("{}.service", outage.name);
 
-    outage.boot(&container, &[]).expect(0);
+    // The first boot, under the shipped unit and its sandbox: the host key is made, the
+    // snapshot sealed.
+    container.sh("test ! -e /var/lib/systemd/credential.secret");
+    container.sh("systemctl start bootagent-boot.service");
+    assert_eq!(
+        container.show("bootagent-boot.service", "Result"),
+        "success"
+    );
     assert_eq!(
         status(&container)["secrets_from"],
         serde_json::json!({ "region": "us-east-1" })
@@ -120,11 +141,15 @@ fn a_reboot_while_secrets_manager_is_stopped_runs_on_the_snapshot_until_it_answe
     assert!(!sealed.contains(&outage.canary) && !sealed.contains("APP_TOKEN"));
 
     // The instance reboots (the env file on tmpfs is gone) while Secrets Manager is stopped.
+    set_secrets_manager(&container, Some(&outage.stopped));
     container.reboot();
     container.sh("test ! -e /run/bootagent");
     let _ = std::fs::remove_file(container.out().join("out/env"));
-    let run = outage.boot_while_stopped(&container);
-    run.expect(0);
+    container.sh("systemctl start bootagent-boot.service");
+    assert_eq!(
+        container.show("bootagent-boot.service", "Result"),
+        "success"
+    );
     let status_now = status(&container);
     assert_eq!(status_now["outcome"], "degraded", "{status_now}");
     let degraded = status_now["degraded"].as_str().unwrap();
@@ -144,8 +169,12 @@ fn a_reboot_while_secrets_manager_is_stopped_runs_on_the_snapshot_until_it_answe
     );
     let history = container.sh("tail -n1 /var/lib/bootagent/history.jsonl");
     assert!(history.contains("\"outcome\":\"degraded\""), "{history}");
-    // The structured field a log pipeline can alert on (under systemd, a journal field).
-    run.stderr_has("degraded=\"secrets-snapshot\"");
+    // The structured field a log pipeline alerts on.
+    let journal = container.sh("journalctl --no-pager -o cat F_DEGRADED=secrets-snapshot");
+    assert!(
+        journal.contains("the secrets are the snapshot of"),
+        "{journal}"
+    );
     let shown = container.bootagent(&outage.imds, &["status"]);
     assert!(
         shown
@@ -154,16 +183,31 @@ fn a_reboot_while_secrets_manager_is_stopped_runs_on_the_snapshot_until_it_answe
         "{}",
         shown.stdout()
     );
+    // The health report and /metrics, as the load balancer and Prometheus read them.
+    container.sh("systemctl start bootagent-health.service");
+    let health = container.health_url();
+    let report = curl(&["-s", &health]);
+    assert!(report.contains("\"state\":\"degraded\""), "{report}");
+    let metrics = curl(&["-sSf", &health.replace("/health", "/metrics")]);
+    assert!(
+        metrics.contains("bootagent_secrets_snapshot_age_seconds "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bootagent_boot_outcome{outcome=\"degraded\"} 1"),
+        "{metrics}"
+    );
 
-    // Still stopped: refresh cannot leave the snapshot, and says why.
-    let refresh = container.bootagent_with(&outage.imds, &[&outage.stopped], &["refresh"]);
-    outage.assert_no_canary(&refresh);
-    refresh.expect(75);
+    // Still stopped: refresh cannot leave the snapshot.
+    container.exec(&["systemctl", "start", "bootagent-refresh.service"]);
+    assert_eq!(
+        container.show("bootagent-refresh.service", "Result"),
+        "exit-code"
+    );
     assert_eq!(status(&container)["outcome"], "degraded");
     // Secrets Manager answers again: the next refresh boots from it.
-    let refresh = container.bootagent(&outage.imds, &["refresh", "--now"]);
-    outage.assert_no_canary(&refresh);
-    refresh.expect(0);
+    set_secrets_manager(&container, None);
+    container.sh("systemctl start bootagent-refresh.service");
     let status_now = status(&container);
     assert_eq!(status_now["outcome"], "succeeded", "{status_now}");
     assert_eq!(

@@ -70,6 +70,9 @@ build {
       "printf '[service]\\nuser = \"app\"\\n' | sudo tee /etc/bootagent/config.d/10-image.toml",
       "sudo systemctl is-enabled bootagent-boot.service",
       "bootagent --version",
+      # Each instance seals its snapshot of secrets with a host key of its own, made on first
+      # use: none may be baked into the image, nor a snapshot.
+      "sudo rm -f /var/lib/systemd/credential.secret /var/lib/bootagent/secrets.snapshot",
     ]
   }
 }
