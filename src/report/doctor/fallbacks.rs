@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::services::{git_credentials, secrets_client};
-use super::{fail, ok, skip, timed_out, warn, Finding};
+use super::{fail, ok, skip, warn, Finding};
 use crate::config::Config;
 use crate::deadline::Deadline;
 use crate::git;
@@ -109,13 +109,9 @@ pub(super) async fn check_mirrors(
     if plan.git.mirrors.is_empty() {
         return skip("no git mirrors (git.mirrors)");
     }
-    let credentials = match deadline
-        .limit(git_credentials(&config, &plan, client))
-        .await
-    {
-        Ok(Ok(credentials)) => credentials,
-        Ok(Err(finding)) => return finding,
-        Err(_) => return timed_out(deadline),
+    let credentials = match git_credentials(&config, &plan, client, deadline).await {
+        Ok(credentials) => credentials,
+        Err(finding) => return finding,
     };
     // One blocking thread lists them in turn, each within what doctor's time leaves.
     let listing_plan = plan.clone();

@@ -323,13 +323,9 @@ pub(super) async fn check_git(
             )
         }
     };
-    let credentials = match deadline
-        .limit(git_credentials(&config, &plan, client))
-        .await
-    {
-        Ok(Ok(credentials)) => credentials,
-        Ok(Err(finding)) => return finding,
-        Err(_) => return timed_out(deadline),
+    let credentials = match git_credentials(&config, &plan, client, deadline).await {
+        Ok(credentials) => credentials,
+        Err(finding) => return finding,
     };
     let reference = plan.git.reference.clone();
     let shown = remote.to_string();
@@ -357,8 +353,19 @@ pub(super) async fn check_git(
     }
 }
 
-/// The deploy token and key as a boot would use them; reading secrets only when one is there.
+/// The deploy token and key as a boot would use them, within doctor's time.
 pub(super) async fn git_credentials(
+    config: &Config,
+    plan: &Plan,
+    client: Option<secrets::Client>,
+    deadline: Deadline,
+) -> Result<git::Credentials, Finding> {
+    let loaded = deadline.limit(load_git_credentials(config, plan, client));
+    loaded.await.unwrap_or_else(|_| Err(timed_out(deadline)))
+}
+
+/// The deploy token and key as a boot would use them; reading secrets only when one is there.
+async fn load_git_credentials(
     config: &Config,
     plan: &Plan,
     client: Option<secrets::Client>,
