@@ -399,3 +399,52 @@ fn a_replica_region_serves_when_the_instance_region_is_stopped_and_a_denial_is_n
     assert!(!has_snapshot(&container));
     outage.assert_canary_only_where_it_belongs(&container);
 }
+
+/// A snapshot sealed with systemd's null key (`--with-key=tpm2-absent`, which anyone can make
+/// without any host key) and a `taken_at` in the future: it decrypts on every host, so it must
+/// be refused when read, as it is when written; and its age must not count as zero.
+#[test]
+fn a_snapshot_sealed_without_a_key_or_taken_in_the_future_is_not_used() {
+    support::needs_world!();
+    let outage = Outage::new("forged");
+    let config = format!("{QUICK_GATE}{FALLBACK}");
+    let container = Container::boot(&config);
+    outage.install(&container, &config);
+    outage.boot(&container, &[]).expect(0);
+    let forged = serde_json::json!({
+        "taken_at": 4_102_444_800u64, // 2100-01-01
+        "region": "us-east-1",
+        "secrets": {
+            format!("{}_env_prod", outage.name): {
+                "selector": "stage:AWSCURRENT",
+                "version_id": "forged",
+                "text": "{\"APP_TOKEN\": \"forged-by-anyone\"}",
+            }
+        }
+    });
+    std::fs::write(container.out().join("forged.json"), forged.to_string()).unwrap();
+    let seal = |key: &str| {
+        container.sh(&format!(
+            "systemd-creds encrypt --with-key={key} --name bootagent-secrets-snapshot \
+             /share/forged.json {SNAPSHOT}"
+        ));
+    };
+    // Without any key: made on no host in particular.
+    seal("tpm2-absent");
+    let run = outage.boot_while_stopped(&container);
+    assert!(
+        !outage.service_env(&container).contains("forged-by-anyone"),
+        "{}",
+        run.stderr()
+    );
+    run.expect(75).stderr_has("sealed with no key");
+    // With this host's key, but taken in 2100: not "0s old" for the next 75 years.
+    seal("host");
+    let run = outage.boot_while_stopped(&container);
+    assert!(
+        !outage.service_env(&container).contains("forged-by-anyone"),
+        "{}",
+        run.stderr()
+    );
+    run.expect(75).stderr_has("ahead of this host's clock");
+}
