@@ -448,3 +448,44 @@ fn a_snapshot_sealed_without_a_key_or_taken_in_the_future_is_not_used() {
     );
     run.expect(75).stderr_has("ahead of this host's clock");
 }
+
+/// `deploy` reads the secrets (GetSecretValue) to list the remote when the git token lives in
+/// one; with the main secret pinned, that is the only call it makes to Secrets Manager. A "no"
+/// there is as final as at a boot: the snapshot goes, or the next outage boots on what was
+/// just refused.
+#[test]
+fn a_no_to_the_deploys_read_of_the_git_token_deletes_the_snapshot() {
+    support::needs_world!();
+    let outage = Outage::new("dtoken");
+    let secret = format!("{}_env_prod", outage.name);
+    let value = serde_json::json!({ "APP_TOKEN": outage.canary, "GIT_TOKEN": "unused" });
+    let version = put_secret_value(&secret, &value.to_string());
+    let config = format!(
+        "{QUICK_GATE}{FALLBACK}version_id = \"{version}\"\n[git]\ntoken = \"secret:GIT_TOKEN\"\n\
+         {SHORT_BOOT}"
+    );
+    let container = Container::boot(&config);
+    outage.install(&container, &config);
+    outage.boot(&container, &[]).expect(0);
+    assert!(has_snapshot(&container));
+
+    let denied = AwsError::start(
+        "AccessDeniedException",
+        400,
+        "User is not authorized to perform: secretsmanager:GetSecretValue",
+    );
+    let endpoint = format!("AWS_ENDPOINT_URL_SECRETS_MANAGER={}", denied.url);
+    let run = container.bootagent_with(&outage.imds, &[&endpoint], &["deploy"]);
+    outage.assert_no_canary(&run);
+    run.expect(5).stderr_has("was denied");
+    assert!(
+        !has_snapshot(&container),
+        "a denial must delete the snapshot: {}",
+        run.stderr()
+    );
+    // And so the outage that follows does not boot on it.
+    outage
+        .boot_while_stopped(&container)
+        .expect(75)
+        .stderr_has("there is no snapshot of the last good secrets");
+}

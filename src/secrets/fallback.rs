@@ -104,6 +104,14 @@ pub async fn obtain(
     })
 }
 
+/// Deletes the snapshot when `error` is Secrets Manager saying no: wherever bootagent reads a
+/// secret (a boot, `refresh`, `deploy`'s listing with a token kept in a secret), a "no" is final.
+pub fn forget_if_refused(state_dir: &Path, error: &SecretsError) {
+    if error.is_refusal() {
+        delete_snapshot(state_dir, "Secrets Manager refused a secret it holds");
+    }
+}
+
 /// Deletes the snapshot, saying why when there was one; a snapshot that cannot be deleted is
 /// an error in the journal (what it holds stays encrypted).
 pub fn delete_snapshot(state_dir: &Path, why: &str) {
