@@ -489,3 +489,31 @@ fn a_no_to_the_deploys_read_of_the_git_token_deletes_the_snapshot() {
         .expect(75)
         .stderr_has("there is no snapshot of the last good secrets");
 }
+
+/// Every region accepts the connection and never answers (each call ends at secrets.timeout),
+/// with two replicas: each region must leave what comes after it its turn, as the README says
+/// ("at most half of what the boot has left"), or the secrets step's deadline ends the boot
+/// before the snapshot is opened.
+#[test]
+fn the_snapshot_gets_its_turn_when_every_region_hangs() {
+    support::needs_world!();
+    let outage = Outage::new("hang");
+    let config = format!(
+        "{QUICK_GATE}[secrets]\nfallback_after = \"1m\"\ntimeout = \"5s\"\n\
+         regions = [\"us-west-2\", \"eu-west-1\"]\n[boot]\ndeadline = \"20s\"\n"
+    );
+    let container = Container::boot(&config);
+    outage.install(&container, &config);
+    outage.boot(&container, &[]).expect(0);
+    assert!(has_snapshot(&container));
+    // Connections complete in the backlog; nothing ever reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!(
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER=http://{}",
+        silent.local_addr().unwrap()
+    );
+    let run = outage.boot(&container, &[&endpoint]);
+    run.expect(0);
+    assert_eq!(status(&container)["outcome"], "degraded");
+    drop(silent);
+}

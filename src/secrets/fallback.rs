@@ -62,7 +62,15 @@ pub async fn obtain(
             false => left,
         };
         let client = client(settings, region, retry_for).await?;
-        let error = match super::read(&client, region, plan).await {
+        let read = super::read(&client, region, plan);
+        // The retries bound when a try may start, not when it ends (secrets.timeout later), and
+        // each secret has its own: only a read cut off at its share leaves the rest its turn.
+        let read = match more_to_try {
+            true => (tokio::time::timeout(retry_for, read).await)
+                .unwrap_or_else(|_| Err(cut_off(plan, region, retry_for))),
+            false => read.await,
+        };
+        let error = match read {
             Ok(read) => {
                 if i > 0 {
                     tracing::warn!(region, "secrets read from replica region {region}");
@@ -102,6 +110,21 @@ pub async fn obtain(
         error: Box::new(error),
         snapshot: unusable.to_string(),
     })
+}
+
+/// A region that did not answer within its share of the time, as a transient error.
+fn cut_off(plan: &SecretsPlan, region: &str, share: Duration) -> SecretsError {
+    let ids: Vec<&str> = super::wanted(plan).into_keys().collect();
+    let share = humantime::format_duration(Duration::from_millis(share.as_millis() as u64));
+    SecretsError::Unreachable {
+        id: ids.join(", "),
+        region: region.to_string(),
+        detail: "no answer within the region's share of the boot's time, so that the next \
+                 fallback gets its turn"
+            .into(),
+        tries: format!("cut off after {share}"),
+        retry_after: None,
+    }
 }
 
 /// Deletes the snapshot when `error` is Secrets Manager saying no: wherever bootagent reads a
