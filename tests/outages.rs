@@ -517,3 +517,37 @@ fn the_snapshot_gets_its_turn_when_every_region_hangs() {
     assert_eq!(status(&container)["outcome"], "degraded");
     drop(silent);
 }
+
+/// Secrets Manager silent, and a snapshot kept but too old to serve: the region is retried for
+/// as long as the boot deadline leaves, as with no snapshot at all, instead of giving up after
+/// secrets.fallback_after for a fallback that cannot stand in.
+#[test]
+fn a_snapshot_that_cannot_serve_does_not_cut_the_retries_short() {
+    support::needs_world!();
+    let outage = Outage::new("short");
+    let config = format!("{QUICK_GATE}{FALLBACK}snapshot_max_age = \"2s\"\n{SHORT_BOOT}");
+    let container = Container::boot(&config);
+    outage.install(&container, &config);
+    outage.boot(&container, &[]).expect(0);
+    assert!(has_snapshot(&container));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Each call ends at secrets.timeout (3s): the time a boot spends is known.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!(
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER=http://{}",
+        silent.local_addr().unwrap()
+    );
+    let started = std::time::Instant::now();
+    let run = outage.boot(&container, &[&endpoint]);
+    let took = started.elapsed();
+    run.expect(75)
+        .stderr_has("past secrets.snapshot_max_age (2s)");
+    // fallback_after (2s) is one call; the 12s deadline less one call (4s) leaves room for two
+    // or three.
+    assert!(
+        took >= std::time::Duration::from_millis(4500),
+        "gave up after {took:?}: {}",
+        run.stderr()
+    );
+    drop(silent);
+}

@@ -61,15 +61,7 @@ pub async fn obtain(
             true => (left / 2).min(settings.fallback_after),
             false => left,
         };
-        let client = client(settings, region, retry_for).await?;
-        let read = super::read(&client, region, plan);
-        // The retries bound when a try may start, not when it ends (secrets.timeout later), and
-        // each secret has its own: only a read cut off at its share leaves the rest its turn.
-        let read = match more_to_try {
-            true => (tokio::time::timeout(retry_for, read).await)
-                .unwrap_or_else(|_| Err(cut_off(plan, region, retry_for))),
-            false => read.await,
-        };
+        let read = read_region(settings, region, plan, retry_for, more_to_try).await;
         let error = match read {
             Ok(read) => {
                 if i > 0 {
@@ -106,10 +98,50 @@ pub async fn obtain(
         },
         Err(unusable) => unusable,
     };
+    // The snapshot cannot stand in: the time kept for it goes to the instance's region, as
+    // when there is none.
+    let left = time.saturating_sub(started.elapsed());
+    let error = match snapshot_kept && !left.is_zero() {
+        true => {
+            let region = regions[0];
+            tracing::warn!(region, "{unusable}; asking region {region} again");
+            match read_region(settings, region, plan, left, false).await {
+                Ok(read) => {
+                    let served = Served::Region(region.to_string());
+                    return Ok(Obtained { read, served });
+                }
+                Err(e) if e.is_transient() => e,
+                Err(e) => {
+                    forget_if_refused(state_dir, &e);
+                    return Err(e);
+                }
+            }
+        }
+        false => error,
+    };
     Err(SecretsError::NoFallback {
         error: Box::new(error),
         snapshot: unusable.to_string(),
     })
+}
+
+/// Every secret the plan reads, from `region`, retried for `retry_for`; with `cut`, cut off
+/// there: the retries bound when a try may start, not when it ends (secrets.timeout later), and
+/// each secret has its own, so only a read cut off at its share leaves the rest their turn.
+async fn read_region(
+    settings: &SecretsConfig,
+    region: &str,
+    plan: &SecretsPlan,
+    retry_for: Duration,
+    cut: bool,
+) -> Result<Read, SecretsError> {
+    let client = client(settings, region, retry_for).await?;
+    let read = super::read(&client, region, plan);
+    match cut {
+        true => (tokio::time::timeout(retry_for, read).await)
+            .unwrap_or_else(|_| Err(cut_off(plan, region, retry_for))),
+        false => read.await,
+    }
 }
 
 /// A region that did not answer within its share of the time, as a transient error.
