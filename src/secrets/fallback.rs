@@ -61,7 +61,10 @@ pub async fn obtain(
             true => (left / 2).min(settings.fallback_after),
             false => left,
         };
-        let read = read_region(settings, region, plan, retry_for, more_to_try).await;
+        // One call's time at least (secrets.fallback_after may be 0s: one try), but never past
+        // half of what is left.
+        let cut = more_to_try.then(|| retry_for.max(settings.timeout).min(left / 2));
+        let read = read_region(settings, region, plan, retry_for, cut).await;
         let error = match read {
             Ok(read) => {
                 if i > 0 {
@@ -105,7 +108,7 @@ pub async fn obtain(
         true => {
             let region = regions[0];
             tracing::warn!(region, "{unusable}; asking region {region} again");
-            match read_region(settings, region, plan, left, false).await {
+            match read_region(settings, region, plan, left, None).await {
                 Ok(read) => {
                     let served = Served::Region(region.to_string());
                     return Ok(Obtained { read, served });
@@ -125,22 +128,22 @@ pub async fn obtain(
     })
 }
 
-/// Every secret the plan reads, from `region`, retried for `retry_for`; with `cut`, cut off
-/// there: the retries bound when a try may start, not when it ends (secrets.timeout later), and
-/// each secret has its own, so only a read cut off at its share leaves the rest their turn.
+/// Every secret the plan reads, from `region`, retried for `retry_for`; cut off after `cut`:
+/// the retries bound when a try may start, not when it ends (secrets.timeout later), and each
+/// secret has its own, so only a read cut off at its share leaves the rest their turn.
 async fn read_region(
     settings: &SecretsConfig,
     region: &str,
     plan: &SecretsPlan,
     retry_for: Duration,
-    cut: bool,
+    cut: Option<Duration>,
 ) -> Result<Read, SecretsError> {
     let client = client(settings, region, retry_for).await?;
     let read = super::read(&client, region, plan);
     match cut {
-        true => (tokio::time::timeout(retry_for, read).await)
-            .unwrap_or_else(|_| Err(cut_off(plan, region, retry_for))),
-        false => read.await,
+        Some(cut) => (tokio::time::timeout(cut, read).await)
+            .unwrap_or_else(|_| Err(cut_off(plan, region, cut))),
+        None => read.await,
     }
 }
 
