@@ -216,7 +216,9 @@ pub async fn open(state_dir: &Path, max_age: Duration) -> Result<Snapshot, Unusa
             classified(&e)
         ))
     })?;
-    let taken_at = UNIX_EPOCH + Duration::from_secs(sealed.taken_at);
+    // `+` panics past what SystemTime holds.
+    let taken_at = (UNIX_EPOCH.checked_add(Duration::from_secs(sealed.taken_at)))
+        .ok_or_else(|| unreadable("its time is out of range; it is not used".into()))?;
     let secrets = (sealed.secrets.into_iter())
         .map(|(id, secret)| {
             let fetched = Fetched {
