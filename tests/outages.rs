@@ -271,7 +271,7 @@ fn a_no_from_secrets_manager_deletes_the_snapshot_and_the_boot_fails_as_before()
 fn a_snapshot_older_than_the_maximum_is_not_used_and_the_boot_says_so() {
     support::needs_world!();
     let outage = Outage::new("old");
-    let config = format!("{QUICK_GATE}{FALLBACK}snapshot_max_age = \"2s\"\n");
+    let config = format!("{QUICK_GATE}{FALLBACK}snapshot_max_age = \"2s\"\n{SHORT_BOOT}");
     let container = Container::boot(&config);
     outage.install(&container, &config);
     outage.boot(&container, &[]).expect(0);
@@ -289,7 +289,7 @@ fn a_snapshot_older_than_the_maximum_is_not_used_and_the_boot_says_so() {
 fn a_snapshot_copied_to_another_host_does_not_decrypt_there() {
     support::needs_world!();
     let outage = Outage::new("copy");
-    let config = format!("{QUICK_GATE}{FALLBACK}");
+    let config = format!("{QUICK_GATE}{FALLBACK}{SHORT_BOOT}");
     let first = Container::boot(&config);
     outage.install(&first, &config);
     outage.boot(&first, &[]).expect(0);
