@@ -240,8 +240,7 @@ pub async fn open(state_dir: &Path, max_age: Duration) -> Result<Snapshot, Unusa
         if ahead > FUTURE_TOLERANCE {
             return Err(Unusable::InTheFuture {
                 taken: humantime::format_rfc3339_seconds(taken_at).to_string(),
-                ahead: humantime::format_duration(Duration::from_secs(ahead.as_secs()))
-                    .to_string(),
+                ahead: humantime::format_duration(Duration::from_secs(ahead.as_secs())).to_string(),
             });
         }
     }
