@@ -62,8 +62,11 @@ pub async fn obtain(
             false => left,
         };
         // One call's time at least (secrets.fallback_after may be 0s: one try), but never past
-        // half of what is left.
-        let cut = more_to_try.then(|| retry_for.max(settings.timeout).min(left / 2));
+        // half of what the step has left: `time` and the one call after it (fetch_secrets gives
+        // the step secrets.timeout and a second more), so that a deadline shorter than a call
+        // still gets its one try.
+        let step_left = left + settings.timeout + Duration::from_secs(1);
+        let cut = more_to_try.then(|| retry_for.max(settings.timeout).min(step_left / 2));
         let read = read_region(settings, region, plan, retry_for, cut).await;
         let error = match read {
             Ok(read) => {
