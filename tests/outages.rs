@@ -271,7 +271,7 @@ fn a_no_from_secrets_manager_deletes_the_snapshot_and_the_boot_fails_as_before()
 fn a_snapshot_older_than_the_maximum_is_not_used_and_the_boot_says_so() {
     support::needs_world!();
     let outage = Outage::new("old");
-    let config = format!("{QUICK_GATE}{FALLBACK}snapshot_max_age = \"2s\"\n");
+    let config = format!("{QUICK_GATE}{FALLBACK}snapshot_max_age = \"2s\"\n{SHORT_BOOT}");
     let container = Container::boot(&config);
     outage.install(&container, &config);
     outage.boot(&container, &[]).expect(0);
@@ -289,7 +289,7 @@ fn a_snapshot_older_than_the_maximum_is_not_used_and_the_boot_says_so() {
 fn a_snapshot_copied_to_another_host_does_not_decrypt_there() {
     support::needs_world!();
     let outage = Outage::new("copy");
-    let config = format!("{QUICK_GATE}{FALLBACK}");
+    let config = format!("{QUICK_GATE}{FALLBACK}{SHORT_BOOT}");
     let first = Container::boot(&config);
     outage.install(&first, &config);
     outage.boot(&first, &[]).expect(0);
@@ -398,4 +398,162 @@ fn a_replica_region_serves_when_the_instance_region_is_stopped_and_a_denial_is_n
     assert_eq!(denying_front.requests()["us-west-2"], 0);
     assert!(!has_snapshot(&container));
     outage.assert_canary_only_where_it_belongs(&container);
+}
+
+/// A snapshot sealed with systemd's null key (`--with-key=tpm2-absent`, which anyone can make
+/// without any host key) and a `taken_at` in the future: it decrypts on every host, so it must
+/// be refused when read, as it is when written; and its age must not count as zero.
+#[test]
+fn a_snapshot_sealed_without_a_key_or_taken_in_the_future_is_not_used() {
+    support::needs_world!();
+    let outage = Outage::new("forged");
+    let config = format!("{QUICK_GATE}{FALLBACK}{SHORT_BOOT}");
+    let container = Container::boot(&config);
+    outage.install(&container, &config);
+    outage.boot(&container, &[]).expect(0);
+    let forged = serde_json::json!({
+        "taken_at": 4_102_444_800u64, // 2100-01-01
+        "region": "us-east-1",
+        "secrets": {
+            format!("{}_env_prod", outage.name): {
+                "selector": "stage:AWSCURRENT",
+                "version_id": "forged",
+                "text": "{\"APP_TOKEN\": \"forged-by-anyone\"}",
+            }
+        }
+    });
+    std::fs::write(container.out().join("forged.json"), forged.to_string()).unwrap();
+    let seal = |key: &str| {
+        container.sh(&format!(
+            "systemd-creds encrypt --with-key={key} --name bootagent-secrets-snapshot \
+             /share/forged.json {SNAPSHOT}"
+        ));
+    };
+    // Without any key: made on no host in particular.
+    seal("tpm2-absent");
+    let run = outage.boot_while_stopped(&container);
+    assert!(
+        !outage.service_env(&container).contains("forged-by-anyone"),
+        "{}",
+        run.stderr()
+    );
+    run.expect(75).stderr_has("sealed with no key");
+    // With this host's key, but taken in 2100: not "0s old" for the next 75 years.
+    seal("host");
+    let run = outage.boot_while_stopped(&container);
+    assert!(
+        !outage.service_env(&container).contains("forged-by-anyone"),
+        "{}",
+        run.stderr()
+    );
+    run.expect(75).stderr_has("ahead of this host's clock");
+    // A time no clock reaches: refused, not a panic.
+    let mut forged = forged;
+    forged["taken_at"] = serde_json::json!(u64::MAX);
+    std::fs::write(container.out().join("forged.json"), forged.to_string()).unwrap();
+    seal("host");
+    outage.boot_while_stopped(&container).expect(75);
+}
+
+/// `deploy` reads the secrets (GetSecretValue) to list the remote when the git token lives in
+/// one; with the main secret pinned, that is the only call it makes to Secrets Manager. A "no"
+/// there is as final as at a boot: the snapshot goes, or the next outage boots on what was
+/// just refused.
+#[test]
+fn a_no_to_the_deploys_read_of_the_git_token_deletes_the_snapshot() {
+    support::needs_world!();
+    let outage = Outage::new("dtoken");
+    let secret = format!("{}_env_prod", outage.name);
+    let value = serde_json::json!({ "APP_TOKEN": outage.canary, "GIT_TOKEN": "unused" });
+    let version = put_secret_value(&secret, &value.to_string());
+    let config = format!(
+        "{QUICK_GATE}{FALLBACK}version_id = \"{version}\"\n[git]\ntoken = \"secret:GIT_TOKEN\"\n\
+         {SHORT_BOOT}"
+    );
+    let container = Container::boot(&config);
+    outage.install(&container, &config);
+    outage.boot(&container, &[]).expect(0);
+    assert!(has_snapshot(&container));
+
+    let denied = AwsError::start(
+        "AccessDeniedException",
+        400,
+        "User is not authorized to perform: secretsmanager:GetSecretValue",
+    );
+    let endpoint = format!("AWS_ENDPOINT_URL_SECRETS_MANAGER={}", denied.url);
+    let run = container.bootagent_with(&outage.imds, &[&endpoint], &["deploy"]);
+    outage.assert_no_canary(&run);
+    run.expect(5).stderr_has("was denied");
+    assert!(
+        !has_snapshot(&container),
+        "a denial must delete the snapshot: {}",
+        run.stderr()
+    );
+    // And so the outage that follows does not boot on it.
+    outage
+        .boot_while_stopped(&container)
+        .expect(75)
+        .stderr_has("there is no snapshot of the last good secrets");
+}
+
+/// Every region accepts the connection and never answers (each call ends at secrets.timeout),
+/// with two replicas: each region must leave what comes after it its turn, as the README says
+/// ("at most half of what the boot has left"), or the secrets step's deadline ends the boot
+/// before the snapshot is opened.
+#[test]
+fn the_snapshot_gets_its_turn_when_every_region_hangs() {
+    support::needs_world!();
+    let outage = Outage::new("hang");
+    let config = format!(
+        "{QUICK_GATE}[secrets]\nfallback_after = \"1m\"\ntimeout = \"5s\"\n\
+         regions = [\"us-west-2\", \"eu-west-1\"]\n[boot]\ndeadline = \"20s\"\n"
+    );
+    let container = Container::boot(&config);
+    outage.install(&container, &config);
+    outage.boot(&container, &[]).expect(0);
+    assert!(has_snapshot(&container));
+    // Connections complete in the backlog; nothing ever reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!(
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER=http://{}",
+        silent.local_addr().unwrap()
+    );
+    let run = outage.boot(&container, &[&endpoint]);
+    run.expect(0);
+    assert_eq!(status(&container)["outcome"], "degraded");
+    drop(silent);
+}
+
+/// Secrets Manager silent, and a snapshot kept but too old to serve: the region is retried for
+/// as long as the boot deadline leaves, as with no snapshot at all, instead of giving up after
+/// secrets.fallback_after for a fallback that cannot stand in.
+#[test]
+fn a_snapshot_that_cannot_serve_does_not_cut_the_retries_short() {
+    support::needs_world!();
+    let outage = Outage::new("short");
+    let config = format!("{QUICK_GATE}{FALLBACK}snapshot_max_age = \"2s\"\n{SHORT_BOOT}");
+    let container = Container::boot(&config);
+    outage.install(&container, &config);
+    outage.boot(&container, &[]).expect(0);
+    assert!(has_snapshot(&container));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Each call ends at secrets.timeout (3s): the time a boot spends is known.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!(
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER=http://{}",
+        silent.local_addr().unwrap()
+    );
+    let started = std::time::Instant::now();
+    let run = outage.boot(&container, &[&endpoint]);
+    let took = started.elapsed();
+    run.expect(75)
+        .stderr_has("past secrets.snapshot_max_age (2s)");
+    // fallback_after (2s) is one call; the 12s deadline less one call (4s) leaves room for two
+    // or three.
+    assert!(
+        took >= std::time::Duration::from_millis(4500),
+        "gave up after {took:?}: {}",
+        run.stderr()
+    );
+    drop(silent);
 }

@@ -146,11 +146,7 @@ pub async fn secrets_since(
     let changed = match secrets::changed(&client, region, &plan.secrets, &last.secrets).await {
         Ok(changed) => changed,
         Err(e) => {
-            if e.is_refusal() {
-                let state_dir = &config.paths.state_dir;
-                let why = "Secrets Manager refused a secret it holds";
-                secrets::fallback::delete_snapshot(state_dir, why);
-            }
+            secrets::fallback::forget_if_refused(&config.paths.state_dir, &e);
             return Err(e.into());
         }
     };
@@ -178,7 +174,10 @@ async fn remote_head(
     let remote = plan.git.remote.clone().map_err(git::GitError::from)?;
     let credentials = match git::Credentials::load(&config.git, &config.paths, plan, client).await {
         Ok(credentials) => credentials,
-        Err(git::Unavailable::Secrets(e)) => return Err(e.into()),
+        Err(git::Unavailable::Secrets(e)) => {
+            secrets::fallback::forget_if_refused(&config.paths.state_dir, &e);
+            return Err(e.into());
+        }
         Err(git::Unavailable::Git(e)) => return Err(e.into()),
     };
     let reference = plan.git.reference.clone();

@@ -103,10 +103,7 @@ async fn renew_snapshot(
     let read = match secrets::read(client, region, &plan.secrets).await {
         Ok(read) => read,
         Err(e) => {
-            if e.is_refusal() {
-                let why = "Secrets Manager refused a secret it holds";
-                secrets::fallback::delete_snapshot(state_dir, why);
-            }
+            secrets::fallback::forget_if_refused(state_dir, &e);
             tracing::warn!("could not renew the snapshot of the last good secrets: {e}");
             return;
         }

@@ -61,8 +61,14 @@ pub async fn obtain(
             true => (left / 2).min(settings.fallback_after),
             false => left,
         };
-        let client = client(settings, region, retry_for).await?;
-        let error = match super::read(&client, region, plan).await {
+        // One call's time at least (secrets.fallback_after may be 0s: one try), but never past
+        // half of what the step has left: `time` and the one call after it (fetch_secrets gives
+        // the step secrets.timeout and a second more), so that a deadline shorter than a call
+        // still gets its one try.
+        let step_left = left + settings.timeout + Duration::from_secs(1);
+        let cut = more_to_try.then(|| retry_for.max(settings.timeout).min(step_left / 2));
+        let read = read_region(settings, region, plan, retry_for, cut).await;
+        let error = match read {
             Ok(read) => {
                 if i > 0 {
                     tracing::warn!(region, "secrets read from replica region {region}");
@@ -98,10 +104,73 @@ pub async fn obtain(
         },
         Err(unusable) => unusable,
     };
+    // The snapshot cannot stand in: the time kept for it goes to the instance's region, as
+    // when there is none.
+    let left = time.saturating_sub(started.elapsed());
+    let error = match snapshot_kept && !left.is_zero() {
+        true => {
+            let region = regions[0];
+            tracing::warn!(region, "{unusable}; asking region {region} again");
+            match read_region(settings, region, plan, left, None).await {
+                Ok(read) => {
+                    let served = Served::Region(region.to_string());
+                    return Ok(Obtained { read, served });
+                }
+                Err(e) if e.is_transient() => e,
+                Err(e) => {
+                    forget_if_refused(state_dir, &e);
+                    return Err(e);
+                }
+            }
+        }
+        false => error,
+    };
     Err(SecretsError::NoFallback {
         error: Box::new(error),
         snapshot: unusable.to_string(),
     })
+}
+
+/// Every secret the plan reads, from `region`, retried for `retry_for`; cut off after `cut`:
+/// the retries bound when a try may start, not when it ends (secrets.timeout later), and each
+/// secret has its own, so only a read cut off at its share leaves the rest their turn.
+async fn read_region(
+    settings: &SecretsConfig,
+    region: &str,
+    plan: &SecretsPlan,
+    retry_for: Duration,
+    cut: Option<Duration>,
+) -> Result<Read, SecretsError> {
+    let client = client(settings, region, retry_for).await?;
+    let read = super::read(&client, region, plan);
+    match cut {
+        Some(cut) => (tokio::time::timeout(cut, read).await)
+            .unwrap_or_else(|_| Err(cut_off(plan, region, cut))),
+        None => read.await,
+    }
+}
+
+/// A region that did not answer within its share of the time, as a transient error.
+fn cut_off(plan: &SecretsPlan, region: &str, share: Duration) -> SecretsError {
+    let ids: Vec<&str> = super::wanted(plan).into_keys().collect();
+    let share = humantime::format_duration(Duration::from_millis(share.as_millis() as u64));
+    SecretsError::Unreachable {
+        id: ids.join(", "),
+        region: region.to_string(),
+        detail: "no answer within the region's share of the boot's time, so that the next \
+                 fallback gets its turn"
+            .into(),
+        tries: format!("cut off after {share}"),
+        retry_after: None,
+    }
+}
+
+/// Deletes the snapshot when `error` is Secrets Manager saying no: wherever bootagent reads a
+/// secret (a boot, `refresh`, `deploy`'s listing with a token kept in a secret), a "no" is final.
+pub fn forget_if_refused(state_dir: &Path, error: &SecretsError) {
+    if error.is_refusal() {
+        delete_snapshot(state_dir, "Secrets Manager refused a secret it holds");
+    }
 }
 
 /// Deletes the snapshot, saying why when there was one; a snapshot that cannot be deleted is

@@ -21,6 +21,10 @@ const FILE_NAME: &str = "secrets.snapshot";
 const CREDENTIAL_NAME: &str = "bootagent-secrets-snapshot";
 /// Secrets Manager holds at most 64 KiB a secret; a snapshot past this is not one.
 const MAX_BYTES: u64 = 16 << 20;
+/// How far ahead of the clock a snapshot's `taken_at` may be: SigV4's own tolerance, since
+/// Secrets Manager accepted the read it seals only within it. Past this, the clock went back or
+/// the snapshot is not one bootagent sealed, and its age cannot be known.
+const FUTURE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// `systemd-creds` with a TPM2 can take seconds; past this it is not answering.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The key id systemd writes for `--with-key=tpm2-absent` (and, in newer releases, `null`):
@@ -77,6 +81,12 @@ pub enum Unusable {
          ({max}): it is not used"
     )]
     TooOld { age: String, max: String },
+    #[error(
+        "the snapshot of the last good secrets says it was taken at {taken}, {ahead} ahead of \
+         this host's clock: its age cannot be known (the clock went back, or it is not one \
+         bootagent sealed), so it is not used"
+    )]
+    InTheFuture { taken: String, ahead: String },
     #[error(
         "the snapshot of the last good secrets ({path}) could not be decrypted on this host \
          ({detail}): it was made on another host, or this host's key \
@@ -138,6 +148,11 @@ pub async fn save(state_dir: &Path, read: &Read, taken_at: SystemTime) -> Result
         .map_err(|e| format!("failed to write {}: {e}", path.display()))
 }
 
+/// Whether `sealed` is a credential sealed with systemd's null key: decrypted by any host.
+fn null_keyed(sealed: &[u8]) -> bool {
+    check_keyed(sealed).is_err_and(|e| e.contains("with no key"))
+}
+
 /// Refuses a credential sealed without a key: `--with-key=auto` on a host with neither a TPM2
 /// nor a persistent /var/lib/systemd may fall back to one in newer systemd releases.
 fn check_keyed(sealed: &[u8]) -> Result<(), String> {
@@ -176,6 +191,15 @@ pub async fn open(state_dir: &Path, max_age: Duration) -> Result<Snapshot, Unusa
         }
         Err(e) => return Err(unreadable(e.to_string())),
     };
+    // systemd-creds decrypts a credential sealed with its null key on any host without a TPM2
+    // (with a warning only): anyone can make one, so it is refused here as when sealing.
+    if null_keyed(&sealed) {
+        return Err(unreadable(
+            "it is sealed with no key (systemd's null key, which any host decrypts), so it is \
+             not one bootagent sealed here; it is not used"
+                .into(),
+        ));
+    }
     let args = ["decrypt", "--name", CREDENTIAL_NAME, "-", "-"];
     let clear = systemd_creds(&args, &sealed)
         .await
@@ -192,7 +216,9 @@ pub async fn open(state_dir: &Path, max_age: Duration) -> Result<Snapshot, Unusa
             classified(&e)
         ))
     })?;
-    let taken_at = UNIX_EPOCH + Duration::from_secs(sealed.taken_at);
+    // `+` panics past what SystemTime holds.
+    let taken_at = (UNIX_EPOCH.checked_add(Duration::from_secs(sealed.taken_at)))
+        .ok_or_else(|| unreadable("its time is out of range; it is not used".into()))?;
     let secrets = (sealed.secrets.into_iter())
         .map(|(id, secret)| {
             let fetched = Fetched {
@@ -210,6 +236,14 @@ pub async fn open(state_dir: &Path, max_age: Duration) -> Result<Snapshot, Unusa
         },
         taken_at,
     };
+    if let Ok(ahead) = taken_at.duration_since(SystemTime::now()) {
+        if ahead > FUTURE_TOLERANCE {
+            return Err(Unusable::InTheFuture {
+                taken: humantime::format_rfc3339_seconds(taken_at).to_string(),
+                ahead: humantime::format_duration(Duration::from_secs(ahead.as_secs())).to_string(),
+            });
+        }
+    }
     let age = snapshot.age();
     if age > max_age {
         return Err(Unusable::TooOld {
@@ -290,6 +324,7 @@ mod tests {
         let encoded = aws_smithy_types::base64::encode(&header);
         let err = check_keyed(encoded.as_bytes()).unwrap_err();
         assert!(err.contains("with no key"), "{err}");
+        assert!(null_keyed(encoded.as_bytes()));
         // The host key's id (CRED_AES256_GCM_BY_HOST), line-wrapped as systemd-creds writes.
         let host: [u8; 16] = [
             0x5a, 0x1c, 0x6a, 0x86, 0xdf, 0x9d, 0x40, 0x96, 0xb1, 0xd5, 0xa6, 0x5e, 0x08, 0x62,
@@ -300,6 +335,8 @@ mod tests {
         let encoded = aws_smithy_types::base64::encode(&header);
         let wrapped = format!("{}\n{}", &encoded[..10], &encoded[10..]);
         check_keyed(wrapped.as_bytes()).unwrap();
+        assert!(!null_keyed(wrapped.as_bytes()));
         assert!(check_keyed(b"AAAA").is_err());
+        assert!(!null_keyed(b"AAAA"), "left to systemd-creds to refuse");
     }
 }
