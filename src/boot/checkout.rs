@@ -51,6 +51,7 @@ fn kept(commit: &str, why: &Error) -> (git::Checkout, Kept) {
         received_objects: 0,
         received_bytes: 0,
         mirror: None,
+        seed: None,
     };
     let note = format!(
         "running last good commit {commit} because {}",

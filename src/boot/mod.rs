@@ -400,6 +400,7 @@ impl Steps<'_> {
             received_bytes: checkout.received_bytes,
             note,
             mirror: checkout.mirror.clone(),
+            seed: checkout.seed.clone(),
         });
         self.recorder.end(match self.recorder.status.degraded {
             Some(_) => Outcome::Degraded,

@@ -14,6 +14,7 @@ mod env;
 mod health_report;
 mod lifecycle;
 mod plan;
+mod prepare;
 mod refresh;
 mod status;
 
@@ -54,6 +55,9 @@ enum Command {
     Lifecycle(lifecycle::LifecycleArgs),
     /// Hand a running unit new credentials (secrets.deliver = "credentials")
     Credentials(credentials::CredentialsArgs),
+    /// Bake the repository into the image (Packer, Image Builder): a first boot then fetches
+    /// only what is newer
+    Prepare(prepare::PrepareArgs),
 }
 
 impl Cli {
@@ -78,6 +82,7 @@ impl Cli {
             Command::Doctor(args) => args.run(&config),
             Command::Lifecycle(args) => args.run(&config),
             Command::Credentials(args) => args.run(&config),
+            Command::Prepare(args) => args.run(&config),
         }
     }
 }

@@ -8,6 +8,7 @@ mod error;
 mod http;
 mod refs;
 mod releases;
+pub mod seed;
 mod session;
 mod ssh;
 mod sync;

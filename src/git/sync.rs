@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use git2::{Direction, FetchOptions, Repository};
 
 use super::error::network_error;
-use super::refs::{advertised_ref, target_of, warn_if_peel_forged};
+use super::refs::{advertised_ref, target_of, warn_if_peel_forged, Listed};
 use super::releases::Layout;
-use super::session::Limits;
-use super::{trust, Credentials, GitError};
+use super::seed;
+use super::session::{ActiveSession, Limits};
+use super::trust::{self, Target};
+use super::{Credentials, GitError};
 use crate::plan::GitPlan;
 use crate::remote::Remote;
 
@@ -24,6 +26,8 @@ pub struct Checkout {
     pub received_bytes: usize,
     /// The mirror it came from, when the remote did not answer (set by the caller).
     pub mirror: Option<String>,
+    /// When the seed this first checkout started from was taken (`bootagent prepare`).
+    pub seed: Option<String>,
 }
 
 /// What the boot did to the checkout; written in status.json and the history.
@@ -112,96 +116,25 @@ pub fn sync(
     };
     std::fs::create_dir_all(&layout.releases).map_err(io("create the releases directory"))?;
     clear_interrupted_work(&layout.repo).map_err(io("clear what an interrupted fetch left"))?;
-    let (repo, fresh) = match Repository::open_bare(&layout.repo) {
-        Ok(repo) => (repo, false),
-        Err(_) => {
+    let fetch = |seeded| fetch_target(plan, remote, &layout, &session, limits, seeded);
+    let Fetched {
+        repo,
+        listed,
+        target,
+        fresh,
+        received,
+        seed,
+    } = match fetch(true)? {
+        Attempt::Done(fetched) => fetched,
+        // The seed's objects were checked as they were planted; should a fetch into them fail
+        // on this side all the same, the seed is no reason for a failed boot.
+        Attempt::SeedFailed(error) => {
+            tracing::warn!("the checkout on the seed failed ({error}): fetching without the seed");
             let _ = std::fs::remove_dir_all(&layout.repo);
-            (
-                Repository::init_bare(&layout.repo).map_err(local("create the repository"))?,
-                true,
-            )
-        }
-    };
-
-    let mut anonymous = repo
-        .remote_anonymous(remote.url())
-        .map_err(local("set up the remote"))?;
-    // One connection lists the refs and, when needed, fetches: over ssh a second connection
-    // would cost a second handshake.
-    let mut connection = anonymous
-        .connect_auth(Direction::Fetch, None, None)
-        .map_err(|e| network_error(e, remote, &session))?;
-    let listed = advertised_ref(&mut connection, remote, &plan.reference, &session)?;
-    // What runs is read from the objects on this side: the commit the ref names, or for an
-    // annotated tag the commit its (verified) tag object names. The remote's word is only what
-    // to fetch.
-    let known = target_of(&repo, &listed, remote)?;
-    let mut received = (0, 0);
-    let fetched = known.is_none();
-    let target = match known {
-        Some(target) => target,
-        None => {
-            let mut last_report = Instant::now();
-            let mut callbacks = git2::RemoteCallbacks::new();
-            callbacks.transfer_progress(|progress| {
-                received = (progress.received_objects(), progress.received_bytes());
-                // A local fetch has no transport of ours to stop it: false aborts it here.
-                if limits.exceeded().is_some() {
-                    return false;
-                }
-                // A long transfer says how far it got, at a steady pace.
-                if last_report.elapsed() >= PROGRESS_EVERY {
-                    last_report = Instant::now();
-                    tracing::info!(
-                        objects = progress.received_objects(),
-                        total = progress.total_objects(),
-                        bytes = progress.received_bytes(),
-                        "fetching"
-                    );
-                }
-                true
-            });
-            let mut options = FetchOptions::new();
-            options.remote_callbacks(callbacks);
-            // libgit2's local transport cannot fetch shallow; a repository on this machine's
-            // disk costs no network, so it is fetched whole.
-            // Whether the new commit descends from the one in service needs the history.
-            if !remote.is_local() && plan.trust.allow_rewind {
-                options.depth(i32::try_from(plan.depth).unwrap_or(i32::MAX));
+            match fetch(false)? {
+                Attempt::Done(fetched) => fetched,
+                Attempt::SeedFailed(error) => return Err(error),
             }
-            connection
-                .remote()
-                .download(
-                    &[format!("+{}:{TRACKING}", listed.name)],
-                    Some(&mut options),
-                )
-                .map_err(|e| match network_error(e, remote, &session) {
-                    // A commit id the remote does not list: a server that answered and said no
-                    // is no outage.
-                    GitError::Unreachable { message, .. }
-                        if !listed.name.starts_with("refs/") && session.failure().is_none() =>
-                    {
-                        GitError::CommitNotServed {
-                            url: remote.to_string(),
-                            commit: listed.name.clone(),
-                            message,
-                        }
-                    }
-                    other => other,
-                })?;
-            drop(options);
-            let target = target_of(&repo, &listed, remote)?.ok_or_else(|| GitError::Unusable {
-                url: remote.to_string(),
-                message: format!(
-                    "the fetch of {} did not bring {} and the commit it names",
-                    listed.name, listed.object
-                ),
-            })?;
-            // A ref keeps the commit: the next fetch offers it as what this side has, so only
-            // what is new comes.
-            repo.reference(TRACKING, target.commit, true, "bootagent fetch")
-                .map_err(local("record the fetched commit"))?;
-            target
         }
     };
     warn_if_peel_forged(&listed, &target, remote);
@@ -218,11 +151,12 @@ pub fn sync(
             received_objects: received.0,
             received_bytes: received.1,
             mirror: None,
+            seed: seed.map(|seed| seed.taken_at),
         });
     }
-    let action = match (fetched, fresh) {
-        (true, true) => Action::Cloned,
-        _ => Action::Fetched,
+    let action = match fresh {
+        true => Action::Cloned,
+        false => Action::Fetched,
     };
     let release = layout.releases.join(commit_id.to_string());
     trust::check(
@@ -271,7 +205,190 @@ pub fn sync(
         received_objects: received.0,
         received_bytes: received.1,
         mirror: None,
+        seed: seed.map(|seed| seed.taken_at),
     })
+}
+
+/// What the fetch part of a sync found and brought.
+struct Fetched {
+    repo: Repository,
+    listed: Listed,
+    target: Target,
+    /// The repository was made by this sync.
+    fresh: bool,
+    /// Objects and bytes received.
+    received: (usize, usize),
+    /// The seed planted in the new repository, if one was.
+    seed: Option<seed::Planted>,
+}
+
+enum Attempt {
+    Done(Fetched),
+    /// A local failure in a repository the seed was planted in: worth a try without the seed.
+    SeedFailed(GitError),
+}
+
+/// Lists `plan.reference` on the remote and fetches its commit unless this side has it. A new
+/// repository gets the seed first (`seeded`), when there is one that fits.
+fn fetch_target(
+    plan: &GitPlan,
+    remote: &Remote,
+    layout: &Layout,
+    session: &ActiveSession,
+    limits: &Limits,
+    seeded: bool,
+) -> Result<Attempt, GitError> {
+    let local = |action: &'static str| {
+        let dir = plan.dir.clone();
+        move |e: git2::Error| GitError::Local {
+            action,
+            dir,
+            message: e.message().to_string(),
+        }
+    };
+    let init = || Repository::init_bare(&layout.repo).map_err(local("create the repository"));
+    let (mut repo, fresh) = match Repository::open_bare(&layout.repo) {
+        Ok(repo) => (repo, false),
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&layout.repo);
+            (init()?, true)
+        }
+    };
+    // libgit2's local transport cannot fetch shallow; a repository on this machine's disk costs
+    // no network, so it is fetched whole. Whether the new commit descends from the one in
+    // service needs the history.
+    let depth = (!remote.is_local() && plan.trust.allow_rewind).then_some(plan.depth);
+    let mut seed = None;
+    if fresh && seeded {
+        match seed::plant(
+            &repo,
+            &plan.seed,
+            remote,
+            &plan.mirrors,
+            depth.is_some(),
+            limits,
+        ) {
+            Ok(planted) => seed = planted,
+            Err(why) => {
+                tracing::warn!(
+                    seed = %plan.seed.display(),
+                    "the seed is not used: {why}"
+                );
+                drop(repo);
+                let _ = std::fs::remove_dir_all(&layout.repo);
+                repo = init()?;
+            }
+        }
+    }
+    let planted = seed.is_some();
+    let fetched = fetch_into(&repo, plan, remote, session, limits, depth);
+    let (listed, target, received) = match fetched {
+        Ok(fetched) => fetched,
+        Err(error @ GitError::Local { .. }) if planted => return Ok(Attempt::SeedFailed(error)),
+        Err(error) => return Err(error),
+    };
+    Ok(Attempt::Done(Fetched {
+        repo,
+        listed,
+        target,
+        fresh,
+        received,
+        seed,
+    }))
+}
+
+/// The listing and, when this side lacks the commit, the fetch: (what the remote listed, the
+/// target, objects and bytes received).
+fn fetch_into(
+    repo: &Repository,
+    plan: &GitPlan,
+    remote: &Remote,
+    session: &ActiveSession,
+    limits: &Limits,
+    depth: Option<u32>,
+) -> Result<(Listed, Target, (usize, usize)), GitError> {
+    let local = |action: &'static str| {
+        let dir = plan.dir.clone();
+        move |e: git2::Error| GitError::Local {
+            action,
+            dir,
+            message: e.message().to_string(),
+        }
+    };
+    let mut anonymous = repo
+        .remote_anonymous(remote.url())
+        .map_err(local("set up the remote"))?;
+    // One connection lists the refs and, when needed, fetches: over ssh a second connection
+    // would cost a second handshake.
+    let mut connection = anonymous
+        .connect_auth(Direction::Fetch, None, None)
+        .map_err(|e| network_error(e, remote, session))?;
+    let listed = advertised_ref(&mut connection, remote, &plan.reference, session)?;
+    // What runs is read from the objects on this side: the commit the ref names, or for an
+    // annotated tag the commit its (verified) tag object names. The remote's word is only what
+    // to fetch.
+    if let Some(target) = target_of(repo, &listed, remote)? {
+        return Ok((listed, target, (0, 0)));
+    }
+    let mut received = (0, 0);
+    let mut last_report = Instant::now();
+    let mut callbacks = git2::RemoteCallbacks::new();
+    callbacks.transfer_progress(|progress| {
+        received = (progress.received_objects(), progress.received_bytes());
+        // A local fetch has no transport of ours to stop it: false aborts it here.
+        if limits.exceeded().is_some() {
+            return false;
+        }
+        // A long transfer says how far it got, at a steady pace.
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            tracing::info!(
+                objects = progress.received_objects(),
+                total = progress.total_objects(),
+                bytes = progress.received_bytes(),
+                "fetching"
+            );
+        }
+        true
+    });
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(callbacks);
+    if let Some(depth) = depth {
+        options.depth(i32::try_from(depth).unwrap_or(i32::MAX));
+    }
+    connection
+        .remote()
+        .download(
+            &[format!("+{}:{TRACKING}", listed.name)],
+            Some(&mut options),
+        )
+        .map_err(|e| match network_error(e, remote, session) {
+            // A commit id the remote does not list: a server that answered and said no is no
+            // outage.
+            GitError::Unreachable { message, .. }
+                if !listed.name.starts_with("refs/") && session.failure().is_none() =>
+            {
+                GitError::CommitNotServed {
+                    url: remote.to_string(),
+                    commit: listed.name.clone(),
+                    message,
+                }
+            }
+            other => other,
+        })?;
+    drop(options);
+    let target = target_of(repo, &listed, remote)?.ok_or_else(|| GitError::Unusable {
+        url: remote.to_string(),
+        message: format!(
+            "the fetch of {} did not bring {} and the commit it names",
+            listed.name, listed.object
+        ),
+    })?;
+    // A ref keeps the commit: the next fetch offers it as what this side has, so only what is
+    // new comes.
+    repo.reference(TRACKING, target.commit, true, "bootagent fetch")
+        .map_err(local("record the fetched commit"))?;
+    Ok((listed, target, received))
 }
 
 /// A fetch killed mid-way leaves lock files (`shallow.lock`, `refs/…/x.lock`) that make every

@@ -91,6 +91,9 @@ pub struct GitPlan {
     pub depth: u32,
     /// Whose signature the code must carry, and whether the branch may rewind.
     pub trust: Trust,
+    /// The repository `bootagent prepare` baked into the image, which a first checkout starts
+    /// from.
+    pub seed: PathBuf,
 }
 
 fn serialize_remote<S: serde::Serializer>(
@@ -257,11 +260,7 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
         status_file: config.paths.status_file(),
         lock_file: config.paths.lock_file(),
         git: GitPlan {
-            remote: render("git.url", &config.git.url, &vars)?
-                .map(|url| Remote::parse(&url))
-                .ok_or_else(|| NoRemote {
-                    tag: config.identity.repository_tag.clone(),
-                }),
+            remote: git_remote(config, &vars)?,
             mirrors: (config.git.mirrors.iter().enumerate())
                 .map(|(i, url)| Ok(Remote::parse(&required(&format!("git.mirrors[{i}]"), url)?)))
                 .collect::<Result<_, ConfigError>>()?,
@@ -277,6 +276,7 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
                 },
                 allow_rewind: config.git.allow_rewind,
             },
+            seed: crate::git::seed::dir(&config.paths.state_dir),
         },
         service: ServicePlan {
             manager: config.service.manager,
@@ -288,6 +288,52 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
         identity: identity.clone(),
         files,
     })
+}
+
+/// `git.url` rendered: the remote, or which tag it lacks.
+fn git_remote(
+    config: &Config,
+    vars: &TemplateVars,
+) -> Result<Result<Remote, NoRemote>, ConfigError> {
+    Ok(render("git.url", &config.git.url, vars)?
+        .map(|url| Remote::parse(&url))
+        .ok_or_else(|| NoRemote {
+            tag: config.identity.repository_tag.clone(),
+        }))
+}
+
+/// `git.url` as `bootagent prepare` renders it for environment `env`, with what an image build
+/// knows (`known`: `service`, `repository`, `region`, `tag:NAME`) and no instance.
+pub fn seed_remote(
+    config: &Config,
+    known: &BTreeMap<String, String>,
+    env: &str,
+) -> Result<Result<Remote, NoRemote>, ConfigError> {
+    git_remote(config, &image_vars(config, known, env))
+}
+
+/// `git.ref` as `bootagent prepare` renders it (see [`seed_remote`]).
+pub fn seed_ref(
+    config: &Config,
+    known: &BTreeMap<String, String>,
+    env: &str,
+) -> Result<String, ConfigError> {
+    let vars = image_vars(config, known, env);
+    Ok(render_required("git.ref", &config.git.reference, &vars)?)
+}
+
+fn image_vars(config: &Config, known: &BTreeMap<String, String>, env: &str) -> TemplateVars {
+    let names = ["service", "region", "instance_id", "repository"].map(String::from);
+    let tags = config
+        .referenced_tags()
+        .into_iter()
+        .map(|tag| format!("tag:{tag}"));
+    let mut vars: TemplateVars = (names.into_iter().chain(tags))
+        .map(|name| (name.clone(), known.get(&name).cloned()))
+        .collect();
+    vars.insert("env".into(), Some(env.to_string()));
+    vars.insert("env_tag".into(), Some(env.to_string()));
+    vars
 }
 
 fn is_unit_name(name: &str) -> bool {

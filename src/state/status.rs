@@ -167,6 +167,9 @@ pub struct GitStatus {
     /// The mirror (`git.mirrors`) the commit was fetched from, when `url` did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<String>,
+    /// When the seed (`bootagent prepare`) this first checkout started from was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

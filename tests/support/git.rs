@@ -436,6 +436,30 @@ impl SampleRepo {
         self.commit_on(work.path(), branch, &format!("{branch} round {round}\n"))
     }
 
+    /// Commits `count` files of 4 KiB of pseudo-random bytes (which no compression shrinks) on
+    /// `branch`: a repository whose transfer size is what its files weigh. Returns the commit.
+    pub fn push_incompressible_files(&mut self, branch: &str, count: usize, seed: u64) -> String {
+        let work = self.clone_branch(branch);
+        let dir = work.path().join("assets");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        for i in 0..count {
+            let bytes: Vec<u8> = (0..4096)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            std::fs::write(dir.join(format!("a{i:04}.bin")), bytes).unwrap();
+        }
+        git(work.path(), &["add", "assets"]);
+        self.commit_on(work.path(), branch, &format!("{branch} assets {seed}\n"))
+    }
+
     /// The tree of `commit` extracted by git itself, to compare releases with.
     pub fn extract(&self, commit: &str, into: &Path) {
         let archive = Command::new("git")

@@ -1,0 +1,296 @@
+//! The seed: the service's repository baked into the image by `bootagent prepare`, so that a
+//! first boot fetches only what the seed lacks rather than the whole branch.
+//!
+//!   STATE_DIR/seed/repo.git    bare repository: the packs prepare fetched (and `shallow`)
+//!   STATE_DIR/seed/seed.json   what it holds: the remote, each ref's commit, the depth, when
+//!
+//! A first boot (no repo.git yet) plants the seed in the new repository: each pack goes through
+//! libgit2's indexer, which recomputes every object's id from its content and checks the pack's
+//! checksum, so a corrupt seed is refused before anything reads it; the seed's commits become
+//! refs (`refs/bootagent/seed/N`), which the fetch offers the remote as what this side has. What
+//! runs is still read from the objects, signed-code and rewind checks as without a seed: an
+//! object's id is its content, so a seed can spare a download, never change what a commit is.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use git2::{Direction, FetchOptions, Oid, Repository};
+use serde::{Deserialize, Serialize};
+
+use super::error::network_error;
+use super::refs::{advertised_ref, target_of};
+use super::session::Limits;
+use super::{Credentials, GitError};
+use crate::remote::Remote;
+
+/// What a seed holds, in `seed.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// The repository it was fetched from, without credentials.
+    pub url: String,
+    /// Each ref as given to prepare (`prod`, `rel-1`, a commit id) and the commit it named.
+    pub refs: BTreeMap<String, String>,
+    /// The history fetched with each commit; `None`: all of it.
+    pub depth: Option<u32>,
+    /// When prepare fetched it (RFC 3339, UTC).
+    pub taken_at: String,
+}
+
+impl Record {
+    /// How long ago prepare fetched it; `None` when `taken_at` is not a time in the past.
+    pub fn age(&self) -> Option<Duration> {
+        let taken = humantime::parse_rfc3339(&self.taken_at).ok()?;
+        SystemTime::now().duration_since(taken).ok()
+    }
+}
+
+/// The seed of a state dir.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("seed")
+}
+
+fn repository(seed: &Path) -> PathBuf {
+    seed.join("repo.git")
+}
+
+const RECORD: &str = "seed.json";
+/// seed.json is a few lines; anything bigger is not one.
+const MAX_RECORD: u64 = 1 << 20;
+/// Where the seed's commits are kept, in the seed and in a repository it was planted in.
+const SEED_REFS: &str = "refs/bootagent/seed";
+
+/// Reads the seed's record; `Ok(None)` when there is no seed.
+pub fn read(seed: &Path) -> Result<Option<Record>, String> {
+    let path = seed.join(RECORD);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut text = String::new();
+    file.take(MAX_RECORD)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("{} is not a seed record: {e}", path.display()))
+}
+
+/// Fetches what `references` name on `remote` (with `depth` commits of history, or all) into a
+/// new seed at `seed`, which replaces the one there only once it is complete.
+pub fn prepare(
+    remote: &Remote,
+    references: &[String],
+    depth: Option<u32>,
+    credentials: &Credentials,
+    limits: &Limits,
+    seed: &Path,
+) -> Result<Record, GitError> {
+    let local = |action: &'static str, dir: &Path| {
+        let dir = dir.to_path_buf();
+        move |message: String| GitError::Local {
+            action,
+            dir,
+            message,
+        }
+    };
+    let parent = seed.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| local("create the state directory", parent)(e.to_string()))?;
+    let staging = parent.join(format!(".seed.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let session = credentials.session(remote, limits)?;
+    let repo = Repository::init_bare(repository(&staging))
+        .map_err(|e| local("create the seed repository", &staging)(e.message().to_string()))?;
+    let mut anonymous = repo
+        .remote_anonymous(remote.url())
+        .map_err(|e| local("set up the remote", &staging)(e.message().to_string()))?;
+    let mut connection = anonymous
+        .connect_auth(Direction::Fetch, None, None)
+        .map_err(|e| network_error(e, remote, &session))?;
+    let listed = references
+        .iter()
+        .map(|reference| advertised_ref(&mut connection, remote, reference, &session))
+        .collect::<Result<Vec<_>, _>>()?;
+    let specs: Vec<String> = (listed.iter().enumerate())
+        .map(|(n, listed)| format!("+{}:{SEED_REFS}/{n}", listed.name))
+        .collect();
+    let mut callbacks = git2::RemoteCallbacks::new();
+    callbacks.transfer_progress(|_| limits.exceeded().is_none());
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(callbacks);
+    if let Some(depth) = depth {
+        options.depth(i32::try_from(depth).unwrap_or(i32::MAX));
+    }
+    connection
+        .remote()
+        .download(&specs, Some(&mut options))
+        .map_err(|e| network_error(e, remote, &session))?;
+    drop(options);
+    drop(connection);
+    let mut refs = BTreeMap::new();
+    for (n, (reference, listed)) in references.iter().zip(&listed).enumerate() {
+        let target = target_of(&repo, listed, remote)?.ok_or_else(|| GitError::Unusable {
+            url: remote.to_string(),
+            message: format!(
+                "the fetch of {} did not bring the commit it names",
+                listed.name
+            ),
+        })?;
+        repo.reference(
+            &format!("{SEED_REFS}/{n}"),
+            target.commit,
+            true,
+            "bootagent seed",
+        )
+        .map_err(|e| local("record the seed's commit", &staging)(e.message().to_string()))?;
+        refs.insert(reference.clone(), target.commit.to_string());
+    }
+    let record = Record {
+        url: remote.to_string(),
+        refs,
+        depth,
+        taken_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    let text = serde_json::to_vec_pretty(&record).expect("a seed record serializes");
+    let io = |action| {
+        let staging = staging.clone();
+        move |e: std::io::Error| local(action, &staging)(e.to_string())
+    };
+    crate::atomic::write_file(&staging.join(RECORD), &text, 0o644)
+        .map_err(io("write the seed record"))?;
+    let dir = std::fs::File::open(&staging).map_err(io("open the seed"))?;
+    nix::unistd::syncfs(&dir)
+        .map_err(std::io::Error::from)
+        .map_err(io("flush the seed to disk"))?;
+    let old = parent.join(format!(".seed.old-{}", std::process::id()));
+    if seed.exists() {
+        std::fs::rename(seed, &old).map_err(io("move the old seed aside"))?;
+    }
+    std::fs::rename(&staging, seed).map_err(io("move the seed into place"))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(record)
+}
+
+/// A seed planted in a new repository.
+#[derive(Debug, Clone)]
+pub struct Planted {
+    pub taken_at: String,
+}
+
+/// Plants the seed at `seed` in the new repository `repo`, when there is one and it fits:
+/// fetched from `remote` or one of `mirrors`, and with the history the boot's fetch keeps
+/// (`shallow`: the boot fetches with a depth; a shallow seed cannot serve a full-history one).
+/// `Ok(None)`: no seed. An error says why the seed cannot serve; `repo` may then hold part of
+/// it, and must be made again.
+pub fn plant(
+    repo: &Repository,
+    seed: &Path,
+    remote: &Remote,
+    mirrors: &[Remote],
+    shallow: bool,
+    limits: &Limits,
+) -> Result<Option<Planted>, String> {
+    let Some(record) = read(seed)? else {
+        return Ok(None);
+    };
+    let same = |other: &Remote| same_repository(&record.url, &other.to_string());
+    if !same(remote) && !mirrors.iter().any(same) {
+        return Err(format!(
+            "it holds {}, not {remote}; run `bootagent prepare` for this repository",
+            record.url
+        ));
+    }
+    if let (Some(depth), false) = (record.depth, shallow) {
+        return Err(format!(
+            "it holds {depth} commit(s) of history and this checkout needs the whole history \
+             (git.allow_rewind = false); run `bootagent prepare` with that config"
+        ));
+    }
+    let odb = repo.odb().map_err(|e| e.message().to_string())?;
+    let packs = repository(seed).join("objects").join("pack");
+    let entries =
+        std::fs::read_dir(&packs).map_err(|e| format!("cannot read {}: {e}", packs.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().is_none_or(|ext| ext != "pack") {
+            continue;
+        }
+        if let Some(failure) = limits.exceeded() {
+            return Err(failure.message().to_string());
+        }
+        let mut pack = std::fs::File::open(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut writer = odb.packwriter().map_err(|e| e.message().to_string())?;
+        std::io::copy(&mut pack, &mut writer)
+            .map_err(|e| format!("{} is not a sound pack: {e}", path.display()))?;
+        writer
+            .commit()
+            .map_err(|e| format!("{} is not a sound pack: {}", path.display(), e.message()))?;
+    }
+    let commit = |text: &str| {
+        Oid::from_str(text)
+            .ok()
+            .filter(|oid| repo.find_commit(*oid).is_ok())
+    };
+    let shallow_file = repository(seed).join("shallow");
+    match std::fs::read_to_string(&shallow_file) {
+        Ok(text) => {
+            if let Some(line) = text.lines().find(|line| commit(line).is_none()) {
+                return Err(format!(
+                    "{} names {line:?}, which is no commit of the seed",
+                    shallow_file.display()
+                ));
+            }
+            std::fs::write(repo.path().join("shallow"), text)
+                .map_err(|e| format!("cannot write the shallow list: {e}"))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", shallow_file.display())),
+    }
+    for (n, (reference, id)) in record.refs.iter().enumerate() {
+        let oid = commit(id).ok_or_else(|| {
+            format!("it records commit {id:?} for {reference}, and does not hold it")
+        })?;
+        repo.reference(&format!("{SEED_REFS}/{n}"), oid, true, "bootagent seed")
+            .map_err(|e| e.message().to_string())?;
+    }
+    Ok(Some(Planted {
+        taken_at: record.taken_at,
+    }))
+}
+
+/// The same repository at the same place, however the URL ends (`/`, `.git`).
+fn same_repository(a: &str, b: &str) -> bool {
+    let trim = |url: &str| {
+        let url = url.trim_end_matches('/');
+        url.strip_suffix(".git").unwrap_or(url).to_string()
+    };
+    trim(a) == trim(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_repository_is_recognised_however_its_url_ends() {
+        assert!(same_repository("https://h/a/b.git", "https://h/a/b"));
+        assert!(same_repository("https://h/a/b/", "https://h/a/b.git"));
+        assert!(!same_repository("https://h/a/b", "https://h/a/c"));
+        assert!(!same_repository("https://h/a/b", "https://other/a/b"));
+    }
+
+    #[test]
+    fn a_record_that_is_not_one_is_an_error_and_a_missing_one_no_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read(dir.path()), Ok(None));
+        std::fs::write(dir.path().join(RECORD), "{\"url\": 3}").unwrap();
+        assert!(read(dir.path())
+            .unwrap_err()
+            .contains("is not a seed record"));
+    }
+}

@@ -1,0 +1,185 @@
+//! The seed: `bootagent prepare` bakes the repository into the image, and a first boot fetches
+//! only what the seed lacks. A seed that cannot serve (another repository, corrupt, too shallow)
+//! is ignored with a warning and the boot succeeds; what runs is checked as without a seed.
+
+use std::path::PathBuf;
+
+use support::*;
+
+fn seed_dir(instance: &Instance) -> PathBuf {
+    instance.root.path().join("state").join("seed")
+}
+
+/// `bootagent prepare` for `repository`'s `env` branch, as an image build runs it.
+fn prepare(instance: &Instance, imds: &Imds, repository: &str, env: &str) -> Run {
+    instance.run(imds, &["prepare", "--repository", repository, "--env", env])
+}
+
+fn received_bytes(instance: &Instance) -> u64 {
+    instance.status()["git"]["received_bytes"].as_u64().unwrap()
+}
+
+/// A service whose prod branch carries 400 files of 4 KiB that do not compress: a transfer of
+/// the branch weighs 1.6 MB.
+fn sizeable_service() -> (String, SampleRepo, Imds) {
+    let (name, mut repo, imds) = small_service("seed", "prod");
+    repo.push_incompressible_files("prod", 400, 1);
+    (name, repo, imds)
+}
+
+#[test]
+fn a_seeded_first_boot_fetches_only_what_the_seed_lacks() {
+    support::needs_world!();
+    let (name, mut repo, imds) = sizeable_service();
+    let seeded = Instance::exec_mode("");
+    let said = prepare(&seeded, &imds, &repo.url, "prod");
+    said.expect(0);
+    let seed_commit = repo.rev_parse("prod");
+    assert!(said.stdout().contains(&seed_commit), "{}", said.stdout());
+    // The image is baked; the branch moves on by one commit before the instance launches.
+    let head = repo.push_version("prod", "prod build 2\n");
+
+    let unseeded = Instance::exec_mode("");
+    unseeded.run(&imds, &["boot"]).expect(0);
+    let whole = received_bytes(&unseeded);
+    assert_eq!(unseeded.status()["git"]["seed"], serde_json::Value::Null);
+
+    seeded.run(&imds, &["boot"]).expect(0);
+    assert_eq!(seeded.running_commit(&name), head);
+    assert_eq!(
+        std::fs::read_to_string(seeded.checkout(&name).join("VERSION")).unwrap(),
+        "prod build 2\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(seeded.checkout(&name).join("assets"))
+            .unwrap()
+            .count(),
+        400,
+        "the files the seed brought are in the release"
+    );
+    let delta = received_bytes(&seeded);
+    let status = seeded.status();
+    assert_eq!(status["git"]["action"], "cloned");
+    assert!(status["git"]["seed"].is_string(), "{status}");
+    assert!(
+        delta > 0 && delta * 20 < whole,
+        "a seed one commit behind received {delta} bytes, the whole branch is {whole}"
+    );
+}
+
+#[test]
+fn a_seed_at_the_head_needs_no_transfer_at_all() {
+    support::needs_world!();
+    let (name, repo, imds) = small_service("seed", "prod");
+    let instance = Instance::exec_mode("");
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), repo.commits["prod"]);
+    assert_eq!(received_bytes(&instance), 0);
+}
+
+#[test]
+fn a_seed_of_another_repository_is_ignored_with_a_warning() {
+    support::needs_world!();
+    let (name, repo, imds) = small_service("seed", "prod");
+    let other = SampleRepo::create(&unique("other"));
+    let instance = Instance::exec_mode("");
+    prepare(&instance, &imds, &other.url, "prod").expect(0);
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has("the seed is not used")
+        .stderr_has(&format!("it holds {}", other.url));
+    assert_eq!(instance.running_commit(&name), repo.commits["prod"]);
+    assert_eq!(instance.status()["git"]["seed"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_corrupt_seed_is_ignored_with_a_warning() {
+    support::needs_world!();
+    let (name, repo, imds) = sizeable_service();
+    let instance = Instance::exec_mode("");
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    let packs = seed_dir(&instance).join("repo.git/objects/pack");
+    let pack = std::fs::read_dir(&packs)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "pack"))
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&pack, bytes).unwrap();
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has("the seed is not used")
+        .stderr_has("is not a sound pack");
+    assert_eq!(instance.running_commit(&name), repo.rev_parse("prod"));
+    assert!(received_bytes(&instance) > 400 * 4096, "fetched whole");
+}
+
+#[test]
+fn an_unreadable_seed_record_is_ignored_with_a_warning() {
+    support::needs_world!();
+    let (name, repo, imds) = small_service("seed", "prod");
+    let instance = Instance::exec_mode("");
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    std::fs::write(seed_dir(&instance).join("seed.json"), "{\"url\": ").unwrap();
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has("the seed is not used")
+        .stderr_has("is not a seed record");
+    assert_eq!(instance.running_commit(&name), repo.commits["prod"]);
+}
+
+#[test]
+fn a_shallow_seed_is_not_used_where_the_whole_history_is_needed() {
+    support::needs_world!();
+    let (name, mut repo, imds) = small_service("seed", "prod");
+    let instance = Instance::exec_mode("");
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    let head = repo.push_version("prod", "prod build 2\n");
+    instance.add_config("60-history.toml", "[git]\nallow_rewind = false\n");
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has("the seed is not used")
+        .stderr_has("needs the whole history");
+    assert_eq!(instance.running_commit(&name), head);
+}
+
+#[test]
+fn an_unsigned_commit_on_top_of_a_signed_seed_is_refused() {
+    support::needs_world!();
+    let (name, mut repo, imds) = small_service("seed", "prod");
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = SshSigner::new(keys.path(), "deploy");
+    let allowed = allowed_signers(keys.path(), &[&trusted]);
+    let instance = Instance::exec_mode(&format!(
+        "[git]\non_failure = \"fail\"\nverify = \"ssh\"\nallowed_signers = \"{}\"\n",
+        allowed.display()
+    ));
+    repo.push_with("prod", "signed build", &trusted.settings());
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    let unsigned = repo.push_version("prod", "unsigned build");
+    instance
+        .run(&imds, &["boot"])
+        .expect(7)
+        .stderr_has(&format!("refused commit {unsigned}: it is not signed"))
+        .stderr_has("security_event=");
+    assert!(!instance.checkout(&name).exists(), "nothing was deployed");
+}
+
+#[test]
+fn prepare_says_what_it_needs_when_the_image_build_cannot_render_the_url() {
+    support::needs_world!();
+    let (_, _, imds) = small_service("seed", "prod");
+    let instance = Instance::exec_mode("");
+    instance
+        .run(&imds, &["prepare"])
+        .expect(2)
+        .stderr_has("--repository");
+    assert!(!seed_dir(&instance).exists());
+}
