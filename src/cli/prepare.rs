@@ -117,7 +117,7 @@ impl PrepareArgs {
         let credentials = git::Credentials::new(&settings, &config.paths, &mut none)?;
         let depth = (!remote.is_local() && config.git.allow_rewind).then_some(config.git.depth);
         let limits = git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
-        let dir = seed::dir(&config.paths.state_dir);
+        let dir = config.paths.seed_dir();
         let record = super::runtime()?.block_on(async {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || {

@@ -235,6 +235,11 @@ impl PathsConfig {
             .join("50-bootagent.conf")
     }
 
+    /// The repository `bootagent prepare` baked into the image, for a first boot to start from.
+    pub fn seed_dir(&self) -> PathBuf {
+        self.state_dir.join("seed")
+    }
+
     /// The service's secret variables as credentials, one file each (`secrets.deliver`).
     pub fn credentials_dir(&self, service: &str) -> PathBuf {
         self.run_dir.join("credentials").join(service)

@@ -47,11 +47,6 @@ impl Record {
     }
 }
 
-/// The seed of a state dir.
-pub fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("seed")
-}
-
 fn repository(seed: &Path) -> PathBuf {
     seed.join("repo.git")
 }

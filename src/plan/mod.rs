@@ -276,7 +276,7 @@ pub fn build(config: &Config, identity: &Identity) -> Result<Plan, ConfigError> 
                 },
                 allow_rewind: config.git.allow_rewind,
             },
-            seed: crate::git::seed::dir(&config.paths.state_dir),
+            seed: config.paths.seed_dir(),
         },
         service: ServicePlan {
             manager: config.service.manager,
