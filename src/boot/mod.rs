@@ -13,7 +13,7 @@ mod recorder;
 pub(crate) mod refresh;
 mod secrets_step;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::aws::autoscaling::ActionResult;
 use crate::aws::imds::ImdsClient;
@@ -169,6 +169,12 @@ struct Record {
     untrusted: Option<Untrusted>,
 }
 
+/// Step 4's sync, and when it began.
+struct Synced {
+    started: Instant,
+    checkout: Result<(git::Checkout, Option<Kept>), Error>,
+}
+
 /// The commit the git step settled on.
 struct Release {
     commit: String,
@@ -179,16 +185,15 @@ struct Release {
 impl Steps<'_> {
     async fn run(mut self, run: Run) -> Result<(), Error> {
         let (known, record) = self.identify(run).await?;
+        let (fetched, synced) = self.fetch_and_sync(&known, record).await?;
         let Fetched {
-            credentials,
             environment,
             rendered,
             delivered,
             files,
-        } = self.fetch_secrets(&known.plan).await?;
-        let release = self
-            .check_out(&known, record, credentials, &environment)
-            .await?;
+            ..
+        } = fetched;
+        let release = self.check_out(&known, synced, &environment).await?;
         let command = self.prepare_command(&known.plan, &environment)?;
         drop(environment);
         let written = self.write_env_file(&known, &release, &rendered, &delivered, &files)?;
@@ -253,39 +258,66 @@ impl Steps<'_> {
         Ok((known, record))
     }
 
-    /// Step 4, git: the ref's commit checked out (or, when it fails and the config allows, the last
-    /// good one kept), `deploy.pre_start` run on a new release, and the link switched to it.
-    async fn check_out(
+    /// Step 3, and step 4's sync: the secrets, and the ref's commit in a release directory (or
+    /// the release to keep). The sync runs beside the secrets step unless a git credential is
+    /// one of the secrets. Neither changes what serves, so whichever fails, the instance is left
+    /// as it was; a failed secrets step ends the boot with its error, as when the sync came after
+    /// it, and `boot` stops the sync.
+    async fn fetch_and_sync(
         &mut self,
         known: &Known,
         record: Record,
-        credentials: git::Credentials,
+    ) -> Result<(Fetched, Synced), Error> {
+        let (config, deadline, git_work) = (self.config, self.deadline, self.git_work);
+        let sync = |from_secrets| async move {
+            let started = Instant::now();
+            let checkout = sync_release(config, deadline, git_work, known, record, from_secrets);
+            Synced {
+                started,
+                checkout: checkout.await,
+            }
+        };
+        if config.git.credentials_in_secrets() {
+            let mut fetched = self.fetch_secrets(&known.plan).await?;
+            let synced = sync(fetched.git_credentials.take()).await;
+            return Ok((fetched, synced));
+        }
+        let mut syncing = std::pin::pin!(sync(None));
+        let mut synced = None;
+        let fetched = {
+            let mut secrets = std::pin::pin!(self.fetch_secrets(&known.plan));
+            loop {
+                tokio::select! {
+                    // The secrets step begins first, so that status.json lists the phases in
+                    // the steps' order.
+                    biased;
+                    fetched = &mut secrets => break fetched?,
+                    done = &mut syncing, if synced.is_none() => synced = Some(done),
+                }
+            }
+        };
+        let synced = match synced {
+            Some(synced) => synced,
+            None => syncing.await,
+        };
+        Ok((fetched, synced))
+    }
+
+    /// Step 4, git: the sync's release (or, when the sync failed and the config allows, the
+    /// last good one kept), `deploy.pre_start` run on a new release, and the link switched to
+    /// it.
+    async fn check_out(
+        &mut self,
+        known: &Known,
+        synced: Synced,
         environment: &Environment,
     ) -> Result<Release, Error> {
         let (config, plan) = (self.config, &known.plan);
-        self.recorder.begin("git");
+        // The phase began with the sync, which may have run beside the secrets step.
+        self.recorder.begin_at("git", synced.started);
+        let (checkout, kept) = synced.checkout?;
         let in_service = known.in_service.as_deref();
         let proven = known.previous.as_ref().map(|p| p.commit.as_str());
-        let (checkout, kept) = match (record.untrusted, in_service) {
-            (Some(untrusted), Some(commit)) => checkout::keep_in_service(commit, untrusted.into()),
-            (untrusted, _) => {
-                if let Some(untrusted) = untrusted {
-                    // A first boot has nothing to keep: it deploys, and says why it cannot check.
-                    tracing::warn!("{untrusted}");
-                }
-                let keep = proven.or(in_service);
-                let checkout = checkout::checkout_or_keep(
-                    config,
-                    plan,
-                    credentials,
-                    self.git_work,
-                    self.deadline,
-                    record.avoid,
-                    keep,
-                );
-                checkout.await?
-            }
-        };
         let note = kept.as_ref().map(|kept| kept.note.clone());
         self.effects.kept = kept;
         let fetched = matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
@@ -660,6 +692,41 @@ fn prune_releases(config: &Config, plan: &Plan) {
 /// Outside an Auto Scaling group, or when IMDS cannot say, it is not.
 async fn in_warm_pool(imds: &ImdsClient) -> bool {
     matches!(imds.target_lifecycle_state().await, Ok(Some(state)) if state.starts_with("Warmed:"))
+}
+
+/// Step 4's sync: the ref's commit fetched into a release directory of its own, or the release
+/// to keep (see `checkout::checkout_or_keep`); nothing that serves changes. With the
+/// credentials `from_secrets`, or else those the config names outside them (files, or none).
+async fn sync_release(
+    config: &Config,
+    deadline: Deadline,
+    git_work: &GitWork,
+    known: &Known,
+    record: Record,
+    from_secrets: Option<git::Credentials>,
+) -> Result<(git::Checkout, Option<Kept>), Error> {
+    let credentials = match from_secrets {
+        Some(credentials) => credentials,
+        None => {
+            let mut none = secrets::LoadedSecrets::default();
+            git::Credentials::new(&config.git, &config.paths, &mut none)?
+        }
+    };
+    let in_service = known.in_service.as_deref();
+    let proven = known.previous.as_ref().map(|p| p.commit.as_str());
+    match (record.untrusted, in_service) {
+        (Some(untrusted), Some(commit)) => Ok(checkout::keep_in_service(commit, untrusted.into())),
+        (untrusted, _) => {
+            if let Some(untrusted) = untrusted {
+                // A first boot has nothing to keep: it deploys, and says why it cannot check.
+                tracing::warn!("{untrusted}");
+            }
+            let keep = proven.or(in_service);
+            let (plan, avoid) = (&known.plan, record.avoid);
+            checkout::checkout_or_keep(config, plan, credentials, git_work, deadline, avoid, keep)
+                .await
+        }
+    }
 }
 
 /// `work` within `deadline`, or the error that names the step and the deadline's length.

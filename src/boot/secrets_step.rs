@@ -18,7 +18,8 @@ use crate::Error;
 
 /// What the secrets step hands on.
 pub(super) struct Fetched {
-    pub(super) credentials: git::Credentials,
+    /// Taken out of the secrets when a git credential is one of them (`secret:NAME`).
+    pub(super) git_credentials: Option<git::Credentials>,
     pub(super) environment: Environment,
     pub(super) rendered: Zeroizing<String>,
     /// The secret variables as credentials (none unless `secrets.deliver` says so).
@@ -70,7 +71,14 @@ impl Steps<'_> {
                 }
             }
         });
-        let credentials = git::Credentials::new(&config.git, &config.paths, &mut loaded)?;
+        let git_credentials = match config.git.credentials_in_secrets() {
+            true => Some(git::Credentials::new(
+                &config.git,
+                &config.paths,
+                &mut loaded,
+            )?),
+            false => None,
+        };
         // Rendered and checked now, before the checkout: a template naming an unknown
         // variable, an owner that does not exist or an unsafe directory fails the boot before
         // anything changes. A git credential is no longer among the variables.
@@ -90,7 +98,7 @@ impl Steps<'_> {
         let rendered = envfile::render(&environment, plan.secrets.format)?;
         self.recorder.end(Outcome::Succeeded)?;
         Ok(Fetched {
-            credentials,
+            git_credentials,
             environment,
             rendered,
             delivered,
