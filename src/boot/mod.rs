@@ -136,8 +136,9 @@ async fn answer_the_launch(
 
 /// A boot's steps 1 to 6 (docs/contract.md), one method each; the 7th, the report, is
 /// `boot`'s, as it must also record the steps that did not finish. Each step records its phase in
-/// status.json. Secrets are fetched and checked before the checkout, and the env file is
-/// written only after it, so a failure at any step leaves the previous env file in place.
+/// status.json. Secrets are fetched and checked while git fetches into a new release
+/// directory; the link is switched only after both, and the env file after that, so a failure
+/// at any step leaves the previous release and env file in place.
 struct Steps<'a> {
     config: &'a Config,
     deadline: Deadline,
