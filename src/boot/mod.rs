@@ -289,11 +289,11 @@ impl Steps<'_> {
             let mut secrets = std::pin::pin!(self.fetch_secrets(&known.plan));
             loop {
                 tokio::select! {
-                    // The secrets step begins first, so that status.json lists the phases in
-                    // the steps' order.
+                    // The sync first: its thread starts at once, while the secrets step's first
+                    // poll readies the AWS client before it yields.
                     biased;
-                    fetched = &mut secrets => break fetched?,
                     done = &mut syncing, if synced.is_none() => synced = Some(done),
+                    fetched = &mut secrets => break fetched?,
                 }
             }
         };
