@@ -161,6 +161,61 @@ fn a_unit_that_exits_right_after_starting_fails_the_boot() {
     assert_eq!(status["error"]["exit_code"], 8);
 }
 
+/// Git fetches from a slow remote while the secrets are read; the secret is gone, so the boot
+/// fails with the secrets' error, and the link, the env file and the unit are as they were
+/// though the remote has a new commit.
+#[test]
+fn secrets_that_fail_while_git_fetches_leave_what_serves_as_it_was() {
+    support::needs_world!();
+    let name = unique("sdslow");
+    let mut repo = SampleRepo::create(&name);
+    let token = canary();
+    let server = GitHttp::start_slow("deploy", &token, std::time::Duration::from_secs(1));
+    let secret = format!("{name}_env_prod");
+    create_secret(&secret, r#"{"A": "1"}"#);
+    let container = Container::boot(&format!(
+        "{CONFIG}\n[git]\ntoken = \"/share/git-token\"\nusername = \"deploy\"\n\
+         token_hosts = [\"{}\"]\n",
+        server.url
+    ));
+    std::fs::write(container.out().join("git-token"), &token).unwrap();
+    let imds = Imds::for_service(&name, "prod", &server.repo_url(&name));
+    let unit = format!("{name}.service");
+    container.sh(&format!("mkdir -m 777 /share/out/{name}"));
+    container.install_unit(
+        &unit,
+        &format!("ExecStart=/share/recorder.sh /share/out/{name} --stay"),
+    );
+    container.bootagent(&imds, &["boot"]).expect(0);
+    let env_file = format!("cat /run/bootagent/{name}.env");
+    let (env_before, pid) = (container.sh(&env_file), container.show(&unit, "MainPID"));
+    let serving = repo.commits["prod"].clone();
+
+    repo.push_version("prod", "prod build 2");
+    secretsmanager(
+        "DeleteSecret",
+        serde_json::json!({"SecretId": secret, "ForceDeleteWithoutRecovery": true}),
+    );
+    let asked = server.requests();
+    container
+        .bootagent(&imds, &["boot"])
+        .expect(5)
+        .stderr_has("was not found");
+    assert!(
+        server.requests() > asked,
+        "git was not asked beside the secrets"
+    );
+    assert_eq!(container.release_of(&name).unwrap(), serving);
+    assert_eq!(container.sh(&env_file), env_before);
+    assert_eq!(container.show(&unit, "MainPID"), pid);
+    assert_eq!(container.show(&unit, "ActiveState"), "active");
+    let status: serde_json::Value =
+        serde_json::from_str(&container.sh("cat /run/bootagent/status.json")).unwrap();
+    assert_eq!(status["error"]["exit_code"], 5, "{status}");
+    let phases = status["phases"].as_array().unwrap();
+    assert_eq!(phases.last().unwrap()["name"], "secrets", "{status}");
+}
+
 #[test]
 fn shipped_boot_unit_boots_the_service_under_its_hardening() {
     support::needs_world!();

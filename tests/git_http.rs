@@ -62,6 +62,64 @@ fn a_deploy_token_from_a_secret_checks_out_and_never_lands_anywhere() {
     instance.assert_no_canary(&setup.token, &doctor);
 }
 
+/// A token kept in the secrets is needed to fetch: git begins once the secrets step has ended.
+#[test]
+fn with_the_token_in_a_secret_git_begins_after_the_secrets_step() {
+    support::needs_world!();
+    let setup = setup();
+    let instance = Instance::exec_mode(&setup.with_token());
+    instance.run(&setup.imds(), &["boot"]).expect(0);
+    let status = instance.status();
+    let (secrets, git) = (phase_span(&status, "secrets"), phase_span(&status, "git"));
+    assert!(git.start >= secrets.end, "{status}");
+}
+
+/// With the token in a file, a remote slow to answer is fetched while the secrets are read:
+/// git's phase begins before the secrets' ends, so that the two take less than one after the
+/// other; `bootagent status` shows it.
+#[test]
+fn a_slow_remote_is_fetched_while_the_secrets_are_read() {
+    support::needs_world!();
+    let slow = std::time::Duration::from_secs(1);
+    let setup = setup_serving("slow", |_, token| {
+        GitHttp::start_slow("deploy", token, slow)
+    });
+    let instance = Instance::exec_mode("");
+    let token_file = instance.root.path().join("git-token");
+    std::fs::write(&token_file, &setup.token).unwrap();
+    instance.add_config(
+        "50-test.toml",
+        &format!(
+            "[git]\ntoken = \"{}\"\nusername = \"deploy\"\ntoken_hosts = [\"{}\"]\n",
+            token_file.display(),
+            setup.server.url
+        ),
+    );
+    instance.run(&setup.imds(), &["boot"]).expect(0);
+    assert_eq!(
+        instance.running_commit(&setup.name),
+        setup.repo.commits["prod"]
+    );
+    let status = instance.status();
+    let (secrets, git) = (phase_span(&status, "secrets"), phase_span(&status, "git"));
+    assert!(git.start < secrets.end, "{status}");
+    // Each request waited `slow`: git was the longer.
+    assert!(git.end - git.start >= slow.as_millis() as u64, "{status}");
+    let both = git.end.max(secrets.end) - git.start.min(secrets.start);
+    assert!(
+        both < (git.end - git.start) + (secrets.end - secrets.start),
+        "{status}"
+    );
+    let shown = instance.run(&setup.imds(), &["status"]).stdout();
+    // Which of the two began first, within a millisecond, decides which is said to be beside
+    // the other.
+    let beside = ["beside secrets)", "beside git)"];
+    assert!(
+        shown.contains("(from ") && beside.iter().any(|said| shown.contains(said)),
+        "{shown}"
+    );
+}
+
 #[test]
 fn the_token_goes_only_to_the_hosts_the_config_names() {
     support::needs_world!();

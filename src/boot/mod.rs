@@ -11,10 +11,9 @@ pub(crate) mod lifecycle;
 mod lock;
 mod recorder;
 pub(crate) mod refresh;
+mod secrets_step;
 
-use std::time::Duration;
-
-use zeroize::Zeroizing;
+use std::time::{Duration, Instant};
 
 use crate::aws::autoscaling::ActionResult;
 use crate::aws::imds::ImdsClient;
@@ -24,16 +23,17 @@ use crate::deliver::{self, files};
 use crate::envfile::{self, Environment};
 use crate::git;
 use crate::plan::Plan;
-use crate::secrets::{self, fallback};
+use crate::secrets;
 use crate::service;
 use crate::state::deploys::{FailedCommit, Untrusted};
-use crate::state::status::{GitStatus, Outcome, SecretsFrom, ServiceState, ServiceStatus};
+use crate::state::status::{GitStatus, Outcome, ServiceState, ServiceStatus};
 use crate::Error;
 
 use checkout::GitWork;
 pub use checkout::Kept;
 use launch_hook::LaunchHook;
 use recorder::Recorder;
+use secrets_step::Fetched;
 
 /// How a boot treats a commit that failed its deploy gate before.
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,8 +136,9 @@ async fn answer_the_launch(
 
 /// A boot's steps 1 to 6 (docs/contract.md), one method each; the 7th, the report, is
 /// `boot`'s, as it must also record the steps that did not finish. Each step records its phase in
-/// status.json. Secrets are fetched and checked before the checkout, and the env file is
-/// written only after it, so a failure at any step leaves the previous env file in place.
+/// status.json. Secrets are fetched and checked while git fetches into a new release
+/// directory; the link is switched only after both, and the env file after that, so a failure
+/// at any step leaves the previous release and env file in place.
 struct Steps<'a> {
     config: &'a Config,
     deadline: Deadline,
@@ -169,15 +170,10 @@ struct Record {
     untrusted: Option<Untrusted>,
 }
 
-/// What the secrets step hands on.
-struct Fetched {
-    credentials: git::Credentials,
-    environment: Environment,
-    rendered: Zeroizing<String>,
-    /// The secret variables as credentials (none unless `secrets.deliver` says so).
-    delivered: deliver::credentials::Credentials,
-    /// The `[[files]]`, rendered.
-    files: Vec<files::Rendered>,
+/// Step 4's sync, and when it began.
+struct Synced {
+    started: Instant,
+    checkout: Result<(git::Checkout, Option<Kept>), Error>,
 }
 
 /// The commit the git step settled on.
@@ -190,16 +186,15 @@ struct Release {
 impl Steps<'_> {
     async fn run(mut self, run: Run) -> Result<(), Error> {
         let (known, record) = self.identify(run).await?;
+        let (fetched, synced) = self.fetch_and_sync(&known, record).await?;
         let Fetched {
-            credentials,
             environment,
             rendered,
             delivered,
             files,
-        } = self.fetch_secrets(&known.plan).await?;
-        let release = self
-            .check_out(&known, record, credentials, &environment)
-            .await?;
+            ..
+        } = fetched;
+        let release = self.check_out(&known, synced, &environment).await?;
         let command = self.prepare_command(&known.plan, &environment)?;
         drop(environment);
         let written = self.write_env_file(&known, &release, &rendered, &delivered, &files)?;
@@ -264,109 +259,66 @@ impl Steps<'_> {
         Ok((known, record))
     }
 
-    /// Step 3, secrets: fetched, checked and rendered; a git credential kept in them is taken out.
-    async fn fetch_secrets(&mut self, plan: &Plan) -> Result<Fetched, Error> {
-        let config = self.config;
-        self.recorder.begin("secrets");
-        // Throttling, 5xx and timeouts are tried again for as long as the boot deadline leaves
-        // room for one more call (secrets.timeout each) and a second to spare.
-        let call = config.secrets.timeout + Duration::from_secs(1);
-        let retry_for = self.deadline.left().saturating_sub(call);
-        // The last call may start as the retries' time ends; the step gets that call and a
-        // second more, so that a stalled call ends with its own error, which names the secret,
-        // rather than the step's, whichever timer the scheduler happens to wake first.
-        let (state_dir, region) = (&config.paths.state_dir, &plan.identity.region);
-        let obtain = fallback::obtain(&config.secrets, state_dir, region, &plan.secrets, retry_for);
-        let obtained = within("secrets", Deadline::after(retry_for + call), obtain).await??;
-        let mut loaded = secrets::assemble(&obtained.read, &plan.secrets)?;
-        self.recorder.status.secrets = loaded.versions.clone();
-        self.recorder.status.secrets_from = Some(match obtained.served {
-            fallback::Served::Region(region) => {
-                self.fresh_secrets = Some(obtained.read);
-                SecretsFrom::Region(region)
-            }
-            fallback::Served::Snapshot { taken_at, age } => {
-                let age_seconds = age.as_secs();
-                let age = humantime::format_duration(Duration::from_secs(age_seconds));
-                let taken = humantime::format_rfc3339_seconds(taken_at);
-                tracing::warn!(
-                    degraded = "secrets-snapshot",
-                    snapshot_taken_at = %taken,
-                    "Secrets Manager did not answer: the secrets are the snapshot of {taken} \
-                     ({age} old)"
-                );
-                self.recorder.degrade(format!(
-                    "Secrets Manager did not answer: running on the snapshot of the last good \
-                     secrets, taken {taken} ({age} old); refresh replaces it once Secrets \
-                     Manager answers"
-                ));
-                SecretsFrom::Snapshot {
-                    taken_at: taken.to_string(),
-                    age_seconds,
-                }
-            }
-        });
-        let credentials = git::Credentials::new(&config.git, &config.paths, &mut loaded)?;
-        // Rendered and checked now, before the checkout: a template naming an unknown
-        // variable, an owner that does not exist or an unsafe directory fails the boot before
-        // anything changes. A git credential is no longer among the variables.
-        let texts = std::mem::take(&mut loaded.files);
-        let files = files::render(&plan.files, &plan.identity, &loaded.vars, &texts)?;
-        files::check_all(&files)?;
-        let delivered = match plan.secrets.deliver.as_credentials() {
-            true => (loaded.vars.iter())
-                .map(|(name, var)| (name.clone(), var.value.clone()))
-                .collect(),
-            false => Default::default(),
-        };
-        if !plan.secrets.deliver.as_variables() {
-            loaded.vars.clear();
-        }
-        let environment = envfile::compose(&plan.env, loaded)?;
-        let rendered = envfile::render(&environment, plan.secrets.format)?;
-        self.recorder.end(Outcome::Succeeded)?;
-        Ok(Fetched {
-            credentials,
-            environment,
-            rendered,
-            delivered,
-            files,
-        })
-    }
-
-    /// Step 4, git: the ref's commit checked out (or, when it fails and the config allows, the last
-    /// good one kept), `deploy.pre_start` run on a new release, and the link switched to it.
-    async fn check_out(
+    /// Step 3, and step 4's sync: the secrets, and the ref's commit in a release directory (or
+    /// the release to keep). The sync runs beside the secrets step unless a git credential is
+    /// one of the secrets. Neither changes what serves, so whichever fails, the instance is left
+    /// as it was; a failed secrets step ends the boot with its error, as when the sync came after
+    /// it, and `boot` stops the sync.
+    async fn fetch_and_sync(
         &mut self,
         known: &Known,
         record: Record,
-        credentials: git::Credentials,
+    ) -> Result<(Fetched, Synced), Error> {
+        let (config, deadline, git_work) = (self.config, self.deadline, self.git_work);
+        let sync = |from_secrets| async move {
+            let started = Instant::now();
+            let checkout = sync_release(config, deadline, git_work, known, record, from_secrets);
+            Synced {
+                started,
+                checkout: checkout.await,
+            }
+        };
+        if config.git.credentials_in_secrets() {
+            let mut fetched = self.fetch_secrets(&known.plan).await?;
+            let synced = sync(fetched.git_credentials.take()).await;
+            return Ok((fetched, synced));
+        }
+        let mut syncing = std::pin::pin!(sync(None));
+        let mut synced = None;
+        let fetched = {
+            let mut secrets = std::pin::pin!(self.fetch_secrets(&known.plan));
+            loop {
+                tokio::select! {
+                    // The sync first: its thread starts at once, while the secrets step's first
+                    // poll readies the AWS client before it yields.
+                    biased;
+                    done = &mut syncing, if synced.is_none() => synced = Some(done),
+                    fetched = &mut secrets => break fetched?,
+                }
+            }
+        };
+        let synced = match synced {
+            Some(synced) => synced,
+            None => syncing.await,
+        };
+        Ok((fetched, synced))
+    }
+
+    /// Step 4, git: the sync's release (or, when the sync failed and the config allows, the
+    /// last good one kept), `deploy.pre_start` run on a new release, and the link switched to
+    /// it.
+    async fn check_out(
+        &mut self,
+        known: &Known,
+        synced: Synced,
         environment: &Environment,
     ) -> Result<Release, Error> {
         let (config, plan) = (self.config, &known.plan);
-        self.recorder.begin("git");
+        // The phase began with the sync, which may have run beside the secrets step.
+        self.recorder.begin_at("git", synced.started);
+        let (checkout, kept) = synced.checkout?;
         let in_service = known.in_service.as_deref();
         let proven = known.previous.as_ref().map(|p| p.commit.as_str());
-        let (checkout, kept) = match (record.untrusted, in_service) {
-            (Some(untrusted), Some(commit)) => checkout::keep_in_service(commit, untrusted.into()),
-            (untrusted, _) => {
-                if let Some(untrusted) = untrusted {
-                    // A first boot has nothing to keep: it deploys, and says why it cannot check.
-                    tracing::warn!("{untrusted}");
-                }
-                let keep = proven.or(in_service);
-                let checkout = checkout::checkout_or_keep(
-                    config,
-                    plan,
-                    credentials,
-                    self.git_work,
-                    self.deadline,
-                    record.avoid,
-                    keep,
-                );
-                checkout.await?
-            }
-        };
         let note = kept.as_ref().map(|kept| kept.note.clone());
         self.effects.kept = kept;
         let fetched = matches!(checkout.action, git::Action::Cloned | git::Action::Fetched);
@@ -587,26 +539,6 @@ impl Steps<'_> {
         }
     }
 
-    /// Seals what Secrets Manager gave this boot into the snapshot: the service runs with it.
-    /// A snapshot that cannot be written leaves the one before (or none) and says so.
-    async fn keep_snapshot(&mut self) {
-        let settings = &self.config.secrets;
-        let Some(read) = self.fresh_secrets.take() else {
-            return;
-        };
-        if settings.snapshot_max_age.is_zero() {
-            return;
-        }
-        let state_dir = &self.config.paths.state_dir;
-        let taken_at = std::time::SystemTime::now();
-        if let Err(e) = secrets::snapshot::save(state_dir, &read, taken_at).await {
-            tracing::warn!(
-                "could not keep a snapshot of the last good secrets: {e}; a boot while Secrets \
-                 Manager does not answer will fail"
-            );
-        }
-    }
-
     fn record_service(
         &mut self,
         plan: &Plan,
@@ -762,6 +694,41 @@ fn prune_releases(config: &Config, plan: &Plan) {
 /// Outside an Auto Scaling group, or when IMDS cannot say, it is not.
 async fn in_warm_pool(imds: &ImdsClient) -> bool {
     matches!(imds.target_lifecycle_state().await, Ok(Some(state)) if state.starts_with("Warmed:"))
+}
+
+/// Step 4's sync: the ref's commit fetched into a release directory of its own, or the release
+/// to keep (see `checkout::checkout_or_keep`); nothing that serves changes. With the
+/// credentials `from_secrets`, or else those the config names outside them (files, or none).
+async fn sync_release(
+    config: &Config,
+    deadline: Deadline,
+    git_work: &GitWork,
+    known: &Known,
+    record: Record,
+    from_secrets: Option<git::Credentials>,
+) -> Result<(git::Checkout, Option<Kept>), Error> {
+    let credentials = match from_secrets {
+        Some(credentials) => credentials,
+        None => {
+            let mut none = secrets::LoadedSecrets::default();
+            git::Credentials::new(&config.git, &config.paths, &mut none)?
+        }
+    };
+    let in_service = known.in_service.as_deref();
+    let proven = known.previous.as_ref().map(|p| p.commit.as_str());
+    match (record.untrusted, in_service) {
+        (Some(untrusted), Some(commit)) => Ok(checkout::keep_in_service(commit, untrusted.into())),
+        (untrusted, _) => {
+            if let Some(untrusted) = untrusted {
+                // A first boot has nothing to keep: it deploys, and says why it cannot check.
+                tracing::warn!("{untrusted}");
+            }
+            let keep = proven.or(in_service);
+            let (plan, avoid) = (&known.plan, record.avoid);
+            checkout::checkout_or_keep(config, plan, credentials, git_work, deadline, avoid, keep)
+                .await
+        }
+    }
 }
 
 /// `work` within `deadline`, or the error that names the step and the deadline's length.

@@ -1,15 +1,18 @@
 //! Keeps status.json current while a boot runs, and adds the finished boot to the history.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::PathsConfig;
 use crate::state::status::{ErrorReport, Outcome, Phase, Status, StatusError};
 
-/// Each phase is recorded as it ends, so status.json always says how far the boot got.
+/// Each phase is recorded as it ends, so status.json always says how far the boot got; the
+/// phases are listed in the order they began.
 pub struct Recorder {
     path: PathBuf,
     pub status: Status,
+    /// When the boot began: each phase says when it began after it.
+    boot_started: Instant,
     phase_started: Option<(String, Instant)>,
     history_dir: PathBuf,
 }
@@ -27,25 +30,41 @@ impl Recorder {
         Recorder {
             path: paths.status_file(),
             status: Status::starting(),
+            boot_started: Instant::now(),
             phase_started: None,
             history_dir: paths.state_dir.clone(),
         }
     }
 
     pub fn begin(&mut self, name: &str) {
-        self.phase_started = Some((name.to_string(), Instant::now()));
+        self.begin_at(name, Instant::now());
+    }
+
+    /// Begins a phase whose work began at `started`, beside the phase before it.
+    pub fn begin_at(&mut self, name: &str, started: Instant) {
+        self.phase_started = Some((name.to_string(), started));
     }
 
     /// Ends the current phase and saves the status.
     pub fn end(&mut self, outcome: Outcome) -> Result<(), StatusError> {
         let ended = self.phase_started.take().map(|(name, started)| {
-            let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let millis =
+                |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+            let duration_ms = millis(started.elapsed());
+            let started_ms = millis(started.saturating_duration_since(self.boot_started));
             tracing::info!("{name}: {} in {duration_ms} ms", outcome.as_str());
-            self.status.phases.push(Phase {
-                name: name.clone(),
-                duration_ms,
-                outcome,
-            });
+            // A phase that began beside an earlier one may end after it.
+            let phases = &mut self.status.phases;
+            let at = phases.partition_point(|phase| phase.started_ms <= Some(started_ms));
+            phases.insert(
+                at,
+                Phase {
+                    name: name.clone(),
+                    started_ms: Some(started_ms),
+                    duration_ms,
+                    outcome,
+                },
+            );
             name
         });
         self.save()?;

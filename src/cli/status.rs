@@ -2,7 +2,7 @@ use clap::Args;
 
 use crate::config::{Config, Manager};
 use crate::state::history;
-use crate::state::status::{self, Outcome, SecretsFrom, Status};
+use crate::state::status::{self, Outcome, Phase, SecretsFrom, Status};
 use crate::Error;
 
 #[derive(Debug, Args)]
@@ -200,12 +200,7 @@ fn render(status: &Status) -> String {
         )),
         None => {}
     }
-    let phases: Vec<String> = status
-        .phases
-        .iter()
-        .map(|p| format!("{} {} ms", p.name, p.duration_ms))
-        .collect();
-    lines.push(format!("phases:   {}", phases.join(", ")));
+    lines.push(format!("phases:   {}", render_phases(&status.phases)));
     if let Some(error) = &status.error {
         lines.push(format!(
             "error:    {} (exit code {})",
@@ -216,9 +211,56 @@ fn render(status: &Status) -> String {
     lines.join("\n")
 }
 
+/// Each phase and how long it took; one that began while an earlier one still ran says when,
+/// and beside which: `git 2100 ms (from 130 ms, beside secrets)`.
+fn render_phases(phases: &[Phase]) -> String {
+    let ended = |phase: &Phase| phase.started_ms.map(|started| started + phase.duration_ms);
+    let rendered: Vec<String> = (phases.iter().enumerate())
+        .map(|(at, phase)| {
+            let line = format!("{} {} ms", phase.name, phase.duration_ms);
+            let Some(started) = phase.started_ms else {
+                return line;
+            };
+            let beside: Vec<&str> = (phases[..at].iter())
+                .filter(|earlier| ended(earlier).is_some_and(|ended| ended > started))
+                .map(|earlier| earlier.name.as_str())
+                .collect();
+            match beside.is_empty() {
+                true => line,
+                false => format!("{line} (from {started} ms, beside {})", beside.join(", ")),
+            }
+        })
+        .collect();
+    rendered.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phase_that_ran_beside_an_earlier_one_says_when_it_began() {
+        let phase = |name: &str, started_ms, duration_ms| Phase {
+            name: name.into(),
+            started_ms,
+            duration_ms,
+            outcome: Outcome::Succeeded,
+        };
+        let phases = [
+            phase("identity", Some(0), 120),
+            phase("secrets", Some(121), 300),
+            phase("git", Some(121), 2000),
+            phase("env_file", Some(2121), 2),
+        ];
+        assert_eq!(
+            render_phases(&phases),
+            "identity 120 ms, secrets 300 ms, git 2000 ms (from 121 ms, beside secrets), \
+             env_file 2 ms"
+        );
+        // Written by a bootagent that did not record when phases began.
+        let unknown = [phase("identity", None, 120), phase("secrets", None, 300)];
+        assert_eq!(render_phases(&unknown), "identity 120 ms, secrets 300 ms");
+    }
 
     #[test]
     fn a_history_commit_is_shortened_by_characters() {

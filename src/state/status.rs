@@ -147,6 +147,10 @@ pub struct Serving {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Phase {
     pub name: String,
+    /// When the phase began, in milliseconds after the boot began: phases that ran at once (the
+    /// secrets and git's sync) overlap. `None` in a status written before bootagent recorded it.
+    #[serde(default)]
+    pub started_ms: Option<u64>,
     pub duration_ms: u64,
     pub outcome: Outcome,
 }

@@ -120,6 +120,20 @@ impl GitHttp {
         GitHttp::start_with(user, password, &["--moved", &format!("{old}={new}")])
     }
 
+    /// Like [`GitHttp::start`], each request answered `delay` late: a remote that is slow but
+    /// answers.
+    pub fn start_slow(user: &str, password: &str, delay: std::time::Duration) -> GitHttp {
+        let seconds = delay.as_secs_f64().to_string();
+        GitHttp::start_with(user, password, &["--delay", &seconds])
+    }
+
+    /// How many git requests the server has been sent so far.
+    pub fn requests(&self) -> usize {
+        let body = curl(&["-sSf", &format!("{}/fake/requests", self.url)]);
+        let requests: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        requests.len()
+    }
+
     fn start_with(user: &str, password: &str, extra: &[&str]) -> GitHttp {
         let root = world("GIT_ROOT");
         let args = [

@@ -194,6 +194,17 @@ fn start_listening(mut command: Command) -> (Child, String) {
     (child, url)
 }
 
+/// When the phase `name` of the boot `status` (status.json) began and ended, in milliseconds
+/// after the boot began.
+pub fn phase_span(status: &serde_json::Value, name: &str) -> std::ops::Range<u64> {
+    let phases = status["phases"].as_array().expect("phases");
+    let phase = (phases.iter())
+        .find(|phase| phase["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} phase in {status}"));
+    let started = phase["started_ms"].as_u64().expect("started_ms");
+    started..started + phase["duration_ms"].as_u64().expect("duration_ms")
+}
+
 /// curl with `args`; its stdout, after it succeeded.
 pub fn curl(args: &[&str]) -> String {
     let out = Command::new("curl").args(args).output().unwrap();

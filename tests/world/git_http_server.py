@@ -2,21 +2,27 @@
 """Smart HTTP for git: `git http-backend` as a CGI program behind HTTP Basic authentication.
 
   git_http_server.py --root DIR --user USER --password SECRET [--tls-cert PEM --tls-key PEM]
-                     [--moved OLD=NEW]
+                     [--moved OLD=NEW] [--delay SECONDS]
 prints "listening on http://127.0.0.1:PORT" (https with a certificate); repositories under DIR
-are served at /NAME.git. With --moved, requests under /OLD.git are answered 301 with the same
+are served at /NAME.git. With --delay, each request is answered that many seconds late: a
+remote that is slow but answers. With --moved, requests under /OLD.git are answered 301 with the same
 path under /NEW.git, as GitHub answers for a renamed repository (NEW may be a URL: a move to
 another origin).
 A request without the right credentials gets 401 with a Basic challenge, as GitHub, GitLab and
 Bitbucket answer token-protected repositories over HTTPS.
+
+Control endpoint (not git's), answered at once: GET /fake/requests, JSON [[method, path,
+authorized], ...], every git request so far.
 """
 
 import argparse
 import base64
+import json
 import os
 import ssl
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -35,6 +41,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_git(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/fake/requests":
+            with self.server.lock:
+                answer = json.dumps(self.server.requests).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
         if self.server.args.moved:
             old, new = self.server.args.moved.split("=", 1)
             if self.path.startswith(f"/{old}.git/"):
@@ -47,6 +62,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
         with self.server.lock:
             self.server.requests.append((self.command, self.path, self.authorized()))
+        time.sleep(self.server.args.delay)
         if not self.authorized():
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="git"')
@@ -98,6 +114,7 @@ def main():
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--moved")
+    parser.add_argument("--delay", type=float, default=0)
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
