@@ -327,3 +327,60 @@ fn credentials_in_the_repository_tag_are_redacted_wherever_it_is_shown() {
         url.replacen(&format!("deploy:{}", setup.token), "***", 1)
     );
 }
+
+/// Asserts that every request `server` answered carried exactly one Authorization header, the
+/// right one: none went out anonymous first, to learn from a 401 that credentials are wanted.
+fn assert_every_request_authorized(server: &GitHttp) {
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|r| r.method == "GET") && requests.iter().any(|r| r.method == "POST"),
+        "{requests:?}"
+    );
+    let anonymous: Vec<_> = requests
+        .iter()
+        .filter(|r| r.authorization != 1 || !r.authorized)
+        .collect();
+    assert!(anonymous.is_empty(), "{anonymous:?}");
+}
+
+#[test]
+fn a_token_goes_with_every_request_from_the_first_on() {
+    support::needs_world!();
+    let setup = setup();
+    let instance = Instance::exec_mode(&setup.with_token());
+    instance.run(&setup.imds(), &["boot"]).expect(0);
+    assert_every_request_authorized(&setup.server);
+}
+
+#[test]
+fn credentials_in_the_url_go_with_every_request_from_the_first_on() {
+    support::needs_world!();
+    let setup = setup();
+    let url = setup.server.repo_url(&setup.name).replacen(
+        "http://",
+        &format!("http://deploy:{}@", setup.token),
+        1,
+    );
+    let instance = Instance::exec_mode("[secrets]\nmain = \"\"\n");
+    let run = instance.run(&Imds::for_service(&setup.name, "prod", &url), &["boot"]);
+    run.expect(0);
+    assert_every_request_authorized(&setup.server);
+    instance.assert_left_nowhere(&setup.token, &run);
+}
+
+/// With a token and credentials in the URL both, the token alone goes: two Authorization headers
+/// make no valid request.
+#[test]
+fn a_token_replaces_credentials_in_the_url() {
+    support::needs_world!();
+    let setup = setup();
+    let url = setup
+        .server
+        .repo_url(&setup.name)
+        .replacen("http://", "http://deploy:stale@", 1);
+    let instance = Instance::exec_mode(&setup.with_token());
+    let run = instance.run(&Imds::for_service(&setup.name, "prod", &url), &["boot"]);
+    run.expect(0);
+    instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
+    assert_every_request_authorized(&setup.server);
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
+use zeroize::Zeroizing;
 
 use super::session::{lock, Failure, Session};
 
@@ -125,19 +126,21 @@ struct HttpStream {
 impl HttpStream {
     fn send(&mut self) -> Result<reqwest::Response, Failure> {
         let client = client_of(&self.session).map_err(Failure::Unreachable)?;
+        let url = without_credentials(&self.endpoint)
+            .ok_or_else(|| Failure::Unusable("the repository URL is not a valid URL".into()))?;
         let mut request = if self.post {
             client
-                .post(&self.endpoint)
+                .post(url)
                 .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
                 .header(ACCEPT, "application/x-git-upload-pack-result")
                 .body(std::mem::take(&mut self.request))
         } else {
-            client.get(&self.endpoint)
+            client.get(url)
         };
-        let token = self.session.options.token.as_ref();
-        if let Some((user, token)) = token {
-            request = request.basic_auth(user, Some(token.as_str()));
+        if let Some((user, password)) = self.credentials()? {
+            request = request.basic_auth(user, Some(password.as_str()));
         }
+        let token = self.session.options.token.as_ref();
         let timeout = self.session.options.timeout;
         let limits = self.session.limits.clone();
         let left = limits.deadline.left();
@@ -217,6 +220,19 @@ impl HttpStream {
             *lock(&self.moved_to) = Some(moved);
         }
         Ok(response)
+    }
+
+    /// The one user and password every request carries in its Authorization header, from the
+    /// first request on: an anonymous first request would count against the host's limits for
+    /// anonymous clients and cost a round trip for its 401. The deploy token, else the URL's
+    /// own; never both, as two Authorization headers are no valid request.
+    fn credentials(&self) -> Result<Option<(String, Zeroizing<String>)>, Failure> {
+        if let Some((user, token)) = &self.session.options.token {
+            return Ok(Some((user.clone(), token.clone())));
+        }
+        let in_url = self.session.remote.http_credentials();
+        let in_url = in_url.map_err(Failure::Unusable)?;
+        Ok(in_url.map(|(user, password)| (user, Zeroizing::new(password))))
     }
 }
 
