@@ -1,6 +1,8 @@
 //! Checkouts over smart HTTP with a deploy token from a secret, through `git http-backend`
 //! behind Basic authentication.
 
+use std::time::{Duration, Instant};
+
 use support::*;
 
 struct Setup {
@@ -383,4 +385,66 @@ fn a_token_replaces_credentials_in_the_url() {
     run.expect(0);
     instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
     assert_every_request_authorized(&setup.server);
+}
+
+#[test]
+fn a_throttled_remote_is_asked_again_after_the_wait_it_names() {
+    support::needs_world!();
+    let setup = setup_serving("throttled", |_, token| {
+        GitHttp::start_throttled("deploy", token, 2, Some(1))
+    });
+    let instance = Instance::exec_mode(&setup.with_token());
+    let run = instance.run(&setup.imds(), &["boot"]);
+    run.expect(0).stderr_has(
+        "the remote answered HTTP 429 Too Many Requests: sending the request again in 1s (it \
+         asked to retry after 1s)",
+    );
+    instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
+    instance.assert_left_nowhere(&setup.token, &run);
+    let requests = setup.server.requests();
+    let statuses: Vec<_> = requests.iter().map(|r| r.status).take(3).collect();
+    assert_eq!(statuses, [429, 429, 200], "{requests:?}");
+    // The same request, each after the second the remote asked for.
+    assert!(requests[..3].iter().all(|r| r.path == requests[0].path));
+    for pair in requests[..3].windows(2) {
+        assert!(pair[1].at - pair[0].at >= 1.0, "{requests:?}");
+    }
+    assert_every_request_authorized(&setup.server);
+}
+
+#[test]
+fn a_retry_after_past_the_git_deadline_fails_the_checkout_at_once_and_keeps_the_release() {
+    support::needs_world!();
+    let mut setup = setup();
+    let throttled = GitHttp::start_throttled("deploy", &setup.token, u32::MAX, Some(600));
+    let instance = Instance::exec_mode(&format!(
+        "[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"deploy\"\ndeadline = \"20s\"\n\
+         token_hosts = [\"{}\", \"{}\"]\n",
+        setup.server.url, throttled.url
+    ));
+    instance.run(&setup.imds(), &["boot"]).expect(0);
+    let first = instance.running_commit(&setup.name);
+    let env_file = std::fs::read_to_string(instance.env_file(&setup.name)).unwrap();
+    setup.repo.push_version("prod", "prod build 2\n");
+
+    let imds = Imds::for_service(&setup.name, "prod", &throttled.repo_url(&setup.name));
+    let started = Instant::now();
+    let run = instance.run(&imds, &["boot"]);
+    let elapsed = started.elapsed();
+    run.expect(0)
+        .stderr_has(
+            "the remote asked to retry after 600s (HTTP 429 Too Many Requests), past the \
+             checkout's deadline 20s (git.deadline)",
+        )
+        .stderr_has("running last good commit");
+    // Neither the Retry-After nor the deadline was waited out.
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert_eq!(throttled.requests().len(), 1);
+    assert_eq!(instance.running_commit(&setup.name), first);
+    assert_eq!(
+        std::fs::read_to_string(instance.env_file(&setup.name)).unwrap(),
+        env_file
+    );
+    assert_eq!(instance.status()["outcome"], "degraded");
+    instance.assert_left_nowhere(&setup.token, &run);
 }

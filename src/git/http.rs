@@ -6,8 +6,10 @@
 use std::error::Error as _;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use aws_smithy_types::date_time::Format as DateTimeFormat;
+use aws_smithy_types::DateTime;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
@@ -123,36 +125,140 @@ struct HttpStream {
     read: usize,
 }
 
+/// How many times one request is sent again after the remote answered that it is busy (HTTP 429
+/// or 503): enough to ride out a rate limit's window, few enough that a host that stays busy
+/// leaves time for the mirrors.
+const BUSY_RETRIES: u32 = 4;
+/// The wait before sending again when a busy answer names none (no Retry-After bootagent can
+/// read); it doubles with each retry, up to [`BUSY_BACKOFF_CAP`].
+const BUSY_BACKOFF: Duration = Duration::from_secs(1);
+const BUSY_BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// A wait is slept in slices this long, so that a cancelled sync stops within one.
+const PAUSE_SLICE: Duration = Duration::from_millis(100);
+
 impl HttpStream {
+    /// Sends the request, again after each busy answer for as long as the remote asks and the
+    /// checkout's deadline allows; returns the first answer that is not busy, checked.
     fn send(&mut self) -> Result<reqwest::Response, Failure> {
         let client = client_of(&self.session).map_err(Failure::Unreachable)?;
         let url = without_credentials(&self.endpoint)
             .ok_or_else(|| Failure::Unusable("the repository URL is not a valid URL".into()))?;
-        let mut request = if self.post {
-            client
-                .post(url)
-                .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
-                .header(ACCEPT, "application/x-git-upload-pack-result")
-                .body(std::mem::take(&mut self.request))
-        } else {
-            client.get(url)
-        };
-        if let Some((user, password)) = self.credentials()? {
-            request = request.basic_auth(user, Some(password.as_str()));
+        let credentials = self.credentials()?;
+        // Kept whole: a retry sends the same negotiation round.
+        let body = std::mem::take(&mut self.request);
+        let mut retry = 0;
+        loop {
+            let mut request = if self.post {
+                client
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
+                    .header(ACCEPT, "application/x-git-upload-pack-result")
+                    .body(body.clone())
+            } else {
+                client.get(url.clone())
+            };
+            if let Some((user, password)) = &credentials {
+                request = request.basic_auth(user, Some(password.as_str()));
+            }
+            let response = self.attempt(request)?;
+            let status = response.status();
+            if !matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                return self.check(response);
+            }
+            let wait = busy_wait(response.headers(), retry, SystemTime::now());
+            self.may_wait(status, &wait, retry)?;
+            tracing::warn!(
+                remote = %crate::remote::redact(&self.endpoint),
+                "the remote answered HTTP {status}: sending the request again in {} ({})",
+                humantime::format_duration(wait.wait),
+                match &wait.asked {
+                    Some(asked) => format!("it asked to retry after {asked}"),
+                    None => "it named no Retry-After".to_string(),
+                },
+            );
+            self.pause(wait.wait)?;
+            retry += 1;
         }
-        let token = self.session.options.token.as_ref();
+    }
+
+    /// The one user and password every request carries in its Authorization header, from the
+    /// first request on: an anonymous first request would count against the host's limits for
+    /// anonymous clients and cost a round trip for its 401. The deploy token, else the URL's
+    /// own; never both, as two Authorization headers are no valid request.
+    fn credentials(&self) -> Result<Option<(String, Zeroizing<String>)>, Failure> {
+        if let Some((user, token)) = &self.session.options.token {
+            return Ok(Some((user.clone(), token.clone())));
+        }
+        let in_url = self.session.remote.http_credentials();
+        let in_url = in_url.map_err(Failure::Unusable)?;
+        Ok(in_url.map(|(user, password)| (user, Zeroizing::new(password))))
+    }
+
+    /// One request, bounded by the time left.
+    fn attempt(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
         let timeout = self.session.options.timeout;
-        let limits = self.session.limits.clone();
-        let left = limits.deadline.left();
-        let response = self
-            .runtime
-            .block_on(tokio::time::timeout(left, request.send()))
+        let limits = &self.session.limits;
+        self.runtime
+            .block_on(tokio::time::timeout(limits.deadline.left(), request.send()))
             .map_err(|_| {
                 limits
                     .exceeded()
                     .unwrap_or_else(|| Failure::silent(timeout))
             })?
-            .map_err(|e| classify(e, timeout))?;
+            .map_err(|e| classify(e, timeout))
+    }
+
+    /// Whether bootagent may wait `wait` and send again: not past the checkout's deadline (a
+    /// failure now leaves the time to the mirrors and the release in service), and not beyond
+    /// [`BUSY_RETRIES`].
+    fn may_wait(&self, status: StatusCode, wait: &BusyWait, retry: u32) -> Result<(), Failure> {
+        let limits = &self.session.limits;
+        if retry >= BUSY_RETRIES {
+            return Err(Failure::Unreachable(format!(
+                "the remote answered HTTP {status} {} times in a row",
+                retry + 1
+            )));
+        }
+        let left = limits.deadline.left();
+        if wait.wait < left {
+            return Ok(());
+        }
+        let left = humantime::format_duration(Duration::from_secs(left.as_secs()));
+        let asked = match &wait.asked {
+            Some(asked) => format!("the remote asked to retry after {asked} (HTTP {status})"),
+            None => format!(
+                "the remote answered HTTP {status}, and the next retry is due in {}",
+                humantime::format_duration(wait.wait)
+            ),
+        };
+        Err(Failure::Unreachable(format!(
+            "{asked}, past the checkout's deadline {} ({left} left)",
+            limits.named
+        )))
+    }
+
+    /// Sleeps `wait`, or until the sync is cancelled or its deadline passes.
+    fn pause(&self, wait: Duration) -> Result<(), Failure> {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(failure) = self.session.limits.exceeded() {
+                return Err(failure);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            self.runtime
+                .block_on(tokio::time::sleep(left.min(PAUSE_SLICE)));
+        }
+    }
+
+    /// The answer to the request, when it is git's; why not, when it is not.
+    fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, Failure> {
+        let token = self.session.options.token.as_ref();
         let status = response.status();
         match status {
             _ if status.is_success() => {}
@@ -221,18 +327,59 @@ impl HttpStream {
         }
         Ok(response)
     }
+}
 
-    /// The one user and password every request carries in its Authorization header, from the
-    /// first request on: an anonymous first request would count against the host's limits for
-    /// anonymous clients and cost a round trip for its 401. The deploy token, else the URL's
-    /// own; never both, as two Authorization headers are no valid request.
-    fn credentials(&self) -> Result<Option<(String, Zeroizing<String>)>, Failure> {
-        if let Some((user, token)) = &self.session.options.token {
-            return Ok(Some((user.clone(), token.clone())));
-        }
-        let in_url = self.session.remote.http_credentials();
-        let in_url = in_url.map_err(Failure::Unusable)?;
-        Ok(in_url.map(|(user, password)| (user, Zeroizing::new(password))))
+/// How long to wait before sending a request again that the remote answered busy.
+#[derive(Debug, PartialEq, Eq)]
+struct BusyWait {
+    wait: Duration,
+    /// The remote's Retry-After as messages quote it (`120s`, or its date), when it sent one
+    /// bootagent reads; none means the wait is bootagent's own backoff.
+    asked: Option<String>,
+}
+
+/// The wait a busy answer asks for: its Retry-After in seconds, or until its HTTP date (counted
+/// from the answer's own Date, so that a skewed clock here does not stretch or cut it, else
+/// from now; a date past is no wait). Without one bootagent reads (none, a negative number,
+/// words), the backoff for the `retry`th retry.
+fn busy_wait(headers: &reqwest::header::HeaderMap, retry: u32, now: SystemTime) -> BusyWait {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+    };
+    let http_date = |text: &str| {
+        DateTime::from_str(text, DateTimeFormat::HttpDate)
+            .ok()
+            .and_then(|date| SystemTime::try_from(date).ok())
+    };
+    let backoff = BusyWait {
+        wait: BUSY_BACKOFF
+            .saturating_mul(2u32.saturating_pow(retry))
+            .min(BUSY_BACKOFF_CAP),
+        asked: None,
+    };
+    let Some(asked) = header(reqwest::header::RETRY_AFTER) else {
+        return backoff;
+    };
+    if !asked.is_empty() && asked.bytes().all(|b| b.is_ascii_digit()) {
+        // More seconds than a u64 holds is as good as forever: past any deadline.
+        let seconds = asked.parse().unwrap_or(u64::MAX);
+        return BusyWait {
+            wait: Duration::from_secs(seconds),
+            asked: Some(format!("{seconds}s")),
+        };
+    }
+    let Some(until) = http_date(asked) else {
+        return backoff;
+    };
+    let from = header(reqwest::header::DATE)
+        .and_then(http_date)
+        .unwrap_or(now);
+    BusyWait {
+        wait: until.duration_since(from).unwrap_or_default(),
+        asked: Some(asked.to_string()),
     }
 }
 
@@ -404,5 +551,69 @@ mod tests {
             moved_base(&requested, &moved).unwrap(),
             "https://u:t@git.example/new/app.git"
         );
+    }
+
+    fn busy(headers: &[(&'static str, &str)], retry: u32) -> BusyWait {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
+        }
+        // 2015-10-21T07:28:00Z, as the dates below are written.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        busy_wait(&map, retry, now)
+    }
+
+    fn asked(wait: u64, said: &str) -> BusyWait {
+        BusyWait {
+            wait: Duration::from_secs(wait),
+            asked: Some(said.into()),
+        }
+    }
+
+    fn backoff(wait: u64) -> BusyWait {
+        BusyWait {
+            wait: Duration::from_secs(wait),
+            asked: None,
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_is_waited_as_said() {
+        assert_eq!(busy(&[("retry-after", "120")], 0), asked(120, "120s"));
+        assert_eq!(busy(&[("retry-after", " 0 ")], 3), asked(0, "0s"));
+        // Beyond what a u64 holds: as good as forever, which no deadline allows.
+        let huge = busy(&[("retry-after", "99999999999999999999999")], 0);
+        assert_eq!(huge.wait, Duration::from_secs(u64::MAX));
+    }
+
+    #[test]
+    fn retry_after_as_a_date_counts_from_the_answers_own_date() {
+        let date = "Wed, 21 Oct 2015 07:30:00 GMT";
+        assert_eq!(busy(&[("retry-after", date)], 0), asked(120, date));
+        // The remote's clock says 07:29:30: 30 s to wait, whatever this machine's clock says.
+        let dated = [
+            ("retry-after", date),
+            ("date", "Wed, 21 Oct 2015 07:29:30 GMT"),
+        ];
+        assert_eq!(busy(&dated, 0), asked(30, date));
+        // A date already past is no wait.
+        let past = "Wed, 21 Oct 2015 07:00:00 GMT";
+        assert_eq!(busy(&[("retry-after", past)], 0), asked(0, past));
+    }
+
+    #[test]
+    fn no_readable_retry_after_backs_off_doubling_up_to_its_cap() {
+        for garbage in ["", "-5", "1.5", "soon", "Wed, 21 Oct 2015 07:30:00"] {
+            assert_eq!(
+                busy(&[("retry-after", garbage)], 0),
+                backoff(1),
+                "{garbage:?}"
+            );
+        }
+        let waits: Vec<u64> = (0..6)
+            .map(|retry| busy(&[], retry).wait.as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 8, 8]);
+        assert_eq!(busy(&[], u32::MAX), backoff(8));
     }
 }
