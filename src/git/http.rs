@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use zeroize::Zeroizing;
 
 use super::session::{lock, Failure, Session};
+use crate::retry;
 
 fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
@@ -129,10 +130,13 @@ struct HttpStream {
 /// or 503): enough to ride out a rate limit's window, few enough that a host that stays busy
 /// leaves time for the mirrors.
 const BUSY_RETRIES: u32 = 4;
-/// The wait before sending again when a busy answer names none (no Retry-After bootagent can
-/// read); it doubles with each retry, up to [`BUSY_BACKOFF_CAP`].
-const BUSY_BACKOFF: Duration = Duration::from_secs(1);
-const BUSY_BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// The jitter added to each wait after a busy answer, and the whole wait when the remote names
+/// none (no Retry-After bootagent reads): a random part of 1 s, 2 s, 4 s, then 8 s, as for the
+/// calls to AWS, so that a fleet throttled together does not come back together.
+const BUSY_BACKOFF: retry::Backoff = retry::Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(8),
+};
 /// A wait is slept in slices this long, so that a cancelled sync stops within one.
 const PAUSE_SLICE: Duration = Duration::from_millis(100);
 
@@ -168,19 +172,21 @@ impl HttpStream {
             ) {
                 return self.check(response);
             }
-            let wait = busy_wait(response.headers(), retry, SystemTime::now());
-            self.may_wait(status, &wait, retry)?;
+            let asked = retry_after(response.headers(), SystemTime::now());
+            retry += 1;
+            let wait = asked.as_ref().map_or(Duration::ZERO, |asked| asked.wait)
+                + retry::jittered(BUSY_BACKOFF, retry);
+            self.may_wait(status, asked.as_ref(), wait, retry)?;
             tracing::warn!(
                 remote = %crate::remote::redact(&self.endpoint),
                 "the remote answered HTTP {status}: sending the request again in {} ({})",
-                humantime::format_duration(wait.wait),
-                match &wait.asked {
-                    Some(asked) => format!("it asked to retry after {asked}"),
+                humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+                match &asked {
+                    Some(asked) => format!("it asked to retry after {}", asked.said),
                     None => "it named no Retry-After".to_string(),
                 },
             );
-            self.pause(wait.wait)?;
-            retry += 1;
+            self.pause(wait)?;
         }
     }
 
@@ -211,31 +217,39 @@ impl HttpStream {
             .map_err(|e| classify(e, timeout))
     }
 
-    /// Whether bootagent may wait `wait` and send again: not past the checkout's deadline (a
-    /// failure now leaves the time to the mirrors and the release in service), and not beyond
-    /// [`BUSY_RETRIES`].
-    fn may_wait(&self, status: StatusCode, wait: &BusyWait, retry: u32) -> Result<(), Failure> {
+    /// Whether bootagent may wait `wait` and send the request again, as its `retry`th retry:
+    /// not past the checkout's deadline (a failure now leaves the time to the mirrors and the
+    /// release in service), and not beyond [`BUSY_RETRIES`].
+    fn may_wait(
+        &self,
+        status: StatusCode,
+        asked: Option<&Asked>,
+        wait: Duration,
+        retry: u32,
+    ) -> Result<(), Failure> {
         let limits = &self.session.limits;
-        if retry >= BUSY_RETRIES {
+        if retry > BUSY_RETRIES {
             return Err(Failure::Unreachable(format!(
-                "the remote answered HTTP {status} {} times in a row",
-                retry + 1
+                "the remote answered HTTP {status} {retry} times in a row"
             )));
         }
         let left = limits.deadline.left();
-        if wait.wait < left {
+        if wait < left {
             return Ok(());
         }
         let left = humantime::format_duration(Duration::from_secs(left.as_secs()));
-        let asked = match &wait.asked {
-            Some(asked) => format!("the remote asked to retry after {asked} (HTTP {status})"),
+        let why = match asked {
+            Some(asked) => format!(
+                "the remote asked to retry after {} (HTTP {status})",
+                asked.said
+            ),
             None => format!(
                 "the remote answered HTTP {status}, and the next retry is due in {}",
-                humantime::format_duration(wait.wait)
+                humantime::format_duration(Duration::from_secs(wait.as_secs()))
             ),
         };
         Err(Failure::Unreachable(format!(
-            "{asked}, past the checkout's deadline {} ({left} left)",
+            "{why}, past the checkout's deadline {} ({left} left)",
             limits.named
         )))
     }
@@ -329,20 +343,19 @@ impl HttpStream {
     }
 }
 
-/// How long to wait before sending a request again that the remote answered busy.
+/// The wait a busy answer asked for in its Retry-After.
 #[derive(Debug, PartialEq, Eq)]
-struct BusyWait {
+struct Asked {
     wait: Duration,
-    /// The remote's Retry-After as messages quote it (`120s`, or its date), when it sent one
-    /// bootagent reads; none means the wait is bootagent's own backoff.
-    asked: Option<String>,
+    /// The Retry-After as messages quote it: `120s`, or its date.
+    said: String,
 }
 
-/// The wait a busy answer asks for: its Retry-After in seconds, or until its HTTP date (counted
-/// from the answer's own Date, so that a skewed clock here does not stretch or cut it, else
-/// from now; a date past is no wait). Without one bootagent reads (none, a negative number,
-/// words), the backoff for the `retry`th retry.
-fn busy_wait(headers: &reqwest::header::HeaderMap, retry: u32, now: SystemTime) -> BusyWait {
+/// What a busy answer's Retry-After asks: seconds, or until an HTTP date, counted from the
+/// answer's own Date (so that a skewed clock here neither stretches nor cuts it), else from
+/// `now`; a date past is no wait. None when there is none bootagent reads (a negative number,
+/// words).
+fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Asked> {
     let header = |name| {
         headers
             .get(name)
@@ -354,33 +367,21 @@ fn busy_wait(headers: &reqwest::header::HeaderMap, retry: u32, now: SystemTime) 
             .ok()
             .and_then(|date| SystemTime::try_from(date).ok())
     };
-    let backoff = BusyWait {
-        wait: BUSY_BACKOFF
-            .saturating_mul(2u32.saturating_pow(retry))
-            .min(BUSY_BACKOFF_CAP),
-        asked: None,
-    };
-    let Some(asked) = header(reqwest::header::RETRY_AFTER) else {
-        return backoff;
-    };
-    if !asked.is_empty() && asked.bytes().all(|b| b.is_ascii_digit()) {
-        // More seconds than a u64 holds is as good as forever: past any deadline.
-        let seconds = asked.parse().unwrap_or(u64::MAX);
-        return BusyWait {
-            wait: Duration::from_secs(seconds),
-            asked: Some(format!("{seconds}s")),
-        };
+    let value = header(reqwest::header::RETRY_AFTER)?;
+    if let Some(seconds) = retry::server_asked(None, Some(value)) {
+        return Some(Asked {
+            wait: seconds.duration(),
+            said: format!("{value}s"),
+        });
     }
-    let Some(until) = http_date(asked) else {
-        return backoff;
-    };
+    let until = http_date(value)?;
     let from = header(reqwest::header::DATE)
         .and_then(http_date)
         .unwrap_or(now);
-    BusyWait {
+    Some(Asked {
         wait: until.duration_since(from).unwrap_or_default(),
-        asked: Some(asked.to_string()),
-    }
+        said: value.to_string(),
+    })
 }
 
 const ADVERTISEMENT: &str = "info/refs?service=git-upload-pack";
@@ -553,67 +554,52 @@ mod tests {
         );
     }
 
-    fn busy(headers: &[(&'static str, &str)], retry: u32) -> BusyWait {
+    fn asked(headers: &[(&'static str, &str)]) -> Option<Asked> {
         let mut map = reqwest::header::HeaderMap::new();
         for (name, value) in headers {
             map.insert(*name, value.parse().unwrap());
         }
         // 2015-10-21T07:28:00Z, as the dates below are written.
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
-        busy_wait(&map, retry, now)
+        retry_after(&map, now)
     }
 
-    fn asked(wait: u64, said: &str) -> BusyWait {
-        BusyWait {
-            wait: Duration::from_secs(wait),
-            asked: Some(said.into()),
-        }
-    }
-
-    fn backoff(wait: u64) -> BusyWait {
-        BusyWait {
-            wait: Duration::from_secs(wait),
-            asked: None,
-        }
+    fn waits(seconds: u64, said: &str) -> Option<Asked> {
+        Some(Asked {
+            wait: Duration::from_secs(seconds),
+            said: said.into(),
+        })
     }
 
     #[test]
     fn retry_after_in_seconds_is_waited_as_said() {
-        assert_eq!(busy(&[("retry-after", "120")], 0), asked(120, "120s"));
-        assert_eq!(busy(&[("retry-after", " 0 ")], 3), asked(0, "0s"));
-        // Beyond what a u64 holds: as good as forever, which no deadline allows.
-        let huge = busy(&[("retry-after", "99999999999999999999999")], 0);
-        assert_eq!(huge.wait, Duration::from_secs(u64::MAX));
+        assert_eq!(asked(&[("retry-after", "120")]), waits(120, "120s"));
+        assert_eq!(asked(&[("retry-after", " 0 ")]), waits(0, "0s"));
+        // Beyond what bootagent counts (49 days): kept as the longest, past any deadline.
+        let huge = asked(&[("retry-after", "99999999999999999999999")]).unwrap();
+        assert!(huge.wait > Duration::from_secs(49 * 24 * 3600), "{huge:?}");
     }
 
     #[test]
     fn retry_after_as_a_date_counts_from_the_answers_own_date() {
         let date = "Wed, 21 Oct 2015 07:30:00 GMT";
-        assert_eq!(busy(&[("retry-after", date)], 0), asked(120, date));
+        assert_eq!(asked(&[("retry-after", date)]), waits(120, date));
         // The remote's clock says 07:29:30: 30 s to wait, whatever this machine's clock says.
         let dated = [
             ("retry-after", date),
             ("date", "Wed, 21 Oct 2015 07:29:30 GMT"),
         ];
-        assert_eq!(busy(&dated, 0), asked(30, date));
+        assert_eq!(asked(&dated), waits(30, date));
         // A date already past is no wait.
         let past = "Wed, 21 Oct 2015 07:00:00 GMT";
-        assert_eq!(busy(&[("retry-after", past)], 0), asked(0, past));
+        assert_eq!(asked(&[("retry-after", past)]), waits(0, past));
     }
 
     #[test]
-    fn no_readable_retry_after_backs_off_doubling_up_to_its_cap() {
+    fn a_retry_after_bootagent_cannot_read_asks_nothing() {
         for garbage in ["", "-5", "1.5", "soon", "Wed, 21 Oct 2015 07:30:00"] {
-            assert_eq!(
-                busy(&[("retry-after", garbage)], 0),
-                backoff(1),
-                "{garbage:?}"
-            );
+            assert_eq!(asked(&[("retry-after", garbage)]), None, "{garbage:?}");
         }
-        let waits: Vec<u64> = (0..6)
-            .map(|retry| busy(&[], retry).wait.as_secs())
-            .collect();
-        assert_eq!(waits, [1, 2, 4, 8, 8, 8]);
-        assert_eq!(busy(&[], u32::MAX), backoff(8));
+        assert_eq!(asked(&[]), None);
     }
 }
