@@ -47,6 +47,17 @@ impl Setup {
     fn imds(&self) -> Imds {
         Imds::for_service(&self.name, "prod", &self.server.repo_url(&self.name))
     }
+
+    /// The repository's URL with `user:password` in it, and the instance whose tag names it.
+    fn with_credentials_in_url(&self, user_password: &str) -> (String, Imds) {
+        let url = (self.server.repo_url(&self.name)).replacen(
+            "http://",
+            &format!("http://{user_password}@"),
+            1,
+        );
+        let imds = Imds::for_service(&self.name, "prod", &url);
+        (url, imds)
+    }
 }
 
 #[test]
@@ -260,13 +271,10 @@ fn a_redirect_to_another_host_is_refused_not_followed() {
 fn wrong_credentials_in_the_repository_url_are_named_as_the_cause() {
     support::needs_world!();
     let setup = setup();
-    let url = setup
-        .server
-        .repo_url(&setup.name)
-        .replacen("http://", "http://deploy:wrong@", 1);
+    let (_, imds) = setup.with_credentials_in_url("deploy:wrong");
     let instance = Instance::exec_mode("[secrets]\nmain = \"\"\n");
     instance
-        .run(&Imds::for_service(&setup.name, "prod", &url), &["boot"])
+        .run(&imds, &["boot"])
         .expect(7)
         .stderr_has("refused the user and password in the repository URL (HTTP 401");
 }
@@ -299,12 +307,7 @@ fn https_goes_through_the_proxy_the_environment_names() {
 fn credentials_in_the_repository_tag_are_redacted_wherever_it_is_shown() {
     support::needs_world!();
     let setup = setup();
-    let url = setup.server.repo_url(&setup.name).replacen(
-        "http://",
-        &format!("http://deploy:{}@", setup.token),
-        1,
-    );
-    let imds = Imds::for_service(&setup.name, "prod", &url);
+    let (url, imds) = setup.with_credentials_in_url(&format!("deploy:{}", setup.token));
     // No secret: the credentials in the tag alone must get the checkout through.
     let instance = Instance::exec_mode("[secrets]\nmain = \"\"\n");
     let plan = instance.run(&imds, &["plan"]);
@@ -358,13 +361,9 @@ fn a_token_goes_with_every_request_from_the_first_on() {
 fn credentials_in_the_url_go_with_every_request_from_the_first_on() {
     support::needs_world!();
     let setup = setup();
-    let url = setup.server.repo_url(&setup.name).replacen(
-        "http://",
-        &format!("http://deploy:{}@", setup.token),
-        1,
-    );
+    let (_, imds) = setup.with_credentials_in_url(&format!("deploy:{}", setup.token));
     let instance = Instance::exec_mode("[secrets]\nmain = \"\"\n");
-    let run = instance.run(&Imds::for_service(&setup.name, "prod", &url), &["boot"]);
+    let run = instance.run(&imds, &["boot"]);
     run.expect(0);
     assert_every_request_authorized(&setup.server);
     instance.assert_left_nowhere(&setup.token, &run);
@@ -376,12 +375,9 @@ fn credentials_in_the_url_go_with_every_request_from_the_first_on() {
 fn a_token_replaces_credentials_in_the_url() {
     support::needs_world!();
     let setup = setup();
-    let url = setup
-        .server
-        .repo_url(&setup.name)
-        .replacen("http://", "http://deploy:stale@", 1);
+    let (_, imds) = setup.with_credentials_in_url("deploy:stale");
     let instance = Instance::exec_mode(&setup.with_token());
-    let run = instance.run(&Imds::for_service(&setup.name, "prod", &url), &["boot"]);
+    let run = instance.run(&imds, &["boot"]);
     run.expect(0);
     instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
     assert_every_request_authorized(&setup.server);

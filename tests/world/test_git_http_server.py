@@ -6,7 +6,6 @@ import http.client
 import json
 import pathlib
 import subprocess
-import sys
 import urllib.parse
 
 import pytest
@@ -19,26 +18,12 @@ WRONG = "Basic " + base64.b64encode(b"deploy:wrong").decode()
 
 
 @pytest.fixture
-def start(tmp_path):
+def serve(start, tmp_path):
     """Starts the server over a root holding an empty app.git, with extra arguments; returns
     its base URL."""
     subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "app.git")], check=True)
-    procs = []
-
-    def start(*args):
-        proc = subprocess.Popen(
-            [sys.executable, str(SERVER), "--root", str(tmp_path), "--user", "deploy",
-             "--password", PASSWORD, *args],
-            stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
-        line = proc.stdout.readline()
-        assert line.startswith("listening on "), line
-        return line.split()[-1]
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
+    return lambda *args: start(SERVER, "--root", str(tmp_path), "--user", "deploy",
+                               "--password", PASSWORD, *args)[1]
 
 
 def get(url, path, authorizations=()):
@@ -57,8 +42,8 @@ def requests(url):
     return json.loads(get(url, "/fake/requests")[1])
 
 
-def test_the_first_requests_are_throttled_with_retry_after_then_served(start):
-    url = start("--throttle", "2:7")
+def test_the_first_requests_are_throttled_with_retry_after_then_served(serve):
+    url = serve("--throttle", "2:7")
     for _ in range(2):
         response, _ = get(url, ADVERTISEMENT, [RIGHT])
         assert (response.status, response.getheader("Retry-After")) == (429, "7")
@@ -71,15 +56,15 @@ def test_the_first_requests_are_throttled_with_retry_after_then_served(start):
     assert seen[0]["at"] <= seen[1]["at"] <= seen[2]["at"]
 
 
-def test_a_throttle_without_seconds_sends_no_retry_after(start):
-    url = start("--throttle", "1")
+def test_a_throttle_without_seconds_sends_no_retry_after(serve):
+    url = serve("--throttle", "1")
     response, _ = get(url, ADVERTISEMENT, [RIGHT])
     assert (response.status, response.getheader("Retry-After")) == (429, None)
     assert get(url, ADVERTISEMENT, [RIGHT])[0].status == 200
 
 
-def test_the_record_tells_anonymous_and_doubled_credentials_without_holding_them(start):
-    url = start()
+def test_the_record_tells_anonymous_and_doubled_credentials_without_holding_them(serve):
+    url = serve()
     statuses = [get(url, ADVERTISEMENT, headers)[0].status
                 for headers in ([], [RIGHT], [WRONG], [RIGHT, RIGHT])]
     # Two Authorization headers make no valid request, whatever they hold.
