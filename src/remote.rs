@@ -94,6 +94,27 @@ impl Remote {
     pub fn has_http_credentials(&self) -> bool {
         matches!(&self.kind, Kind::Http(Some(url)) if !url.username().is_empty() || url.password().is_some())
     }
+
+    /// The user and password an HTTP remote's URL carries, percent-decoded (a missing password
+    /// is empty, as git sends it); an error names which one is not UTF-8, without quoting it.
+    pub fn http_credentials(&self) -> Result<Option<(String, String)>, String> {
+        let Kind::Http(Some(url)) = &self.kind else {
+            return Ok(None);
+        };
+        if !self.has_http_credentials() {
+            return Ok(None);
+        }
+        let decode = |part: &str, what: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|decoded| decoded.into_owned())
+                .map_err(|_| format!("the {what} in the repository URL is not UTF-8"))
+        };
+        Ok(Some((
+            decode(url.username(), "user")?,
+            decode(url.password().unwrap_or(""), "password")?,
+        )))
+    }
 }
 
 /// `[user@]host:path`: a colon before any slash.
@@ -459,5 +480,22 @@ mod tests {
         assert!(!format!("{remote:?}").contains("tok3n"));
         assert!(remote.has_http_credentials());
         assert_eq!(remote.http_origin().as_deref(), Some("https://git.example"));
+    }
+
+    #[test]
+    fn the_credentials_of_an_http_url_are_read_percent_decoded() {
+        let credentials = |url: &str| Remote::parse(url).http_credentials();
+        assert_eq!(
+            credentials("https://x-token-auth:t%40k%2Fn@git.example/a.git"),
+            Ok(Some(("x-token-auth".into(), "t@k/n".into())))
+        );
+        assert_eq!(
+            credentials("https://deploy@git.example/a.git"),
+            Ok(Some(("deploy".into(), String::new())))
+        );
+        assert_eq!(credentials("https://git.example/a.git"), Ok(None));
+        assert_eq!(credentials("git://git.example/a.git"), Ok(None));
+        let not_utf8 = credentials("https://u:%ff%fe@git.example/a.git").unwrap_err();
+        assert!(not_utf8.contains("password"), "{not_utf8}");
     }
 }

@@ -212,7 +212,7 @@ where
 }
 
 /// A random duration in `[0, bound)` for the n-th wait (full jitter).
-fn jittered(backoff: Backoff, attempt: u32) -> Duration {
+pub fn jittered(backoff: Backoff, attempt: u32) -> Duration {
     let doubled = backoff.base.saturating_mul(
         1u32.checked_shl(attempt.saturating_sub(1))
             .unwrap_or(u32::MAX),

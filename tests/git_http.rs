@@ -1,6 +1,8 @@
 //! Checkouts over smart HTTP with a deploy token from a secret, through `git http-backend`
 //! behind Basic authentication.
 
+use std::time::{Duration, Instant};
+
 use support::*;
 
 struct Setup {
@@ -44,6 +46,17 @@ impl Setup {
 
     fn imds(&self) -> Imds {
         Imds::for_service(&self.name, "prod", &self.server.repo_url(&self.name))
+    }
+
+    /// The repository's URL with `user:password` in it, and the instance whose tag names it.
+    fn with_credentials_in_url(&self, user_password: &str) -> (String, Imds) {
+        let url = (self.server.repo_url(&self.name)).replacen(
+            "http://",
+            &format!("http://{user_password}@"),
+            1,
+        );
+        let imds = Imds::for_service(&self.name, "prod", &url);
+        (url, imds)
     }
 }
 
@@ -316,13 +329,10 @@ fn a_redirect_to_another_host_is_refused_not_followed() {
 fn wrong_credentials_in_the_repository_url_are_named_as_the_cause() {
     support::needs_world!();
     let setup = setup();
-    let url = setup
-        .server
-        .repo_url(&setup.name)
-        .replacen("http://", "http://deploy:wrong@", 1);
+    let (_, imds) = setup.with_credentials_in_url("deploy:wrong");
     let instance = Instance::exec_mode("[secrets]\nmain = \"\"\n");
     instance
-        .run(&Imds::for_service(&setup.name, "prod", &url), &["boot"])
+        .run(&imds, &["boot"])
         .expect(7)
         .stderr_has("refused the user and password in the repository URL (HTTP 401");
 }
@@ -355,12 +365,7 @@ fn https_goes_through_the_proxy_the_environment_names() {
 fn credentials_in_the_repository_tag_are_redacted_wherever_it_is_shown() {
     support::needs_world!();
     let setup = setup();
-    let url = setup.server.repo_url(&setup.name).replacen(
-        "http://",
-        &format!("http://deploy:{}@", setup.token),
-        1,
-    );
-    let imds = Imds::for_service(&setup.name, "prod", &url);
+    let (url, imds) = setup.with_credentials_in_url(&format!("deploy:{}", setup.token));
     // No secret: the credentials in the tag alone must get the checkout through.
     let instance = Instance::exec_mode("[secrets]\nmain = \"\"\n");
     let plan = instance.run(&imds, &["plan"]);
@@ -384,4 +389,118 @@ fn credentials_in_the_repository_tag_are_redacted_wherever_it_is_shown() {
         instance.status()["identity"]["repository"],
         url.replacen(&format!("deploy:{}", setup.token), "***", 1)
     );
+}
+
+/// Asserts that every request `server` answered carried exactly one Authorization header, the
+/// right one: none went out anonymous first, to learn from a 401 that credentials are wanted.
+fn assert_every_request_authorized(server: &GitHttp) {
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|r| r.method == "GET") && requests.iter().any(|r| r.method == "POST"),
+        "{requests:?}"
+    );
+    let anonymous: Vec<_> = requests
+        .iter()
+        .filter(|r| r.authorization != 1 || !r.authorized)
+        .collect();
+    assert!(anonymous.is_empty(), "{anonymous:?}");
+}
+
+#[test]
+fn a_token_goes_with_every_request_from_the_first_on() {
+    support::needs_world!();
+    let setup = setup();
+    let instance = Instance::exec_mode(&setup.with_token());
+    instance.run(&setup.imds(), &["boot"]).expect(0);
+    assert_every_request_authorized(&setup.server);
+}
+
+#[test]
+fn credentials_in_the_url_go_with_every_request_from_the_first_on() {
+    support::needs_world!();
+    let setup = setup();
+    let (_, imds) = setup.with_credentials_in_url(&format!("deploy:{}", setup.token));
+    let instance = Instance::exec_mode("[secrets]\nmain = \"\"\n");
+    let run = instance.run(&imds, &["boot"]);
+    run.expect(0);
+    assert_every_request_authorized(&setup.server);
+    instance.assert_left_nowhere(&setup.token, &run);
+}
+
+/// With a token and credentials in the URL both, the token alone goes: two Authorization headers
+/// make no valid request.
+#[test]
+fn a_token_replaces_credentials_in_the_url() {
+    support::needs_world!();
+    let setup = setup();
+    let (_, imds) = setup.with_credentials_in_url("deploy:stale");
+    let instance = Instance::exec_mode(&setup.with_token());
+    let run = instance.run(&imds, &["boot"]);
+    run.expect(0);
+    instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
+    assert_every_request_authorized(&setup.server);
+}
+
+#[test]
+fn a_throttled_remote_is_asked_again_after_the_wait_it_names() {
+    support::needs_world!();
+    let setup = setup_serving("throttled", |_, token| {
+        GitHttp::start_throttled("deploy", token, 2, Some(1))
+    });
+    let instance = Instance::exec_mode(&setup.with_token());
+    let run = instance.run(&setup.imds(), &["boot"]);
+    // At least the second asked for, and a random part of the backoff on top.
+    run.expect(0)
+        .stderr_has(
+            "the remote answered HTTP 429 Too Many Requests: sending the request again in 1s",
+        )
+        .stderr_has("(it asked to retry after 1s)");
+    instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
+    instance.assert_left_nowhere(&setup.token, &run);
+    let requests = setup.server.requests();
+    let statuses: Vec<_> = requests.iter().map(|r| r.status).take(3).collect();
+    assert_eq!(statuses, [429, 429, 200], "{requests:?}");
+    // The same request, each after the second the remote asked for.
+    assert!(requests[..3].iter().all(|r| r.path == requests[0].path));
+    for pair in requests[..3].windows(2) {
+        assert!(pair[1].at - pair[0].at >= 1.0, "{requests:?}");
+    }
+    assert_every_request_authorized(&setup.server);
+}
+
+#[test]
+fn a_retry_after_past_the_git_deadline_fails_the_checkout_at_once_and_keeps_the_release() {
+    support::needs_world!();
+    let mut setup = setup();
+    let throttled = GitHttp::start_throttled("deploy", &setup.token, u32::MAX, Some(600));
+    let instance = Instance::exec_mode(&format!(
+        "[git]\ntoken = \"secret:GIT_TOKEN\"\nusername = \"deploy\"\ndeadline = \"20s\"\n\
+         token_hosts = [\"{}\", \"{}\"]\n",
+        setup.server.url, throttled.url
+    ));
+    instance.run(&setup.imds(), &["boot"]).expect(0);
+    let first = instance.running_commit(&setup.name);
+    let env_file = std::fs::read_to_string(instance.env_file(&setup.name)).unwrap();
+    setup.repo.push_version("prod", "prod build 2\n");
+
+    let imds = Imds::for_service(&setup.name, "prod", &throttled.repo_url(&setup.name));
+    let started = Instant::now();
+    let run = instance.run(&imds, &["boot"]);
+    let elapsed = started.elapsed();
+    run.expect(0)
+        .stderr_has(
+            "the remote asked to retry after 600s (HTTP 429 Too Many Requests), past the \
+             checkout's deadline 20s (git.deadline)",
+        )
+        .stderr_has("running last good commit");
+    // Neither the Retry-After nor the deadline was waited out.
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert_eq!(throttled.requests().len(), 1);
+    assert_eq!(instance.running_commit(&setup.name), first);
+    assert_eq!(
+        std::fs::read_to_string(instance.env_file(&setup.name)).unwrap(),
+        env_file
+    );
+    assert_eq!(instance.status()["outcome"], "degraded");
+    instance.assert_left_nowhere(&setup.token, &run);
 }

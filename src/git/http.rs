@@ -6,13 +6,17 @@
 use std::error::Error as _;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use aws_smithy_types::date_time::Format as DateTimeFormat;
+use aws_smithy_types::DateTime;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
+use zeroize::Zeroizing;
 
 use super::session::{lock, Failure, Session};
+use crate::retry;
 
 fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
@@ -122,34 +126,153 @@ struct HttpStream {
     read: usize,
 }
 
+/// How many times one request is sent again after the remote answered that it is busy (HTTP 429
+/// or 503): enough to ride out a rate limit's window, few enough that a host that stays busy
+/// leaves time for the mirrors.
+const BUSY_RETRIES: u32 = 4;
+/// The jitter added to each wait after a busy answer, and the whole wait when the remote names
+/// none (no Retry-After bootagent reads): a random part of 1 s, 2 s, 4 s, then 8 s, as for the
+/// calls to AWS, so that a fleet throttled together does not come back together.
+const BUSY_BACKOFF: retry::Backoff = retry::Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(8),
+};
+/// A wait is slept in slices this long, so that a cancelled sync stops within one.
+const PAUSE_SLICE: Duration = Duration::from_millis(100);
+
 impl HttpStream {
+    /// Sends the request, again after each busy answer for as long as the remote asks and the
+    /// checkout's deadline allows; returns the first answer that is not busy, checked.
     fn send(&mut self) -> Result<reqwest::Response, Failure> {
         let client = client_of(&self.session).map_err(Failure::Unreachable)?;
-        let mut request = if self.post {
-            client
-                .post(&self.endpoint)
-                .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
-                .header(ACCEPT, "application/x-git-upload-pack-result")
-                .body(std::mem::take(&mut self.request))
-        } else {
-            client.get(&self.endpoint)
-        };
-        let token = self.session.options.token.as_ref();
-        if let Some((user, token)) = token {
-            request = request.basic_auth(user, Some(token.as_str()));
+        let url = without_credentials(&self.endpoint)
+            .ok_or_else(|| Failure::Unusable("the repository URL is not a valid URL".into()))?;
+        let credentials = self.credentials()?;
+        // Kept whole: a retry sends the same negotiation round.
+        let body = std::mem::take(&mut self.request);
+        let mut retry = 0;
+        loop {
+            let mut request = if self.post {
+                client
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/x-git-upload-pack-request")
+                    .header(ACCEPT, "application/x-git-upload-pack-result")
+                    .body(body.clone())
+            } else {
+                client.get(url.clone())
+            };
+            if let Some((user, password)) = &credentials {
+                request = request.basic_auth(user, Some(password.as_str()));
+            }
+            let response = self.attempt(request)?;
+            let status = response.status();
+            if !matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                return self.check(response);
+            }
+            let asked = retry_after(response.headers(), SystemTime::now());
+            retry += 1;
+            let wait = asked.as_ref().map_or(Duration::ZERO, |asked| asked.wait)
+                + retry::jittered(BUSY_BACKOFF, retry);
+            self.may_wait(status, asked.as_ref(), wait, retry)?;
+            tracing::warn!(
+                remote = %crate::remote::redact(&self.endpoint),
+                "the remote answered HTTP {status}: sending the request again in {} ({})",
+                humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+                match &asked {
+                    Some(asked) => format!("it asked to retry after {}", asked.said),
+                    None => "it named no Retry-After".to_string(),
+                },
+            );
+            self.pause(wait)?;
         }
+    }
+
+    /// The one user and password every request carries in its Authorization header, from the
+    /// first request on: an anonymous first request would count against the host's limits for
+    /// anonymous clients and cost a round trip for its 401. The deploy token, else the URL's
+    /// own; never both, as two Authorization headers are no valid request.
+    fn credentials(&self) -> Result<Option<(String, Zeroizing<String>)>, Failure> {
+        if let Some((user, token)) = &self.session.options.token {
+            return Ok(Some((user.clone(), token.clone())));
+        }
+        let in_url = self.session.remote.http_credentials();
+        let in_url = in_url.map_err(Failure::Unusable)?;
+        Ok(in_url.map(|(user, password)| (user, Zeroizing::new(password))))
+    }
+
+    /// One request, bounded by the time left.
+    fn attempt(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
         let timeout = self.session.options.timeout;
-        let limits = self.session.limits.clone();
-        let left = limits.deadline.left();
-        let response = self
-            .runtime
-            .block_on(tokio::time::timeout(left, request.send()))
+        let limits = &self.session.limits;
+        self.runtime
+            .block_on(tokio::time::timeout(limits.deadline.left(), request.send()))
             .map_err(|_| {
                 limits
                     .exceeded()
                     .unwrap_or_else(|| Failure::silent(timeout))
             })?
-            .map_err(|e| classify(e, timeout))?;
+            .map_err(|e| classify(e, timeout))
+    }
+
+    /// Whether bootagent may wait `wait` and send the request again, as its `retry`th retry:
+    /// not past the checkout's deadline (a failure now leaves the time to the mirrors and the
+    /// release in service), and not beyond [`BUSY_RETRIES`].
+    fn may_wait(
+        &self,
+        status: StatusCode,
+        asked: Option<&Asked>,
+        wait: Duration,
+        retry: u32,
+    ) -> Result<(), Failure> {
+        let limits = &self.session.limits;
+        if retry > BUSY_RETRIES {
+            return Err(Failure::Unreachable(format!(
+                "the remote answered HTTP {status} {retry} times in a row"
+            )));
+        }
+        let left = limits.deadline.left();
+        if wait < left {
+            return Ok(());
+        }
+        let left = humantime::format_duration(Duration::from_secs(left.as_secs()));
+        let why = match asked {
+            Some(asked) => format!(
+                "the remote asked to retry after {} (HTTP {status})",
+                asked.said
+            ),
+            None => format!(
+                "the remote answered HTTP {status}, and the next retry is due in {}",
+                humantime::format_duration(Duration::from_secs(wait.as_secs()))
+            ),
+        };
+        Err(Failure::Unreachable(format!(
+            "{why}, past the checkout's deadline {} ({left} left)",
+            limits.named
+        )))
+    }
+
+    /// Sleeps `wait`, or until the sync is cancelled or its deadline passes.
+    fn pause(&self, wait: Duration) -> Result<(), Failure> {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(failure) = self.session.limits.exceeded() {
+                return Err(failure);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            self.runtime
+                .block_on(tokio::time::sleep(left.min(PAUSE_SLICE)));
+        }
+    }
+
+    /// The answer to the request, when it is git's; why not, when it is not.
+    fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, Failure> {
+        let token = self.session.options.token.as_ref();
         let status = response.status();
         match status {
             _ if status.is_success() => {}
@@ -218,6 +341,47 @@ impl HttpStream {
         }
         Ok(response)
     }
+}
+
+/// The wait a busy answer asked for in its Retry-After.
+#[derive(Debug, PartialEq, Eq)]
+struct Asked {
+    wait: Duration,
+    /// The Retry-After as messages quote it: `120s`, or its date.
+    said: String,
+}
+
+/// What a busy answer's Retry-After asks: seconds, or until an HTTP date, counted from the
+/// answer's own Date (so that a skewed clock here neither stretches nor cuts it), else from
+/// `now`; a date past is no wait. None when there is none bootagent reads (a negative number,
+/// words).
+fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Asked> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+    };
+    let http_date = |text: &str| {
+        DateTime::from_str(text, DateTimeFormat::HttpDate)
+            .ok()
+            .and_then(|date| SystemTime::try_from(date).ok())
+    };
+    let value = header(reqwest::header::RETRY_AFTER)?;
+    if let Some(seconds) = retry::server_asked(None, Some(value)) {
+        return Some(Asked {
+            wait: seconds.duration(),
+            said: format!("{value}s"),
+        });
+    }
+    let until = http_date(value)?;
+    let from = header(reqwest::header::DATE)
+        .and_then(http_date)
+        .unwrap_or(now);
+    Some(Asked {
+        wait: until.duration_since(from).unwrap_or_default(),
+        said: value.to_string(),
+    })
 }
 
 const ADVERTISEMENT: &str = "info/refs?service=git-upload-pack";
@@ -388,5 +552,54 @@ mod tests {
             moved_base(&requested, &moved).unwrap(),
             "https://u:t@git.example/new/app.git"
         );
+    }
+
+    fn asked(headers: &[(&'static str, &str)]) -> Option<Asked> {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
+        }
+        // 2015-10-21T07:28:00Z, as the dates below are written.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        retry_after(&map, now)
+    }
+
+    fn waits(seconds: u64, said: &str) -> Option<Asked> {
+        Some(Asked {
+            wait: Duration::from_secs(seconds),
+            said: said.into(),
+        })
+    }
+
+    #[test]
+    fn retry_after_in_seconds_is_waited_as_said() {
+        assert_eq!(asked(&[("retry-after", "120")]), waits(120, "120s"));
+        assert_eq!(asked(&[("retry-after", " 0 ")]), waits(0, "0s"));
+        // Beyond what bootagent counts (49 days): kept as the longest, past any deadline.
+        let huge = asked(&[("retry-after", "99999999999999999999999")]).unwrap();
+        assert!(huge.wait > Duration::from_secs(49 * 24 * 3600), "{huge:?}");
+    }
+
+    #[test]
+    fn retry_after_as_a_date_counts_from_the_answers_own_date() {
+        let date = "Wed, 21 Oct 2015 07:30:00 GMT";
+        assert_eq!(asked(&[("retry-after", date)]), waits(120, date));
+        // The remote's clock says 07:29:30: 30 s to wait, whatever this machine's clock says.
+        let dated = [
+            ("retry-after", date),
+            ("date", "Wed, 21 Oct 2015 07:29:30 GMT"),
+        ];
+        assert_eq!(asked(&dated), waits(30, date));
+        // A date already past is no wait.
+        let past = "Wed, 21 Oct 2015 07:00:00 GMT";
+        assert_eq!(asked(&[("retry-after", past)]), waits(0, past));
+    }
+
+    #[test]
+    fn a_retry_after_bootagent_cannot_read_asks_nothing() {
+        for garbage in ["", "-5", "1.5", "soon", "Wed, 21 Oct 2015 07:30:00"] {
+            assert_eq!(asked(&[("retry-after", garbage)]), None, "{garbage:?}");
+        }
+        assert_eq!(asked(&[]), None);
     }
 }

@@ -127,11 +127,19 @@ impl GitHttp {
         GitHttp::start_with(user, password, &["--delay", &seconds])
     }
 
-    /// How many git requests the server has been sent so far.
-    pub fn requests(&self) -> usize {
-        let body = curl(&["-sSf", &format!("{}/fake/requests", self.url)]);
-        let requests: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-        requests.len()
+    /// Like [`GitHttp::start`], answering its first `count` requests 429 Too Many Requests, with
+    /// `Retry-After: SECONDS` when `retry_after` names them.
+    pub fn start_throttled(
+        user: &str,
+        password: &str,
+        count: u32,
+        retry_after: Option<u64>,
+    ) -> GitHttp {
+        let throttle = match retry_after {
+            Some(seconds) => format!("{count}:{seconds}"),
+            None => count.to_string(),
+        };
+        GitHttp::start_with(user, password, &["--throttle", &throttle])
     }
 
     fn start_with(user: &str, password: &str, extra: &[&str]) -> GitHttp {
@@ -151,6 +159,37 @@ impl GitHttp {
     pub fn repo_url(&self, name: &str) -> String {
         format!("{}/{name}.git", self.url)
     }
+
+    /// The requests it answered so far, in order.
+    pub fn requests(&self) -> Vec<GitHttpRequest> {
+        let body = curl(&["-sSfk", &format!("{}/fake/requests", self.url)]);
+        let requests: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let text = |request: &serde_json::Value, key: &str| request[key].as_str().unwrap().into();
+        (requests.iter())
+            .map(|request| GitHttpRequest {
+                method: text(request, "method"),
+                path: text(request, "path"),
+                status: request["status"].as_u64().unwrap() as u16,
+                authorization: request["authorization"].as_u64().unwrap() as usize,
+                authorized: request["authorized"].as_bool().unwrap(),
+                at: request["at"].as_f64().unwrap(),
+            })
+            .collect()
+    }
+}
+
+/// One request the smart HTTP server answered, as it recorded it (no credential).
+#[derive(Debug)]
+pub struct GitHttpRequest {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// How many Authorization headers it carried.
+    pub authorization: usize,
+    /// Whether it carried exactly the right one.
+    pub authorized: bool,
+    /// Seconds since the server started.
+    pub at: f64,
 }
 
 /// A git remote that answers a byte at a time and never finishes (tests/world/drip_server.py):

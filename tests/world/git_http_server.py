@@ -2,17 +2,22 @@
 """Smart HTTP for git: `git http-backend` as a CGI program behind HTTP Basic authentication.
 
   git_http_server.py --root DIR --user USER --password SECRET [--tls-cert PEM --tls-key PEM]
-                     [--moved OLD=NEW] [--delay SECONDS]
+                     [--moved OLD=NEW] [--throttle N[:SECONDS]] [--delay SECONDS]
 prints "listening on http://127.0.0.1:PORT" (https with a certificate); repositories under DIR
-are served at /NAME.git. With --delay, each request is answered that many seconds late: a
+are served at /NAME.git. With --delay, each git request is answered that many seconds late: a
 remote that is slow but answers. With --moved, requests under /OLD.git are answered 301 with the same
 path under /NEW.git, as GitHub answers for a renamed repository (NEW may be a URL: a move to
 another origin).
+With --throttle, the first N requests are answered 429 Too Many Requests (with
+`Retry-After: SECONDS` when given), as a git host answers a client over its rate limit; the
+requests after them are served.
 A request without the right credentials gets 401 with a Basic challenge, as GitHub, GitLab and
-Bitbucket answer token-protected repositories over HTTPS.
+Bitbucket answer token-protected repositories over HTTPS; so does a request with two
+Authorization headers, which no valid request carries.
 
-Control endpoint (not git's), answered at once: GET /fake/requests, JSON [[method, path,
-authorized], ...], every git request so far.
+GET /fake/requests answers the requests so far as a JSON list of objects: method, path, status,
+authorization (how many Authorization headers came), authorized (exactly the right one) and at
+(seconds since the server started). No credential is recorded.
 """
 
 import argparse
@@ -37,38 +42,62 @@ class Handler(BaseHTTPRequestHandler):
         expected = base64.b64encode(
             f"{self.server.args.user}:{self.server.args.password}".encode()
         ).decode()
-        return self.headers.get("Authorization") == f"Basic {expected}"
+        return self.headers.get_all("Authorization") == [f"Basic {expected}"]
+
+    def record(self, status):
+        with self.server.lock:
+            self.server.requests.append({
+                "method": self.command,
+                "path": self.path,
+                "status": status,
+                "authorization": len(self.headers.get_all("Authorization") or []),
+                "authorized": self.authorized(),
+                "at": round(time.monotonic() - self.server.started, 3),
+            })
+
+    def answer_empty(self, status, headers=()):
+        self.record(status)
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def throttled(self):
+        """Whether this request is one of the first N --throttle answers 429."""
+        with self.server.lock:
+            if self.server.throttle_left <= 0:
+                return False
+            self.server.throttle_left -= 1
+        return True
+
+    def do_GET(self):
+        if self.path != "/fake/requests":
+            return self.handle_git()
+        with self.server.lock:
+            body = json.dumps(self.server.requests).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def handle_git(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path == "/fake/requests":
-            with self.server.lock:
-                answer = json.dumps(self.server.requests).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-            return
+        if self.throttled():
+            seconds = self.server.retry_after
+            return self.answer_empty(429, [("Retry-After", seconds)] if seconds else [])
         if self.server.args.moved:
             old, new = self.server.args.moved.split("=", 1)
             if self.path.startswith(f"/{old}.git/"):
-                self.send_response(301)
                 # NEW is a name on this server, or a URL elsewhere (another origin).
                 base = new if "://" in new else f"/{new}"
-                self.send_header("Location", f"{base}.git/" + self.path[len(old) + 6 :])
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        with self.server.lock:
-            self.server.requests.append((self.command, self.path, self.authorized()))
+                return self.answer_empty(
+                    301, [("Location", f"{base}.git/" + self.path[len(old) + 6 :])]
+                )
         time.sleep(self.server.args.delay)
         if not self.authorized():
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="git"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+            return self.answer_empty(401, [("WWW-Authenticate", 'Basic realm="git"')])
         path, _, query = self.path.partition("?")
         env = dict(
             os.environ,
@@ -95,6 +124,7 @@ class Handler(BaseHTTPRequestHandler):
                 status = int(value.split()[0])
             elif key:
                 headers.append((key, value))
+        self.record(status)
         self.send_response(status)
         for key, value in headers:
             self.send_header(key, value)
@@ -102,7 +132,6 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    do_GET = handle_git
     do_POST = handle_git
 
 
@@ -114,11 +143,15 @@ def main():
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--moved")
+    parser.add_argument("--throttle", default="0", metavar="N[:SECONDS]")
     parser.add_argument("--delay", type=float, default=0)
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.args, server.lock, server.requests = args, threading.Lock(), []
+    server.started = time.monotonic()
+    count, _, server.retry_after = args.throttle.partition(":")
+    server.throttle_left = int(count)
     scheme = "http"
     if args.tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

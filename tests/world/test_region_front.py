@@ -5,8 +5,6 @@ the other; a stopped moto is a region that is down."""
 import http.client
 import json
 import pathlib
-import subprocess
-import sys
 import urllib.parse
 from types import SimpleNamespace
 
@@ -25,25 +23,6 @@ FAKE_SIGNATURE = (
     "AWS4-HMAC-SHA256 Credential=testing/20261205/{region}/secretsmanager/aws4_request, "
     "SignedHeaders=host, Signature=0"
 )
-
-
-@pytest.fixture
-def start():
-    """Starts a server of tests/world with arguments; returns its process and base URL."""
-    procs = []
-
-    def start(script, *args):
-        proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
-                                text=True)
-        procs.append(proc)
-        line = proc.stdout.readline()
-        assert line.startswith("listening on "), line
-        return proc, line.split()[-1]
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
