@@ -1,7 +1,8 @@
 //! What one sync tells the transports, and what they tell it back: the options, the limits,
 //! why a transport failed. libgit2 finds transports in a process-wide table, so this is
-//! process-wide too: one [`ActiveSession`] at a time, which each transport's constructor takes
-//! with [`active`]. The transports import this module; it imports none of them.
+//! process-wide too: one [`ActiveSession`] at a time (a second one waits for the first to end:
+//! doctor checks the remote and the mirrors on two threads), which each transport's constructor
+//! takes with [`active`]. The transports import this module; it imports none of them.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -166,6 +167,8 @@ pub(super) fn fetch_program(action: git2::transport::Service) -> Result<&'static
 }
 
 static ACTIVE: Mutex<Option<Arc<Session>>> = Mutex::new(None);
+/// Held by the [`ActiveSession`] that owns [`ACTIVE`].
+static TURN: Mutex<()> = Mutex::new(());
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -178,10 +181,15 @@ pub(super) fn active() -> Result<Arc<Session>, git2::Error> {
 }
 
 /// While this lives, the transports use its options; afterwards it tells why one failed.
-pub struct ActiveSession(Arc<Session>);
+pub struct ActiveSession {
+    session: Arc<Session>,
+    _turn: MutexGuard<'static, ()>,
+}
 
 impl ActiveSession {
+    /// Waits for the session of another thread, if one is active, to end first.
     pub fn start(remote: Remote, options: Options, limits: Limits) -> ActiveSession {
+        let turn = lock(&TURN);
         let session = Arc::new(Session {
             remote,
             options,
@@ -190,20 +198,56 @@ impl ActiveSession {
             http_client: OnceLock::new(),
         });
         *lock(&ACTIVE) = Some(session.clone());
-        ActiveSession(session)
+        ActiveSession {
+            session,
+            _turn: turn,
+        }
     }
 
     pub fn failure(&self) -> Option<Failure> {
-        lock(&self.0.failure).clone()
+        lock(&self.session.failure).clone()
     }
 
     pub fn options(&self) -> &Options {
-        &self.0.options
+        &self.session.options
     }
 }
 
 impl Drop for ActiveSession {
     fn drop(&mut self) {
         *lock(&ACTIVE) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(url: &str) -> ActiveSession {
+        let options = Options {
+            timeout: Duration::from_secs(1),
+            known_hosts: PathBuf::new(),
+            identity: None,
+            token: None,
+        };
+        let limits = Limits::new(Duration::from_secs(60), "test", Cancel::default());
+        ActiveSession::start(Remote::parse(url), options, limits)
+    }
+
+    #[test]
+    fn a_second_session_waits_until_the_first_ends() {
+        let first = start("https://first.example/repo.git");
+        let second = std::thread::spawn(|| {
+            let _session = start("https://second.example/repo.git");
+            active().unwrap().remote.to_string()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        // The other thread's session has not taken the transports' table from this one.
+        assert_eq!(
+            active().unwrap().remote.to_string(),
+            "https://first.example/repo.git"
+        );
+        drop(first);
+        assert_eq!(second.join().unwrap(), "https://second.example/repo.git");
     }
 }
