@@ -75,8 +75,8 @@ impl World {
 }
 
 /// The checks of what an exec-mode instance with the default config does not have: a unit,
-/// replica regions, git mirrors.
-const NOT_CONFIGURED: [&str; 3] = ["unit", "replicas", "mirrors"];
+/// replica regions, git mirrors, a seed.
+const NOT_CONFIGURED: [&str; 4] = ["unit", "replicas", "mirrors", "seed"];
 
 struct Report(serde_json::Value);
 

@@ -183,3 +183,70 @@ fn prepare_says_what_it_needs_when_the_image_build_cannot_render_the_url() {
         .stderr_has("--repository");
     assert!(!seed_dir(&instance).exists());
 }
+
+/// Doctor's `seed` check, as `doctor --json` reports it: (verdict, detail).
+fn doctor_seed(instance: &Instance, imds: &Imds) -> (String, String) {
+    let report: serde_json::Value =
+        serde_json::from_str(&instance.run(imds, &["doctor", "--json"]).stdout()).unwrap();
+    let check = (report["checks"].as_array().unwrap().iter())
+        .find(|check| check["name"] == "seed")
+        .unwrap_or_else(|| panic!("no seed check in {report}"))
+        .clone();
+    let text = |key: &str| check[key].as_str().unwrap().to_string();
+    (text("verdict"), text("detail"))
+}
+
+#[test]
+fn doctor_tells_whether_a_first_boot_would_start_from_the_seed() {
+    support::needs_world!();
+    let (_name, mut repo, imds) = small_service("seed", "prod");
+    let instance = Instance::exec_mode("");
+    assert_eq!(doctor_seed(&instance, &imds).0, "skip");
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    let seed_commit = repo.rev_parse("prod");
+
+    let (verdict, detail) = doctor_seed(&instance, &imds);
+    assert_eq!(verdict, "ok", "{detail}");
+    assert!(
+        detail.contains(&format!("holds prod at {seed_commit}")),
+        "{detail}"
+    );
+    assert!(detail.contains("up to date"), "{detail}");
+
+    let head = repo.push_version("prod", "prod build 2\n");
+    let (verdict, detail) = doctor_seed(&instance, &imds);
+    assert_eq!(verdict, "ok", "{detail}");
+    assert!(detail.contains(&format!("at {head}")), "{detail}");
+    assert!(detail.contains("which the seed lacks"), "{detail}");
+
+    instance.run(&imds, &["boot"]).expect(0);
+    let (verdict, detail) = doctor_seed(&instance, &imds);
+    assert_eq!(verdict, "skip", "{detail}");
+    assert!(detail.contains("1 commit(s) later"), "{detail}");
+    assert!(detail.contains("this instance has one"), "{detail}");
+}
+
+#[test]
+fn doctor_warns_of_a_seed_a_first_boot_would_not_use() {
+    support::needs_world!();
+    let (_name, repo, imds) = small_service("seed", "prod");
+    let other = SampleRepo::create(&unique("other"));
+    let instance = Instance::exec_mode("");
+    prepare(&instance, &imds, &other.url, "prod").expect(0);
+    let (verdict, detail) = doctor_seed(&instance, &imds);
+    assert_eq!(verdict, "warn", "{detail}");
+    assert!(
+        detail.contains(&format!("it holds {}", other.url)),
+        "{detail}"
+    );
+
+    instance
+        .run(
+            &imds,
+            &["prepare", "--repository", &repo.url, "--ref", "test"],
+        )
+        .expect(0);
+    let (verdict, detail) = doctor_seed(&instance, &imds);
+    assert_eq!(verdict, "warn", "{detail}");
+    assert!(detail.contains("holds test, not prod"), "{detail}");
+}

@@ -5,6 +5,7 @@ use clap::Args;
 
 use crate::config::{Config, Credential};
 use crate::git::{self, seed};
+use crate::plan::fetch_depth;
 use crate::Error;
 
 /// An image build knows no instance: the values git.url and git.ref are rendered with are
@@ -115,7 +116,7 @@ impl PrepareArgs {
         }
         let mut none = Default::default();
         let credentials = git::Credentials::new(&settings, &config.paths, &mut none)?;
-        let depth = (!remote.is_local() && config.git.allow_rewind).then_some(config.git.depth);
+        let depth = fetch_depth(&remote, config.git.depth, config.git.allow_rewind);
         let limits = git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
         let dir = config.paths.seed_dir();
         let record = super::runtime()?.block_on(async {

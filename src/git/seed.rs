@@ -11,7 +11,7 @@
 //! runs is still read from the objects, signed-code and rewind checks as without a seed: an
 //! object's id is its content, so a seed can spare a download, never change what a commit is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -20,7 +20,7 @@ use git2::{Direction, FetchOptions, Oid, Repository};
 use serde::{Deserialize, Serialize};
 
 use super::error::network_error;
-use super::refs::{advertised_ref, target_of};
+use super::refs::{advertised_ref, target_of, RemoteRef};
 use super::session::Limits;
 use super::{Credentials, GitError};
 use crate::remote::Remote;
@@ -44,6 +44,40 @@ impl Record {
     pub fn age(&self) -> Option<Duration> {
         let taken = humantime::parse_rfc3339(&self.taken_at).ok()?;
         SystemTime::now().duration_since(taken).ok()
+    }
+
+    /// Whether a boot fetching from `remote` (or one of `mirrors`) can start from this seed:
+    /// the same repository, and enough history (`shallow`: the boot fetches with a depth; a
+    /// shallow seed cannot serve one that keeps the whole history). An error says why not.
+    pub fn fits(&self, remote: &Remote, mirrors: &[Remote], shallow: bool) -> Result<(), String> {
+        let same = |other: &Remote| same_repository(&self.url, &other.to_string());
+        if !same(remote) && !mirrors.iter().any(same) {
+            return Err(format!(
+                "it holds {}, not {remote}; run `bootagent prepare` for this repository",
+                self.url
+            ));
+        }
+        if let (Some(depth), false) = (self.depth, shallow) {
+            return Err(format!(
+                "it holds {depth} commit(s) of history and this checkout needs the whole \
+                 history (git.allow_rewind = false); run `bootagent prepare` with that config"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The commit the seed holds for `reference` (as the boot's config names it), when prepare
+    /// was given that ref.
+    pub fn commit_of(&self, reference: &str) -> Option<&str> {
+        let bare = |name: &str| {
+            (name.strip_prefix("refs/heads/"))
+                .or_else(|| name.strip_prefix("refs/tags/"))
+                .unwrap_or(name)
+                .to_string()
+        };
+        (self.refs.iter())
+            .find(|(name, _)| bare(name) == bare(reference))
+            .map(|(_, commit)| commit.as_str())
     }
 }
 
@@ -192,19 +226,7 @@ pub fn plant(
     let Some(record) = read(seed)? else {
         return Ok(None);
     };
-    let same = |other: &Remote| same_repository(&record.url, &other.to_string());
-    if !same(remote) && !mirrors.iter().any(same) {
-        return Err(format!(
-            "it holds {}, not {remote}; run `bootagent prepare` for this repository",
-            record.url
-        ));
-    }
-    if let (Some(depth), false) = (record.depth, shallow) {
-        return Err(format!(
-            "it holds {depth} commit(s) of history and this checkout needs the whole history \
-             (git.allow_rewind = false); run `bootagent prepare` with that config"
-        ));
-    }
+    record.fits(remote, mirrors, shallow)?;
     let odb = repo.odb().map_err(|e| e.message().to_string())?;
     let packs = repository(seed).join("objects").join("pack");
     let entries =
@@ -256,6 +278,62 @@ pub fn plant(
     Ok(Some(Planted {
         taken_at: record.taken_at,
     }))
+}
+
+/// How the seed's commit for a ref stands against the commit the remote lists for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The seed holds the remote's commit: a first boot fetches nothing for it.
+    Current,
+    /// The remote has commits the seed lacks: how many, when the checkout at hand has them
+    /// to count.
+    Behind(Option<usize>),
+}
+
+/// Where the seed's `held` commit stands against `listed`, what the remote lists for the ref;
+/// `checkout` is the boot's repository (`Layout::repo`), which may have the remote's commits
+/// to count.
+pub fn standing(seed: &Path, held: &str, listed: &RemoteRef, checkout: &Path) -> Standing {
+    let Ok(held) = Oid::from_str(held) else {
+        return Standing::Behind(None);
+    };
+    if listed.object == held || listed.commit == Some(held) {
+        return Standing::Current;
+    }
+    let in_seed = Repository::open_bare(repository(seed))
+        .is_ok_and(|repo| repo.odb().is_ok_and(|odb| odb.exists(listed.object)));
+    if in_seed {
+        return Standing::Current;
+    }
+    let counted = listed.commit.and_then(|commit| {
+        let repo = Repository::open_bare(checkout).ok()?;
+        let later = reachable(&repo, commit)?;
+        let earlier = reachable(&repo, held)?;
+        later
+            .contains(&held)
+            .then(|| later.difference(&earlier).count())
+    });
+    Standing::Behind(counted)
+}
+
+/// The commits `from` reaches in `repo` (itself included), as far as the repository's history
+/// goes: a shallow one ends where its objects do (libgit2's own walks fail there); `None` past
+/// a count that is no longer worth telling.
+fn reachable(repo: &Repository, from: Oid) -> Option<HashSet<Oid>> {
+    const MOST: usize = 100_000;
+    let (mut seen, mut next) = (HashSet::new(), vec![from]);
+    while let Some(id) = next.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        if seen.len() > MOST {
+            return None;
+        }
+        if let Ok(commit) = repo.find_commit(id) {
+            next.extend(commit.parent_ids());
+        }
+    }
+    Some(seen)
 }
 
 /// The same repository at the same place, however the URL ends (`/`, `.git`).

@@ -14,7 +14,7 @@ use super::seed;
 use super::session::{ActiveSession, Limits};
 use super::trust::{self, Target};
 use super::{Credentials, GitError};
-use crate::plan::GitPlan;
+use crate::plan::{fetch_depth, GitPlan};
 use crate::remote::Remote;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,10 +254,7 @@ fn fetch_target(
             (init()?, true)
         }
     };
-    // libgit2's local transport cannot fetch shallow; a repository on this machine's disk costs
-    // no network, so it is fetched whole. Whether the new commit descends from the one in
-    // service needs the history.
-    let depth = (!remote.is_local() && plan.trust.allow_rewind).then_some(plan.depth);
+    let depth = fetch_depth(remote, plan.depth, plan.trust.allow_rewind);
     let mut seed = None;
     if fresh && seeded {
         match seed::plant(

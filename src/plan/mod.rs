@@ -96,6 +96,14 @@ pub struct GitPlan {
     pub seed: PathBuf,
 }
 
+/// The history a fetch from `remote` keeps: `depth` commits, or all of it (`None`) where that
+/// is needed or free. libgit2's local transport cannot fetch shallow, and a repository on this
+/// machine's disk costs no network; whether a new commit descends from the one in service
+/// (`allow_rewind = false`) needs the history.
+pub fn fetch_depth(remote: &Remote, depth: u32, allow_rewind: bool) -> Option<u32> {
+    (!remote.is_local() && allow_rewind).then_some(depth)
+}
+
 fn serialize_remote<S: serde::Serializer>(
     remote: &Result<Remote, NoRemote>,
     serializer: S,

@@ -14,11 +14,13 @@ use crate::deadline::Deadline;
 mod delivered;
 mod fallbacks;
 mod machine;
+mod seed;
 mod services;
 
 use delivered::check_delivered;
 use fallbacks::{check_mirrors, check_replicas, check_snapshot};
 use machine::{check_disk, check_env_file, check_last_boot, check_signing, check_unit};
+use seed::check_seed;
 use services::{
     check_clock, check_credentials, check_git, check_imds, check_isolation, check_secret,
     check_tags, identity_plan, secrets_client,
@@ -90,7 +92,7 @@ fn skip(detail: impl Into<String>) -> Finding {
 }
 
 /// The checks that need to know who the instance is: skipped when identity fails.
-pub const NEED_IDENTITY: [&str; 11] = [
+pub const NEED_IDENTITY: [&str; 12] = [
     "credentials",
     "secret",
     "snapshot",
@@ -99,6 +101,7 @@ pub const NEED_IDENTITY: [&str; 11] = [
     "isolation",
     "clock",
     "git",
+    "seed",
     "env-file",
     "unit",
     "delivered",
@@ -117,6 +120,7 @@ const ORDER: &[&str] = &[
     "clock",
     "git",
     "mirrors",
+    "seed",
     "signing",
     "env-file",
     "unit",
@@ -225,10 +229,21 @@ pub async fn run(config: Arc<Config>, timeout: Duration) -> Report {
             // before the runtime does (an HTTP transport on a runtime being shut down panics).
             // It ends by the deadline on its own.
             let (git_config, git_plan, git_client) = (config.clone(), plan.clone(), client.clone());
+            // The seed is judged against the ref the git check lists.
             set.spawn(async move {
                 let started = Instant::now();
-                let finding = check_git(git_config, git_plan, git_client, deadline).await;
-                vec![named("git", started, finding)]
+                let (finding, listed) =
+                    check_git(git_config, git_plan.clone(), git_client, deadline).await;
+                let git = named("git", started, finding);
+                let started = Instant::now();
+                let seed = tokio::task::spawn_blocking(move || check_seed(&git_plan, listed));
+                let seed = seed.await.unwrap_or_else(|e| {
+                    fail(
+                        format!("the seed check failed: {e}"),
+                        "report this as a bug",
+                    )
+                });
+                vec![git, named("seed", started, seed)]
             });
             spawn(
                 &mut set,

@@ -305,27 +305,29 @@ pub(super) async fn check_isolation(
     }
 }
 
+/// The remote's ref, listed as a boot lists it; with what it is at, for the seed check.
 pub(super) async fn check_git(
     config: Arc<Config>,
     plan: Arc<Plan>,
     client: Option<secrets::Client>,
     deadline: Deadline,
-) -> Finding {
+) -> (Finding, Option<git::RemoteRef>) {
     let remote = match plan.git.remote.clone() {
         Ok(remote) => remote,
         Err(missing) => {
-            return fail(
+            let finding = fail(
                 "no git repository configured",
                 format!(
                     "set git.url, or tag the instance with {}=<url>",
                     missing.tag
                 ),
-            )
+            );
+            return (finding, None);
         }
     };
     let credentials = match git_credentials(&config, &plan, client, deadline).await {
         Ok(credentials) => credentials,
-        Err(finding) => return finding,
+        Err(finding) => return (finding, None),
     };
     let reference = plan.git.reference.clone();
     let shown = remote.to_string();
@@ -336,7 +338,7 @@ pub(super) async fn check_git(
         git::remote_ref(&remote, &reference, &dir, &credentials, &limits)
     })
     .await;
-    match answer {
+    let finding = match &answer {
         Ok(Ok(commit)) => ok(format!("{shown} {} is at {commit}", plan.git.reference)),
         // The listing's own limit is the check's: whichever timer wakes first, a remote that
         // did not answer in time gets the same hint.
@@ -350,7 +352,8 @@ pub(super) async fn check_git(
             "check the remote, its credentials and git.ref",
         ),
         Err(e) => fail(format!("the git check failed: {e}"), "report this as a bug"),
-    }
+    };
+    (finding, answer.ok().and_then(Result::ok))
 }
 
 /// The deploy token and key as a boot would use them, within doctor's time.
