@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import time
@@ -223,6 +225,8 @@ async def main():
                         help="complete a launch hook against Auto Scaling at this rate")
     parser.add_argument("--hook-burst", type=float, default=20)
     parser.add_argument("--git-token-file", default="", help="the git server's token, if any")
+    parser.add_argument("--seed", default="", help="a seed (bootagent prepare) each agent's "
+                        "image holds")
     args = parser.parse_args()
 
     in_metadata = args.tags == "metadata"
@@ -248,6 +252,11 @@ async def main():
             return ["/usr/bin/env"] + pairs + [args.bin]
     configs = write_configs(args.work, args.agents, in_metadata, hook_command,
                             args.git_token_file, args.repo)
+    if args.seed:
+        # Each image's own copy, as baked: hard links, since planting only reads it.
+        for _, config in configs:
+            state = os.path.join(os.path.dirname(config), "state")
+            shutil.copytree(args.seed, os.path.join(state, "seed"), copy_function=os.link)
 
     started = time.monotonic()
     processes = {}
@@ -318,6 +327,12 @@ async def main():
     print(f"| CPU per agent (user + system) | p50 {pct(cpu, .5) * 1000:.0f} ms, "
           f"max {cpu[-1] * 1000:.0f} ms |")
     print(f"| peak RSS per agent (GNU time) | p50 {pct(rss, .5):.1f} MiB, max {rss[-1]:.1f} MiB |")
+    gits = [status_of(config).get("git") or {} for _, config in configs]
+    received = sorted(git.get("received_bytes", 0) for git in gits)
+    seeded = sum(1 for git in gits if git.get("seed"))
+    print(f"| git: received per checkout | p50 {pct(received, .5):,} bytes, "
+          f"max {received[-1]:,} bytes |")
+    print(f"| git: checkouts that started from the seed | {seeded} of {len(gits)} |")
     failed = [(pid, code) for pid, (_, code) in ended.items() if code != 0]
     if failed:
         pid, code = failed[0]
@@ -327,6 +342,17 @@ async def main():
             last = log.read().strip().splitlines()[-1:]
         print(f"\nfirst failure: {instance} exited {code}: {' '.join(last)}")
     write_svg(args.svg, front.calls, started, makespan)
+
+
+def status_of(config):
+    """The status.json the agent of `config` wrote, or {} when it wrote none."""
+    with open(config) as f:
+        run_dir = re.search(r'^run_dir = "(.*)"$', f.read(), re.M).group(1)
+    try:
+        with open(os.path.join(run_dir, "status.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def write_svg(path, calls, started, makespan):

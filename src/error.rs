@@ -37,7 +37,7 @@ pub enum Error {
     CredentialsSync(#[from] crate::deliver::live::SyncError),
     #[error("failed to deliver a secret file")]
     Files(#[from] FileError),
-    #[error("failed to check out the service's code")]
+    #[error("failed to get the service's code")]
     Git(#[from] GitError),
     #[error("failed to start the service")]
     Service(#[from] ServiceError),

@@ -250,3 +250,28 @@ fn doctor_warns_of_a_seed_a_first_boot_would_not_use() {
     assert_eq!(verdict, "warn", "{detail}");
     assert!(detail.contains("holds test, not prod"), "{detail}");
 }
+
+#[test]
+fn a_prepare_that_fails_leaves_the_seed_in_place_and_nothing_beside_it() {
+    support::needs_world!();
+    let (_name, repo, imds) = small_service("seed", "prod");
+    let instance = Instance::exec_mode("");
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    let record = std::fs::read(seed_dir(&instance).join("seed.json")).unwrap();
+    // Nothing listens on port 1.
+    let dead = "git://127.0.0.1:1/gone.git";
+    prepare(&instance, &imds, dead, "prod")
+        .expect(75)
+        .stderr_has("cannot reach git remote");
+    assert_eq!(
+        std::fs::read(seed_dir(&instance).join("seed.json")).unwrap(),
+        record
+    );
+    let state = seed_dir(&instance).parent().unwrap().to_path_buf();
+    let beside: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".seed"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+}

@@ -88,6 +88,10 @@ fn repository(seed: &Path) -> PathBuf {
 const RECORD: &str = "seed.json";
 /// seed.json is a few lines; anything bigger is not one.
 const MAX_RECORD: u64 = 1 << 20;
+/// A seed being made, beside the one in place: `.seed.tmp-PID`.
+const STAGING: &str = ".seed.tmp-";
+/// The seed a new one replaces, until it is removed: `.seed.old-PID`.
+const SET_ASIDE: &str = ".seed.old-";
 /// Where the seed's commits are kept, in the seed and in a repository it was planted in.
 const SEED_REFS: &str = "refs/bootagent/seed";
 
@@ -118,25 +122,68 @@ pub fn prepare(
     limits: &Limits,
     seed: &Path,
 ) -> Result<Record, GitError> {
-    let local = |action: &'static str, dir: &Path| {
-        let dir = dir.to_path_buf();
-        move |message: String| GitError::Local {
-            action,
-            dir,
-            message,
-        }
-    };
     let parent = seed.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent)
         .map_err(|e| local("create the state directory", parent)(e.to_string()))?;
-    let staging = parent.join(format!(".seed.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
+    remove_leftovers(parent);
+    let staging = parent.join(format!("{STAGING}{}", std::process::id()));
+    let taken = take(remote, references, depth, credentials, limits, &staging);
+    let record = match taken {
+        Ok(record) => record,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+    };
+    let staged = staging.as_path();
+    let io = |action| move |e: std::io::Error| local(action, staged)(e.to_string());
+    let old = parent.join(format!("{SET_ASIDE}{}", std::process::id()));
+    if seed.exists() {
+        std::fs::rename(seed, &old).map_err(io("move the old seed aside"))?;
+    }
+    std::fs::rename(&staging, seed).map_err(io("move the seed into place"))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(record)
+}
+
+/// What an interrupted prepare left beside the seed: a half-made one, or the one it replaced.
+fn remove_leftovers(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(STAGING) || name.starts_with(SET_ASIDE) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn local(action: &'static str, dir: &Path) -> impl FnOnce(String) -> GitError {
+    let dir = dir.to_path_buf();
+    move |message: String| GitError::Local {
+        action,
+        dir,
+        message,
+    }
+}
+
+/// Fetches what `references` name into a new seed at `staging`, its record written and flushed.
+fn take(
+    remote: &Remote,
+    references: &[String],
+    depth: Option<u32>,
+    credentials: &Credentials,
+    limits: &Limits,
+    staging: &Path,
+) -> Result<Record, GitError> {
     let session = credentials.session(remote, limits)?;
-    let repo = Repository::init_bare(repository(&staging))
-        .map_err(|e| local("create the seed repository", &staging)(e.message().to_string()))?;
+    let repo = Repository::init_bare(repository(staging))
+        .map_err(|e| local("create the seed repository", staging)(e.message().to_string()))?;
     let mut anonymous = repo
         .remote_anonymous(remote.url())
-        .map_err(|e| local("set up the remote", &staging)(e.message().to_string()))?;
+        .map_err(|e| local("set up the remote", staging)(e.message().to_string()))?;
     let mut connection = anonymous
         .connect_auth(Direction::Fetch, None, None)
         .map_err(|e| network_error(e, remote, &session))?;
@@ -175,7 +222,7 @@ pub fn prepare(
             true,
             "bootagent seed",
         )
-        .map_err(|e| local("record the seed's commit", &staging)(e.message().to_string()))?;
+        .map_err(|e| local("record the seed's commit", staging)(e.message().to_string()))?;
         refs.insert(reference.clone(), target.commit.to_string());
     }
     let record = Record {
@@ -185,22 +232,13 @@ pub fn prepare(
         taken_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
     let text = serde_json::to_vec_pretty(&record).expect("a seed record serializes");
-    let io = |action| {
-        let staging = staging.clone();
-        move |e: std::io::Error| local(action, &staging)(e.to_string())
-    };
+    let io = |action| move |e: std::io::Error| local(action, staging)(e.to_string());
     crate::atomic::write_file(&staging.join(RECORD), &text, 0o644)
         .map_err(io("write the seed record"))?;
-    let dir = std::fs::File::open(&staging).map_err(io("open the seed"))?;
+    let dir = std::fs::File::open(staging).map_err(io("open the seed"))?;
     nix::unistd::syncfs(&dir)
         .map_err(std::io::Error::from)
         .map_err(io("flush the seed to disk"))?;
-    let old = parent.join(format!(".seed.old-{}", std::process::id()));
-    if seed.exists() {
-        std::fs::rename(seed, &old).map_err(io("move the old seed aside"))?;
-    }
-    std::fs::rename(&staging, seed).map_err(io("move the seed into place"))?;
-    let _ = std::fs::remove_dir_all(&old);
     Ok(record)
 }
 

@@ -141,6 +141,15 @@ def test_the_packer_template_installs_the_package_on_an_imdsv2_image():
     (build,) = packer["build"]
     commands = [c for p in build["provisioner"] for c in p.get("shell", {}).get("inline", [])]
     assert any("dnf install -y /tmp/bootagent.rpm" in c for c in commands)
+    # The seed is taken after the image's config is written, and the token does not stay.
+    seed = next(i for i, c in enumerate(commands) if "bootagent prepare" in c)
+    config = next(i for i, c in enumerate(commands) if "config.d/10-image.toml" in c)
+    assert config < seed
+    assert any(c == "rm -f /tmp/git-token" for c in commands[seed:])
+    assert "--token-file /tmp/git-token" in commands[seed]
+    declared = {name for block in packer["variable"] for name in block}
+    used = set(re.findall(r"\$\{var\.(\w+)\}", json.dumps(packer)))
+    assert used <= declared, used - declared
 
 
 def test_the_image_builder_component_installs_and_validates():
@@ -159,6 +168,10 @@ def test_the_image_builder_component_installs_and_validates():
         if step["action"] == "ExecuteBash"
     )
     assert "sha256sum --check" in install and "dnf install" in install and "apt-get install" in install
+    # The seed is taken once the image's config is in place.
+    build = [step["name"] for step in phases["build"]]
+    assert build.index("Configure") < build.index("Seed")
+    assert "bootagent prepare --repository" in install
     declared = {name for p in component["parameters"] for name in p}
     used = set(re.findall(r"\{\{ (\w+) \}\}", json.dumps(component)))
     assert used <= declared, used - declared
