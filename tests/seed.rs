@@ -275,3 +275,28 @@ fn a_prepare_that_fails_leaves_the_seed_in_place_and_nothing_beside_it() {
         .collect();
     assert!(beside.is_empty(), "{beside:?}");
 }
+
+#[test]
+fn a_seed_pack_that_is_a_link_is_ignored_with_a_warning() {
+    support::needs_world!();
+    let (name, repo, imds) = small_service("seed", "prod");
+    let instance = Instance::exec_mode("");
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    let packs = seed_dir(&instance).join("repo.git/objects/pack");
+    let pack = std::fs::read_dir(&packs)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "pack"))
+        .unwrap();
+    // The same bytes elsewhere, the pack a link to them: a link could as well lead to a device.
+    let elsewhere = instance.root.path().join("elsewhere.pack");
+    std::fs::rename(&pack, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &pack).unwrap();
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has("the seed is not used")
+        .stderr_has("is not a regular file");
+    assert_eq!(instance.running_commit(&name), repo.commits["prod"]);
+    assert_eq!(instance.status()["git"]["seed"], serde_json::Value::Null);
+}

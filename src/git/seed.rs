@@ -4,15 +4,16 @@
 //!   STATE_DIR/seed/repo.git    bare repository: the packs prepare fetched (and `shallow`)
 //!   STATE_DIR/seed/seed.json   what it holds: the remote, each ref's commit, the depth, when
 //!
-//! A first boot (no repo.git yet) plants the seed in the new repository: each pack goes through
-//! libgit2's indexer, which recomputes every object's id from its content and checks the pack's
-//! checksum, so a corrupt seed is refused before anything reads it; the seed's commits become
+//! A first boot (no repo.git yet) plants the seed in the new repository: each pack and its index
+//! are copied with their checksums checked on the way, so a pack damaged on disk is refused
+//! before anything reads it, and libgit2 checks each object's id against its content as it reads
+//! it (a checkout that fails on the seed is done again without it). The seed's commits become
 //! refs (`refs/bootagent/seed/N`), which the fetch offers the remote as what this side has. What
 //! runs is still read from the objects, signed-code and rewind checks as without a seed: an
 //! object's id is its content, so a seed can spare a download, never change what a commit is.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -265,27 +266,19 @@ pub fn plant(
         return Ok(None);
     };
     record.fits(remote, mirrors, shallow)?;
-    let odb = repo.odb().map_err(|e| e.message().to_string())?;
     let packs = repository(seed).join("objects").join("pack");
     let entries =
         std::fs::read_dir(&packs).map_err(|e| format!("cannot read {}: {e}", packs.display()))?;
+    let into = repo.path().join("objects").join("pack");
     for entry in entries {
         let path = entry.map_err(|e| e.to_string())?.path();
-        if path.extension().is_none_or(|ext| ext != "pack") {
-            continue;
+        if path.extension().is_some_and(|ext| ext == "pack") {
+            copy_pack(&path, &into, limits)?;
         }
-        if let Some(failure) = limits.exceeded() {
-            return Err(failure.message().to_string());
-        }
-        let mut pack = std::fs::File::open(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let mut writer = odb.packwriter().map_err(|e| e.message().to_string())?;
-        std::io::copy(&mut pack, &mut writer)
-            .map_err(|e| format!("{} is not a sound pack: {e}", path.display()))?;
-        writer
-            .commit()
-            .map_err(|e| format!("{} is not a sound pack: {}", path.display(), e.message()))?;
     }
+    repo.odb()
+        .and_then(|odb| odb.refresh())
+        .map_err(|e| e.message().to_string())?;
     let commit = |text: &str| {
         Oid::from_str(text)
             .ok()
@@ -353,6 +346,91 @@ pub fn standing(seed: &Path, held: &str, listed: &RemoteRef, checkout: &Path) ->
     });
     Standing::Behind(counted)
 }
+
+/// Copies the seed's pack `pack` and its index into the pack directory `into`, each file's
+/// checksum checked as it is copied: a pack ends with the SHA-1 of all that precedes it, and an
+/// index with its pack's and then its own. That finds a pack damaged on disk in one pass over
+/// it; each object's id is checked against its content as it is read (libgit2's strict hash
+/// verification), and a checkout that fails on the seed is done again without it.
+fn copy_pack(pack: &Path, into: &Path, limits: &Limits) -> Result<(), String> {
+    let index = pack.with_extension("idx");
+    let staged_pack = into.join("seed.pack.tmp");
+    let staged_index = into.join("seed.idx.tmp");
+    let pack_sum = copy_checked(pack, &staged_pack, limits)?;
+    let index_sums = copy_checked(&index, &staged_index, limits)?;
+    if index_sums[..20] != pack_sum[20..] {
+        return Err(format!(
+            "{} is not the index of {}",
+            index.display(),
+            pack.display()
+        ));
+    }
+    let name: String = pack_sum[20..]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    // The pack first: libgit2 finds a pack by its index.
+    for (staged, kind) in [(&staged_pack, "pack"), (&staged_index, "idx")] {
+        let target = into.join(format!("pack-{name}.{kind}"));
+        std::fs::rename(staged, &target)
+            .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies `from` to `to` and checks on the way that its last 20 bytes are the SHA-1 of all
+/// before them; returns its last 40 bytes.
+fn copy_checked(from: &Path, to: &Path, limits: &Limits) -> Result<[u8; 40], String> {
+    let unsound = |why: &str| format!("{} is not a sound pack: {why}", from.display());
+    // A link could lead anywhere (to a device that never ends): packs are files.
+    let kind = std::fs::symlink_metadata(from)
+        .map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    if !kind.is_file() {
+        return Err(format!("{} is not a regular file", from.display()));
+    }
+    let mut source =
+        std::fs::File::open(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    let length = kind.len();
+    if length < 40 {
+        return Err(unsound("shorter than its checksums"));
+    }
+    let mut target =
+        std::fs::File::create(to).map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+    let mut sha1 = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    let (mut done, mut last) = (0u64, Vec::with_capacity(40 + CHUNK));
+    let mut chunk = vec![0; CHUNK];
+    loop {
+        // Part of the checkout: it stops when the checkout must.
+        if let Some(failure) = limits.exceeded() {
+            return Err(failure.message().to_string());
+        }
+        let read = source
+            .read(&mut chunk)
+            .map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+        if read == 0 {
+            break;
+        }
+        let chunk = &chunk[..read];
+        let hashed = usize::try_from((length - 20).saturating_sub(done)).unwrap_or(usize::MAX);
+        sha1.update(&chunk[..hashed.min(read)]);
+        target
+            .write_all(chunk)
+            .map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+        done += read as u64;
+        last.extend_from_slice(chunk);
+        last.drain(..last.len().saturating_sub(40));
+    }
+    if done != length {
+        return Err(unsound("it changed while it was read"));
+    }
+    if sha1.finish().as_ref() != &last[20..] {
+        return Err(unsound("its checksum does not match its content"));
+    }
+    Ok(last.try_into().expect("40 bytes kept"))
+}
+
+/// How much of a pack is read at a time.
+const CHUNK: usize = 1 << 16;
 
 /// The commits `from` reaches in `repo` (itself included), as far as the repository's history
 /// goes: a shallow one ends where its objects do (libgit2's own walks fail there); `None` past

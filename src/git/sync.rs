@@ -126,8 +126,9 @@ pub fn sync(
         seed,
     } = match fetch(true)? {
         Attempt::Done(fetched) => fetched,
-        // The seed's objects were checked as they were planted; should a fetch into them fail
-        // on this side all the same, the seed is no reason for a failed boot.
+        // The seed's packs were checked whole as they were planted, and each object is checked
+        // as it is read: one that is not what its id says fails the work here, and the seed is
+        // no reason for a failed boot.
         Attempt::SeedFailed(error) => {
             tracing::warn!("the checkout on the seed failed ({error}): fetching without the seed");
             let _ = std::fs::remove_dir_all(&layout.repo);
