@@ -300,3 +300,65 @@ fn a_seed_pack_that_is_a_link_is_ignored_with_a_warning() {
     assert_eq!(instance.running_commit(&name), repo.commits["prod"]);
     assert_eq!(instance.status()["git"]["seed"], serde_json::Value::Null);
 }
+
+/// The SHA-1 of `bytes`, by coreutils' sha1sum.
+fn sha1(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha1sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap();
+    (0..40)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A seed whose pack and index checksums are right but whose objects are not what their ids
+/// say (the pack damaged, then its checksums made again): the packs are taken, the checkout on
+/// them fails as it reads the objects, and is done again without the seed.
+#[test]
+fn objects_that_are_not_what_their_ids_say_fail_the_seeded_checkout_which_is_done_again() {
+    support::needs_world!();
+    let (name, repo, imds) = sizeable_service();
+    let instance = Instance::exec_mode("");
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    let packs = seed_dir(&instance).join("repo.git/objects/pack");
+    let pack = std::fs::read_dir(&packs)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "pack"))
+        .unwrap();
+    let index = pack.with_extension("idx");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let (middle, body) = (bytes.len() / 2, bytes.len() - 20);
+    bytes[middle] ^= 0x55;
+    let sum = sha1(&bytes[..body]);
+    bytes[body..].copy_from_slice(&sum);
+    std::fs::write(&pack, &bytes).unwrap();
+    let mut index_bytes = std::fs::read(&index).unwrap();
+    let end = index_bytes.len();
+    index_bytes[end - 40..end - 20].copy_from_slice(&sum);
+    let index_sum = sha1(&index_bytes[..end - 20]);
+    index_bytes[end - 20..].copy_from_slice(&index_sum);
+    std::fs::write(&index, &index_bytes).unwrap();
+
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has("the checkout on the seed failed")
+        .stderr_has("fetching without the seed");
+    assert_eq!(instance.running_commit(&name), repo.rev_parse("prod"));
+    assert_eq!(
+        std::fs::read_dir(instance.checkout(&name).join("assets"))
+            .unwrap()
+            .count(),
+        400
+    );
+    assert_eq!(instance.status()["git"]["seed"], serde_json::Value::Null);
+    assert!(received_bytes(&instance) > 400 * 4096, "fetched whole");
+}

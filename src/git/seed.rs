@@ -354,8 +354,8 @@ pub fn standing(seed: &Path, held: &str, listed: &RemoteRef, checkout: &Path) ->
 /// verification), and a checkout that fails on the seed is done again without it.
 fn copy_pack(pack: &Path, into: &Path, limits: &Limits) -> Result<(), String> {
     let index = pack.with_extension("idx");
-    let staged_pack = into.join("seed.pack.tmp");
-    let staged_index = into.join("seed.idx.tmp");
+    let staged_pack = into.join(format!("{STAGED_PACK}pack.tmp"));
+    let staged_index = into.join(format!("{STAGED_PACK}idx.tmp"));
     let pack_sum = copy_checked(pack, &staged_pack, limits)?;
     let index_sums = copy_checked(&index, &staged_index, limits)?;
     if index_sums[..20] != pack_sum[20..] {
@@ -427,6 +427,15 @@ fn copy_checked(from: &Path, to: &Path, limits: &Limits) -> Result<[u8; 40], Str
         return Err(unsound("its checksum does not match its content"));
     }
     Ok(last.try_into().expect("40 bytes kept"))
+}
+
+/// A pack of the seed being copied into a repository: `seed.pack.tmp`, `seed.idx.tmp`.
+const STAGED_PACK: &str = "seed.";
+
+/// Whether `name`, in a repository's pack directory, is a copy of a seed's pack a killed boot
+/// left unfinished.
+pub(super) fn is_staged_pack(name: &str) -> bool {
+    name.starts_with(STAGED_PACK) && name.ends_with(".tmp")
 }
 
 /// How much of a pack is read at a time.

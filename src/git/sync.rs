@@ -85,17 +85,9 @@ pub fn sync(
     owner: Option<Owner>,
     credentials: &Credentials,
     limits: &Limits,
-    avoid: Option<Avoid>,
+    mut avoid: Option<Avoid>,
 ) -> Result<Checkout, GitError> {
     let layout = Layout::of(&plan.dir);
-    let local = |action: &'static str| {
-        let dir = plan.dir.clone();
-        move |e: git2::Error| GitError::Local {
-            action,
-            dir,
-            message: e.message().to_string(),
-        }
-    };
     let io = |action: &'static str| {
         let dir = plan.dir.clone();
         move |e: std::io::Error| GitError::Local {
@@ -105,109 +97,178 @@ pub fn sync(
         }
     };
     let session = credentials.session(remote, limits)?;
-    // Past the deadline, or cancelled: the sync stops before its next step, and never switches
-    // the release afterwards.
-    let stop_if_exceeded = || match limits.exceeded() {
-        Some(failure) => Err(GitError::Unreachable {
-            url: remote.to_string(),
-            message: failure.message().to_string(),
-        }),
-        None => Ok(()),
-    };
     std::fs::create_dir_all(&layout.releases).map_err(io("create the releases directory"))?;
     clear_interrupted_work(&layout.repo).map_err(io("clear what an interrupted fetch left"))?;
-    let fetch = |seeded| fetch_target(plan, remote, &layout, &session, limits, seeded);
-    let Fetched {
-        repo,
-        listed,
-        target,
-        fresh,
-        received,
-        seed,
-    } = match fetch(true)? {
-        Attempt::Done(fetched) => fetched,
+    let work = Work {
+        plan,
+        remote,
+        layout,
+        session,
+        limits,
+        owner,
+    };
+    match work.attempt(true, &mut avoid)? {
+        Attempt::Done(checkout) => Ok(checkout),
         // The seed's packs were checked whole as they were planted, and each object is checked
-        // as it is read: one that is not what its id says fails the work here, and the seed is
-        // no reason for a failed boot.
+        // as it is read: one that is not what its id says fails the work on this side, and the
+        // seed is no reason for a failed boot.
         Attempt::SeedFailed(error) => {
             tracing::warn!("the checkout on the seed failed ({error}): fetching without the seed");
-            let _ = std::fs::remove_dir_all(&layout.repo);
-            match fetch(false)? {
-                Attempt::Done(fetched) => fetched,
-                Attempt::SeedFailed(error) => return Err(error),
+            let _ = std::fs::remove_dir_all(&work.layout.repo);
+            match work.attempt(false, &mut avoid)? {
+                Attempt::Done(checkout) => Ok(checkout),
+                Attempt::SeedFailed(error) => Err(error),
             }
         }
-    };
-    warn_if_peel_forged(&listed, &target, remote);
-    let commit_id = target.commit;
-    if let Some(avoid) = avoid.filter(|avoid| avoid.commit == commit_id.to_string()) {
-        if layout.current().is_some() {
-            return Err(avoid.because);
+    }
+}
+
+/// One sync's fixed inputs.
+struct Work<'a> {
+    plan: &'a GitPlan,
+    remote: &'a Remote,
+    layout: Layout,
+    session: ActiveSession,
+    limits: &'a Limits,
+    owner: Option<Owner>,
+}
+
+impl Work<'_> {
+    /// Fetches, into a new repository from the seed when `seeded` (and there is one that fits),
+    /// and makes the release.
+    fn attempt(
+        &self,
+        seeded: bool,
+        avoid: &mut Option<Avoid>,
+    ) -> Result<Attempt<Checkout>, GitError> {
+        let (plan, remote, layout) = (self.plan, self.remote, &self.layout);
+        let fetched = match fetch_target(plan, remote, layout, &self.session, self.limits, seeded)?
+        {
+            Attempt::Done(fetched) => fetched,
+            Attempt::SeedFailed(error) => return Ok(Attempt::SeedFailed(error)),
+        };
+        let planted = fetched.seed.is_some();
+        match self.release(fetched, avoid) {
+            Err(error @ GitError::Local { .. }) if planted => Ok(Attempt::SeedFailed(error)),
+            made => made.map(Attempt::Done),
         }
     }
-    if layout.current() == Some(commit_id) {
-        return Ok(Checkout {
+
+    /// The release of the fetched commit, made unless it exists.
+    fn release(&self, fetched: Fetched, avoid: &mut Option<Avoid>) -> Result<Checkout, GitError> {
+        let (plan, remote, layout, limits, owner) = (
+            self.plan,
+            self.remote,
+            &self.layout,
+            self.limits,
+            self.owner,
+        );
+        let Fetched {
+            repo,
+            listed,
+            target,
+            fresh,
+            received,
+            seed,
+        } = fetched;
+        let local = |action: &'static str| {
+            let dir = plan.dir.clone();
+            move |e: git2::Error| GitError::Local {
+                action,
+                dir,
+                message: e.message().to_string(),
+            }
+        };
+        let io = |action: &'static str| {
+            let dir = plan.dir.clone();
+            move |e: std::io::Error| GitError::Local {
+                action,
+                dir,
+                message: e.to_string(),
+            }
+        };
+        // Past the deadline, or cancelled: the sync stops before its next step, and never
+        // switches the release afterwards.
+        let stop_if_exceeded = || match limits.exceeded() {
+            Some(failure) => Err(GitError::Unreachable {
+                url: remote.to_string(),
+                message: failure.message().to_string(),
+            }),
+            None => Ok(()),
+        };
+        warn_if_peel_forged(&listed, &target, remote);
+        let commit_id = target.commit;
+        if layout.current().is_some()
+            && avoid
+                .as_ref()
+                .is_some_and(|avoid| avoid.commit == commit_id.to_string())
+        {
+            return Err(avoid.take().expect("checked just above").because);
+        }
+        if layout.current() == Some(commit_id) {
+            return Ok(Checkout {
+                commit: commit_id.to_string(),
+                action: Action::Unchanged,
+                received_objects: received.0,
+                received_bytes: received.1,
+                mirror: None,
+                seed: seed.map(|seed| seed.taken_at),
+            });
+        }
+        let action = match fresh {
+            true => Action::Cloned,
+            false => Action::Fetched,
+        };
+        let release = layout.releases.join(commit_id.to_string());
+        trust::check(
+            &repo,
+            &plan.trust,
+            &plan.reference,
+            &target,
+            layout.current(),
+        )?;
+        if !release.exists() {
+            let commit = repo
+                .find_commit(commit_id)
+                .map_err(local("find the fetched commit"))?;
+            let staging = layout
+                .releases
+                .join(format!(".{commit_id}.tmp-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&staging);
+            stop_if_exceeded()?;
+            let mut checkout = git2::build::CheckoutBuilder::new();
+            checkout
+                .force()
+                .target_dir(&staging)
+                .notify_on(git2::CheckoutNotificationType::UPDATED)
+                .notify(|_, _, _, _, _| limits.exceeded().is_none());
+            repo.checkout_tree(commit.as_object(), Some(&mut checkout))
+                .map_err(|e| match limits.exceeded() {
+                    Some(failure) => GitError::Unreachable {
+                        url: remote.to_string(),
+                        message: failure.message().to_string(),
+                    },
+                    None => local("check out the fetched commit")(e),
+                })?;
+            if let Some(owner) = owner {
+                chown_tree(&staging, owner).map_err(io("give the release to the service user"))?;
+            }
+            // The rename below must not outrun the data: a crash after it would leave a release of
+            // empty files.
+            sync_filesystem(&staging).map_err(io("flush the release to disk"))?;
+            stop_if_exceeded()?;
+            std::fs::rename(&staging, &release).map_err(io("move the release into place"))?;
+        }
+        stop_if_exceeded()?;
+        Ok(Checkout {
             commit: commit_id.to_string(),
-            action: Action::Unchanged,
+            action,
             received_objects: received.0,
             received_bytes: received.1,
             mirror: None,
             seed: seed.map(|seed| seed.taken_at),
-        });
+        })
     }
-    let action = match fresh {
-        true => Action::Cloned,
-        false => Action::Fetched,
-    };
-    let release = layout.releases.join(commit_id.to_string());
-    trust::check(
-        &repo,
-        &plan.trust,
-        &plan.reference,
-        &target,
-        layout.current(),
-    )?;
-    if !release.exists() {
-        let commit = repo
-            .find_commit(commit_id)
-            .map_err(local("find the fetched commit"))?;
-        let staging = layout
-            .releases
-            .join(format!(".{commit_id}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        stop_if_exceeded()?;
-        let mut checkout = git2::build::CheckoutBuilder::new();
-        checkout
-            .force()
-            .target_dir(&staging)
-            .notify_on(git2::CheckoutNotificationType::UPDATED)
-            .notify(|_, _, _, _, _| limits.exceeded().is_none());
-        repo.checkout_tree(commit.as_object(), Some(&mut checkout))
-            .map_err(|e| match limits.exceeded() {
-                Some(failure) => GitError::Unreachable {
-                    url: remote.to_string(),
-                    message: failure.message().to_string(),
-                },
-                None => local("check out the fetched commit")(e),
-            })?;
-        if let Some(owner) = owner {
-            chown_tree(&staging, owner).map_err(io("give the release to the service user"))?;
-        }
-        // The rename below must not outrun the data: a crash after it would leave a release of
-        // empty files.
-        sync_filesystem(&staging).map_err(io("flush the release to disk"))?;
-        stop_if_exceeded()?;
-        std::fs::rename(&staging, &release).map_err(io("move the release into place"))?;
-    }
-    stop_if_exceeded()?;
-    Ok(Checkout {
-        commit: commit_id.to_string(),
-        action,
-        received_objects: received.0,
-        received_bytes: received.1,
-        mirror: None,
-        seed: seed.map(|seed| seed.taken_at),
-    })
 }
 
 /// What the fetch part of a sync found and brought.
@@ -223,8 +284,8 @@ struct Fetched {
     seed: Option<seed::Planted>,
 }
 
-enum Attempt {
-    Done(Fetched),
+enum Attempt<T> {
+    Done(T),
     /// A local failure in a repository the seed was planted in: worth a try without the seed.
     SeedFailed(GitError),
 }
@@ -238,7 +299,7 @@ fn fetch_target(
     session: &ActiveSession,
     limits: &Limits,
     seeded: bool,
-) -> Result<Attempt, GitError> {
+) -> Result<Attempt<Fetched>, GitError> {
     let local = |action: &'static str| {
         let dir = plan.dir.clone();
         move |e: git2::Error| GitError::Local {
@@ -426,7 +487,7 @@ fn clear_interrupted_work(repo: &Path) -> std::io::Result<()> {
     }
     walk(&repo.join("refs"), &lock)?;
     walk(&repo.join("objects").join("pack"), &|name: &str| {
-        name.starts_with("pack_git2_") || name.ends_with(".lock")
+        name.starts_with("pack_git2_") || name.ends_with(".lock") || seed::is_staged_pack(name)
     })
 }
 
