@@ -31,6 +31,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class Server(ThreadingHTTPServer):
+    # A git host's listen backlog, not socketserver's 5: a fleet that connects at once (bench/fleet)
+    # would otherwise meet dropped SYNs and the kernel's retries, seconds apart.
+    request_queue_size = 1024
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
@@ -146,7 +152,7 @@ def main():
     parser.add_argument("--throttle", default="0", metavar="N[:SECONDS]")
     parser.add_argument("--delay", type=float, default=0)
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     server.args, server.lock, server.requests = args, threading.Lock(), []
     server.started = time.monotonic()
