@@ -15,6 +15,16 @@ fn prepare(instance: &Instance, imds: &Imds, repository: &str, env: &str) -> Run
     instance.run(imds, &["prepare", "--repository", repository, "--env", env])
 }
 
+/// The pack file of `instance`'s seed (prepare fetches one).
+fn seed_pack(instance: &Instance) -> PathBuf {
+    let packs = seed_dir(instance).join("repo.git/objects/pack");
+    std::fs::read_dir(&packs)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "pack"))
+        .unwrap()
+}
+
 fn received_bytes(instance: &Instance) -> u64 {
     instance.status()["git"]["received_bytes"].as_u64().unwrap()
 }
@@ -100,12 +110,7 @@ fn a_corrupt_seed_is_ignored_with_a_warning() {
     let (name, repo, imds) = sizeable_service();
     let instance = Instance::exec_mode("");
     prepare(&instance, &imds, &repo.url, "prod").expect(0);
-    let packs = seed_dir(&instance).join("repo.git/objects/pack");
-    let pack = std::fs::read_dir(&packs)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "pack"))
-        .unwrap();
+    let pack = seed_pack(&instance);
     let mut bytes = std::fs::read(&pack).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x55;
@@ -282,12 +287,7 @@ fn a_seed_pack_that_is_a_link_is_ignored_with_a_warning() {
     let (name, repo, imds) = small_service("seed", "prod");
     let instance = Instance::exec_mode("");
     prepare(&instance, &imds, &repo.url, "prod").expect(0);
-    let packs = seed_dir(&instance).join("repo.git/objects/pack");
-    let pack = std::fs::read_dir(&packs)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "pack"))
-        .unwrap();
+    let pack = seed_pack(&instance);
     // The same bytes elsewhere, the pack a link to them: a link could as well lead to a device.
     let elsewhere = instance.root.path().join("elsewhere.pack");
     std::fs::rename(&pack, &elsewhere).unwrap();
@@ -327,12 +327,7 @@ fn objects_that_are_not_what_their_ids_say_fail_the_seeded_checkout_which_is_don
     let (name, repo, imds) = sizeable_service();
     let instance = Instance::exec_mode("");
     prepare(&instance, &imds, &repo.url, "prod").expect(0);
-    let packs = seed_dir(&instance).join("repo.git/objects/pack");
-    let pack = std::fs::read_dir(&packs)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "pack"))
-        .unwrap();
+    let pack = seed_pack(&instance);
     let index = pack.with_extension("idx");
     let mut bytes = std::fs::read(&pack).unwrap();
     let (middle, body) = (bytes.len() / 2, bytes.len() - 20);

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use git2::{Direction, Oid, Repository};
+use git2::{Direction, FetchOptions, Oid, RemoteCallbacks, Repository};
 
 use super::error::network_error;
 use super::releases::Layout;
@@ -216,6 +216,19 @@ fn find_ref(heads: &[(Vec<u8>, Oid)], reference: &str) -> Option<Listed> {
         return Some(listed(reference.to_string(), oid));
     }
     None
+}
+
+/// What a fetch is given: its progress callbacks, and `depth` commits of history (`None`: all).
+pub(super) fn fetch_options(
+    callbacks: RemoteCallbacks<'_>,
+    depth: Option<u32>,
+) -> FetchOptions<'_> {
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(callbacks);
+    if let Some(depth) = depth {
+        options.depth(i32::try_from(depth).unwrap_or(i32::MAX));
+    }
+    options
 }
 
 #[cfg(test)]

@@ -17,11 +17,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use git2::{Direction, FetchOptions, Oid, Repository};
+use git2::{Direction, Oid, Repository};
 use serde::{Deserialize, Serialize};
 
 use super::error::network_error;
-use super::refs::{advertised_ref, target_of, RemoteRef};
+use super::refs::{advertised_ref, fetch_options, target_of, RemoteRef};
 use super::session::Limits;
 use super::{Credentials, GitError};
 use crate::remote::Remote;
@@ -197,11 +197,7 @@ fn take(
         .collect();
     let mut callbacks = git2::RemoteCallbacks::new();
     callbacks.transfer_progress(|_| limits.exceeded().is_none());
-    let mut options = FetchOptions::new();
-    options.remote_callbacks(callbacks);
-    if let Some(depth) = depth {
-        options.depth(i32::try_from(depth).unwrap_or(i32::MAX));
-    }
+    let mut options = fetch_options(callbacks, depth);
     connection
         .remote()
         .download(&specs, Some(&mut options))

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use git2::{Direction, FetchOptions, Repository};
+use git2::{Direction, Repository};
 
 use super::error::network_error;
-use super::refs::{advertised_ref, target_of, warn_if_peel_forged, Listed};
+use super::refs::{advertised_ref, fetch_options, target_of, warn_if_peel_forged, Listed};
 use super::releases::Layout;
 use super::seed;
 use super::session::{ActiveSession, Limits};
@@ -410,11 +410,7 @@ fn fetch_into(
         }
         true
     });
-    let mut options = FetchOptions::new();
-    options.remote_callbacks(callbacks);
-    if let Some(depth) = depth {
-        options.depth(i32::try_from(depth).unwrap_or(i32::MAX));
-    }
+    let mut options = fetch_options(callbacks, depth);
     connection
         .remote()
         .download(
