@@ -318,6 +318,66 @@ fn sha1(bytes: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// Flips a byte at `offset` of `instance`'s seed pack, then makes the pack's and its index's
+/// checksums again: damage that only a read of the object finds.
+fn damage_seed_pack(instance: &Instance, offset: usize) {
+    let pack = seed_pack(instance);
+    let index = pack.with_extension("idx");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let body = bytes.len() - 20;
+    bytes[offset] ^= 0x55;
+    let sum = sha1(&bytes[..body]);
+    bytes[body..].copy_from_slice(&sum);
+    std::fs::write(&pack, &bytes).unwrap();
+    let mut index_bytes = std::fs::read(&index).unwrap();
+    let end = index_bytes.len();
+    index_bytes[end - 40..end - 20].copy_from_slice(&sum);
+    let index_sum = sha1(&index_bytes[..end - 20]);
+    index_bytes[end - 20..].copy_from_slice(&index_sum);
+    std::fs::write(&index, &index_bytes).unwrap();
+}
+
+/// Where object `id` ends in `instance`'s seed pack, by `git verify-pack -v`.
+fn end_of_object(instance: &Instance, id: &str) -> usize {
+    let index = seed_pack(instance).with_extension("idx");
+    let out = std::process::Command::new("git")
+        .args(["verify-pack", "-v"])
+        .arg(&index)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let line = listing.lines().find(|line| line.starts_with(id)).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    fields[4].parse::<usize>().unwrap() + fields[3].parse::<usize>().unwrap()
+}
+
+/// With `git.verify`, a commit of the seed that cannot be read (its checksums made again) is
+/// not a signature refused: the checkout is done again without the seed, from the remote's own
+/// objects, which are signed. The seed names another commit (the branch went back one since).
+#[test]
+fn an_unreadable_commit_in_a_seed_is_no_signature_refusal() {
+    support::needs_world!();
+    let (name, mut repo, imds) = small_service("seed", "prod");
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = SshSigner::new(keys.path(), "deploy");
+    let allowed = allowed_signers(keys.path(), &[&trusted]);
+    let instance = Instance::exec_mode(&format!(
+        "[git]\ndepth = 5\nverify = \"ssh\"\nallowed_signers = \"{}\"\n",
+        allowed.display()
+    ));
+    let earlier = repo.push_with("prod", "signed build 1", &trusted.settings());
+    repo.push_with("prod", "signed build 2", &trusted.settings());
+    prepare(&instance, &imds, &repo.url, "prod").expect(0);
+    // The adler32 at the end of the commit's compressed bytes.
+    damage_seed_pack(&instance, end_of_object(&instance, &earlier) - 2);
+    git(&repo.path, &["update-ref", "refs/heads/prod", &earlier]);
+    instance
+        .run(&imds, &["boot"])
+        .expect(0)
+        .stderr_has("fetching without the seed");
+    assert_eq!(instance.running_commit(&name), earlier);
+}
+
 /// A seed whose pack and index checksums are right but whose objects are not what their ids
 /// say (the pack damaged, then its checksums made again): the packs are taken, the checkout on
 /// them fails as it reads the objects, and is done again without the seed.
@@ -328,19 +388,8 @@ fn objects_that_are_not_what_their_ids_say_fail_the_seeded_checkout_which_is_don
     let instance = Instance::exec_mode("");
     prepare(&instance, &imds, &repo.url, "prod").expect(0);
     let pack = seed_pack(&instance);
-    let index = pack.with_extension("idx");
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let (middle, body) = (bytes.len() / 2, bytes.len() - 20);
-    bytes[middle] ^= 0x55;
-    let sum = sha1(&bytes[..body]);
-    bytes[body..].copy_from_slice(&sum);
-    std::fs::write(&pack, &bytes).unwrap();
-    let mut index_bytes = std::fs::read(&index).unwrap();
-    let end = index_bytes.len();
-    index_bytes[end - 40..end - 20].copy_from_slice(&sum);
-    let index_sum = sha1(&index_bytes[..end - 20]);
-    index_bytes[end - 20..].copy_from_slice(&index_sum);
-    std::fs::write(&index, &index_bytes).unwrap();
+    let middle = std::fs::metadata(&pack).unwrap().len() as usize / 2;
+    damage_seed_pack(&instance, middle);
 
     instance
         .run(&imds, &["boot"])

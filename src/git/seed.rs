@@ -282,6 +282,13 @@ pub fn plant(
     };
     let shallow_file = repository(seed).join("shallow");
     match std::fs::read_to_string(&shallow_file) {
+        // A record that says "the whole history" must not bring a shallow one.
+        Ok(_) if record.depth.is_none() => {
+            return Err(format!(
+                "{} lists shallow commits, and seed.json says it holds the whole history",
+                shallow_file.display()
+            ))
+        }
         Ok(text) => {
             if let Some(line) = text.lines().find(|line| commit(line).is_none()) {
                 return Err(format!(

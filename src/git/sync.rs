@@ -149,7 +149,16 @@ impl Work<'_> {
         };
         let planted = fetched.seed.is_some();
         match self.release(fetched, avoid) {
-            Err(error @ GitError::Local { .. }) if planted => Ok(Attempt::SeedFailed(error)),
+            // An object of the seed that cannot be read fails as "not signed", "not a commit" or
+            // "rewound" as often as a local error: each is asked again without the seed, and
+            // stands only if the remote's own objects get the same answer.
+            Err(
+                error @ (GitError::Local { .. }
+                | GitError::Unverified { .. }
+                | GitError::NotACommit { .. }
+                | GitError::Rewound { .. }
+                | GitError::Unusable { .. }),
+            ) if planted => Ok(Attempt::SeedFailed(error)),
             made => made.map(Attempt::Done),
         }
     }
@@ -343,7 +352,11 @@ fn fetch_target(
     let fetched = fetch_into(&repo, plan, remote, session, limits, depth);
     let (listed, target, received) = match fetched {
         Ok(fetched) => fetched,
-        Err(error @ GitError::Local { .. }) if planted => return Ok(Attempt::SeedFailed(error)),
+        Err(
+            error @ (GitError::Local { .. }
+            | GitError::NotACommit { .. }
+            | GitError::Unusable { .. }),
+        ) if planted => return Ok(Attempt::SeedFailed(error)),
         Err(error) => return Err(error),
     };
     Ok(Attempt::Done(Fetched {
