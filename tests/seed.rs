@@ -155,17 +155,24 @@ fn a_shallow_seed_is_not_used_where_the_whole_history_is_needed() {
     assert_eq!(instance.running_commit(&name), head);
 }
 
-#[test]
-fn an_unsigned_commit_on_top_of_a_signed_seed_is_refused() {
-    support::needs_world!();
-    let (name, mut repo, imds) = small_service("seed", "prod");
+/// An instance that deploys only commits `trusted` signed (`git.verify = "ssh"`), with the
+/// `[git]` line `git` besides; the keys' directory lives as long as the first value.
+fn verifying_instance(git: &str) -> (tempfile::TempDir, SshSigner, Instance) {
     let keys = tempfile::tempdir().unwrap();
     let trusted = SshSigner::new(keys.path(), "deploy");
     let allowed = allowed_signers(keys.path(), &[&trusted]);
     let instance = Instance::exec_mode(&format!(
-        "[git]\non_failure = \"fail\"\nverify = \"ssh\"\nallowed_signers = \"{}\"\n",
+        "[git]\n{git}\nverify = \"ssh\"\nallowed_signers = \"{}\"\n",
         allowed.display()
     ));
+    (keys, trusted, instance)
+}
+
+#[test]
+fn an_unsigned_commit_on_top_of_a_signed_seed_is_refused() {
+    support::needs_world!();
+    let (name, mut repo, imds) = small_service("seed", "prod");
+    let (_keys, trusted, instance) = verifying_instance("on_failure = \"fail\"");
     repo.push_with("prod", "signed build", &trusted.settings());
     prepare(&instance, &imds, &repo.url, "prod").expect(0);
     let unsigned = repo.push_version("prod", "unsigned build");
@@ -358,13 +365,7 @@ fn end_of_object(instance: &Instance, id: &str) -> usize {
 fn an_unreadable_commit_in_a_seed_is_no_signature_refusal() {
     support::needs_world!();
     let (name, mut repo, imds) = small_service("seed", "prod");
-    let keys = tempfile::tempdir().unwrap();
-    let trusted = SshSigner::new(keys.path(), "deploy");
-    let allowed = allowed_signers(keys.path(), &[&trusted]);
-    let instance = Instance::exec_mode(&format!(
-        "[git]\ndepth = 5\nverify = \"ssh\"\nallowed_signers = \"{}\"\n",
-        allowed.display()
-    ));
+    let (_keys, trusted, instance) = verifying_instance("depth = 5");
     let earlier = repo.push_with("prod", "signed build 1", &trusted.settings());
     repo.push_with("prod", "signed build 2", &trusted.settings());
     prepare(&instance, &imds, &repo.url, "prod").expect(0);

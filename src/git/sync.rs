@@ -149,16 +149,9 @@ impl Work<'_> {
         };
         let planted = fetched.seed.is_some();
         match self.release(fetched, avoid) {
-            // An object of the seed that cannot be read fails as "not signed", "not a commit" or
-            // "rewound" as often as a local error: each is asked again without the seed, and
-            // stands only if the remote's own objects get the same answer.
-            Err(
-                error @ (GitError::Local { .. }
-                | GitError::Unverified { .. }
-                | GitError::NotACommit { .. }
-                | GitError::Rewound { .. }
-                | GitError::Unusable { .. }),
-            ) if planted => Ok(Attempt::SeedFailed(error)),
+            Err(error) if planted && may_come_from_the_seed(&error) => {
+                Ok(Attempt::SeedFailed(error))
+            }
             made => made.map(Attempt::Done),
         }
     }
@@ -280,6 +273,21 @@ impl Work<'_> {
     }
 }
 
+/// Whether `error`, met in a repository the seed was planted in, may be the seed's doing: an
+/// object of the seed that cannot be read fails as a local error, or as "not signed", "not a
+/// commit", "rewound". Each is asked again without the seed, and stands only if the remote's
+/// own objects get the same answer.
+fn may_come_from_the_seed(error: &GitError) -> bool {
+    matches!(
+        error,
+        GitError::Local { .. }
+            | GitError::Unverified { .. }
+            | GitError::NotACommit { .. }
+            | GitError::Rewound { .. }
+            | GitError::Unusable { .. }
+    )
+}
+
 /// What the fetch part of a sync found and brought.
 struct Fetched {
     repo: Repository,
@@ -352,11 +360,9 @@ fn fetch_target(
     let fetched = fetch_into(&repo, plan, remote, session, limits, depth);
     let (listed, target, received) = match fetched {
         Ok(fetched) => fetched,
-        Err(
-            error @ (GitError::Local { .. }
-            | GitError::NotACommit { .. }
-            | GitError::Unusable { .. }),
-        ) if planted => return Ok(Attempt::SeedFailed(error)),
+        Err(error) if planted && may_come_from_the_seed(&error) => {
+            return Ok(Attempt::SeedFailed(error))
+        }
         Err(error) => return Err(error),
     };
     Ok(Attempt::Done(Fetched {
