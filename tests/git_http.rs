@@ -504,3 +504,38 @@ fn a_retry_after_past_the_git_deadline_fails_the_checkout_at_once_and_keeps_the_
     assert_eq!(instance.status()["outcome"], "degraded");
     instance.assert_left_nowhere(&setup.token, &run);
 }
+
+/// An image build fetches the seed with a token from a file: the token goes nowhere else (not
+/// in prepare's output, the seed or any file of the instance), a wrong one is refused without
+/// being shown, and the first boot, with the token from the secret, starts from the seed.
+#[test]
+fn prepare_over_http_keeps_its_token_to_the_request() {
+    support::needs_world!();
+    let setup = setup();
+    let instance = Instance::exec_mode(&setup.with_token());
+    let build = tempfile::tempdir().unwrap();
+    let token_file = build.path().join("git-token");
+    let prepare = |token: &str| {
+        std::fs::write(&token_file, token).unwrap();
+        let repository = setup.server.repo_url(&setup.name);
+        let token_file = token_file.to_str().unwrap();
+        let args = ["prepare", "--repository", &repository, "--env", "prod"];
+        instance.run(
+            &setup.imds(),
+            &[&args[..], &["--token-file", token_file]].concat(),
+        )
+    };
+    let wrong = canary();
+    let refused = prepare(&wrong);
+    refused.expect(7);
+    instance.assert_left_nowhere(&wrong, &refused);
+
+    let prepared = prepare(&setup.token);
+    prepared.expect(0);
+    instance.assert_left_nowhere(&setup.token, &prepared);
+    let boot = instance.run(&setup.imds(), &["boot"]);
+    boot.expect(0);
+    assert!(instance.status()["git"]["seed"].is_string());
+    instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
+    instance.assert_left_nowhere(&setup.token, &boot);
+}
