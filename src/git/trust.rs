@@ -33,10 +33,17 @@ pub(super) fn check(
         let (object, signature, payload) = match trust.signed {
             Signed::Commit => {
                 let object = format!("commit {commit}");
-                match repo.extract_signature(&commit, None) {
-                    Ok((signature, payload)) => (object, signature.to_vec(), payload.to_vec()),
-                    Err(_) => {
+                match commit_signature(repo, commit) {
+                    Ok(Some((signature, payload))) => (object, signature, payload),
+                    Ok(None) => {
                         return Err(unverified(trust, commit, object, "it is not signed".into()))
+                    }
+                    Err(e) => {
+                        return Err(GitError::Local {
+                            action: "read the commit to verify",
+                            dir: repo.path().to_path_buf(),
+                            message: e.message().to_string(),
+                        })
                     }
                 }
             }
@@ -101,6 +108,27 @@ fn unverified(trust: &Trust, commit: Oid, object: String, reason: String) -> Git
         commit: commit.to_string(),
         reason,
         keys: trust.keys.display().to_string(),
+    }
+}
+
+/// A signature and the bytes it signs.
+type SignatureAndPayload = (Vec<u8>, Vec<u8>);
+
+/// The commit's signature and what it signs; `None` when it carries none. An error is a commit
+/// that cannot be read (missing, damaged), which says nothing about its signature: told as
+/// "not signed", a damaged repository would pass for an attack.
+fn commit_signature(
+    repo: &Repository,
+    commit: Oid,
+) -> Result<Option<SignatureAndPayload>, git2::Error> {
+    match repo.extract_signature(&commit, None) {
+        Ok((signature, payload)) => Ok(Some((signature.to_vec(), payload.to_vec()))),
+        Err(e)
+            if e.code() == git2::ErrorCode::NotFound && e.class() == git2::ErrorClass::Object =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -485,5 +513,26 @@ mod tests {
             "ED25519 key SHA256:abc"
         );
         assert_eq!(key_of("something else"), "an unknown key");
+    }
+
+    #[test]
+    fn a_commit_that_cannot_be_read_is_an_error_not_an_unsigned_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let tree = repo.treebuilder(None).unwrap().write().unwrap();
+        let tree = repo.find_tree(tree).unwrap();
+        let who = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let plain = repo.commit(None, &who, &who, "plain", &tree, &[]).unwrap();
+        assert!(commit_signature(&repo, plain).unwrap().is_none());
+        let content = repo
+            .commit_create_buffer(&who, &who, "signed", &tree, &[])
+            .unwrap();
+        let content = content.as_str().unwrap();
+        let signed = repo.commit_signed(content, "SIGNATURE", None).unwrap();
+        let (signature, payload) = commit_signature(&repo, signed).unwrap().unwrap();
+        assert_eq!(signature, b"SIGNATURE");
+        assert_eq!(payload, content.as_bytes());
+        let missing = Oid::from_str("0123456789012345678901234567890123456789").unwrap();
+        assert!(commit_signature(&repo, missing).is_err());
     }
 }
