@@ -107,6 +107,30 @@ pub fn read_bounded(path: &Path, limit: u64, links: Links) -> io::Result<Vec<u8>
     Ok(bytes)
 }
 
+/// Swaps what two paths name in one step (`renameat2` with `RENAME_EXCHANGE`): a reader of either
+/// path sees the old or the new, and a kill leaves both. Both must exist, on one filesystem.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(a.as_os_str().as_bytes())?;
+    let b = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both are NUL-terminated strings that outlive the call; AT_FDCWD resolves them as
+    // `rename` would.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    match done {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +180,22 @@ mod tests {
         std::fs::create_dir(&temp).unwrap();
         assert!(write_file(&path, b"new", 0o600).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+    }
+
+    #[test]
+    fn exchange_swaps_two_directories_and_refuses_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("seed"), dir.path().join(".seed.tmp-1"));
+        for (path, mark) in [(&old, "old"), (&new, "new")] {
+            std::fs::create_dir(path).unwrap();
+            std::fs::write(path.join("mark"), mark).unwrap();
+        }
+        exchange(&new, &old).unwrap();
+        assert_eq!(std::fs::read_to_string(old.join("mark")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(new.join("mark")).unwrap(), "old");
+        let missing = dir.path().join("missing");
+        let refused = exchange(&missing, &old).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::NotFound);
+        assert_eq!(std::fs::read_to_string(old.join("mark")).unwrap(), "new");
     }
 }

@@ -47,8 +47,15 @@ pub enum Error {
     Status(#[from] StatusError),
     #[error("failed to answer the lifecycle hook")]
     Lifecycle(#[from] LifecycleError),
-    #[error("another bootagent boot holds {path} (waited {waited}); it is still running or hung")]
-    Locked { path: String, waited: String },
+    #[error(
+        "another bootagent {holder} holds {path} (waited {waited}); it is still running or hung"
+    )]
+    Locked {
+        /// What takes the lock: `boot` (also refresh and deploy) or `prepare`.
+        holder: &'static str,
+        path: String,
+        waited: String,
+    },
     #[error("{0}")]
     Usage(String),
     #[error("the environments' secrets define different variables")]
@@ -282,6 +289,7 @@ mod tests {
         };
         assert_eq!(retryable(deadline.exit_code()), Some(true));
         let locked = Error::Locked {
+            holder: "boot",
             path: "/run/bootagent/boot.lock".into(),
             waited: "1s".into(),
         };

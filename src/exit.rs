@@ -20,7 +20,8 @@ pub const GIT: u8 = 7;
 pub const SERVICE: u8 = 8;
 /// A local file system problem: run dir not on tmpfs, disk full, permissions.
 pub const LOCAL: u8 = 9;
-/// Another `bootagent boot` held the lock for longer than the boot deadline.
+/// Another `bootagent boot` held the lock for longer than the boot deadline (or another
+/// `bootagent prepare` the seed's, for longer than `git.deadline`).
 pub const LOCKED: u8 = 10;
 /// `env diff`: the environments define different variables.
 pub const DIFFERENT: u8 = 11;

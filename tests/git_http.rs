@@ -539,3 +539,62 @@ fn prepare_over_http_keeps_its_token_to_the_request() {
     instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
     instance.assert_left_nowhere(&setup.token, &boot);
 }
+
+/// An image build that runs prepare twice over the same state dir (two provisioners, a retry
+/// beside a straggler): the second waits for the first, rather than clearing its half-made seed
+/// as a leftover, and one whole seed is left that a first boot starts from.
+#[test]
+fn two_prepares_at_once_take_turns_and_leave_one_whole_seed() {
+    support::needs_world!();
+    // Each request answered late: the first prepare is still fetching when the second starts.
+    let setup = setup_serving("http", |_, token| {
+        GitHttp::start_slow("deploy", token, std::time::Duration::from_millis(700))
+    });
+    let instance = Instance::exec_mode(&setup.with_token());
+    let build = tempfile::tempdir().unwrap();
+    let token_file = build.path().join("git-token");
+    std::fs::write(&token_file, &setup.token).unwrap();
+    let repository = setup.server.repo_url(&setup.name);
+    let args = [
+        "prepare",
+        "--repository",
+        &repository,
+        "--env",
+        "prod",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let first = (instance.command(&setup.imds(), &args))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = instance.root.path().join("state");
+    let staging = || {
+        std::fs::read_dir(&state)
+            .into_iter()
+            .flatten()
+            .any(|entry| (entry.unwrap().file_name().to_string_lossy()).starts_with(".seed.tmp-"))
+    };
+    let started = std::time::Instant::now();
+    while !staging() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the first prepare never staged a seed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = instance.run(&setup.imds(), &args);
+    let first = Run(first.wait_with_output().unwrap());
+    first.expect(0);
+    second
+        .expect(0)
+        .stderr_has("another prepare is running, waiting for it");
+    let beside: Vec<_> = (std::fs::read_dir(&state).unwrap())
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".seed"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+    instance.run(&setup.imds(), &["boot"]).expect(0);
+    assert!(instance.status()["git"]["seed"].is_string());
+}

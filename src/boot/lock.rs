@@ -15,8 +15,9 @@ use crate::Error;
 const LOCK_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// One boot at a time: cloud-init and the boot unit may both start one. Waits for the other to
-/// finish, up to `wait`.
-pub async fn lock(path: &Path, wait: Duration) -> Result<Flock<File>, Error> {
+/// finish, up to `wait`. `holder` names what takes the lock, for the message when it is held
+/// elsewhere: `boot` or `prepare`.
+pub async fn lock(path: &Path, wait: Duration, holder: &'static str) -> Result<Flock<File>, Error> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -36,7 +37,7 @@ pub async fn lock(path: &Path, wait: Duration) -> Result<Flock<File>, Error> {
             Ok(lock) => Look::Ready(lock),
             Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
                 if looks == 1 {
-                    tracing::info!(lock = %path.display(), "another boot is running, waiting for it");
+                    tracing::info!(lock = %path.display(), "another {holder} is running, waiting for it");
                 }
                 unlocked = Some(returned);
                 Look::Pending(())
@@ -52,6 +53,7 @@ pub async fn lock(path: &Path, wait: Duration) -> Result<Flock<File>, Error> {
     locked.map_err(|unready| match unready {
         Unready::Failed(e) => e,
         Unready::TimedOut(()) => Error::Locked {
+            holder,
             path: path.display().to_string(),
             waited: humantime::format_duration(wait).to_string(),
         },

@@ -8,7 +8,7 @@ mod gate;
 mod hooks;
 mod launch_hook;
 pub(crate) mod lifecycle;
-mod lock;
+pub(crate) mod lock;
 mod recorder;
 pub(crate) mod refresh;
 mod secrets_step;
@@ -51,7 +51,7 @@ pub async fn boot(config: &Config, run: Run) -> Result<Option<Kept>, Error> {
     std::fs::create_dir_all(run_dir)
         .map_err(|e| Error::io(format!("failed to create {}", run_dir.display()), e))?;
     envfile::check_memory_backed(run_dir, config.paths.allow_persistent_env_file)?;
-    let _lock = lock::lock(&config.paths.lock_file(), config.boot.deadline).await?;
+    let _lock = lock::lock(&config.paths.lock_file(), config.boot.deadline, "boot").await?;
     // A drain is final: `lifecycle watch` stops the unit under this lock, after which nothing
     // may start it again.
     refuse_if_draining(&config.paths)?;
@@ -667,7 +667,7 @@ pub async fn lock(
     paths: &crate::config::PathsConfig,
     wait: Duration,
 ) -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
-    lock::lock(&paths.lock_file(), wait).await
+    lock::lock(&paths.lock_file(), wait, "boot").await
 }
 
 /// A boot, refresh or deploy while the instance drains changes nothing.

@@ -119,7 +119,14 @@ impl PrepareArgs {
         let depth = fetch_depth(&remote, config.git.depth, config.git.allow_rewind);
         let limits = git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
         let dir = config.paths.seed_dir();
+        let state_dir = &config.paths.state_dir;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| Error::io(format!("failed to create {}", state_dir.display()), e))?;
         let record = super::runtime()?.block_on(async {
+            // Another prepare of the same state dir would clear this one's staging as a leftover
+            // and swap its own seed in at the same moment: the second waits for the first.
+            let lock_path = config.paths.seed_lock();
+            let _lock = crate::boot::lock::lock(&lock_path, config.git.deadline, "prepare").await?;
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || {
                 seed::prepare(&remote, &references, depth, &credentials, &limits, &dir)

@@ -240,6 +240,11 @@ impl PathsConfig {
         self.state_dir.join("seed")
     }
 
+    /// Held by `bootagent prepare` while it makes and swaps in a seed: one at a time.
+    pub fn seed_lock(&self) -> PathBuf {
+        self.state_dir.join("seed.lock")
+    }
+
     /// The service's secret variables as credentials, one file each (`secrets.deliver`).
     pub fn credentials_dir(&self, service: &str) -> PathBuf {
         self.run_dir.join("credentials").join(service)

@@ -91,8 +91,6 @@ const RECORD: &str = "seed.json";
 const MAX_RECORD: u64 = 1 << 20;
 /// A seed being made, beside the one in place: `.seed.tmp-PID`.
 const STAGING: &str = ".seed.tmp-";
-/// The seed a new one replaces, until it is removed: `.seed.old-PID`.
-const SET_ASIDE: &str = ".seed.old-";
 /// Where the seed's commits are kept, in the seed and in a repository it was planted in.
 const SEED_REFS: &str = "refs/bootagent/seed";
 
@@ -138,12 +136,15 @@ pub fn prepare(
     };
     let staged = staging.as_path();
     let io = |action| move |e: std::io::Error| local(action, staged)(e.to_string());
-    let old = parent.join(format!("{SET_ASIDE}{}", std::process::id()));
+    // One step, so that no moment is left without a seed: after the exchange the staging path
+    // holds the seed before, which goes; a kill before that leaves a leftover the next prepare
+    // clears.
     if seed.exists() {
-        std::fs::rename(seed, &old).map_err(io("move the old seed aside"))?;
+        crate::atomic::exchange(&staging, seed).map_err(io("swap the new seed in"))?;
+        let _ = std::fs::remove_dir_all(&staging);
+    } else {
+        std::fs::rename(&staging, seed).map_err(io("move the seed into place"))?;
     }
-    std::fs::rename(&staging, seed).map_err(io("move the seed into place"))?;
-    let _ = std::fs::remove_dir_all(&old);
     Ok(record)
 }
 
@@ -155,7 +156,7 @@ fn remove_leftovers(parent: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(STAGING) || name.starts_with(SET_ASIDE) {
+        if name.starts_with(STAGING) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
