@@ -114,10 +114,12 @@ pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let a = CString::new(a.as_os_str().as_bytes())?;
     let b = CString::new(b.as_os_str().as_bytes())?;
+    // The system call itself: the musl the static binary is linked with has no wrapper for it.
     // SAFETY: both are NUL-terminated strings that outlive the call; AT_FDCWD resolves them as
     // `rename` would.
     let done = unsafe {
-        libc::renameat2(
+        libc::syscall(
+            libc::SYS_renameat2,
             libc::AT_FDCWD,
             a.as_ptr(),
             libc::AT_FDCWD,
