@@ -117,7 +117,6 @@ impl PrepareArgs {
         let mut none = Default::default();
         let credentials = git::Credentials::new(&settings, &config.paths, &mut none)?;
         let depth = fetch_depth(&remote, config.git.depth, config.git.allow_rewind);
-        let limits = git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
         let dir = config.paths.seed_dir();
         let state_dir = &config.paths.state_dir;
         std::fs::create_dir_all(state_dir)
@@ -127,6 +126,9 @@ impl PrepareArgs {
             // and swap its own seed in at the same moment: the second waits for the first.
             let lock_path = config.paths.seed_lock();
             let _lock = crate::boot::lock::lock(&lock_path, config.git.deadline, "prepare").await?;
+            // The fetch's own time starts once the lock is held: the wait is not part of it.
+            let limits =
+                git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || {
                 seed::prepare(&remote, &references, depth, &credentials, &limits, &dir)

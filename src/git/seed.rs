@@ -139,12 +139,13 @@ pub fn prepare(
     // One step, so that no moment is left without a seed: after the exchange the staging path
     // holds the seed before, which goes; a kill before that leaves a leftover the next prepare
     // clears.
-    if seed.exists() {
-        crate::atomic::exchange(&staging, seed).map_err(io("swap the new seed in"))?;
-        let _ = std::fs::remove_dir_all(&staging);
-    } else {
-        std::fs::rename(&staging, seed).map_err(io("move the seed into place"))?;
-    }
+    let swapped = match seed.exists() {
+        true => crate::atomic::exchange(&staging, seed).map_err(io("swap the new seed in")),
+        false => std::fs::rename(&staging, seed).map_err(io("move the seed into place")),
+    };
+    // After an exchange the staging path holds the seed before; after a failure, the new one.
+    let _ = std::fs::remove_dir_all(&staging);
+    swapped?;
     Ok(record)
 }
 

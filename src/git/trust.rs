@@ -34,10 +34,8 @@ pub(super) fn check(
             Signed::Commit => {
                 let object = format!("commit {commit}");
                 match commit_signature(repo, commit) {
-                    Ok(Some((signature, payload))) => (object, signature, payload),
-                    Ok(None) => {
-                        return Err(unverified(trust, commit, object, "it is not signed".into()))
-                    }
+                    Ok(Ok((signature, payload))) => (object, signature, payload),
+                    Ok(Err(why)) => return Err(unverified(trust, commit, object, why)),
                     Err(e) => {
                         return Err(GitError::Local {
                             action: "read the commit to verify",
@@ -114,22 +112,25 @@ fn unverified(trust: &Trust, commit: Oid, object: String, reason: String) -> Git
 /// A signature and the bytes it signs.
 type SignatureAndPayload = (Vec<u8>, Vec<u8>);
 
-/// The commit's signature and what it signs; `None` when it carries none. An error is a commit
-/// that cannot be read (missing, damaged), which says nothing about its signature: told as
-/// "not signed", a damaged repository would pass for an attack.
+/// The commit's signature and what it signs: `Ok(Err(why))` when it carries none that can be
+/// read, which refuses it. `Err` is only a commit whose object cannot be read (missing,
+/// damaged), which says nothing about its signature: told as "not signed", a damaged repository
+/// would pass for an attack. Whatever the object's content does to libgit2's parser (a
+/// malformed header a remote can push) is the remote's doing, and refuses the commit.
 fn commit_signature(
     repo: &Repository,
     commit: Oid,
-) -> Result<Option<SignatureAndPayload>, git2::Error> {
-    match repo.extract_signature(&commit, None) {
-        Ok((signature, payload)) => Ok(Some((signature.to_vec(), payload.to_vec()))),
+) -> Result<Result<SignatureAndPayload, String>, git2::Error> {
+    repo.odb()?.read(commit)?;
+    Ok(match repo.extract_signature(&commit, None) {
+        Ok((signature, payload)) => Ok((signature.to_vec(), payload.to_vec())),
         Err(e)
             if e.code() == git2::ErrorCode::NotFound && e.class() == git2::ErrorClass::Object =>
         {
-            Ok(None)
+            Err("it is not signed".into())
         }
-        Err(e) => Err(e),
-    }
+        Err(e) => Err(format!("its signature cannot be read ({})", e.message())),
+    })
 }
 
 /// What a ref names, read from this side's object database.
@@ -523,13 +524,23 @@ mod tests {
         let tree = repo.find_tree(tree).unwrap();
         let who = git2::Signature::now("t", "t@example.invalid").unwrap();
         let plain = repo.commit(None, &who, &who, "plain", &tree, &[]).unwrap();
-        assert!(commit_signature(&repo, plain).unwrap().is_none());
+        assert_eq!(
+            commit_signature(&repo, plain).unwrap().unwrap_err(),
+            "it is not signed"
+        );
         let content = repo
             .commit_create_buffer(&who, &who, "signed", &tree, &[])
             .unwrap();
         let content = content.as_str().unwrap();
         let signed = repo.commit_signed(content, "SIGNATURE", None).unwrap();
         let (signature, payload) = commit_signature(&repo, signed).unwrap().unwrap();
+        // A message ending in a header-like `gpgsig` line: git takes the commit, libgit2's
+        // signature parser fails on it. The remote's content refuses, never a local error.
+        let forged = repo
+            .commit(None, &who, &who, "ok\n\ngpgsig a\n b", &tree, &[])
+            .unwrap();
+        let refused = commit_signature(&repo, forged).unwrap().unwrap_err();
+        assert!(refused.contains("cannot be read"), "{refused}");
         assert_eq!(signature, b"SIGNATURE");
         assert_eq!(payload, content.as_bytes());
         let missing = Oid::from_str("0123456789012345678901234567890123456789").unwrap();
