@@ -8,7 +8,7 @@ mod gate;
 mod hooks;
 mod launch_hook;
 pub(crate) mod lifecycle;
-pub(crate) mod lock;
+mod lock;
 mod recorder;
 pub(crate) mod refresh;
 mod secrets_step;
@@ -668,6 +668,14 @@ pub async fn lock(
     wait: Duration,
 ) -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
     lock::lock(&paths.lock_file(), wait, "boot").await
+}
+
+/// The seed's lock: one `bootagent prepare` at a time per state dir.
+pub async fn seed_lock(
+    paths: &crate::config::PathsConfig,
+    wait: Duration,
+) -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
+    lock::lock(&paths.seed_lock(), wait, "prepare").await
 }
 
 /// A boot, refresh or deploy while the instance drains changes nothing.

@@ -124,8 +124,7 @@ impl PrepareArgs {
         let record = super::runtime()?.block_on(async {
             // Another prepare of the same state dir would clear this one's staging as a leftover
             // and swap its own seed in at the same moment: the second waits for the first.
-            let lock_path = config.paths.seed_lock();
-            let _lock = crate::boot::lock::lock(&lock_path, config.git.deadline, "prepare").await?;
+            let _lock = crate::boot::seed_lock(&config.paths, config.git.deadline).await?;
             // The fetch's own time starts once the lock is held: the wait is not part of it.
             let limits =
                 git::Limits::new(config.git.deadline, "git.deadline", git::Cancel::default());

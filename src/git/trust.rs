@@ -534,6 +534,8 @@ mod tests {
         let content = content.as_str().unwrap();
         let signed = repo.commit_signed(content, "SIGNATURE", None).unwrap();
         let (signature, payload) = commit_signature(&repo, signed).unwrap().unwrap();
+        assert_eq!(signature, b"SIGNATURE");
+        assert_eq!(payload, content.as_bytes());
         // A message ending in a header-like `gpgsig` line: git takes the commit, libgit2's
         // signature parser fails on it. The remote's content refuses, never a local error.
         let forged = repo
@@ -541,8 +543,6 @@ mod tests {
             .unwrap();
         let refused = commit_signature(&repo, forged).unwrap().unwrap_err();
         assert!(refused.contains("cannot be read"), "{refused}");
-        assert_eq!(signature, b"SIGNATURE");
-        assert_eq!(payload, content.as_bytes());
         let missing = Oid::from_str("0123456789012345678901234567890123456789").unwrap();
         assert!(commit_signature(&repo, missing).is_err());
     }
