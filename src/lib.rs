@@ -4,6 +4,7 @@
 mod atomic;
 pub mod aws;
 mod boot;
+mod ca;
 pub mod cli;
 pub mod config;
 pub mod crash;

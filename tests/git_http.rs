@@ -48,6 +48,22 @@ impl Setup {
         Imds::for_service(&self.name, "prod", &self.server.repo_url(&self.name))
     }
 
+    /// `bootagent prepare` of prod as an image build runs it: the token from a file, and the
+    /// environment variables `env` beside.
+    fn prepare(&self, instance: &Instance, token: &str, env: &[(&str, &str)]) -> Run {
+        let build = tempfile::tempdir().unwrap();
+        let token_file = build.path().join("git-token");
+        std::fs::write(&token_file, token).unwrap();
+        let repository = self.server.repo_url(&self.name);
+        let token_file = token_file.to_str().unwrap();
+        let args = ["prepare", "--repository", &repository, "--env", "prod"];
+        instance.run_with(
+            &self.imds(),
+            &[&args[..], &["--token-file", token_file]].concat(),
+            env,
+        )
+    }
+
     /// The repository's URL with `user:password` in it, and the instance whose tag names it.
     fn with_credentials_in_url(&self, user_password: &str) -> (String, Imds) {
         let url = (self.server.repo_url(&self.name)).replacen(
@@ -513,18 +529,7 @@ fn prepare_over_http_keeps_its_token_to_the_request() {
     support::needs_world!();
     let setup = setup();
     let instance = Instance::exec_mode(&setup.with_token());
-    let build = tempfile::tempdir().unwrap();
-    let token_file = build.path().join("git-token");
-    let prepare = |token: &str| {
-        std::fs::write(&token_file, token).unwrap();
-        let repository = setup.server.repo_url(&setup.name);
-        let token_file = token_file.to_str().unwrap();
-        let args = ["prepare", "--repository", &repository, "--env", "prod"];
-        instance.run(
-            &setup.imds(),
-            &[&args[..], &["--token-file", token_file]].concat(),
-        )
-    };
+    let prepare = |token: &str| setup.prepare(&instance, token, &[]);
     let wrong = canary();
     let refused = prepare(&wrong);
     refused.expect(7);
@@ -538,6 +543,27 @@ fn prepare_over_http_keeps_its_token_to_the_request() {
     assert!(instance.status()["git"]["seed"].is_string());
     instance.assert_runs_without(&setup.name, &setup.repo.commits["prod"], "GIT_TOKEN");
     instance.assert_left_nowhere(&setup.token, &boot);
+}
+
+/// An image build may have no CA store yet: a plain http:// remote needs none, so prepare must
+/// not fail setting up TLS it will not use.
+#[test]
+fn prepare_over_plain_http_needs_no_ca_store() {
+    support::needs_world!();
+    let setup = setup();
+    let instance = Instance::exec_mode(&setup.with_token());
+    let no_ca_store = [
+        ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+        ("SSL_CERT_DIR", "/nonexistent"),
+    ];
+    let prepared = setup.prepare(&instance, &setup.token, &no_ca_store);
+    prepared.expect(0);
+    let commit = &setup.repo.commits["prod"];
+    assert!(
+        prepared.stdout().contains(commit.as_str()),
+        "{}",
+        prepared.stdout()
+    );
 }
 
 /// An image build that runs prepare twice over the same state dir (two provisioners, a retry

@@ -25,6 +25,15 @@ fn seed_pack(instance: &Instance) -> PathBuf {
         .unwrap()
 }
 
+/// What a prepare left beside the seed: a staging copy, or the seed it replaced.
+fn beside_seed(instance: &Instance) -> Vec<String> {
+    std::fs::read_dir(seed_dir(instance).parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".seed"))
+        .collect()
+}
+
 fn received_bytes(instance: &Instance) -> u64 {
     instance.status()["git"]["received_bytes"].as_u64().unwrap()
 }
@@ -279,13 +288,47 @@ fn a_prepare_that_fails_leaves_the_seed_in_place_and_nothing_beside_it() {
         std::fs::read(seed_dir(&instance).join("seed.json")).unwrap(),
         record
     );
-    let state = seed_dir(&instance).parent().unwrap().to_path_buf();
-    let beside: Vec<_> = std::fs::read_dir(&state)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(".seed"))
-        .collect();
+    let beside = beside_seed(&instance);
     assert!(beside.is_empty(), "{beside:?}");
+}
+
+/// Whatever an image build left at the seed's path, a link (dangling or not) or a file, prepare
+/// replaces with the seed, and never touches what a link named.
+#[test]
+fn prepare_replaces_a_link_or_a_file_at_the_seed_path_and_follows_neither() {
+    support::needs_world!();
+    let (name, repo, imds) = small_service("seed", "prod");
+    let instance = Instance::exec_mode("");
+    let seed = seed_dir(&instance);
+    std::fs::create_dir_all(seed.parent().unwrap()).unwrap();
+    let elsewhere = instance.root.path().join("elsewhere");
+    let kept = elsewhere.join("kept");
+    let plant: [(&str, &dyn Fn()); 3] = [
+        ("a dangling link", &|| {
+            std::os::unix::fs::symlink(&elsewhere, &seed).unwrap();
+        }),
+        ("a file", &|| std::fs::write(&seed, "not a seed").unwrap()),
+        ("a link to a directory", &|| {
+            std::fs::create_dir_all(&elsewhere).unwrap();
+            std::fs::write(&kept, "untouched").unwrap();
+            std::os::unix::fs::symlink(&elsewhere, &seed).unwrap();
+        }),
+    ];
+    for (what, plant) in plant {
+        if seed.symlink_metadata().is_ok_and(|found| found.is_dir()) {
+            std::fs::remove_dir_all(&seed).unwrap();
+        }
+        plant();
+        let prepared = prepare(&instance, &imds, &repo.url, "prod");
+        assert_eq!(prepared.code(), 0, "with {what}: {}", prepared.stderr());
+        assert!(seed.symlink_metadata().unwrap().is_dir(), "with {what}");
+        let beside = beside_seed(&instance);
+        assert!(beside.is_empty(), "with {what}: {beside:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "untouched");
+    instance.run(&imds, &["boot"]).expect(0);
+    assert_eq!(instance.running_commit(&name), repo.commits["prod"]);
+    assert!(instance.status()["git"]["seed"].is_string());
 }
 
 #[test]

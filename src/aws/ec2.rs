@@ -71,7 +71,7 @@ pub async fn instance_tags(
         "Action=DescribeTags&Version={API_VERSION}&Filter.1.Name=resource-id\
          &Filter.1.Value.1={instance_id}&MaxResults=1000"
     );
-    let client = reqwest::Client::builder()
+    let client = crate::ca::https_client()
         .connect_timeout(Duration::from_secs(3))
         .timeout(CALL_TIMEOUT)
         .user_agent(concat!("bootagent/", env!("CARGO_PKG_VERSION")))

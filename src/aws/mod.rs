@@ -58,15 +58,11 @@ pub async fn load(region: &str, timeout: Duration) -> Result<SdkConfig, NoTrustR
 /// The SDK trusts the system's CA store; without one every HTTPS call fails with a certificate
 /// error that does not say why. Say why.
 fn check_trust_roots() -> Result<(), NoTrustRoots> {
-    let found = rustls_native_certs::load_native_certs();
-    if found.certs.is_empty() {
-        let detail = found
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(NoTrustRoots { detail });
+    let roots = crate::ca::roots();
+    if roots.certs.is_empty() {
+        return Err(NoTrustRoots {
+            detail: roots.errors.join("; "),
+        });
     }
     Ok(())
 }

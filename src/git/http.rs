@@ -19,7 +19,7 @@ use super::session::{lock, Failure, Session};
 use crate::retry;
 
 fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+    crate::ca::https_client()
         // A redirect is followed only within the configured origin (scheme, host and port): a
         // remote may move a repository, never send the fetch to a host nobody configured or
         // down to plain http.

@@ -139,12 +139,15 @@ pub fn prepare(
     // One step, so that no moment is left without a seed: after the exchange the staging path
     // holds the seed before, which goes; a kill before that leaves a leftover the next prepare
     // clears.
-    let swapped = match seed.exists() {
-        true => crate::atomic::exchange(&staging, seed).map_err(io("swap the new seed in")),
-        false => std::fs::rename(&staging, seed).map_err(io("move the seed into place")),
+    // Whatever is at the seed's path is swapped out, itself and not what it may point to: a
+    // symlink, dangling or not, or a file in a directory's place (rename would refuse those).
+    let swapped = match seed.symlink_metadata() {
+        Ok(_) => crate::atomic::exchange(&staging, seed).map_err(io("swap the new seed in")),
+        Err(_) => std::fs::rename(&staging, seed).map_err(io("move the seed into place")),
     };
-    // After an exchange the staging path holds the seed before; after a failure, the new one.
-    let _ = std::fs::remove_dir_all(&staging);
+    // After an exchange the staging path holds what was at the seed's path; after a failure,
+    // the new seed.
+    remove(&staging);
     swapped?;
     Ok(record)
 }
@@ -158,9 +161,17 @@ fn remove_leftovers(parent: &Path) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with(STAGING) {
-            let _ = std::fs::remove_dir_all(entry.path());
+            remove(&entry.path());
         }
     }
+}
+
+/// Removes what is at `path`, a directory tree or anything else, never what a symlink names.
+fn remove(path: &Path) {
+    let _ = match path.symlink_metadata() {
+        Ok(found) if found.is_dir() => std::fs::remove_dir_all(path),
+        _ => std::fs::remove_file(path),
+    };
 }
 
 fn local(action: &'static str, dir: &Path) -> impl FnOnce(String) -> GitError {
