@@ -392,3 +392,48 @@ fn a_remote_down_and_a_mirror_up_deploys_from_the_mirror_and_says_so() {
     instance.run(&imds, &["boot"]).expect(0);
     assert!(instance.status()["git"].get("mirror").is_none());
 }
+
+/// A git config left in the image (root's `~/.gitconfig`, as a developer's `git config --global`
+/// leaves it) changes nothing bootagent deploys: no line endings converted (`core.autocrlf`; it
+/// did), no template copied into the repository (`init.templateDir`; it was), and no other
+/// repository fetched (`url.*.insteadOf`; bootagent's transports connect to the plan's remote).
+#[test]
+fn the_machines_git_config_changes_nothing_bootagent_deploys() {
+    support::needs_world!();
+    let (name, repo, imds) = small_service("gitconfig", "test");
+    let (_, elsewhere, _) = small_service("gitconfig-elsewhere", "test");
+    let home = tempfile::tempdir().unwrap();
+    let templates = home.path().join("templates");
+    std::fs::create_dir_all(templates.join("hooks")).unwrap();
+    std::fs::write(templates.join("hooks/post-checkout"), "#!/bin/sh\n").unwrap();
+    std::fs::write(
+        home.path().join(".gitconfig"),
+        format!(
+            "[url \"{}\"]\n\tinsteadOf = {}\n[core]\n\tautocrlf = true\n[init]\n\ttemplateDir = {}\n",
+            elsewhere.url,
+            repo.url,
+            templates.display()
+        ),
+    )
+    .unwrap();
+    let instance = Instance::exec_mode("");
+    let home = home.path().to_str().unwrap();
+    instance
+        .run_with(
+            &imds,
+            &["boot"],
+            &[("HOME", home), ("XDG_CONFIG_HOME", home)],
+        )
+        .expect(0);
+    let commit = &repo.commits["test"];
+    assert_eq!(&instance.running_commit(&name), commit);
+    let reference = tempfile::tempdir().unwrap();
+    repo.extract(commit, reference.path());
+    assert!(same_tree(&instance.checkout(&name), reference.path()));
+    let copied = instance.repository(&name).join("hooks/post-checkout");
+    assert!(
+        !copied.exists(),
+        "{} was copied from init.templateDir",
+        copied.display()
+    );
+}

@@ -25,3 +25,15 @@ pub use releases::{prune, release_dir, switch, Layout};
 pub use session::{Cancel, Limits};
 pub use sync::{sync, Action, Avoid, Checkout, Owner};
 pub use transport::init;
+
+/// A new bare repository at `path` from libgit2's own minimal template alone: the machine's git
+/// templates (`init.templateDir`, /usr/share/git-core/templates) would copy sample hooks and
+/// whatever else an image holds into every repository bootagent makes.
+fn init_bare(path: &std::path::Path) -> Result<git2::Repository, git2::Error> {
+    git2::Repository::init_opts(
+        path,
+        git2::RepositoryInitOptions::new()
+            .bare(true)
+            .external_template(false),
+    )
+}

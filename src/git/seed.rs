@@ -193,7 +193,7 @@ fn take(
     staging: &Path,
 ) -> Result<Record, GitError> {
     let session = credentials.session(remote, limits)?;
-    let repo = Repository::init_bare(repository(staging))
+    let repo = super::init_bare(&repository(staging))
         .map_err(|e| local("create the seed repository", staging)(e.message().to_string()))?;
     let mut anonymous = repo
         .remote_anonymous(remote.url())

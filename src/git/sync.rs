@@ -325,7 +325,7 @@ fn fetch_target(
             message: e.message().to_string(),
         }
     };
-    let init = || Repository::init_bare(&layout.repo).map_err(local("create the repository"));
+    let init = || super::init_bare(&layout.repo).map_err(local("create the repository"));
     let (mut repo, fresh) = match Repository::open_bare(&layout.repo) {
         Ok(repo) => (repo, false),
         Err(_) => {

@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use git2::transport::Transport;
+use git2::ConfigLevel;
 
 use super::session::active;
 use super::{daemon, http, ssh};
@@ -57,6 +58,19 @@ pub unsafe fn init(timeout: Duration) -> Result<(), git2::Error> {
     // Neither call can fail: libgit2 only stores the value.
     let _ = git2::opts::set_server_connect_timeout_in_milliseconds(millis);
     let _ = git2::opts::set_server_timeout_in_milliseconds(millis);
-    // SAFETY: the caller guarantees no other thread uses libgit2 yet.
+    // What a git config on the machine says (/etc/gitconfig, ~/.gitconfig, $XDG_CONFIG_HOME/git,
+    // and the attributes files beside them) must not change what is deployed: core.autocrlf
+    // rewrote the release's line endings, init.templateDir copied hooks into the repository.
+    // bootagent's git settings are its own config's alone.
+    for level in [
+        ConfigLevel::System,
+        ConfigLevel::XDG,
+        ConfigLevel::Global,
+        ConfigLevel::ProgramData,
+    ] {
+        // SAFETY: the caller guarantees no other thread uses libgit2 yet.
+        unsafe { git2::opts::set_search_path(level, "") }?;
+    }
+    // SAFETY: as above.
     unsafe { register() }
 }
