@@ -34,6 +34,12 @@ pub fn roots() -> &'static Roots {
     })
 }
 
+/// Why no certificate was found, when [`roots`] holds none: what was read and failed.
+pub fn none_found() -> Option<String> {
+    let roots = roots();
+    roots.certs.is_empty().then(|| roots.errors.join("; "))
+}
+
 /// A reqwest client builder that trusts [`roots`] and nothing else (reqwest would otherwise read
 /// the CA store again for every client).
 pub fn https_client() -> reqwest::ClientBuilder {

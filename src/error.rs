@@ -182,7 +182,6 @@ impl Error {
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
             Error::RolledBack { .. } | Error::SecretsRolledBack { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } | Error::Gate { .. } => exit::SERVICE,
-            Error::Git(GitError::Local { .. }) => exit::LOCAL,
             Error::Git(_) => exit::GIT,
             Error::Service(_) | Error::Hook(_) => exit::SERVICE,
             Error::Lifecycle(LifecycleError::NoTrustRoots(_)) => exit::LOCAL,
@@ -269,23 +268,6 @@ mod tests {
             name: "nginx".into(),
         };
         assert_eq!(Error::from(unknown).exit_code(), exit::LOCAL);
-    }
-
-    /// The README's row 9 ("disk full, permissions") holds for the checkout and `prepare` too:
-    /// what git could not write is not a git failure an operator fixes at the remote.
-    #[test]
-    fn what_git_cannot_write_locally_is_a_local_problem() {
-        let local = GitError::Local {
-            action: "move the seed into place",
-            dir: "/var/lib/bootagent/seed.staging.1".into(),
-            message: "No space left on device (os error 28)".into(),
-        };
-        assert_eq!(Error::from(local).exit_code(), exit::LOCAL);
-        let missing = GitError::Unusable {
-            url: "https://git.example.com/app.git".into(),
-            message: "no such branch".into(),
-        };
-        assert_eq!(Error::from(missing).exit_code(), exit::GIT);
     }
 
     #[test]

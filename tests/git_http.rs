@@ -260,6 +260,24 @@ fn https_with_a_trusted_private_ca_checks_out_with_the_token() {
     instance.assert_left_nowhere(&setup.token, &run);
 }
 
+/// With no CA store at all, an https:// remote is not blamed for a certificate nobody could
+/// have verified: the message names the missing store and its fix.
+#[test]
+fn an_https_remote_without_a_ca_store_names_the_missing_store() {
+    support::needs_world!();
+    let (setup, _ca) = setup_tls("127.0.0.1");
+    let instance = Instance::exec_mode(&setup.with_token());
+    let no_ca_store = [
+        ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+        ("SSL_CERT_DIR", "/nonexistent"),
+    ];
+    let run = setup.prepare(&instance, &setup.token, &no_ca_store);
+    run.expect(7)
+        .stderr_has("no CA certificates were found")
+        .stderr_has("ca-certificates");
+    assert!(!run.stderr().contains("does not trust"), "{}", run.stderr());
+}
+
 #[test]
 fn an_untrusted_certificate_is_refused_and_the_release_in_service_stays() {
     support::needs_world!();

@@ -314,6 +314,31 @@ fn a_file_url_checks_out_whole_and_follows_new_commits() {
     assert_eq!(instance.service_saw("version"), "stage build 2");
 }
 
+/// A local repository owned by another user is refused by libgit2's owner check, which no
+/// config bootagent reads can lift: the boot says so at once, not as an unreachable remote
+/// retried until its deadline.
+#[test]
+fn a_local_repository_another_user_owns_is_refused_at_once_with_the_fix() {
+    support::needs_world!();
+    let (name, repo, _) = small_service("file-owner", "stage");
+    let nobody = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(&repo.path)
+        .status()
+        .unwrap();
+    assert!(nobody.success());
+    let url = format!("file://{}", repo.path.display());
+    let imds = Imds::for_service(&name, "stage", &url);
+    let instance = Instance::exec_mode("");
+    let started = std::time::Instant::now();
+    instance
+        .run(&imds, &["boot"])
+        .expect(7)
+        .stderr_has("not owned by current user")
+        .stderr_has("make it that user's");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
 /// Boots `instance` against `remote` after a first boot from the real repository: the
 /// checkout must end at its deadline, keep the release in service and let the process exit.
 fn assert_drip_is_cut_off(remote: &DripRemote, config: &str, expected: &str) -> Run {

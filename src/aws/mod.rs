@@ -58,13 +58,10 @@ pub async fn load(region: &str, timeout: Duration) -> Result<SdkConfig, NoTrustR
 /// The SDK trusts the system's CA store; without one every HTTPS call fails with a certificate
 /// error that does not say why. Say why.
 fn check_trust_roots() -> Result<(), NoTrustRoots> {
-    let roots = crate::ca::roots();
-    if roots.certs.is_empty() {
-        return Err(NoTrustRoots {
-            detail: roots.errors.join("; "),
-        });
+    match crate::ca::none_found() {
+        Some(detail) => Err(NoTrustRoots { detail }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Cuts every answer an SDK client reads off past [`MAX_ANSWER_BYTES`]: the SDK reads a whole

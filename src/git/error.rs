@@ -191,6 +191,20 @@ pub(super) fn network_error(
             url: shown.to_string(),
             message,
         }
+    } else if error.code() == git2::ErrorCode::Owner
+        || (error.class() == git2::ErrorClass::Config
+            && error.message().contains("is not owned by current user"))
+    {
+        // libgit2's check of who owns a local repository (its local transport keeps the
+        // message but returns -1, not GIT_EOWNER): retrying cannot change the owner.
+        GitError::Unusable {
+            url: shown.to_string(),
+            message: format!(
+                "{message}; libgit2 opens a local repository only if the user bootagent runs \
+                 as owns it, and bootagent reads no git config (so no safe.directory): make it \
+                 that user's, or serve it over git://, ssh:// or https://"
+            ),
+        }
     } else {
         GitError::Unreachable {
             url: shown.to_string(),

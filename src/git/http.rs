@@ -147,6 +147,14 @@ impl HttpStream {
         let client = client_of(&self.session).map_err(Failure::Unreachable)?;
         let url = without_credentials(&self.endpoint)
             .ok_or_else(|| Failure::Unusable("the repository URL is not a valid URL".into()))?;
+        // Without a CA store every handshake fails as if the remote's certificate were at fault.
+        if let Some(why) = crate::ca::none_found().filter(|_| url.scheme() == "https") {
+            return Err(Failure::Unusable(format!(
+                "no CA certificates were found to verify the remote's certificate with ({why}); \
+                 install the ca-certificates package in the image, or point SSL_CERT_FILE at a \
+                 CA bundle"
+            )));
+        }
         let credentials = self.credentials()?;
         // Kept whole: a retry sends the same negotiation round.
         let body = std::mem::take(&mut self.request);
