@@ -125,6 +125,55 @@ fn one_shot_report_follows_boot_service_app_and_draining() {
     assert_eq!(booted.report().1["state"], "draining");
 }
 
+/// An https:// `health.app_url` is verified against the system's CA store: healthy when the
+/// store trusts the app's certificate (SSL_CERT_FILE names the test CA), not when it does not.
+/// The checker used to trust no CA at all, so an https:// app could never be healthy.
+#[test]
+fn an_https_app_url_is_verified_against_the_system_ca_store() {
+    support::needs_world!();
+    let ca = TestCa::issue_for("127.0.0.1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // `-www` answers every GET with 200 and a status page.
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(&ca.server_cert)
+        .arg("-key")
+        .arg(&ca.server_key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let booted = Booted::start("");
+    booted.instance.add_config(
+        "70-app.toml",
+        &format!("[health]\napp_url = \"https://127.0.0.1:{port}/\"\n"),
+    );
+    let trusting = [("SSL_CERT_FILE", ca.ca_cert.to_str().unwrap())];
+    let trusted = booted
+        .instance
+        .run_with(&booted.imds, &["health-report"], &trusting);
+    let untrusted = booted.instance.run(&booted.imds, &["health-report"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(trusted.code(), 0, "{}", trusted.stdout());
+    assert_eq!(untrusted.code(), 12, "{}", untrusted.stdout());
+    assert!(
+        untrusted.stdout().contains("app-unhealthy"),
+        "{}",
+        untrusted.stdout()
+    );
+}
+
 #[test]
 fn one_shot_report_sees_a_missing_boot_and_a_dead_service() {
     support::needs_world!();

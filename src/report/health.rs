@@ -94,11 +94,19 @@ pub struct Checker {
 
 impl Checker {
     pub fn new(settings: &HealthConfig, paths: &PathsConfig) -> Checker {
-        let http = crate::aws::imds::local_http_client()
-            .timeout(settings.app_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("a plain HTTP client builds");
+        // An https:// app URL is verified as any HTTPS peer is: against the system's CA store.
+        let https = settings
+            .app_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://"));
+        let http = match https {
+            true => crate::ca::https_client().no_proxy(),
+            false => crate::aws::imds::local_http_client(),
+        }
+        .timeout(settings.app_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a plain HTTP client builds");
         Checker {
             paths: paths.clone(),
             app_url: settings.app_url.clone(),
