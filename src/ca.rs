@@ -49,3 +49,23 @@ pub fn https_client() -> reqwest::ClientBuilder {
         }),
     )
 }
+
+/// The certificate error a TLS peer was refused with, found among `error`'s causes. An
+/// io::Error's source() skips the error it wraps (and the TLS stack's errors come wrapped in
+/// io::Errors), so those are opened too.
+pub fn refused_certificate<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    if let Some(tls @ rustls::Error::InvalidCertificate(_)) = error.downcast_ref::<rustls::Error>()
+    {
+        return Some(tls);
+    }
+    let wrapped = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    wrapped
+        .into_iter()
+        .chain(error.source())
+        .find_map(refused_certificate)
+}

@@ -179,6 +179,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Status(_)
             | Error::Deploys(_) => exit::LOCAL,
+            Error::Git(GitError::NoTrustRoots { .. }) => exit::LOCAL,
             Error::Git(e) if e.is_transient() => exit::TRANSIENT,
             Error::RolledBack { .. } | Error::SecretsRolledBack { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } | Error::Gate { .. } => exit::SERVICE,
@@ -268,6 +269,23 @@ mod tests {
             name: "nginx".into(),
         };
         assert_eq!(Error::from(unknown).exit_code(), exit::LOCAL);
+    }
+
+    /// What libgit2 could not do locally (a tree it refuses, a disk full under the checkout) is
+    /// a failed checkout; a machine with no CA certificates is a local problem, as for AWS.
+    #[test]
+    fn a_checkout_that_cannot_be_written_is_7_and_no_ca_store_is_9() {
+        let local = GitError::Local {
+            action: "check out the fetched commit",
+            dir: "/srv/app".into(),
+            message: "No space left on device".into(),
+        };
+        assert_eq!(Error::from(local).exit_code(), exit::GIT);
+        let no_roots = GitError::NoTrustRoots {
+            url: "https://git.example.com/app.git".into(),
+            detail: "No such file or directory".into(),
+        };
+        assert_eq!(Error::from(no_roots).exit_code(), exit::LOCAL);
     }
 
     #[test]

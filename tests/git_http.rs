@@ -272,7 +272,7 @@ fn an_https_remote_without_a_ca_store_names_the_missing_store() {
         ("SSL_CERT_DIR", "/nonexistent"),
     ];
     let run = setup.prepare(&instance, &setup.token, &no_ca_store);
-    run.expect(7)
+    run.expect(9)
         .stderr_has("no CA certificates were found")
         .stderr_has("ca-certificates");
     assert!(!run.stderr().contains("does not trust"), "{}", run.stderr());

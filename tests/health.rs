@@ -156,7 +156,8 @@ fn an_https_app_url_is_verified_against_the_system_ca_store() {
     let booted = Booted::start("");
     booted.instance.add_config(
         "70-app.toml",
-        &format!("[health]\napp_url = \"https://127.0.0.1:{port}/\"\n"),
+        // The scheme as an operator may write it: the URL parser reads it whatever its case.
+        &format!("[health]\napp_url = \"HTTPS://127.0.0.1:{port}/\"\n"),
     );
     let trusting = [("SSL_CERT_FILE", ca.ca_cert.to_str().unwrap())];
     let trusted = booted
@@ -169,6 +170,11 @@ fn an_https_app_url_is_verified_against_the_system_ca_store() {
     assert_eq!(untrusted.code(), 12, "{}", untrusted.stdout());
     assert!(
         untrusted.stdout().contains("app-unhealthy"),
+        "{}",
+        untrusted.stdout()
+    );
+    assert!(
+        untrusted.stdout().contains("does not trust"),
         "{}",
         untrusted.stdout()
     );

@@ -91,6 +91,11 @@ pub enum GitError {
     #[error("cannot fetch from git remote {url}: {message}")]
     Unusable { url: String, message: String },
     #[error(
+        "no CA certificates were found to verify git remote {url} with ({detail}); install the \
+         ca-certificates package in the image, or point SSL_CERT_FILE at a CA bundle"
+    )]
+    NoTrustRoots { url: String, detail: String },
+    #[error(
         "git remote {url} has no branch or tag {reference}; push it, or fix git.ref (or the \
          Environment tag)"
     )]
@@ -173,6 +178,7 @@ pub(super) fn network_error(
                 url: shown,
                 message,
             },
+            Failure::NoTrustRoots(detail) => GitError::NoTrustRoots { url: shown, detail },
         };
     }
     let message = error.message().replace(remote.url(), &shown);

@@ -149,11 +149,7 @@ impl HttpStream {
             .ok_or_else(|| Failure::Unusable("the repository URL is not a valid URL".into()))?;
         // Without a CA store every handshake fails as if the remote's certificate were at fault.
         if let Some(why) = crate::ca::none_found().filter(|_| url.scheme() == "https") {
-            return Err(Failure::Unusable(format!(
-                "no CA certificates were found to verify the remote's certificate with ({why}); \
-                 install the ca-certificates package in the image, or point SSL_CERT_FILE at a \
-                 CA bundle"
-            )));
+            return Err(Failure::NoTrustRoots(why));
         }
         let credentials = self.credentials()?;
         // Kept whole: a retry sends the same negotiation round.
@@ -479,29 +475,13 @@ impl Write for HttpStream {
 /// What went wrong with a request, told without its URL (which may hold credentials).
 fn classify(error: reqwest::Error, timeout: Duration) -> Failure {
     let error = error.without_url();
-    if let Some(tls @ rustls::Error::InvalidCertificate(_)) = find_tls_error(&error) {
+    if let Some(tls) = crate::ca::refused_certificate(&error) {
         return Failure::Certificate(tls.to_string());
     }
     if error.is_timeout() {
         return Failure::silent(timeout);
     }
     Failure::Unreachable(chain(&error))
-}
-
-/// The TLS error among `error`'s causes. An io::Error's source() skips the error it wraps (and
-/// the TLS stack's errors come wrapped in io::Errors), so those are opened too.
-fn find_tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-        return Some(tls);
-    }
-    let wrapped = error
-        .downcast_ref::<io::Error>()
-        .and_then(io::Error::get_ref)
-        .map(|inner| inner as &(dyn std::error::Error + 'static));
-    wrapped
-        .into_iter()
-        .chain(error.source())
-        .find_map(find_tls_error)
 }
 
 /// The error and its causes, as one line, without the URL.

@@ -88,6 +88,8 @@ pub enum Failure {
     Unreachable(String),
     /// Nothing to retry: the URL or this machine cannot work as configured (no ssh client).
     Unusable(String),
+    /// https:// with no CA certificate on this machine: why none was found.
+    NoTrustRoots(String),
 }
 
 impl Failure {
@@ -105,7 +107,8 @@ impl Failure {
             | Failure::Certificate(m)
             | Failure::Denied(m)
             | Failure::Unreachable(m)
-            | Failure::Unusable(m) => m,
+            | Failure::Unusable(m)
+            | Failure::NoTrustRoots(m) => m,
         }
     }
 }

@@ -98,7 +98,8 @@ impl Checker {
         let https = settings
             .app_url
             .as_deref()
-            .is_some_and(|url| url.starts_with("https://"));
+            .and_then(|url| reqwest::Url::parse(url).ok())
+            .is_some_and(|url| url.scheme() == "https");
         let http = match https {
             true => crate::ca::https_client().no_proxy(),
             false => crate::aws::imds::local_http_client(),
@@ -216,6 +217,12 @@ impl Checker {
             Err(e) if e.is_timeout() => Health::not(
                 State::AppUnhealthy,
                 "the app's health URL did not answer in time",
+            ),
+            Err(e) if crate::ca::refused_certificate(&e).is_some() => Health::not(
+                State::AppUnhealthy,
+                "the app's health URL presented a certificate this instance does not trust (for \
+                 another name, or from a CA not in the system's store as this process read it \
+                 when it started)",
             ),
             Err(_) => Health::not(
                 State::AppUnhealthy,
