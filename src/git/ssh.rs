@@ -17,10 +17,14 @@ use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream};
 use super::session::{fetch_program, lock, Failure, Options, Session};
 use crate::remote::SshAddress;
 
-/// What ssh printed, as a [`Failure`]: the last lines say why.
-fn classify(stderr: &str) -> Failure {
+/// What ssh printed, as a [`Failure`]: the last lines say why. ssh is given `timeout`
+/// (git.timeout) as its ConnectTimeout, which also bounds the banner exchange: when it fires
+/// first, the remote did not answer within git.timeout, as when bootagent's own wait does.
+fn classify(stderr: &str, timeout: Duration) -> Failure {
     let summary = summarize(stderr);
-    if stderr.contains("Host key verification failed") {
+    if stderr.contains("Connection timed out") {
+        Failure::silent(timeout)
+    } else if stderr.contains("Host key verification failed") {
         Failure::HostKey(summary)
     } else if stderr.contains("Permission denied") {
         Failure::Denied(summary)
@@ -234,7 +238,10 @@ impl SshStream {
             return None;
         }
         let said = self.stderr.take()?.join().unwrap_or_default();
-        Some(self.session.fail(classify(&said)))
+        Some(
+            self.session
+                .fail(classify(&said, self.session.options.timeout)),
+        )
     }
 }
 
@@ -294,6 +301,8 @@ mod tests {
         );
     }
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     #[test]
     fn ssh_failures_are_classified_and_summarized() {
         let changed = "@@@@@@@\n@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @\n@@@@@@@\n\
@@ -301,7 +310,7 @@ mod tests {
                        Host key for [127.0.0.1]:2299 has changed and you have requested strict \
                        checking.\nHost key verification failed.\n";
         assert_eq!(
-            classify(changed),
+            classify(changed, SECOND),
             Failure::HostKey(
                 "Host key for [127.0.0.1]:2299 has changed and you have requested strict \
                  checking. Host key verification failed"
@@ -309,13 +318,23 @@ mod tests {
             )
         );
         assert!(matches!(
-            classify("git@h: Permission denied (publickey).\n"),
+            classify("git@h: Permission denied (publickey).\n", SECOND),
             Failure::Denied(_)
         ));
         assert_eq!(
-            classify(""),
+            classify("", SECOND),
             Failure::Unreachable("ssh exited without saying why".into())
         );
+        // ssh's ConnectTimeout is git.timeout: its own timeout says what bootagent's would.
+        for timed_out in [
+            "Connection timed out during banner exchange\nConnection to 127.0.0.1 port 2299 timed out\n",
+            "ssh: connect to host 10.0.0.9 port 22: Connection timed out\n",
+        ] {
+            assert_eq!(
+                classify(timed_out, SECOND),
+                Failure::Unreachable("the remote did not answer within 1s (git.timeout)".into())
+            );
+        }
     }
 
     #[test]
