@@ -12,6 +12,12 @@ struct Setup {
     server: GitHttp,
 }
 
+/// A machine with no CA certificates at all: the paths rustls-native-certs reads, pointing nowhere.
+const NO_CA_STORE: [(&str, &str); 2] = [
+    ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
+    ("SSL_CERT_DIR", "/nonexistent"),
+];
+
 /// A service whose secret holds the deploy token (a canary) beside an ordinary variable.
 fn setup() -> Setup {
     setup_serving("http", |_, token| GitHttp::start("deploy", token))
@@ -267,11 +273,7 @@ fn an_https_remote_without_a_ca_store_names_the_missing_store() {
     support::needs_world!();
     let (setup, _ca) = setup_tls("127.0.0.1");
     let instance = Instance::exec_mode(&setup.with_token());
-    let no_ca_store = [
-        ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
-        ("SSL_CERT_DIR", "/nonexistent"),
-    ];
-    let run = setup.prepare(&instance, &setup.token, &no_ca_store);
+    let run = setup.prepare(&instance, &setup.token, &NO_CA_STORE);
     run.expect(9)
         .stderr_has("no CA certificates were found")
         .stderr_has("ca-certificates");
@@ -570,11 +572,7 @@ fn prepare_over_plain_http_needs_no_ca_store() {
     support::needs_world!();
     let setup = setup();
     let instance = Instance::exec_mode(&setup.with_token());
-    let no_ca_store = [
-        ("SSL_CERT_FILE", "/nonexistent/ca.pem"),
-        ("SSL_CERT_DIR", "/nonexistent"),
-    ];
-    let prepared = setup.prepare(&instance, &setup.token, &no_ca_store);
+    let prepared = setup.prepare(&instance, &setup.token, &NO_CA_STORE);
     prepared.expect(0);
     let commit = &setup.repo.commits["prod"];
     assert!(

@@ -22,12 +22,13 @@ use crate::remote::SshAddress;
 /// first, the remote did not answer within git.timeout, as when bootagent's own wait does.
 fn classify(stderr: &str, timeout: Duration) -> Failure {
     let summary = summarize(stderr);
-    if stderr.contains("Connection timed out") {
-        Failure::silent(timeout)
-    } else if stderr.contains("Host key verification failed") {
+    // A refused host key is told first, whatever else ssh printed.
+    if stderr.contains("Host key verification failed") {
         Failure::HostKey(summary)
     } else if stderr.contains("Permission denied") {
         Failure::Denied(summary)
+    } else if stderr.contains("Connection timed out") {
+        Failure::silent(timeout)
     } else {
         Failure::Unreachable(summary)
     }
